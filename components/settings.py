@@ -1,0 +1,481 @@
+"""The stack's settings: every config key, its rule, and the check run before any resource exists.
+
+One implementation serves the program (`load`), and the student and instructor
+commands in `scripts/` (`check_value`, `CONFIG_KEYS`), so a value accepted by
+one is accepted by all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+NAMESPACE = "chi-persist"
+
+NETID_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
+# Absolute, no "..", no spaces or shell metacharacters: the path is passed to
+# remote shell commands and written to fstab.
+MOUNT_POINT_PATTERN = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+# Nova key pair names: letters, digits, and a few separators.
+KEY_PAIR_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,254}$")
+# Names and ids of images, flavors, networks, pools and volume types.
+CLOUD_NAME_PATTERN = re.compile(r"^[^\x00-\x1f]{1,255}$")
+SYSTEM_DIRECTORIES = {
+    "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc",
+    "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/mnt",
+}  # fmt: skip
+
+DEFAULT_PRIVATE_KEY_PATH = "~/.ssh/id_rsa_chameleon"
+
+
+class SettingsError(Exception):
+    """One or more settings are invalid; the message lists each with its fix."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__(self.report())
+
+    def report(self) -> str:
+        count = len(self.problems)
+        heading = f"{count} invalid setting{'s' if count != 1 else ''} in stack config:"
+        return "\n".join([heading, *(f"  - {problem}" for problem in self.problems)])
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What is wrong with one key: the value seen, the rule it breaks, and the fix."""
+
+    key: str
+    value: Any
+    rule: str
+    fix: str
+
+    def __str__(self) -> str:
+        seen = "(not set)" if self.value is None else repr(self.value)
+        return f"{NAMESPACE}:{self.key} = {seen}: {self.rule}. Fix: {self.fix}"
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """One config key as declared in Pulumi.yaml: its type, default and meaning."""
+
+    name: str
+    type: str  # "string", "integer" or "array" (Pulumi.yaml's config types)
+    description: str
+    default: Any = None
+    secret: bool = False
+    example: str = "VALUE"
+
+    def fix(self) -> str:
+        """The command that sets this key."""
+        if self.secret:
+            return (
+                f"pulumi config set --secret {NAMESPACE}:{self.name} < ~/.ssh/id_rsa_chameleon"
+            )
+        if self.type == "array":
+            return f"pulumi config set --path '{NAMESPACE}:{self.name}[0]' {self.example}"
+        return f"pulumi config set {NAMESPACE}:{self.name} {self.example}"
+
+
+CONFIG_KEYS: dict[str, ConfigKey] = {
+    key.name: key
+    for key in (
+        ConfigKey(
+            "netid",
+            "string",
+            "Your netID: the suffix of every cloud resource name. "
+            "Defaults to the stack's name.",
+            example="ab1234",
+        ),
+        ConfigKey(
+            "keyPair",
+            "string",
+            "Name of your key pair registered at KVM@TACC (Horizon: Compute > Key Pairs).",
+            example="id_rsa_chameleon",
+        ),
+        ConfigKey(
+            "sshPrivateKey",
+            "string",
+            "Private key the provisioning commands log in with (secret). If unset, the file "
+            "at sshPrivateKeyPath is read; if that is missing, the ssh agent is used.",
+            secret=True,
+        ),
+        ConfigKey(
+            "sshPrivateKeyPath",
+            "string",
+            "Private key file used when sshPrivateKey is unset.",
+            default=DEFAULT_PRIVATE_KEY_PATH,
+            example="~/.ssh/id_rsa_chameleon",
+        ),
+        ConfigKey("image", "string", "Server image.", default="CC-Ubuntu24.04"),
+        ConfigKey(
+            "flavor",
+            "string",
+            "Server flavor, used when no reservation is set.",
+            default="m1.large",
+            example="m1.large",
+        ),
+        ConfigKey(
+            "reservation",
+            "string",
+            "Id of a reserved flavor (a KVM@TACC lease's flavor UUID). When set, the server "
+            "boots that flavor instead of `flavor`.",
+            example="00000000-0000-0000-0000-000000000000",
+        ),
+        ConfigKey("network", "string", "Network the server's port is on.", default="sharednet1"),
+        ConfigKey(
+            "floatingIpPool", "string", "Pool the floating IP comes from.", default="public"
+        ),
+        ConfigKey(
+            "volumeSize",
+            "integer",
+            "Size of the persistent block volume in GiB (whole number, at least 1).",
+            default=2,
+            example="2",
+        ),
+        ConfigKey(
+            "volumeType", "string", "Cinder volume type, if the site needs one.", example="ceph-ssd"
+        ),
+        ConfigKey(
+            "allowedCidrs",
+            "array",
+            "IPv4 networks allowed on every opened port (SSH, Jupyter, MLflow, MinIO).",
+            default=["0.0.0.0/0"],
+            example="203.0.113.0/24",
+        ),
+        ConfigKey(
+            "existingSecurityGroups",
+            "array",
+            "Names of security groups that already exist in the project (e.g. the tutorial's "
+            "allow-ssh, allow-8888, ...). When set, they are used and no group is created.",
+            example="allow-ssh",
+        ),
+        ConfigKey(
+            "mountPoint",
+            "string",
+            "Where the volume is mounted on the server.",
+            default="/mnt/block",
+            example="/mnt/block",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings of one student's stack."""
+
+    netid: str
+    key_pair: str
+    image: str
+    flavor: str
+    reservation: str | None
+    network: str
+    floating_ip_pool: str
+    volume_size: int
+    volume_type: str | None
+    allowed_cidrs: tuple[str, ...]
+    existing_security_groups: tuple[str, ...]
+    mount_point: str
+    ssh_private_key_path: str
+    # How the provisioning commands authenticate: "config" (sshPrivateKey),
+    # "file" (sshPrivateKeyPath) or "agent" (SSH_AUTH_SOCK).
+    ssh_key_source: str = "config"
+    ssh_agent_socket: str | None = field(default=None, repr=False)
+
+    @property
+    def server_name(self) -> str:
+        return f"node-persist-{self.netid}"
+
+    @property
+    def volume_name(self) -> str:
+        return f"block-persist-{self.netid}"
+
+    @property
+    def security_group_name(self) -> str:
+        return f"persist-{self.netid}"
+
+    @property
+    def flavor_id_or_name(self) -> tuple[str, str]:
+        """("id", reservation) when a reservation is set, else ("name", flavor)."""
+        if self.reservation:
+            return ("id", self.reservation)
+        return ("name", self.flavor)
+
+
+# --- rules -------------------------------------------------------------------------------
+# Each rule takes the raw value and returns (normalised value, None) or (None, rule text).
+
+Rule = Callable[[Any], tuple[Any, str | None]]
+
+
+def _string(pattern: re.Pattern[str], rule: str) -> Rule:
+    def check(value: Any) -> tuple[Any, str | None]:
+        if isinstance(value, str) and pattern.fullmatch(value):
+            return value, None
+        return None, rule
+
+    return check
+
+
+def _netid(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, str) and NETID_PATTERN.fullmatch(value):
+        return value, None
+    return None, (
+        "must be 2-32 characters: a lowercase letter, then lowercase letters, digits or hyphens"
+    )
+
+
+def _volume_size(value: Any) -> tuple[Any, str | None]:
+    rule = "must be a whole number of GiB, at least 1"
+    if isinstance(value, bool):
+        return None, rule
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+        number = int(value)
+    else:
+        return None, rule
+    return (number, None) if number >= 1 else (None, rule)
+
+
+def _reservation(value: Any) -> tuple[Any, str | None]:
+    rule = "must be the UUID of a reserved flavor, like 3f1c5b9e-0d3a-4c1e-9b7a-2f6d8e4a1c00"
+    if not isinstance(value, str):
+        return None, rule
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return None, rule
+    if str(parsed) != value.lower() or len(value) != 36:
+        return None, rule
+    return value.lower(), None
+
+
+def _string_list(value: Any) -> list[Any] | None:
+    """A config array, accepting the JSON text form `pulumi config set` stores."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return None
+
+
+def _cidrs(value: Any) -> tuple[Any, str | None]:
+    items = _string_list(value)
+    if not items:
+        return None, 'must be a non-empty list of IPv4 networks, like ["203.0.113.0/24"]'
+    normalised = []
+    for item in items:
+        try:
+            network = ipaddress.IPv4Network(str(item), strict=True)
+        except ipaddress.AddressValueError:
+            return None, f"{item!r} is not an IPv4 network in CIDR form, like 203.0.113.0/24"
+        except ValueError as error:
+            return None, f"{item!r} is not a valid IPv4 network ({error})"
+        if "/" not in str(item):
+            return None, f"{item!r} has no prefix length: write {item}/32 for a single address"
+        normalised.append(str(network))
+    if len(set(normalised)) != len(normalised):
+        return None, "lists the same network twice"
+    return tuple(normalised), None
+
+
+def _group_names(value: Any) -> tuple[Any, str | None]:
+    items = _string_list(value)
+    rule = 'must be a list of security group names, like ["allow-ssh", "allow-8888"]'
+    if items is None:
+        return None, rule
+    if not all(isinstance(item, str) and CLOUD_NAME_PATTERN.fullmatch(item) for item in items):
+        return None, rule
+    if len(set(items)) != len(items):
+        return None, "lists the same group twice"
+    return tuple(items), None
+
+
+def _mount_point(value: Any) -> tuple[Any, str | None]:
+    rule = (
+        "must be an absolute path of letters, digits, '.', '_' or '-' below a directory "
+        "of its own, like /mnt/block"
+    )
+    if not isinstance(value, str) or not MOUNT_POINT_PATTERN.fullmatch(value):
+        return None, rule
+    parts = value.split("/")[1:]
+    if any(part in (".", "..") for part in parts) or value in SYSTEM_DIRECTORIES or value == "/":
+        return None, rule
+    return value, None
+
+
+def _private_key_text(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, str) and "PRIVATE KEY-----" in value:
+        return value, None
+    return None, "must be the text of a private key (a file beginning -----BEGIN ... PRIVATE KEY)"
+
+
+_NAME_RULE = "must be a non-empty name without control characters"
+
+RULES: dict[str, Rule] = {
+    "netid": _netid,
+    "keyPair": _string(
+        KEY_PAIR_PATTERN,
+        "must be the name of a key pair registered at KVM@TACC (letters, digits, ' ._@-')",
+    ),
+    "sshPrivateKey": _private_key_text,
+    "sshPrivateKeyPath": _string(CLOUD_NAME_PATTERN, "must be a file path"),
+    "image": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
+    "flavor": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
+    "reservation": _reservation,
+    "network": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
+    "floatingIpPool": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
+    "volumeSize": _volume_size,
+    "volumeType": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
+    "allowedCidrs": _cidrs,
+    "existingSecurityGroups": _group_names,
+    "mountPoint": _mount_point,
+}
+
+
+def check_value(key: str, value: Any) -> tuple[Any, Problem | None]:
+    """Check one value of a known key: (normalised value, None) or (None, the problem)."""
+    spec = CONFIG_KEYS.get(key)
+    if spec is None:
+        known = ", ".join(CONFIG_KEYS)
+        return None, Problem(key, value, f"is not a setting of this project (known: {known})",
+                             "remove it, or correct its spelling")  # fmt: skip
+    normalised, rule = RULES[key](value)
+    if rule is not None:
+        return None, Problem(key, _printable(spec, value), rule, spec.fix())
+    return normalised, None
+
+
+def _printable(spec: ConfigKey, value: Any) -> Any:
+    """Never echo a secret back in an error message."""
+    return "[secret]" if spec.secret and value is not None else value
+
+
+def expand_key_path(path: str, home: str | None = None) -> Path:
+    """`~` in a key path means the home directory of whoever runs `pulumi up`."""
+    if path == "~" or path.startswith("~/"):
+        base = home if home is not None else os.path.expanduser("~")
+        return Path(base) / path[2:]
+    return Path(path)
+
+
+def validate(
+    raw: Mapping[str, Any],
+    stack: str,
+    *,
+    private_key_set: bool = False,
+    environment: Mapping[str, str] | None = None,
+    check_private_key: bool = True,
+) -> Settings:
+    """Check every setting at once; raise SettingsError listing all problems.
+
+    `raw` maps config keys to their values as Pulumi returns them (strings, or
+    lists for arrays); missing keys take their declared defaults. The secret
+    `sshPrivateKey` is not passed here, only whether it is set.
+    """
+    environment = os.environ if environment is None else environment
+    problems: list[Problem] = []
+    values: dict[str, Any] = {}
+
+    for key in raw:
+        if key not in CONFIG_KEYS:
+            problems.append(check_value(key, raw[key])[1])  # type: ignore[arg-type]
+
+    for name, spec in CONFIG_KEYS.items():
+        if spec.secret:
+            continue
+        value = raw.get(name)
+        if value is None:
+            value = stack if name == "netid" else spec.default
+        if value is None:
+            values[name] = None
+            continue
+        normalised, problem = check_value(name, value)
+        if problem is not None and name == "netid" and raw.get("netid") is None:
+            problem = Problem(
+                "netid",
+                value,
+                f"is not set, and the stack's name {value!r} is not a valid netID: it "
+                + problem.rule,
+                f"pulumi config set {NAMESPACE}:netid <your netID>",
+            )
+        if problem:
+            problems.append(problem)
+        values[name] = normalised
+
+    if values.get("keyPair") is None and not any(p.key == "keyPair" for p in problems):
+        spec = CONFIG_KEYS["keyPair"]
+        problems.append(
+            Problem(
+                "keyPair",
+                None,
+                "is required: the name of your key pair at KVM@TACC",
+                spec.fix().replace(spec.example, "<key pair name>"),
+            )
+        )
+
+    key_source, agent_socket = "config", None
+    if check_private_key and not private_key_set:
+        key_path = values.get("sshPrivateKeyPath") or DEFAULT_PRIVATE_KEY_PATH
+        agent_socket = environment.get("SSH_AUTH_SOCK") or None
+        if expand_key_path(key_path, environment.get("HOME")).is_file():
+            key_source = "file"
+        elif agent_socket:
+            key_source = "agent"
+        else:
+            problems.append(
+                Problem(
+                    "sshPrivateKey",
+                    None,
+                    f"no private key found: sshPrivateKey is not set, {key_path} does not "
+                    "exist, and no ssh agent is running (SSH_AUTH_SOCK is unset)",
+                    f"pulumi config set {NAMESPACE}:sshPrivateKeyPath <path to your key>, or "
+                    f"pulumi config set --secret {NAMESPACE}:sshPrivateKey < <path to your key>",
+                )
+            )
+
+    if problems:
+        raise SettingsError(problems)
+
+    return Settings(
+        netid=values["netid"],
+        key_pair=values["keyPair"],
+        image=values["image"],
+        flavor=values["flavor"],
+        reservation=values["reservation"],
+        network=values["network"],
+        floating_ip_pool=values["floatingIpPool"],
+        volume_size=values["volumeSize"],
+        volume_type=values["volumeType"],
+        allowed_cidrs=values["allowedCidrs"],
+        existing_security_groups=values["existingSecurityGroups"] or (),
+        mount_point=values["mountPoint"],
+        ssh_private_key_path=values["sshPrivateKeyPath"],
+        ssh_key_source=key_source,
+        ssh_agent_socket=agent_socket,
+    )
+
+
+def load(config: Any, stack: str) -> Settings:
+    """Read and validate the stack's config (a `pulumi.Config` for the project's namespace)."""
+    raw: dict[str, Any] = {}
+    for name, spec in CONFIG_KEYS.items():
+        if spec.secret:
+            continue
+        value = config.get(name)
+        if value is not None:
+            raw[name] = value
+    private_key_set = config.get_secret("sshPrivateKey") is not None
+    return validate(raw, stack, private_key_set=private_key_set)
