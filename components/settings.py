@@ -76,9 +76,7 @@ class ConfigKey:
     def fix(self) -> str:
         """The command that sets this key."""
         if self.secret:
-            return (
-                f"pulumi config set --secret {NAMESPACE}:{self.name} < ~/.ssh/id_rsa_chameleon"
-            )
+            return f"pulumi config set --secret {NAMESPACE}:{self.name} < ~/.ssh/id_rsa_chameleon"
         if self.type == "array":
             return f"pulumi config set --path '{NAMESPACE}:{self.name}[0]' {self.example}"
         return f"pulumi config set {NAMESPACE}:{self.name} {self.example}"
@@ -90,8 +88,7 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey(
             "netid",
             "string",
-            "Your netID: the suffix of every cloud resource name. "
-            "Defaults to the stack's name.",
+            "Your netID: the suffix of every cloud resource name. Defaults to the stack's name.",
             example="ab1234",
         ),
         ConfigKey(
@@ -130,9 +127,7 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
             example="00000000-0000-0000-0000-000000000000",
         ),
         ConfigKey("network", "string", "Network the server's port is on.", default="sharednet1"),
-        ConfigKey(
-            "floatingIpPool", "string", "Pool the floating IP comes from.", default="public"
-        ),
+        ConfigKey("floatingIpPool", "string", "Pool the floating IP comes from.", default="public"),
         ConfigKey(
             "volumeSize",
             "integer",
