@@ -197,6 +197,12 @@ class Settings:
     def security_group_name(self) -> str:
         return f"persist-{self.netid}"
 
+    def ssh_command(self, address: str) -> str:
+        """How the student logs in to the server."""
+        if self.ssh_key_source == "agent":
+            return f"ssh cc@{address}"
+        return f"ssh -i {self.ssh_private_key_path} cc@{address}"
+
     @property
     def flavor_id_or_name(self) -> tuple[str, str]:
         """("id", reservation) when a reservation is set, else ("name", flavor)."""
@@ -463,9 +469,22 @@ def validate(
     )
 
 
-def load(config: Any, stack: str) -> Settings:
-    """Read and validate the stack's config (a `pulumi.Config` for the project's namespace)."""
-    raw: dict[str, Any] = {}
+def load(config: Any, stack: str, all_keys: Sequence[str] | None = None) -> Settings:
+    """Read and validate the stack's config (a `pulumi.Config` for the project's namespace).
+
+    `all_keys` are the full names of every config key the stack sets; keys of this
+    project's namespace that it does not know (typos) are reported. By default they
+    are read from the Pulumi runtime.
+    """
+    if all_keys is None:
+        from pulumi.runtime.config import CONFIG
+
+        all_keys = list(CONFIG.get())
+    raw: dict[str, Any] = {
+        key.split(":", 1)[1]: None
+        for key in all_keys
+        if key.startswith(f"{NAMESPACE}:") and key.split(":", 1)[1] not in CONFIG_KEYS
+    }
     for name, spec in CONFIG_KEYS.items():
         if spec.secret:
             continue
@@ -474,3 +493,15 @@ def load(config: Any, stack: str) -> Settings:
             raw[name] = value
     private_key_set = config.get_secret("sshPrivateKey") is not None
     return validate(raw, stack, private_key_set=private_key_set)
+
+
+def private_key(config: Any, settings: Settings) -> Any:
+    """The key the provisioning commands log in with, as a secret; None means the ssh agent."""
+    import pulumi
+
+    if settings.ssh_key_source == "config":
+        return config.require_secret("sshPrivateKey")
+    if settings.ssh_key_source == "file":
+        path = expand_key_path(settings.ssh_private_key_path)
+        return pulumi.Output.secret(path.read_text())
+    return None

@@ -1,0 +1,86 @@
+"""chi-persist: one student's persistent ML platform on Chameleon KVM@TACC."""
+
+import pulumi
+
+from components import (
+    PLATFORM_PORTS,
+    AccessRules,
+    AccessRulesArgs,
+    Node,
+    NodeArgs,
+    PersistentVolume,
+    PersistentVolumeArgs,
+    Provisioning,
+    ProvisioningArgs,
+)
+from components.project_files import first_boot_user_data
+from components.settings import NAMESPACE, SettingsError, load, private_key
+
+try:
+    settings = load(pulumi.Config(NAMESPACE), pulumi.get_stack())
+except SettingsError as error:
+    raise pulumi.RunError(error.report()) from None
+
+access = AccessRules(
+    "access",
+    AccessRulesArgs(
+        group_name=settings.security_group_name,
+        allowed_cidrs=settings.allowed_cidrs,
+        existing_groups=settings.existing_security_groups,
+    ),
+)
+volume = PersistentVolume(
+    "data",
+    PersistentVolumeArgs(
+        volume_name=settings.volume_name,
+        size_gib=settings.volume_size,
+        volume_type=settings.volume_type,
+    ),
+)
+node = Node(
+    "node",
+    NodeArgs(
+        server_name=settings.server_name,
+        image=settings.image,
+        flavor=settings.flavor_id_or_name,
+        key_pair=settings.key_pair,
+        network=settings.network,
+        floating_ip_pool=settings.floating_ip_pool,
+        security_group_ids=access.security_group_ids,
+        volume_id=volume.volume_id,
+        user_data=first_boot_user_data(),
+    ),
+)
+provisioning = Provisioning(
+    "provisioning",
+    ProvisioningArgs(
+        host=node.floating_ip,
+        server_id=node.server_id,
+        attachment_id=node.attachment_id,
+        volume_id=volume.volume_id,
+        mount_point=settings.mount_point,
+        private_key=private_key(pulumi.Config(NAMESPACE), settings),
+    ),
+)
+
+ip = node.floating_ip
+token = provisioning.credentials.apply(lambda credentials: credentials.get("jupyter_token", ""))
+pulumi.export("floating_ip", ip)
+pulumi.export("ssh_command", ip.apply(lambda address: settings.ssh_command(address)))
+pulumi.export("mlflow_url", pulumi.Output.format("http://{0}:{1}", ip, PLATFORM_PORTS["mlflow"]))
+pulumi.export(
+    "jupyter_url",
+    pulumi.Output.secret(
+        pulumi.Output.format("http://{0}:{1}/lab?token={2}", ip, PLATFORM_PORTS["jupyter"], token)
+    ),
+)
+pulumi.export(
+    "minio_console_url",
+    pulumi.Output.format("http://{0}:{1}", ip, PLATFORM_PORTS["minio-console"]),
+)
+pulumi.export(
+    "minio_api_url", pulumi.Output.format("http://{0}:{1}", ip, PLATFORM_PORTS["minio-api"])
+)
+pulumi.export("volume_id", volume.volume_id)
+pulumi.export("server_id", node.server_id)
+pulumi.export("platform_credentials", provisioning.credentials)

@@ -1,0 +1,75 @@
+"""Who may reach the node: one security group of the student's own, or groups that already exist."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_openstack as openstack
+
+# The ports the platform answers on, by what listens there.
+PLATFORM_PORTS: dict[str, int] = {
+    "ssh": 22,
+    "jupyter": 8888,
+    "mlflow": 8000,
+    "minio-api": 9000,
+    "minio-console": 9001,
+}
+
+
+@dataclass
+class AccessRulesArgs:
+    group_name: str
+    """Name of the group to create; it carries the netid, since names are shared by the class."""
+    allowed_cidrs: Sequence[str]
+    """IPv4 networks allowed on every port."""
+    existing_groups: Sequence[str] = ()
+    """Names of groups that already exist; when given, they are used and none is created."""
+    ports: dict[str, int] | None = None
+    """Ports to open, by service; PLATFORM_PORTS when None."""
+
+
+class AccessRules(pulumi.ComponentResource):
+    """A security group with one TCP ingress rule per port and allowed network."""
+
+    security_group_ids: pulumi.Output[list[str]]
+
+    def __init__(
+        self, name: str, args: AccessRulesArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("chi-persist:index:AccessRules", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        if args.existing_groups:
+            ids = [
+                openstack.networking.get_sec_group_output(name=group, opts=_invoke(self)).id
+                for group in args.existing_groups
+            ]
+            self.security_group_ids = pulumi.Output.all(*ids).apply(list)
+        else:
+            group = openstack.networking.SecGroup(
+                f"{name}-group",
+                name=args.group_name,
+                description="chi-persist: SSH, Jupyter, MLflow and MinIO",
+                opts=child,
+            )
+            for service, port in sorted((args.ports or PLATFORM_PORTS).items()):
+                for cidr in args.allowed_cidrs:
+                    openstack.networking.SecGroupRule(
+                        f"{name}-{service}-{cidr.replace('/', '-')}",
+                        security_group_id=group.id,
+                        direction="ingress",
+                        ethertype="IPv4",
+                        protocol="tcp",
+                        port_range_min=port,
+                        port_range_max=port,
+                        remote_ip_prefix=cidr,
+                        description=f"{service} (TCP {port}) from {cidr}",
+                        opts=child,
+                    )
+            self.security_group_ids = group.id.apply(lambda group_id: [group_id])
+        self.register_outputs({"security_group_ids": self.security_group_ids})
+
+
+def _invoke(parent: pulumi.Resource) -> pulumi.InvokeOptions:
+    return pulumi.InvokeOptions(parent=parent)

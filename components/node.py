@@ -1,0 +1,104 @@
+"""The disposable compute: a port and floating IP that stay, and a server with the volume attached."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_openstack as openstack
+
+
+@dataclass
+class NodeArgs:
+    server_name: str
+    """Nova name of the server, node-persist-<netid>."""
+    image: str
+    """Image name."""
+    flavor: tuple[str, str]
+    """("name", flavor name) or ("id", reserved flavor id)."""
+    key_pair: str
+    """Key pair registered at the site."""
+    network: str
+    """Name of the network the port is on."""
+    floating_ip_pool: str
+    """Pool the floating IP comes from."""
+    security_group_ids: pulumi.Input[list[str]]
+    """Groups carried by the port."""
+    volume_id: pulumi.Input[str]
+    """The persistent volume to attach."""
+    user_data: str
+    """cloud-init user data run at the server's first boot."""
+
+
+class Node(pulumi.ComponentResource):
+    """Port, floating IP, server and volume attachment.
+
+    The port and floating IP depend on nothing of the server's, so recycling the
+    server keeps the address; the server and the attachment are what a recycle removes.
+    """
+
+    floating_ip: pulumi.Output[str]
+    server_id: pulumi.Output[str]
+    attachment_id: pulumi.Output[str]
+    server: openstack.compute.Instance
+    attachment: openstack.compute.VolumeAttach
+
+    def __init__(self, name: str, args: NodeArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("chi-persist:index:Node", name, None, opts)
+        network = openstack.networking.get_network_output(
+            name=args.network, opts=pulumi.InvokeOptions(parent=self)
+        )
+        port = openstack.networking.Port(
+            f"{name}-port",
+            name=args.server_name,
+            network_id=network.id,
+            security_group_ids=args.security_group_ids,
+            admin_state_up=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        floating_ip = openstack.networking.FloatingIp(
+            f"{name}-floating-ip",
+            pool=args.floating_ip_pool,
+            port_id=port.id,
+            description=f"chi-persist: {args.server_name}",
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        flavor_kind, flavor = args.flavor
+        self.server = openstack.compute.Instance(
+            f"{name}-server",
+            name=args.server_name,
+            image_name=args.image,
+            flavor_name=flavor if flavor_kind == "name" else None,
+            flavor_id=flavor if flavor_kind == "id" else None,
+            key_pair=args.key_pair,
+            networks=[openstack.compute.InstanceNetworkArgs(port=port.id)],
+            user_data=args.user_data,
+            stop_before_destroy=True,
+            metadata={"chi-persist": "node"},
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # The port (and so the floating IP) can belong to one server at a time, and
+                # the volume must be released by the old server before the new one takes it.
+                delete_before_replace=True,
+                # First-boot script changes reach the next server; they are no reason to
+                # replace a running one.
+                ignore_changes=["user_data"],
+            ),
+        )
+        self.attachment = openstack.compute.VolumeAttach(
+            f"{name}-volume-attachment",
+            instance_id=self.server.id,
+            volume_id=args.volume_id,
+            # A volume can be attached to one server at a time: detach, then attach.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+        )
+        self.floating_ip = floating_ip.address
+        self.server_id = self.server.id
+        self.attachment_id = self.attachment.id
+        self.register_outputs(
+            {
+                "floating_ip": self.floating_ip,
+                "server_id": self.server_id,
+                "attachment_id": self.attachment_id,
+            }
+        )

@@ -1,0 +1,204 @@
+"""What runs on the server over SSH: wait for it, copy the project's files, prepare the volume,
+start the platform, and stop it cleanly before the volume is detached."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_command as command
+
+from components.project_files import (
+    DOCKER_DIR,
+    PROJECT_ROOT,
+    REMOTE_HOME_DIR,
+    REMOTE_SCRIPTS_DIR,
+    tree_digest,
+)
+
+SSH_USER = "cc"
+REMOTE_SCRIPTS = f"{REMOTE_HOME_DIR}/scripts/remote"
+REMOTE_COMPOSE_FILE = f"{REMOTE_HOME_DIR}/docker/docker-compose.yaml"
+# A new server takes minutes to boot; the local wait below bounds it.
+SSH_WAIT_SECONDS = 900
+
+
+@dataclass
+class ProvisioningArgs:
+    host: pulumi.Input[str]
+    """The floating IP the commands connect to."""
+    server_id: pulumi.Input[str]
+    """The server; a new one re-runs every step."""
+    attachment_id: pulumi.Input[str]
+    """The volume attachment; a new one re-runs the volume and stack steps."""
+    volume_id: pulumi.Input[str]
+    """The Cinder volume id, which the server sees as the disk's serial."""
+    mount_point: str
+    """Where the volume is mounted."""
+    private_key: pulumi.Input[str] | None
+    """SSH private key (secret); None to use the ssh agent."""
+
+
+class Provisioning(pulumi.ComponentResource):
+    """The remote steps, in order; each re-runs on a new server or when its files change."""
+
+    credentials: pulumi.Output[dict[str, str]]
+    start_stack: command.remote.Command
+
+    def __init__(
+        self, name: str, args: ProvisioningArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("chi-persist:index:Provisioning", name, None, opts)
+        connection = command.remote.ConnectionArgs(
+            host=args.host,
+            user=SSH_USER,
+            private_key=args.private_key,
+            # The local wait below has already seen sshd answer; these cover a slow first login.
+            per_dial_timeout=30,
+            dial_error_limit=20,
+        )
+        scripts_digest = tree_digest(REMOTE_SCRIPTS_DIR)
+        stack_digest = tree_digest(REMOTE_SCRIPTS_DIR, DOCKER_DIR)
+
+        # Dial retries do not pause between attempts, so a booting server could use them
+        # all up in a second: wait here, patiently and with a bound, for sshd to answer.
+        wait_for_ssh = command.local.Command(
+            f"{name}-wait-for-ssh",
+            create=pulumi.Output.from_input(args.host).apply(wait_for_ssh_command),
+            dir=str(PROJECT_ROOT),
+            triggers=[args.server_id],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        wait_for_boot = command.remote.Command(
+            f"{name}-wait-for-boot",
+            connection=connection,
+            create=wait_for_boot_command(),
+            triggers=[args.server_id],
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[wait_for_ssh]),
+        )
+        copy_scripts = command.remote.CopyToRemote(
+            f"{name}-copy-scripts",
+            connection=connection,
+            source=pulumi.FileArchive(str(REMOTE_SCRIPTS_DIR)),
+            remote_path=f"{REMOTE_HOME_DIR}/scripts",
+            triggers=[args.server_id, scripts_digest],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[wait_for_boot]),
+        )
+        copy_docker = command.remote.CopyToRemote(
+            f"{name}-copy-docker",
+            connection=connection,
+            source=pulumi.FileArchive(str(DOCKER_DIR)),
+            remote_path=REMOTE_HOME_DIR,
+            triggers=[args.server_id, stack_digest],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[wait_for_boot]),
+        )
+        volume_triggers = [args.server_id, args.attachment_id, stack_digest]
+        prepare_volume = command.remote.Command(
+            f"{name}-prepare-volume",
+            connection=connection,
+            create=pulumi.Output.from_input(args.volume_id).apply(
+                lambda volume_id: prepare_volume_command(volume_id, args.mount_point)
+            ),
+            triggers=volume_triggers,
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[copy_scripts],
+                # Replaced only together with the stack step below, whose delete unmounts:
+                # mount again only after that.
+                delete_before_replace=True,
+            ),
+        )
+        self.start_stack = command.remote.Command(
+            f"{name}-start-stack",
+            connection=connection,
+            create=pulumi.Output.from_input(args.host).apply(
+                lambda host: start_stack_command(args.mount_point, host)
+            ),
+            delete=release_volume_command(args.mount_point),
+            triggers=volume_triggers,
+            add_previous_output_in_env=False,
+            # stdout carries the platform's credentials as JSON: keep it secret, and out
+            # of the logs.
+            logging=command.remote.Logging.STDERR,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[prepare_volume, copy_docker],
+                additional_secret_outputs=["stdout"],
+                # The delete stops the stack and unmounts the volume; a replacement must
+                # run it before starting again.
+                delete_before_replace=True,
+            ),
+        )
+        self.credentials = pulumi.Output.secret(self.start_stack.stdout.apply(parse_credentials))
+        self.register_outputs({})
+
+
+def wait_for_ssh_command(host: str) -> str:
+    """Poll the server's SSH port from this machine until sshd answers, with a bound."""
+    return shlex.join(["python3", "scripts/wait-for-ssh", "--timeout", str(SSH_WAIT_SECONDS), host])
+
+
+def wait_for_boot_command() -> str:
+    """Wait for cloud-init's first-boot work (Docker, image pulls), then make the copy target."""
+    return (
+        "set -eu; "
+        "if command -v cloud-init >/dev/null 2>&1; then "
+        "cloud-init status --wait >/dev/null "
+        "|| echo 'warning: cloud-init reported errors; Docker is installed again when the "
+        "stack starts (see /var/log/cloud-init-output.log)' >&2; "
+        "fi; "
+        f"mkdir -p {shlex.quote(REMOTE_HOME_DIR)}/scripts"
+    )
+
+
+def prepare_volume_command(volume_id: str, mount_point: str) -> str:
+    """Find the volume by its serial, format it only if blank, mount it, keep fstab."""
+    return shlex.join(
+        [
+            "sudo", "bash", f"{REMOTE_SCRIPTS}/prepare-volume.sh",
+            "--volume-id", volume_id,
+            "--mount-point", mount_point,
+            "--owner", SSH_USER,
+        ]
+    )  # fmt: skip
+
+
+def start_stack_command(mount_point: str, host_ip: str) -> str:
+    """Make sure Docker is there, then start the platform and print its credentials."""
+    install = shlex.join(
+        ["sudo", "bash", f"{REMOTE_SCRIPTS}/install-docker.sh", "--user", SSH_USER]
+    )
+    start = shlex.join(
+        [
+            "sudo", "bash", f"{REMOTE_SCRIPTS}/start-stack.sh",
+            "--mount-point", mount_point,
+            "--host-ip", host_ip,
+            "--compose-file", REMOTE_COMPOSE_FILE,
+            "--print-credentials",
+        ]
+    )  # fmt: skip
+    # Only the credentials may reach stdout: everything else goes to stderr.
+    return f"{install} >&2 && {start}"
+
+
+def release_volume_command(mount_point: str) -> str:
+    """Stop the platform cleanly, sync and unmount, before the volume is detached."""
+    return shlex.join(
+        [
+            "sudo", "bash", f"{REMOTE_SCRIPTS}/release-volume.sh",
+            "--mount-point", mount_point,
+            "--compose-file", REMOTE_COMPOSE_FILE,
+        ]
+    )  # fmt: skip
+
+
+def parse_credentials(stdout: str | None) -> dict[str, str]:
+    """The JSON line start-stack.sh prints with --print-credentials; empty while unknown."""
+    if not stdout:
+        return {}
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else {}
