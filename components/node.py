@@ -1,4 +1,4 @@
-"""The disposable compute: a port and floating IP that stay, and a server with the volume attached."""
+"""The disposable compute: a port and floating IP that stay, a server, its volume attachment."""
 
 from __future__ import annotations
 

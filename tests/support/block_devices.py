@@ -23,7 +23,12 @@ NEEDED_TOOLS = ("losetup", "blkid", "parted", "mkfs.ext4", "mount", "findmnt")
 def run(*command: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run a command with no terminal on stdin, capturing text output."""
     return subprocess.run(
-        list(command), check=check, text=True, capture_output=True, stdin=subprocess.DEVNULL, **kwargs
+        list(command),
+        check=check,
+        text=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        **kwargs,
     )
 
 
