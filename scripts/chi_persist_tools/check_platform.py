@@ -1,0 +1,797 @@
+"""check-platform: is a student's platform up, and did its data survive a recycle?
+
+Reads the service URLs and credentials from a Pulumi stack's outputs (or from
+flags and environment variables), checks MLflow, MinIO and Jupyter, and prints
+one row per check. `--write-marker` logs a small run through MLflow;
+`--verify-marker` finds it again after the compute was recycled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import parse_qs, urlsplit
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+EXPERIMENT_NAME = "chi-persist-check"
+BUCKET = "mlflow-artifacts"
+MARKER_TAG = "chi-persist.marker"
+NONCE_TAG = "chi-persist.nonce"
+SHA256_TAG = "chi-persist.artifact-sha256"
+METRIC_VALUE_TAG = "chi-persist.metric-value"
+MARKER_METRIC = "marker_value"
+MARKER_ARTIFACT = "marker.txt"
+SERVICE_PORTS = {"mlflow": 8000, "minio": 9000, "jupyter": 8888}
+CREDENTIAL_VARIABLES = ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "JUPYTER_TOKEN")
+REQUIRED_OUTPUTS = ("mlflow_url", "minio_api_url", "jupyter_url", "platform_credentials")
+RETRY_INTERVAL_SECONDS = 3.0
+HTTP_TIMEOUT_SECONDS = 10.0
+MAX_WAIT_SECONDS = 3600.0
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+
+DESCRIPTION = """\
+Check that a chi-persist platform answers: MLflow (/health and its tracking API),
+MinIO (an S3 call with the root credentials, and the bucket mlflow-artifacts),
+and Jupyter (answers with its token, refuses without). Prints one row per check,
+✓ or ✗, and exits non-zero when any check fails.
+
+Where the URLs and credentials come from:
+  --stack NETID     `pulumi stack output --json --show-secrets --stack NETID`, run in
+                    the project directory (the default is the selected stack).
+  --url-base URL    the conventional ports of one host: MLflow URL:8000, MinIO URL:9000,
+                    Jupyter URL:8888. Credentials then come from the environment
+                    variables MINIO_ROOT_USER, MINIO_ROOT_PASSWORD and JUPYTER_TOKEN
+                    (never from flags: flags end up in shell history and `ps`).
+  --mlflow-url, --minio-url, --jupyter-url
+                    one service's URL, overriding the others (e.g. an SSH tunnel on
+                    localhost). Given all three, no stack is read and the credentials
+                    come from the environment, as with --url-base.
+"""
+
+EPILOG = """\
+markers (proof that data outlives the compute):
+  --write-marker    log a run in experiment chi-persist-check with a metric and a small
+                    artifact (a text with a random nonce, its sha256 kept as a run tag),
+                    through the MLflow server only, and read the artifact back.
+  --verify-marker   find the newest marker run and check its metric and the artifact's
+                    exact bytes. Run it after `scripts/recycle` and `pulumi up`.
+
+exit status:
+  0  every check passed
+  1  at least one check failed (the ✗ rows say which and why)
+  2  wrong arguments, or the stack or credentials could not be read
+
+examples:
+  scripts/check-platform --stack ab1234 --wait 300 --write-marker
+  scripts/recycle --stack ab1234 && pulumi up --stack ab1234
+  scripts/check-platform --stack ab1234 --wait 300 --verify-marker
+  MINIO_ROOT_USER=... MINIO_ROOT_PASSWORD=... JUPYTER_TOKEN=... \\
+      scripts/check-platform --url-base http://129.114.25.10
+"""
+
+
+class UsageError(Exception):
+    """Something the user gave (or did not give) prevents any check from running."""
+
+
+class CheckFailed(Exception):
+    """A check did not pass; `retryable` says whether waiting could change that."""
+
+    def __init__(self, detail: str, retryable: bool = True) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Where a platform's services answer, and the credentials to use them."""
+
+    source: str
+    mlflow_url: str
+    minio_url: str
+    jupyter_url: str
+    minio_user: str
+    minio_password: str = ""
+    jupyter_token: str = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"Platform(source={self.source!r}, mlflow_url={self.mlflow_url!r}, "
+            f"minio_url={self.minio_url!r}, jupyter_url={self.jupyter_url!r}, credentials hidden)"
+        )
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One row of the table."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+# --- arguments ---------------------------------------------------------------
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type for --wait: a number of seconds from 0 to an hour."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds; e.g. --wait 300"
+        ) from None
+    if not 0 <= value <= MAX_WAIT_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is out of range; give 0 to {MAX_WAIT_SECONDS:.0f} seconds, e.g. --wait 300"
+        )
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="check-platform",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--stack", metavar="NETID", help="read URLs and credentials from this Pulumi stack"
+    )
+    source.add_argument(
+        "--url-base",
+        metavar="URL",
+        help="the platform's host, e.g. http://129.114.25.10; credentials from the environment",
+    )
+    parser.add_argument("--mlflow-url", metavar="URL", help="MLflow, e.g. http://localhost:8000")
+    parser.add_argument("--minio-url", metavar="URL", help="MinIO's S3 API, e.g. http://IP:9000")
+    parser.add_argument("--jupyter-url", metavar="URL", help="Jupyter, e.g. http://IP:8888")
+    marker = parser.add_mutually_exclusive_group()
+    marker.add_argument("--write-marker", action="store_true", help="log a marker run (see below)")
+    marker.add_argument(
+        "--verify-marker", action="store_true", help="find the marker run again (see below)"
+    )
+    parser.add_argument(
+        "--wait",
+        metavar="SECONDS",
+        type=positive_seconds,
+        default=0.0,
+        help="retry each service until it answers, at most this long in all (default 0: once)",
+    )
+    return parser
+
+
+def validate_url(flag: str, value: str, *, base: bool = False) -> str:
+    """The URL without a trailing slash, or a UsageError naming the flag and the value."""
+    example = "http://129.114.25.10" if base else "http://129.114.25.10:8000"
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(
+            f"{flag} {value!r} is not an http(s) URL with a host; give e.g. {flag} {example}"
+        )
+    if base and (parts.path.strip("/") or parts.query or parts.port):
+        raise UsageError(
+            f"{flag} {value!r} must name only the host (the ports are conventional); "
+            f"give e.g. {flag} {example}, or per-service URLs with --mlflow-url, --minio-url "
+            "and --jupyter-url"
+        )
+    return value.rstrip("/")
+
+
+# --- where the platform is ---------------------------------------------------
+
+
+def read_stack_outputs(stack: str | None, environ: dict[str, str]) -> dict:
+    """The stack's outputs, secrets shown, as `pulumi stack output --json` prints them."""
+    executable = shutil.which("pulumi", path=environ.get("PATH", os.defpath))
+    if executable is None:
+        raise UsageError(
+            "the Pulumi CLI is not on PATH; install it (https://www.pulumi.com/docs/install/), "
+            "or give the platform's address with --url-base http://IP"
+        )
+    command = [executable, "stack", "output", "--json", "--show-secrets"]
+    if stack:
+        command += ["--stack", stack]
+    try:
+        completed = subprocess.run(
+            command,
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env=environ,
+            timeout=120,
+        )
+    except subprocess.TimeoutExpired:
+        raise UsageError(
+            f"`{' '.join(command[1:])}` did not answer within 120 s; check that the Pulumi "
+            "backend is reachable (`pulumi whoami`), or use --url-base http://IP"
+        ) from None
+    if completed.returncode != 0:
+        raise UsageError(_explain_pulumi_failure(stack, completed.stderr))
+    try:
+        outputs = json.loads(completed.stdout or "{}")
+    except json.JSONDecodeError:
+        raise UsageError(
+            f"`pulumi stack output --json` printed something that is not JSON: "
+            f"{completed.stdout[:200]!r}; check the Pulumi CLI version (`pulumi version`)"
+        ) from None
+    if not isinstance(outputs, dict):
+        raise UsageError(
+            f"`pulumi stack output --json` printed {type(outputs).__name__}, not an object of "
+            "outputs; check the Pulumi CLI version (`pulumi version`)"
+        )
+    return outputs
+
+
+def _explain_pulumi_failure(stack: str | None, stderr: str) -> str:
+    said = " ".join(stderr.split()) or "(nothing on stderr)"
+    if stack and "no stack named" in stderr:
+        return (
+            f"there is no stack named {stack!r}: create it with "
+            f"`scripts/new-stack {stack} --key-pair NAME` and run `pulumi up --stack {stack}`; "
+            "`pulumi stack ls` lists the stacks that exist"
+        )
+    if "PULUMI_CONFIG_PASSPHRASE" in stderr:
+        return (
+            "Pulumi needs the passphrase that encrypts the stack's secrets: "
+            "export PULUMI_CONFIG_PASSPHRASE='<your passphrase>' (the one chosen when the stack "
+            "was created), or PULUMI_CONFIG_PASSPHRASE_FILE=<file holding it>, and run again"
+        )
+    if not stack and "no stack" in stderr:
+        return (
+            "no Pulumi stack is selected: give --stack NETID "
+            "(`pulumi stack ls` lists them), or select one with `pulumi stack select NETID`"
+        )
+    return f"`pulumi stack output` failed: {said}"
+
+
+def platform_from_outputs(outputs: dict, stack_label: str) -> Platform:
+    """The platform described by a stack's outputs, or a UsageError naming what is missing."""
+    missing = [key for key in REQUIRED_OUTPUTS if key not in outputs]
+    if missing:
+        command = f"pulumi up --stack {stack_label}" if stack_label else "pulumi up"
+        raise UsageError(
+            f"stack {stack_label or '(selected)'} has no output {', '.join(missing)}: "
+            f"the platform was never deployed or its last update failed; run `{command}` "
+            "and try again"
+        )
+    credentials = outputs["platform_credentials"]
+    needed = ("minio_root_user", "minio_root_password", "jupyter_token")
+    absent = [
+        key for key in needed if not isinstance(credentials, dict) or not credentials.get(key)
+    ]
+    if absent:
+        raise UsageError(
+            f"stack {stack_label or '(selected)'}: platform_credentials lacks "
+            f"{', '.join(absent)}; run `pulumi up` again so the platform reports its credentials"
+        )
+    urls = {}
+    for key in ("mlflow_url", "minio_api_url", "jupyter_url"):
+        value = str(outputs[key])
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            command = f"pulumi up --stack {stack_label}" if stack_label else "pulumi up"
+            raise UsageError(
+                f"stack {stack_label or '(selected)'}: output {key} {value!r} is not an http(s) "
+                f"URL; the stack may come from an older version of the program: run `{command}`"
+            )
+        urls[key] = f"{parts.scheme}://{parts.netloc}"
+    return Platform(
+        source=f"stack {stack_label}" if stack_label else "the selected stack",
+        mlflow_url=urls["mlflow_url"],
+        minio_url=urls["minio_api_url"],
+        jupyter_url=urls["jupyter_url"],
+        minio_user=str(credentials["minio_root_user"]),
+        minio_password=str(credentials["minio_root_password"]),
+        jupyter_token=str(credentials["jupyter_token"]),
+    )
+
+
+def credentials_from_environment(environ: dict[str, str]) -> dict[str, str]:
+    absent = [name for name in CREDENTIAL_VARIABLES if not environ.get(name)]
+    if absent:
+        raise UsageError(
+            f"{', '.join(absent)} not set: without --stack the credentials come from the "
+            "environment; `pulumi stack output platform_credentials --show-secrets` shows them "
+            "(or MOUNT_POINT/.chi-persist/credentials.env on the server); e.g. "
+            "`export MINIO_ROOT_USER=...`, or use --stack NETID instead"
+        )
+    return {name: environ[name] for name in CREDENTIAL_VARIABLES}
+
+
+def resolve_platform(arguments: argparse.Namespace, environ: dict[str, str]) -> Platform:
+    """Combine --stack / --url-base / per-service flags / environment into one Platform."""
+    flags = {
+        "mlflow": arguments.mlflow_url and validate_url("--mlflow-url", arguments.mlflow_url),
+        "minio": arguments.minio_url and validate_url("--minio-url", arguments.minio_url),
+        "jupyter": arguments.jupyter_url and validate_url("--jupyter-url", arguments.jupyter_url),
+    }
+    if arguments.url_base or (all(flags.values()) and not arguments.stack):
+        urls = dict(flags)
+        source = "flags"
+        if arguments.url_base:
+            base = validate_url("--url-base", arguments.url_base, base=True)
+            source = base
+            for service, port in SERVICE_PORTS.items():
+                urls[service] = urls[service] or f"{base}:{port}"
+        jupyter_token = _token_in_url(urls["jupyter"])
+        environment = dict(environ)
+        if jupyter_token and not environment.get("JUPYTER_TOKEN"):
+            environment["JUPYTER_TOKEN"] = jupyter_token
+        credentials = credentials_from_environment(environment)
+        return Platform(
+            source=source,
+            mlflow_url=urls["mlflow"],
+            minio_url=urls["minio"],
+            jupyter_url=_without_query(urls["jupyter"]),
+            minio_user=credentials["MINIO_ROOT_USER"],
+            minio_password=credentials["MINIO_ROOT_PASSWORD"],
+            jupyter_token=credentials["JUPYTER_TOKEN"],
+        )
+    outputs = read_stack_outputs(arguments.stack, environ)
+    platform = platform_from_outputs(outputs, arguments.stack or "")
+    return Platform(
+        source=platform.source,
+        mlflow_url=flags["mlflow"] or platform.mlflow_url,
+        minio_url=flags["minio"] or platform.minio_url,
+        jupyter_url=_without_query(flags["jupyter"]) if flags["jupyter"] else platform.jupyter_url,
+        minio_user=platform.minio_user,
+        minio_password=platform.minio_password,
+        jupyter_token=platform.jupyter_token,
+    )
+
+
+def _token_in_url(url: str) -> str:
+    return parse_qs(urlsplit(url).query).get("token", [""])[0]
+
+
+def _without_query(url: str) -> str:
+    """Jupyter's server root: a URL like http://IP:8888/lab?token=... loses path and token."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+# --- the checks --------------------------------------------------------------
+
+
+def _requests():
+    import requests
+
+    return requests
+
+
+def _describe_connection_error(error: Exception) -> str:
+    """'connection refused', 'timed out', ... from an error of requests or botocore."""
+    texts, seen, pending = [], set(), [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        texts.append(str(current))
+        kwargs = getattr(current, "kwargs", None)
+        pending += [current.__cause__, current.__context__]
+        pending.append(kwargs.get("error") if isinstance(kwargs, dict) else None)
+    text = " ".join(texts)
+    for needle, meaning in (
+        ("Connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("Name or service not known", "unknown host name"),
+        ("No route to host", "no route to host"),
+    ):
+        if needle in text:
+            return meaning
+    return type(error).__name__
+
+
+def check_mlflow(platform: Platform) -> str:
+    """MLflow answers /health and its tracking API."""
+    requests = _requests()
+    try:
+        response = requests.get(f"{platform.mlflow_url}/health", timeout=HTTP_TIMEOUT_SECONDS)
+    except requests.RequestException as error:
+        raise CheckFailed(
+            f"no answer from {platform.mlflow_url}: {_describe_connection_error(error)}"
+        ) from None
+    if response.status_code == 403 and "Host header" in response.text:
+        raise CheckFailed(_host_refused(platform), retryable=False)
+    if response.status_code != 200:
+        raise CheckFailed(
+            f"{platform.mlflow_url}/health answered HTTP {response.status_code} "
+            f"{response.text.strip()[:80]!r}"
+        )
+    client = _mlflow_client(platform)
+    try:
+        experiments = client.search_experiments(max_results=100)
+    except Exception as error:  # the client raises MlflowException or requests' errors
+        if "Host header" in str(error):
+            raise CheckFailed(_host_refused(platform), retryable=False) from None
+        raise CheckFailed(
+            f"/health is OK but the tracking API failed: {_first_line(error)}"
+        ) from None
+    return (
+        f"{platform.mlflow_url} (/health OK, tracking API lists "
+        f"{_count(len(experiments), 'experiment')})"
+    )
+
+
+def _host_refused(platform: Platform) -> str:
+    return (
+        f"{platform.mlflow_url} refused the Host header {urlsplit(platform.mlflow_url).netloc!r}: "
+        "the server's --allowed-hosts (docker/docker-compose.yaml) must include it"
+    )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _s3_client(platform: Platform):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=platform.minio_url,
+        aws_access_key_id=platform.minio_user,
+        aws_secret_access_key=platform.minio_password,
+        region_name="us-east-1",
+        config=Config(
+            s3={"addressing_style": "path"},
+            connect_timeout=5,
+            read_timeout=HTTP_TIMEOUT_SECONDS,
+            retries={"max_attempts": 1, "mode": "standard"},
+        ),
+    )
+
+
+def _s3_failure(platform: Platform, error: Exception, action: str) -> CheckFailed:
+    from botocore.exceptions import ClientError
+
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403") or (
+            status == 403
+        ):
+            return CheckFailed(
+                f"{platform.minio_url} refused the root credentials ({code or status}) on "
+                f"{action}: they are not MinIO's (see MOUNT_POINT/.chi-persist/credentials.env "
+                "on the server)",
+                retryable=False,
+            )
+        return CheckFailed(f"{action} at {platform.minio_url} failed: {code or status}")
+    return CheckFailed(f"no answer from {platform.minio_url}: {_describe_connection_error(error)}")
+
+
+def check_minio_live(platform: Platform) -> str:
+    """MinIO answers an S3 call made with the root credentials."""
+    try:
+        buckets = _s3_client(platform).list_buckets().get("Buckets", [])
+    except Exception as error:  # botocore raises many types; all mean "not live"
+        raise _s3_failure(platform, error, "ListBuckets") from None
+    return (
+        f"{platform.minio_url} (S3 ListBuckets with the root credentials: "
+        f"{_count(len(buckets), 'bucket')})"
+    )
+
+
+def check_minio_bucket(platform: Platform) -> str:
+    """The bucket MLflow stores artifacts in exists."""
+    from botocore.exceptions import ClientError
+
+    try:
+        _s3_client(platform).head_bucket(Bucket=BUCKET)
+    except ClientError as error:
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status == 404:
+            raise CheckFailed(
+                f"{platform.minio_url} has no bucket {BUCKET}: the platform's first start "
+                "creates it; see `docker compose logs` on the server"
+            ) from None
+        raise _s3_failure(platform, error, f"HeadBucket {BUCKET}") from None
+    except Exception as error:
+        raise _s3_failure(platform, error, f"HeadBucket {BUCKET}") from None
+    return f"s3://{BUCKET} exists"
+
+
+def check_jupyter(platform: Platform) -> str:
+    """Jupyter answers /api/status with its token, and refuses it without one."""
+    requests = _requests()
+    status_url = f"{platform.jupyter_url}/api/status"
+    try:
+        response = requests.get(
+            status_url,
+            headers={"Authorization": f"token {platform.jupyter_token}"},
+            timeout=HTTP_TIMEOUT_SECONDS,
+        )
+    except requests.RequestException as error:
+        raise CheckFailed(
+            f"no answer from {platform.jupyter_url}: {_describe_connection_error(error)}"
+        ) from None
+    if response.status_code in (401, 403):
+        raise CheckFailed(
+            f"{platform.jupyter_url} refused the token (HTTP {response.status_code}): it is not "
+            "the server's JUPYTER_TOKEN (MOUNT_POINT/.chi-persist/credentials.env)",
+            retryable=False,
+        )
+    if response.status_code != 200:
+        raise CheckFailed(f"{status_url} answered HTTP {response.status_code}")
+    try:
+        response.json()
+    except ValueError:
+        raise CheckFailed(f"{status_url} answered something that is not Jupyter's JSON") from None
+    try:
+        anonymous = requests.get(status_url, timeout=HTTP_TIMEOUT_SECONDS, allow_redirects=False)
+    except requests.RequestException as error:
+        raise CheckFailed(f"no answer from {platform.jupyter_url}: {error}") from None
+    if anonymous.status_code == 200:
+        raise CheckFailed(
+            f"{status_url} answers without a token: anyone who finds the address can run code",
+            retryable=False,
+        )
+    return f"{platform.jupyter_url} (/api/status with the token; refused without it)"
+
+
+# --- markers -----------------------------------------------------------------
+
+
+def _mlflow_client(platform: Platform):
+    # The client retries for minutes by default; --wait is the place for patience.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    try:
+        from mlflow import MlflowClient
+    except ImportError:
+        raise UsageError(
+            f"the MLflow client is not installed for {sys.executable}: activate the project's "
+            "virtual environment (`source venv/bin/activate`) or run "
+            "`pip install -r requirements.txt`"
+        ) from None
+    return MlflowClient(tracking_uri=platform.mlflow_url)
+
+
+def no_marker_message(platform: Platform) -> str:
+    return (
+        f"no marker run in experiment {EXPERIMENT_NAME} at {platform.mlflow_url}: "
+        "was the volume replaced, or was --write-marker never run?"
+    )
+
+
+def write_marker(platform: Platform) -> str:
+    """Log a marker run with a metric and an artifact, and read the artifact back."""
+    client = _mlflow_client(platform)
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is None:
+        experiment_id = client.create_experiment(EXPERIMENT_NAME)
+    else:
+        experiment_id = experiment.experiment_id
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment_id)
+    written_at = datetime.now(timezone.utc)
+    nonce = secrets.token_hex(16)
+    content = (
+        f"chi-persist marker\nnonce {nonce}\nwritten {written_at.isoformat(timespec='seconds')}\n"
+    ).encode()
+    digest = hashlib.sha256(content).hexdigest()
+    metric_value = float(secrets.randbelow(1_000_000))
+    run = client.create_run(
+        experiment_id,
+        run_name=f"marker-{written_at:%Y%m%d-%H%M%S}",
+        tags={
+            MARKER_TAG: "true",
+            NONCE_TAG: nonce,
+            SHA256_TAG: digest,
+            METRIC_VALUE_TAG: repr(metric_value),
+        },
+    )
+    run_id = run.info.run_id
+    try:
+        client.log_metric(run_id, MARKER_METRIC, metric_value)
+        with tempfile.TemporaryDirectory(prefix="chi-persist-marker-") as directory:
+            path = Path(directory) / MARKER_ARTIFACT
+            path.write_bytes(content)
+            client.log_artifact(run_id, str(path))
+        read_back = _download_marker(client, run_id)
+    except CheckFailed:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    except Exception as error:
+        client.set_terminated(run_id, status="FAILED")
+        raise CheckFailed(f"run {run_id}: logging failed: {_first_line(error)}") from None
+    if hashlib.sha256(read_back).hexdigest() != digest:
+        client.set_terminated(run_id, status="FAILED")
+        raise CheckFailed(f"run {run_id}: {MARKER_ARTIFACT} read back differs from what was sent")
+    client.set_terminated(run_id, status="FINISHED")
+    return (
+        f"run {run_id} in experiment {EXPERIMENT_NAME}: {MARKER_METRIC}={metric_value:g}, "
+        f"{MARKER_ARTIFACT} sha256 {digest[:12]}…"
+    )
+
+
+def _download_marker(client, run_id: str) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="chi-persist-marker-") as directory:
+        try:
+            local = client.download_artifacts(run_id, MARKER_ARTIFACT, directory)
+        except Exception as error:
+            raise CheckFailed(
+                f"run {run_id}: {MARKER_ARTIFACT} cannot be read back ({_first_line(error)}): "
+                "MLflow's artifact store (MinIO's data on the volume) does not hold it"
+            ) from None
+        return Path(local).read_bytes()
+
+
+def verify_marker(platform: Platform) -> str:
+    """Find the newest finished marker run and check its metric and artifact bytes."""
+    client = _mlflow_client(platform)
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is None:
+        raise CheckFailed(no_marker_message(platform), retryable=False)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{MARKER_TAG}` = 'true' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise CheckFailed(no_marker_message(platform), retryable=False)
+    run = runs[0]
+    run_id = run.info.run_id
+    written = datetime.fromtimestamp(run.info.start_time / 1000, timezone.utc)
+    expected_metric = run.data.tags.get(METRIC_VALUE_TAG)
+    metric = run.data.metrics.get(MARKER_METRIC)
+    if expected_metric is None or metric is None or float(expected_metric) != metric:
+        raise CheckFailed(
+            f"run {run_id}: metric {MARKER_METRIC} is {metric}, but {expected_metric} was "
+            "logged: the tracking database (PostgreSQL on the volume) lost or changed it",
+            retryable=False,
+        )
+    expected_digest = run.data.tags.get(SHA256_TAG, "")
+    content = _download_marker(client, run_id)
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != expected_digest:
+        raise CheckFailed(
+            f"run {run_id}: {MARKER_ARTIFACT} has sha256 {digest[:12]}…, but "
+            f"{expected_digest[:12]}… was written: the artifact's bytes changed",
+            retryable=False,
+        )
+    return (
+        f"run {run_id} written {written:%Y-%m-%d %H:%M:%S} UTC: {MARKER_METRIC}={metric:g}, "
+        f"{MARKER_ARTIFACT} sha256 {digest[:12]}… intact"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+# --- running and reporting ---------------------------------------------------
+
+
+def run_with_retries(
+    name: str,
+    check: Callable[[], str],
+    deadline: float,
+    progress: TextIO,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> CheckResult:
+    """Run a check until it passes, fails for good, or the deadline passes."""
+    while True:
+        try:
+            return CheckResult(name, True, check())
+        except CheckFailed as failure:
+            remaining = deadline - clock()
+            if not failure.retryable or remaining <= 0:
+                return CheckResult(name, False, failure.detail)
+            print(
+                f"check-platform: waiting for {name.split()[0]}: {failure.detail} "
+                f"(retrying, {remaining:.0f} s left)",
+                file=progress,
+                flush=True,
+            )
+            sleep(min(RETRY_INTERVAL_SECONDS, remaining))
+
+
+def format_table(results: Sequence[CheckResult]) -> str:
+    width = max(len(result.name) for result in results)
+    lines = [
+        f"  {'✓' if result.passed else '✗'} {result.name:<{width}}  {result.detail}"
+        for result in results
+    ]
+    failed = sum(not result.passed for result in results)
+    if failed:
+        lines.append(f"{failed} of {len(results)} checks failed")
+    else:
+        lines.append(f"all {len(results)} checks passed")
+    return "\n".join(lines)
+
+
+def run_checks(
+    platform: Platform,
+    *,
+    wait_seconds: float,
+    write: bool,
+    verify: bool,
+    progress: TextIO,
+) -> list[CheckResult]:
+    deadline = time.monotonic() + wait_seconds
+    services = [
+        ("MLflow answers", check_mlflow),
+        ("MinIO is live", check_minio_live),
+        (f"MinIO holds bucket {BUCKET}", check_minio_bucket),
+        ("Jupyter answers with its token", check_jupyter),
+    ]
+    results = [
+        run_with_retries(name, lambda check=check: check(platform), deadline, progress)
+        for name, check in services
+    ]
+    marker = None
+    if write:
+        marker = ("Marker run written", write_marker)
+    elif verify:
+        marker = ("Marker run intact", verify_marker)
+    if marker:
+        name, step = marker
+        if results[0].passed:
+            try:
+                # The MLflow client prints "View run …" links: keep stdout for the table.
+                with contextlib.redirect_stdout(progress):
+                    results.append(CheckResult(name, True, step(platform)))
+            except CheckFailed as failure:
+                results.append(CheckResult(name, False, failure.detail))
+        else:
+            results.append(CheckResult(name, False, "not tried: MLflow does not answer"))
+    return results
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    environ: dict[str, str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    environ = dict(os.environ if environ is None else environ)
+    for stream in (stdout, stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+    arguments = build_parser().parse_args(argv)
+    try:
+        platform = resolve_platform(arguments, environ)
+        print(f"check-platform: checking the platform of {platform.source}", file=stderr)
+        results = run_checks(
+            platform,
+            wait_seconds=arguments.wait,
+            write=arguments.write_marker,
+            verify=arguments.verify_marker,
+            progress=stderr,
+        )
+    except UsageError as error:
+        print(f"check-platform: error: {error}", file=stderr)
+        return EXIT_USAGE
+    print(format_table(results), file=stdout, flush=True)
+    return EXIT_OK if all(result.passed for result in results) else EXIT_CHECK_FAILED

@@ -1,0 +1,631 @@
+"""scripts/check-platform: where it finds the platform, how it reports, what it refuses.
+
+The Pulumi CLI is a stand-in executable on PATH that answers
+`pulumi stack output --json --show-secrets` from a fixture and records its
+arguments; MinIO is moto's S3 server; Jupyter is a loopback server that checks
+the token. MLflow itself is exercised in tests/datapath/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+from moto.server import ThreadedMotoServer
+
+from scripts.chi_persist_tools import check_platform
+from tests.support.datapath import free_port, jupyter_stand_in
+from tests.support.paths import REPO_ROOT
+
+CHECK_PLATFORM = REPO_ROOT / "scripts" / "check-platform"
+MINIO_USER = "uminiotestuser"
+MINIO_PASSWORD = "MinioTestPassword0123456789"  # noqa: S105 (made up for the test)
+JUPYTER_TOKEN = "JupyterTestToken0123456789abcdef"  # noqa: S105
+CREDENTIAL_ENVIRONMENT = {
+    "MINIO_ROOT_USER": MINIO_USER,
+    "MINIO_ROOT_PASSWORD": MINIO_PASSWORD,
+    "JUPYTER_TOKEN": JUPYTER_TOKEN,
+}
+
+
+def stack_outputs(host: str = "129.114.25.10", **overrides) -> dict:
+    """Outputs shaped like the program's: URLs on the conventional ports, credentials."""
+    outputs = {
+        "floating_ip": host,
+        "mlflow_url": f"http://{host}:8000",
+        "jupyter_url": f"http://{host}:8888/lab?token={JUPYTER_TOKEN}",
+        "minio_api_url": f"http://{host}:9000",
+        "minio_console_url": f"http://{host}:9001",
+        "platform_credentials": {
+            "postgres_user": "upostgresuser",
+            "postgres_password": "PostgresTestPassword0123",
+            "minio_root_user": MINIO_USER,
+            "minio_root_password": MINIO_PASSWORD,
+            "jupyter_token": JUPYTER_TOKEN,
+        },
+        "ssh_command": f"ssh cc@{host}",
+        "volume_id": "0b6e5a3c-9d2f-4a57-8b0e-3f1c2d4e5f60",
+        "server_id": "5f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b",
+    }
+    outputs.update(overrides)
+    return outputs
+
+
+STAND_IN_PULUMI = """\
+#!{python}
+# Stand-in for the Pulumi CLI: answers `stack output` from a fixture file.
+import json, os, sys
+fixture = json.load(open({fixture!r}))
+with open({log!r}, "a") as log:
+    log.write(json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd()}}) + "\\n")
+arguments = sys.argv[1:]
+if arguments[:2] != ["stack", "output"]:
+    sys.exit("stand-in pulumi: unexpected call " + " ".join(arguments))
+stack = arguments[arguments.index("--stack") + 1] if "--stack" in arguments else None
+stack = stack or fixture.get("selected")
+if stack is None:
+    print("error: no stack selected; please use `pulumi stack select`", file=sys.stderr)
+    sys.exit(255)
+if stack in fixture.get("errors", {{}}):
+    print("error: " + fixture["errors"][stack], file=sys.stderr)
+    sys.exit(255)
+if stack not in fixture["stacks"]:
+    print(f"error: no stack named '{{stack}}' found", file=sys.stderr)
+    sys.exit(255)
+print(json.dumps(fixture["stacks"][stack], indent=4))
+"""
+
+
+class StandInPulumi:
+    """A `pulumi` executable on PATH whose stacks and answers come from a fixture."""
+
+    def __init__(self, directory: Path) -> None:
+        self.bin_dir = directory / "bin"
+        self.bin_dir.mkdir()
+        self.fixture = directory / "pulumi-fixture.json"
+        self.log = directory / "pulumi-calls.jsonl"
+        self.set(stacks={})
+        executable = self.bin_dir / "pulumi"
+        executable.write_text(
+            STAND_IN_PULUMI.format(
+                python=sys.executable, fixture=str(self.fixture), log=str(self.log)
+            )
+        )
+        executable.chmod(0o755)
+
+    def set(self, stacks: dict, selected: str | None = None, errors: dict | None = None) -> None:
+        self.fixture.write_text(
+            json.dumps({"stacks": stacks, "selected": selected, "errors": errors or {}})
+        )
+
+    def calls(self) -> list[dict]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+
+@pytest.fixture
+def pulumi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StandInPulumi:
+    """The stand-in Pulumi CLI, first on PATH."""
+    stand_in = StandInPulumi(tmp_path)
+    monkeypatch.setenv("PATH", f"{stand_in.bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return stand_in
+
+
+def run_main(*arguments: str, environ: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """check-platform's main in this process: exit status, stdout, stderr."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    environment = {"PATH": os.environ["PATH"], **(environ or {})}
+    try:
+        status = check_platform.main(list(arguments), environment, stdout, stderr)
+    except SystemExit as exit_:  # argparse's own usage errors
+        status = exit_.code
+    return status, stdout.getvalue(), stderr.getvalue()
+
+
+def resolve(*arguments: str, environ: dict[str, str] | None = None) -> check_platform.Platform:
+    parsed = check_platform.build_parser().parse_args(list(arguments))
+    return check_platform.resolve_platform(parsed, {"PATH": os.environ["PATH"], **(environ or {})})
+
+
+def rows(stdout: str) -> dict[str, str]:
+    """The table's rows by check name: '✓' or '✗' followed by the detail."""
+    table = {}
+    for line in stdout.splitlines():
+        stripped = line.strip()
+        if stripped[:1] in ("✓", "✗"):
+            mark, rest = stripped[0], stripped[1:].strip()
+            name, _, detail = rest.partition("  ")
+            table[name.strip()] = f"{mark} {detail.strip()}"
+    return table
+
+
+def closed_port_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+# --- arguments ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "environ", "expected"),
+    [
+        (["--url-base", "129.114.25.10"], {}, "--url-base '129.114.25.10' is not an http(s) URL"),
+        (["--url-base", "ftp://129.114.25.10"], {}, "is not an http(s) URL with a host"),
+        (["--url-base", "http://129.114.25.10:8000"], {}, "must name only the host"),
+        (["--url-base", "http://129.114.25.10/lab"], {}, "must name only the host"),
+        (["--mlflow-url", "localhost:8000"], {}, "--mlflow-url 'localhost:8000' is not an http(s)"),
+        (
+            ["--url-base", "http://129.114.25.10"],
+            {},
+            "MINIO_ROOT_USER, MINIO_ROOT_PASSWORD, JUPYTER_TOKEN not set",
+        ),
+        (
+            ["--url-base", "http://129.114.25.10"],
+            {"MINIO_ROOT_USER": MINIO_USER, "JUPYTER_TOKEN": JUPYTER_TOKEN},
+            "MINIO_ROOT_PASSWORD not set",
+        ),
+        (
+            [
+                "--mlflow-url",
+                "http://a:1",
+                "--minio-url",
+                "http://a:2",
+                "--jupyter-url",
+                "http://a:3",
+            ],
+            {"MINIO_ROOT_USER": MINIO_USER},
+            "MINIO_ROOT_PASSWORD, JUPYTER_TOKEN not set",
+        ),
+    ],
+    ids=[
+        "url-base-without-scheme",
+        "url-base-not-http",
+        "url-base-with-port",
+        "url-base-with-path",
+        "service-url-without-scheme",
+        "no-credentials",
+        "one-credential-missing",
+        "service-urls-without-credentials",
+    ],
+)
+def test_bad_arguments_are_refused_with_the_fix(
+    arguments: list[str], environ: dict[str, str], expected: str
+):
+    """Wrong flags or missing credentials: exit 2, a message naming the value and the fix."""
+    status, stdout, stderr = run_main(*arguments, environ=environ)
+    assert status == check_platform.EXIT_USAGE
+    assert expected in stderr
+    assert "e.g." in stderr or "export" in stderr
+    assert stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--stack", "ab1234", "--url-base", "http://1.2.3.4"], "not allowed with argument"),
+        (["--write-marker", "--verify-marker"], "not allowed with argument"),
+        (["--wait", "soon"], "'soon' is not a number of seconds; e.g. --wait 300"),
+        (["--wait", "-1"], "'-1' is out of range; give 0 to 3600 seconds"),
+        (["--wait", "86400"], "'86400' is out of range"),
+        (["--stak", "ab1234"], "unrecognized arguments"),
+    ],
+    ids=[
+        "stack-and-url-base",
+        "write-and-verify",
+        "wait-not-a-number",
+        "wait-negative",
+        "wait-too-long",
+        "misspelt-flag",
+    ],
+)
+def test_conflicting_or_malformed_flags_exit_2(arguments: list[str], expected: str, capsys):
+    """argparse-level mistakes: usage line, the reason, exit status 2."""
+    status, _, _ = run_main(*arguments)
+    captured = capsys.readouterr()
+    assert status == 2
+    assert expected in captured.err
+    assert "usage: check-platform" in captured.err
+
+
+def test_help_documents_sources_markers_and_exit_status():
+    """--help, run as a student would, names every source of URLs, the markers, the exit codes."""
+    completed = subprocess.run(
+        [sys.executable, str(CHECK_PLATFORM), "--help"], capture_output=True, text=True, check=False
+    )
+    assert completed.returncode == 0
+    for text in (
+        "--stack NETID",
+        "--url-base URL",
+        "MINIO_ROOT_USER, MINIO_ROOT_PASSWORD and JUPYTER_TOKEN",
+        "--mlflow-url",
+        "--write-marker",
+        "--verify-marker",
+        "--wait SECONDS",
+        "chi-persist-check",
+        "exit status:",
+    ):
+        assert text in completed.stdout
+
+
+# --- reading the stack --------------------------------------------------------
+
+
+def test_stack_outputs_give_urls_and_credentials(pulumi: StandInPulumi):
+    """--stack reads `pulumi stack output --json --show-secrets --stack NETID` in the project."""
+    pulumi.set(stacks={"ab1234": stack_outputs()})
+    platform = resolve("--stack", "ab1234")
+    assert (platform.mlflow_url, platform.minio_url, platform.jupyter_url) == (
+        "http://129.114.25.10:8000",
+        "http://129.114.25.10:9000",
+        "http://129.114.25.10:8888",
+    )
+    assert (platform.minio_user, platform.minio_password, platform.jupyter_token) == (
+        MINIO_USER,
+        MINIO_PASSWORD,
+        JUPYTER_TOKEN,
+    )
+    assert pulumi.calls() == [
+        {
+            "argv": ["stack", "output", "--json", "--show-secrets", "--stack", "ab1234"],
+            "cwd": str(REPO_ROOT),
+        }
+    ]
+
+
+def test_selected_stack_is_read_when_no_source_is_given(pulumi: StandInPulumi):
+    """Without --stack or --url-base, the selected stack's outputs are used."""
+    pulumi.set(stacks={"cd5678": stack_outputs(host="129.114.25.77")}, selected="cd5678")
+    platform = resolve()
+    assert platform.mlflow_url == "http://129.114.25.77:8000"
+    assert pulumi.calls()[0]["argv"] == ["stack", "output", "--json", "--show-secrets"]
+
+
+def test_service_url_flags_override_the_stack(pulumi: StandInPulumi):
+    """--mlflow-url (an SSH tunnel, say) replaces one URL; the rest and the credentials stay."""
+    pulumi.set(stacks={"ab1234": stack_outputs()})
+    platform = resolve("--stack", "ab1234", "--mlflow-url", "http://localhost:18000/")
+    assert platform.mlflow_url == "http://localhost:18000"
+    assert platform.minio_url == "http://129.114.25.10:9000"
+    assert platform.minio_password == MINIO_PASSWORD
+
+
+def test_url_base_uses_conventional_ports_and_environment_credentials(pulumi: StandInPulumi):
+    """--url-base: MLflow :8000, MinIO :9000, Jupyter :8888; credentials from the environment."""
+    platform = resolve("--url-base", "http://129.114.25.10/", environ=CREDENTIAL_ENVIRONMENT)
+    assert (platform.mlflow_url, platform.minio_url, platform.jupyter_url) == (
+        "http://129.114.25.10:8000",
+        "http://129.114.25.10:9000",
+        "http://129.114.25.10:8888",
+    )
+    assert platform.jupyter_token == JUPYTER_TOKEN
+    assert pulumi.calls() == []
+
+
+def test_jupyter_token_can_come_with_its_url(pulumi: StandInPulumi):
+    """The URL Jupyter prints (…/lab?token=…) is accepted; the token is not kept in the URL."""
+    environ = {
+        key: value for key, value in CREDENTIAL_ENVIRONMENT.items() if key != "JUPYTER_TOKEN"
+    }
+    platform = resolve(
+        "--url-base",
+        "http://129.114.25.10",
+        "--jupyter-url",
+        "http://129.114.25.10:8888/lab?token=FromTheUrl123",
+        environ=environ,
+    )
+    assert platform.jupyter_token == "FromTheUrl123"
+    assert platform.jupyter_url == "http://129.114.25.10:8888"
+
+
+@pytest.mark.parametrize(
+    ("fixture", "arguments", "expected"),
+    [
+        (
+            {"stacks": {"ab1234": stack_outputs()}},
+            ["--stack", "nosuch"],
+            "there is no stack named 'nosuch': create it with "
+            "`scripts/new-stack nosuch --key-pair NAME` and run `pulumi up --stack nosuch`; "
+            "`pulumi stack ls` lists the stacks that exist",
+        ),
+        (
+            {"stacks": {"ab1234": stack_outputs()}},
+            [],
+            "no Pulumi stack is selected: give --stack NETID",
+        ),
+        (
+            {"stacks": {"ab1234": {}}},
+            ["--stack", "ab1234"],
+            "stack ab1234 has no output mlflow_url, minio_api_url, jupyter_url, "
+            "platform_credentials: the platform was never deployed or its last update failed; "
+            "run `pulumi up --stack ab1234`",
+        ),
+        (
+            {"stacks": {"ab1234": stack_outputs(platform_credentials={"postgres_user": "u"})}},
+            ["--stack", "ab1234"],
+            "platform_credentials lacks minio_root_user, minio_root_password, jupyter_token",
+        ),
+        (
+            {
+                "stacks": {"ab1234": stack_outputs()},
+                "errors": {
+                    "ab1234": "passphrase must be set with PULUMI_CONFIG_PASSPHRASE or "
+                    "PULUMI_CONFIG_PASSPHRASE_FILE environment variables"
+                },
+            },
+            ["--stack", "ab1234"],
+            "export PULUMI_CONFIG_PASSPHRASE=",
+        ),
+        (
+            {"stacks": {"ab1234": stack_outputs(mlflow_url="129.114.25.10:8000")}},
+            ["--stack", "ab1234"],
+            "output mlflow_url '129.114.25.10:8000' is not an http(s) URL; the stack may come "
+            "from an older version of the program: run `pulumi up --stack ab1234`",
+        ),
+    ],
+    ids=[
+        "stack-does-not-exist",
+        "no-stack-selected",
+        "stack-never-deployed",
+        "credentials-missing",
+        "passphrase-not-set",
+        "malformed-output",
+    ],
+)
+def test_unusable_stack_is_reported_with_the_fix(
+    pulumi: StandInPulumi, fixture: dict, arguments: list[str], expected: str
+):
+    """A stack missing, unselected, undeployed or locked: exit 2 and the command that fixes it."""
+    pulumi.set(**fixture)
+    status, stdout, stderr = run_main(*arguments)
+    assert status == check_platform.EXIT_USAGE
+    assert expected in stderr
+    assert "Traceback" not in stderr
+    assert stdout == ""
+
+
+def test_missing_pulumi_cli_is_reported_with_the_alternative(tmp_path: Path):
+    """No `pulumi` on PATH: say so, and offer --url-base."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    status = check_platform.main(["--stack", "ab1234"], {"PATH": str(empty)}, stdout, stderr)
+    assert status == check_platform.EXIT_USAGE
+    assert "the Pulumi CLI is not on PATH" in stderr.getvalue()
+    assert "--url-base http://IP" in stderr.getvalue()
+
+
+# --- the checks against live servers --------------------------------------------
+
+
+@pytest.fixture
+def s3_stand_in():
+    """moto's S3 server on a loopback port, standing in for MinIO."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        # The threaded server shares moto's in-process state: start every test empty.
+        requests.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
+        yield url
+    finally:
+        server.stop()
+
+
+def make_bucket(s3_url: str, name: str = "mlflow-artifacts") -> None:
+    boto3.client(
+        "s3",
+        endpoint_url=s3_url,
+        aws_access_key_id=MINIO_USER,
+        aws_secret_access_key=MINIO_PASSWORD,
+        region_name="us-east-1",
+    ).create_bucket(Bucket=name)
+
+
+def platform_at(mlflow: str, minio: str, jupyter: str, token: str = JUPYTER_TOKEN):
+    return check_platform.Platform(
+        source="test",
+        mlflow_url=mlflow,
+        minio_url=minio,
+        jupyter_url=jupyter,
+        minio_user=MINIO_USER,
+        minio_password=MINIO_PASSWORD,
+        jupyter_token=token,
+    )
+
+
+def test_minio_with_the_bucket_passes_both_rows(s3_stand_in: str):
+    """An S3 server that answers with the credentials and holds mlflow-artifacts: two ✓ rows."""
+    make_bucket(s3_stand_in)
+    platform = platform_at(closed_port_url(), s3_stand_in, closed_port_url())
+    assert "S3 ListBuckets with the root credentials: 1 bucket" in check_platform.check_minio_live(
+        platform
+    )
+    assert check_platform.check_minio_bucket(platform) == "s3://mlflow-artifacts exists"
+
+
+def test_minio_without_the_bucket_fails_the_bucket_row(s3_stand_in: str):
+    """A live S3 server without mlflow-artifacts: live ✓, bucket ✗ with what creates it."""
+    make_bucket(s3_stand_in, "other-bucket")
+    status, stdout, _ = run_main(
+        "--mlflow-url",
+        closed_port_url(),
+        "--minio-url",
+        s3_stand_in,
+        "--jupyter-url",
+        closed_port_url(),
+        environ=CREDENTIAL_ENVIRONMENT,
+    )
+    table = rows(stdout)
+    assert status == check_platform.EXIT_CHECK_FAILED
+    assert table["MinIO is live"].startswith("✓")
+    assert table["MinIO holds bucket mlflow-artifacts"] == (
+        f"✗ {s3_stand_in} has no bucket mlflow-artifacts: the platform's first start creates it; "
+        "see `docker compose logs` on the server"
+    )
+
+
+@pytest.mark.parametrize(
+    ("server_token", "expected"),
+    [
+        (JUPYTER_TOKEN, "✓"),
+        ("TheServersOtherToken", "✗ {url} refused the token (HTTP 403)"),
+        (None, "✗ {url}/api/status answers without a token"),
+    ],
+    ids=["right-token", "wrong-token", "no-token-needed"],
+)
+def test_jupyter_must_answer_with_its_token_and_only_with_it(server_token, expected):
+    """Jupyter passes only when it accepts the token and refuses requests without one."""
+    with jupyter_stand_in(server_token) as url:
+        status, stdout, _ = run_main(
+            "--mlflow-url",
+            closed_port_url(),
+            "--minio-url",
+            closed_port_url(),
+            "--jupyter-url",
+            url,
+            environ=CREDENTIAL_ENVIRONMENT,
+        )
+    assert status == check_platform.EXIT_CHECK_FAILED  # MLflow and MinIO are not there
+    assert rows(stdout)["Jupyter answers with its token"].startswith(expected.format(url=url))
+
+
+def test_nothing_listening_fails_every_row_and_names_the_url():
+    """No platform at all: every row ✗ naming the URL; the marker is not tried."""
+    urls = {"mlflow": closed_port_url(), "minio": closed_port_url(), "jupyter": closed_port_url()}
+    status, stdout, stderr = run_main(
+        "--mlflow-url",
+        urls["mlflow"],
+        "--minio-url",
+        urls["minio"],
+        "--jupyter-url",
+        urls["jupyter"],
+        "--verify-marker",
+        environ=CREDENTIAL_ENVIRONMENT,
+    )
+    refused = {
+        service: f"✗ no answer from {url}: connection refused" for service, url in urls.items()
+    }
+    assert status == check_platform.EXIT_CHECK_FAILED
+    assert rows(stdout) == {
+        "MLflow answers": refused["mlflow"],
+        "MinIO is live": refused["minio"],
+        "MinIO holds bucket mlflow-artifacts": refused["minio"],
+        "Jupyter answers with its token": refused["jupyter"],
+        "Marker run intact": "✗ not tried: MLflow does not answer",
+    }
+    assert stdout.splitlines()[-1] == "5 of 5 checks failed"
+    for secret in (MINIO_PASSWORD, JUPYTER_TOKEN):
+        assert secret not in stdout + stderr
+
+
+def test_wait_retries_until_the_service_answers():
+    """--wait: a service that comes up late passes, after one progress line per wait."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    progress = io.StringIO()
+    started = threading.Event()
+
+    def start_late():
+        time.sleep(4)
+        with jupyter_stand_in(JUPYTER_TOKEN, port=port):
+            started.set()
+            time.sleep(30)
+
+    thread = threading.Thread(target=start_late, daemon=True)
+    thread.start()
+    platform = platform_at(closed_port_url(), closed_port_url(), url)
+    result = check_platform.run_with_retries(
+        "Jupyter answers with its token",
+        lambda: check_platform.check_jupyter(platform),
+        time.monotonic() + 30,
+        progress,
+    )
+    assert started.is_set()
+    assert result.passed, result.detail
+    waits = progress.getvalue().splitlines()
+    assert len(waits) >= 1
+    assert all(
+        line.startswith(f"check-platform: waiting for Jupyter: no answer from {url}")
+        for line in waits
+    )
+
+
+def test_wait_is_bounded():
+    """--wait 5 with nothing listening gives up after about 5 s, with a progress line per wait."""
+    started = time.monotonic()
+    status, stdout, stderr = run_main(
+        "--mlflow-url",
+        closed_port_url(),
+        "--minio-url",
+        closed_port_url(),
+        "--jupyter-url",
+        closed_port_url(),
+        "--wait",
+        "5",
+        environ=CREDENTIAL_ENVIRONMENT,
+    )
+    elapsed = time.monotonic() - started
+    assert status == check_platform.EXIT_CHECK_FAILED
+    assert 5 <= elapsed < 20
+    waits = [line for line in stderr.splitlines() if line.startswith("check-platform: waiting")]
+    assert len(waits) >= 2
+    assert all("s left)" in line for line in waits)
+
+
+def test_wrong_token_is_not_retried():
+    """A refused token will not fix itself: the check fails at once even with --wait."""
+    with jupyter_stand_in("TheServersOtherToken") as url:
+        platform = platform_at(closed_port_url(), closed_port_url(), url)
+        started = time.monotonic()
+        result = check_platform.run_with_retries(
+            "Jupyter answers with its token",
+            lambda: check_platform.check_jupyter(platform),
+            time.monotonic() + 60,
+            io.StringIO(),
+        )
+    assert not result.passed
+    assert time.monotonic() - started < 5
+
+
+def test_table_goes_to_stdout_and_progress_to_stderr():
+    """stdout holds only the table (scripts can read it); everything else is on stderr."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(CHECK_PLATFORM),
+            "--mlflow-url",
+            closed_port_url(),
+            "--minio-url",
+            closed_port_url(),
+            "--jupyter-url",
+            closed_port_url(),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **CREDENTIAL_ENVIRONMENT},
+        timeout=120,
+    )
+    lines = completed.stdout.splitlines()
+    assert completed.returncode == 1
+    assert [line.strip()[0] for line in lines[:-1]] == ["✗"] * 4
+    assert lines[-1] == "4 of 4 checks failed"
+    assert "check-platform: checking the platform of flags" in completed.stderr
+
+
+def test_platform_repr_hides_credentials():
+    """A Platform printed in a traceback or log shows no secret."""
+    platform = platform_at("http://a:1", "http://a:2", "http://a:3")
+    assert MINIO_PASSWORD not in repr(platform)
+    assert JUPYTER_TOKEN not in repr(platform)
