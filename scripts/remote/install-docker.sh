@@ -85,19 +85,16 @@ parse_arguments() {
 # True when some process holds the file open: apt and dpkg keep their lock
 # files open while they hold the (fcntl) lock, which flock(1) cannot see.
 lock_is_held() {
-    local file=$1 inode
-    [[ -e $file ]] || return 1
-    if command -v fuser >/dev/null; then
-        fuser -s -- "$file" 2>/dev/null
-        return
-    fi
-    inode=$(stat -c '%i' -- "$file")
-    grep -Eq "[0-9a-f]+:[0-9a-f]+:$inode " /proc/locks
+    [[ -e $1 ]] && fuser -s "$1" 2>/dev/null
 }
 
 # Waits until one pass finds none of the locks held, or fails after the timeout.
 wait_for_package_locks() {
     local deadline=$((SECONDS + lock_timeout)) started=$SECONDS last_message=-1 file held
+    if ! command -v fuser >/dev/null; then
+        say "fuser (psmisc) not found: relying on apt-get's own lock timeout"
+        return 0
+    fi
     while true; do
         held=""
         for file in "${lock_files[@]}"; do
