@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# release-volume.sh: make the persistent volume safe to detach: stop the platform's
+# compose project if it runs (PostgreSQL gets two minutes to shut down cleanly),
+# sync, and unmount. Safe to run when nothing runs and nothing is mounted.
+# Run as root on the server; `release-volume.sh --help` explains it.
+#
+# Exit codes:
+#   0  nothing of the platform runs and the mount point is not mounted (any more)
+#   1  unexpected failure: a command failed (e.g. docker compose down); the output names it
+#   2  usage error or bad input (unknown option, relative path, not root); nothing touched
+#   4  refused: containers of the platform still run, the mount point is busy, or
+#      the filesystem is still mounted in another mount namespace; do not detach
+set -Eeuo pipefail
+export LC_ALL=C
+
+readonly PROJECT=chi-persist
+readonly STOP_TIMEOUT_SECONDS=120
+readonly USAGE="usage: release-volume.sh [--mount-point DIR] [--compose-file FILE]"
+
+mount_point=/mnt/block
+compose_file=""
+
+show_help() {
+    cat <<EOF
+$USAGE
+
+Makes the persistent volume safe to detach. Runs as root.
+  1. If docker is installed and containers of the compose project "$PROJECT" run:
+       docker compose --project-name $PROJECT [--file FILE --env-file DIR/.chi-persist/credentials.env] \\
+           down --timeout $STOP_TIMEOUT_SECONDS
+     (--file only when FILE exists, --env-file only when that file exists too), with
+     MOUNT_POINT=DIR in its environment; then checks that none of them still runs.
+  2. sync
+  3. If DIR is a mount point: unmount it (never lazily), then check that no other
+     mount namespace (a container) still holds the filesystem.
+
+Options:
+  --mount-point DIR    the volume's mount point (default /mnt/block)
+  --compose-file FILE  the platform's compose file (optional)
+  --help               show this text
+
+Each step prints one line; the last line reads
+  release-volume: released: mount_point=<dir> platform_stopped=<yes|no> unmounted=<yes|no>
+
+Exit codes: 0 released (or nothing to release); 1 unexpected failure; 2 usage error
+or not root; 4 refused: something still uses the volume (do not detach it).
+EOF
+}
+
+say() {
+    printf 'release-volume: %s\n' "$*"
+}
+
+fail() {
+    local code=$1
+    shift
+    printf 'release-volume: %s\n' "$*" >&2
+    exit "$code"
+}
+
+usage_error() {
+    printf 'release-volume: %s\n%s\n' "$1" "$USAGE" >&2
+    exit 2
+}
+
+on_unexpected_error() {
+    local code=$1 command=$2 line=$3
+    if [[ $BASHPID != "$$" ]]; then
+        exit "$code"
+    fi
+    printf 'release-volume: unexpected failure (exit %s) at line %s: %s\n' "$code" "$line" "$command" >&2
+    exit 1
+}
+
+trap 'on_unexpected_error $? "$BASH_COMMAND" $LINENO' ERR
+
+parse_arguments() {
+    while (($#)); do
+        case $1 in
+            --help | -h)
+                show_help
+                exit 0
+                ;;
+            --mount-point=* | --compose-file=*)
+                set -- "${1%%=*}" "${1#*=}" "${@:2}"
+                continue
+                ;;
+            --mount-point | --compose-file)
+                (($# >= 2)) || usage_error "option $1 needs a value"
+                case $1 in
+                    --mount-point) mount_point=$2 ;;
+                    --compose-file) compose_file=$2 ;;
+                esac
+                shift 2
+                ;;
+            *) usage_error "unknown argument ${1@Q}; see --help" ;;
+        esac
+    done
+}
+
+validate_arguments() {
+    ((EUID == 0)) || usage_error "must run as root (uid 0, not ${EUID}); run it with sudo"
+    local dot_component='(^|/)\.{1,2}(/|$)'
+    [[ $mount_point == /* && $mount_point != / ]] \
+        || usage_error "mount point ${mount_point@Q} is not an absolute path below /; pass e.g. --mount-point /mnt/block"
+    [[ ! $mount_point =~ $dot_component && $mount_point != *//* && $mount_point != */ ]] \
+        || usage_error "mount point ${mount_point@Q} is not in canonical form (no ., .., // or trailing /)"
+    if [[ -n $compose_file && $compose_file != /* ]]; then
+        usage_error "compose file ${compose_file@Q} is not an absolute path"
+    fi
+}
+
+# Prints the ids of the project's running containers; fails when docker does not answer.
+running_containers() {
+    docker ps --quiet --filter "label=com.docker.compose.project=$PROJECT"
+}
+
+platform_stopped=no
+
+stop_platform() {
+    if ! command -v docker >/dev/null; then
+        say "docker is not installed: no platform to stop"
+        return 0
+    fi
+    local running rc=0
+    running=$(running_containers 2>&1) || rc=$?
+    if ((rc != 0)); then
+        # Without an answer, nothing is stopped here; the check after unmounting
+        # still catches a container that holds the filesystem.
+        say "docker does not answer (docker ps exit $rc: ${running//$'\n'/ }): nothing to stop"
+        return 0
+    fi
+    if [[ -z $running ]]; then
+        say "platform is not running: nothing to stop"
+        return 0
+    fi
+
+    local options=(--project-name "$PROJECT") credentials=$mount_point/.chi-persist/credentials.env output
+    if [[ -n $compose_file && -f $compose_file ]]; then
+        options+=(--file "$compose_file")
+        [[ -f $credentials ]] && options+=(--env-file "$credentials")
+    elif [[ -n $compose_file ]]; then
+        say "compose file $compose_file does not exist: stopping the project by its name"
+    fi
+    say "platform is running ($(grep -c . <<<"$running") container(s)): docker compose down --timeout $STOP_TIMEOUT_SECONDS"
+    rc=0
+    output=$(MOUNT_POINT=$mount_point docker compose "${options[@]}" down --timeout "$STOP_TIMEOUT_SECONDS" 2>&1) || rc=$?
+    ((rc == 0)) || fail 1 "docker compose down failed (exit $rc: ${output//$'\n'/ }); nothing was unmounted. Stop the platform by hand (sudo docker compose --project-name $PROJECT down --timeout $STOP_TIMEOUT_SECONDS) and run again."
+
+    rc=0
+    running=$(running_containers 2>&1) || rc=$?
+    if ((rc != 0)) || [[ -n $running ]]; then
+        fail 4 "refused: containers of $PROJECT still run after docker compose down (${running//$'\n'/ }); nothing was unmounted. Stop them (sudo docker ps --filter label=com.docker.compose.project=$PROJECT) and run again."
+    fi
+    platform_stopped=yes
+    say "platform stopped"
+}
+
+# PIDs (with their command names) of processes outside this mount namespace that
+# still have the filesystem numbered $1 mounted.
+other_namespace_users() {
+    local devno=$1 own entry pid namespace
+    own=$(readlink /proc/self/ns/mnt)
+    for entry in /proc/[0-9]*; do
+        pid=${entry#/proc/}
+        namespace=$(readlink "$entry/ns/mnt" 2>/dev/null) || continue
+        [[ $namespace != "$own" ]] || continue
+        if awk -v devno="$devno" '$3 == devno { found = 1 } END { exit !found }' "$entry/mountinfo" 2>/dev/null; then
+            printf '%s(%s) ' "$pid" "$(cat "$entry/comm" 2>/dev/null || echo '?')"
+        fi
+    done
+}
+
+unmounted=no
+
+unmount_volume() {
+    if ! mountpoint -q -- "$mount_point"; then
+        say "$mount_point is not mounted: nothing to unmount"
+        return 0
+    fi
+    local devno fstype device_name output rc users rounds=0
+    devno=$(mountpoint -d -- "$mount_point")
+    fstype=$(findmnt --noheadings --first-only --output FSTYPE --mountpoint "$mount_point" || true)
+    device_name=$(sed -n 's/^DEVNAME=//p' "/sys/dev/block/$devno/uevent" 2>/dev/null || true)
+    while mountpoint -q -- "$mount_point"; do
+        rc=0
+        output=$(umount -- "$mount_point" 2>&1) || rc=$?
+        ((rc == 0)) || fail 4 "refused: could not unmount $mount_point (${output//$'\n'/ }); it stays mounted. Find what uses it (sudo fuser -vm $mount_point), stop that, and run again."
+        rounds=$((rounds + 1))
+        ((rounds < 8)) || fail 1 "$mount_point is still a mount point after $rounds unmounts"
+    done
+
+    # A container started outside the compose project keeps its own copy of the
+    # mount: the filesystem stays in use although it is gone from here.
+    users=$(other_namespace_users "$devno")
+    if [[ -n $users ]]; then
+        local again="it could not be mounted again at $mount_point"
+        if [[ -n $device_name && -b /dev/$device_name ]] \
+            && mount --types "${fstype:-auto}" --source "/dev/$device_name" --target "$mount_point" 2>/dev/null; then
+            again="it was mounted again at $mount_point, as it was"
+        fi
+        fail 4 "refused: the filesystem of $mount_point ($devno) is still mounted in the mount namespace of process(es) ${users% } (a container still running?); $again. Do not detach the volume: stop those processes (sudo docker ps) and run again."
+    fi
+    unmounted=yes
+    say "unmounted $mount_point"
+}
+
+main() {
+    parse_arguments "$@"
+    validate_arguments
+    stop_platform
+    sync
+    say "synced"
+    unmount_volume
+    say "released: mount_point=$mount_point platform_stopped=$platform_stopped unmounted=$unmounted"
+}
+
+main "$@"
