@@ -1,0 +1,164 @@
+"""What new-stack, class-stacks and recycle share: errors without tracebacks, and the Pulumi CLI.
+
+Every Pulumi call runs in the project directory (so its Pulumi.yaml and stack
+files are used, wherever the command was started), with an argument list and no
+shell, and without a terminal to prompt on.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a Pulumi call failed, or the stack is not in a state the command can handle
+EXIT_USAGE = 2  # wrong arguments or input: nothing was changed
+
+PASSPHRASE_VARIABLES = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
+
+
+class CommandError(Exception):
+    """A failure to report as `error:` lines, with what Pulumi printed, and an exit status."""
+
+    def __init__(
+        self,
+        *lines: str,
+        exit_code: int = EXIT_USAGE,
+        output: str = "",
+    ) -> None:
+        super().__init__(lines[0] if lines else "")
+        self.lines = list(lines)
+        self.exit_code = exit_code
+        self.output = output
+
+
+class PulumiFailed(CommandError):
+    """A Pulumi CLI call exited non-zero; `output` holds what it printed."""
+
+    def __init__(self, arguments: Sequence[str], returncode: int, output: str) -> None:
+        self.arguments = list(arguments)
+        self.returncode = returncode
+        super().__init__(
+            f"`{pulumi_command_text(arguments)}` failed (exit status {returncode}); pulumi said:",
+            exit_code=EXIT_FAILED,
+            output=output,
+        )
+
+    def mentions(self, text: str) -> bool:
+        return text.lower() in self.output.lower()
+
+    def with_fix(self, *lines: str) -> PulumiFailed:
+        self.lines.extend(lines)
+        return self
+
+
+def pulumi_command_text(arguments: Sequence[str]) -> str:
+    """How a student would type the call."""
+    return shlex.join(["pulumi", *arguments])
+
+
+def report(error: CommandError, stream=None) -> None:
+    stream = stream or sys.stderr
+    head, *rest = error.lines or ["failed"]
+    print(f"error: {head}", file=stream)
+    for line in error.output.strip().splitlines():
+        print(f"    {line}", file=stream)
+    for line in rest:
+        print(f"error: {line}", file=stream)
+
+
+def run_main(body: Callable[[], int]) -> int:
+    """Run a command's body; report CommandError without a traceback."""
+    try:
+        return body()
+    except CommandError as error:
+        sys.stdout.flush()
+        report(error)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def pulumi_executable() -> str:
+    executable = shutil.which("pulumi")
+    if executable is None:
+        raise CommandError(
+            "the Pulumi CLI (`pulumi`) is not on PATH",
+            "fix: install it (https://www.pulumi.com/docs/install/), open a new shell, "
+            "and check with `pulumi version`",
+            exit_code=EXIT_FAILED,
+        )
+    return executable
+
+
+def run_pulumi(arguments: Sequence[str]) -> str:
+    """Run `pulumi ARGUMENTS` in the project directory; its stdout, or PulumiFailed."""
+    completed = subprocess.run(
+        [pulumi_executable(), *arguments],
+        cwd=PROJECT_DIR,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        said = "\n".join(part for part in (completed.stderr, completed.stdout) if part.strip())
+        raise PulumiFailed(arguments, completed.returncode, said or "(nothing)")
+    return completed.stdout
+
+
+def stream_pulumi(arguments: Sequence[str], stream=None) -> None:
+    """Run a long Pulumi call, passing its output through as it comes; PulumiFailed on error."""
+    stream = stream or sys.stdout
+    process = subprocess.Popen(
+        [pulumi_executable(), *arguments],
+        cwd=PROJECT_DIR,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    assert process.stdout is not None
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            stream.write(f"  | {line}")
+            stream.flush()
+    except KeyboardInterrupt:
+        # Pulumi got the same interrupt and is cancelling cleanly: let it finish.
+        print("interrupted: waiting for pulumi to stop cleanly", file=sys.stderr, flush=True)
+        process.wait()
+        raise
+    returncode = process.wait()
+    if returncode != 0:
+        tail = "".join(lines[-40:])
+        raise PulumiFailed(arguments, returncode, tail or "(nothing)")
+
+
+def passphrase_is_set(environ: dict[str, str] | None = None) -> bool:
+    """Whether Pulumi can unlock a passphrase-protected stack without asking."""
+    environ = os.environ if environ is None else environ
+    return any(name in environ for name in PASSPHRASE_VARIABLES)
+
+
+HOW_TO_UNLOCK_SECRETS = (
+    "export PULUMI_CONFIG_PASSPHRASE='<passphrase>' (or PULUMI_CONFIG_PASSPHRASE_FILE=<file "
+    "holding it>): the local state backend encrypts the stack's secrets with it, and every "
+    "pulumi command on the stack needs the same one"
+)
+
+
+def unknown_stack_fix(stack: str) -> str:
+    return (
+        f"fix: there is no stack named {stack!r}: check the name with `pulumi stack ls`, "
+        f"or create it with `scripts/new-stack {stack} --key-pair NAME`"
+    )
