@@ -1,0 +1,511 @@
+"""recycle: destroy a stack's server and its dependents; keep the volume, port and floating IP.
+
+The server is found by type and name in `pulumi stack export`, never by a URN
+typed by hand. Before anything is destroyed, the plan is checked: nothing that
+must stay may be among the server's dependents. When the server no longer
+answers on SSH, the remote stop step (whose delete would wait on it forever) is
+removed from the state first, with a warning about what that means for the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from chi_persist_tools.command_line import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    HOW_TO_UNLOCK_SECRETS,
+    CommandError,
+    PulumiFailed,
+    passphrase_is_set,
+    pulumi_command_text,
+    run_main,
+    run_pulumi,
+    stream_pulumi,
+    unknown_stack_fix,
+)
+from components.settings import check_value
+
+SERVER = "openstack:compute/instance:Instance"
+ATTACHMENT = "openstack:compute/volumeAttach:VolumeAttach"
+VOLUME = "openstack:blockstorage/volume:Volume"
+PORT = "openstack:networking/port:Port"
+FLOATING_IP = "openstack:networking/floatingIp:FloatingIp"
+REMOTE_COMMAND = "command:remote:Command"
+COPY_TO_REMOTE = "command:remote:CopyToRemote"
+LOCAL_COMMAND = "command:local:Command"
+SERVER_NAME_PREFIX = "node-persist-"
+
+# What a recycle must leave in place: the data, and the address students know.
+KEPT = {VOLUME: "volume", PORT: "port", FLOATING_IP: "floating IP"}
+LABELS = {
+    SERVER: "server",
+    ATTACHMENT: "volume attachment",
+    REMOTE_COMMAND: "remote command",
+    COPY_TO_REMOTE: "file copy",
+    LOCAL_COMMAND: "local command",
+}
+SSH_PORT = 22
+PROBE_TIMEOUT_SECONDS = 5.0
+
+DESCRIPTION = """\
+Recycle the compute of a stack: destroy its server (node-persist-NETID) and what
+depends on it (the volume attachment and the provisioning steps), and keep the
+volume with all its data, the port and the floating IP. Then `pulumi up` makes a
+new server, which attaches the same volume and finds every experiment, model and
+notebook where it was.
+"""
+
+EPILOG = """\
+what it does:
+  1. reads the stack's state (`pulumi stack export`) and finds the server;
+  2. shows what will be destroyed and what stays, and asks (unless --yes);
+  3. runs `pulumi destroy --target <server> --target-dependents`: before the volume is
+     detached, the server stops the platform cleanly (docker compose down, sync, unmount);
+  4. reads the state again and checks the volume, port and floating IP are still there.
+  The volume is never a target.
+
+when the server is already gone or does not answer on SSH (deleted by hand, an
+expired lease): the clean stop cannot run, so its step is removed from the state
+and the destroy goes on. PostgreSQL then recovers from its journal on the next start:
+committed data is safe; writes of the last seconds before the server went away may
+be lost. You are warned before anything happens.
+
+examples:
+  scripts/recycle --stack ab1234
+  scripts/recycle --stack ab1234 --yes && pulumi up --stack ab1234
+  scripts/recycle                   # the selected stack (`pulumi stack select NETID`)
+
+exit status:
+  0  the server is gone and the volume, port and floating IP are still in the stack
+  1  a pulumi command failed, the stack's state is not safe to recycle, or something
+     that must stay is missing afterwards (what to do is printed)
+  2  wrong arguments, no stack selected, no server to recycle, or not confirmed:
+     nothing was changed
+
+PULUMI_CONFIG_PASSPHRASE must be set (as for `pulumi up`) when the stack's secrets
+are protected by a passphrase, the default of this project's local state backend.
+"""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One resource of a stack's state, as `pulumi stack export` shows it."""
+
+    urn: str
+    type: str
+    id: str | None
+    inputs: Mapping[str, Any]
+    outputs: Mapping[str, Any]
+    parent: str | None
+    depends_on: frozenset[str]
+    protect: bool
+
+    @classmethod
+    def from_state(cls, entry: Mapping[str, Any]) -> Resource:
+        depends_on = set(entry.get("dependencies") or [])
+        for urns in (entry.get("propertyDependencies") or {}).values():
+            depends_on.update(urns or [])
+        if entry.get("deletedWith"):
+            depends_on.add(entry["deletedWith"])
+        return cls(
+            urn=entry["urn"],
+            type=entry.get("type", ""),
+            id=entry.get("id"),
+            inputs=entry.get("inputs") or {},
+            outputs=entry.get("outputs") or {},
+            parent=entry.get("parent"),
+            depends_on=frozenset(depends_on),
+            protect=bool(entry.get("protect")),
+        )
+
+    @property
+    def name(self) -> str:
+        """The name the program gave the resource (the URN's last part)."""
+        return self.urn.rsplit("::", 1)[-1]
+
+    @property
+    def cloud_name(self) -> str | None:
+        for values in (self.outputs, self.inputs):
+            value = values.get("name")
+            if isinstance(value, str) and value:
+                return value
+        return None
+
+    def describe(self) -> str:
+        label = LABELS.get(self.type) or KEPT.get(self.type) or self.type
+        if self.type == FLOATING_IP and self.outputs.get("address"):
+            shown = f"{self.outputs['address']} ({self.name})"
+        elif self.cloud_name and self.cloud_name != self.name:
+            shown = f"{self.cloud_name} ({self.name})"
+        else:
+            shown = self.name
+        return f"{label} {shown}" + (f", id {self.id}" if self.id else "")
+
+    @property
+    def stops_on_delete(self) -> bool:
+        """A remote command with a `delete` step: destroying it runs that step over SSH."""
+        if self.type != REMOTE_COMMAND:
+            return False
+        return bool(self.outputs.get("delete") or self.inputs.get("delete"))
+
+
+@dataclass
+class Plan:
+    """What a recycle of one stack destroys, what it keeps, and how the stop can run."""
+
+    stack: str
+    server: Resource
+    removed: list[Resource]
+    kept: list[Resource]
+    secrets_provider: str | None
+    address: str | None = None
+    stop_steps: list[Resource] = field(default_factory=list)
+
+
+def resources_in(export: Mapping[str, Any]) -> list[Resource]:
+    deployment = export.get("deployment") or {}
+    return [Resource.from_state(entry) for entry in deployment.get("resources") or []]
+
+
+def dependents(resources: Sequence[Resource], urns: Iterable[str]) -> list[Resource]:
+    """Everything that depends on, is a child of, or is deleted with any of `urns`, transitively."""
+    found = set(urns)
+    changed = True
+    while changed:
+        changed = False
+        for resource in resources:
+            if resource.urn in found:
+                continue
+            if resource.parent in found or resource.depends_on & found:
+                found.add(resource.urn)
+                changed = True
+    return [resource for resource in resources if resource.urn in found]
+
+
+def _server_of(stack: str, resources: Sequence[Resource]) -> Resource:
+    servers = [resource for resource in resources if resource.type == SERVER]
+    ours = [
+        server
+        for server in servers
+        if (server.cloud_name or server.name).startswith(SERVER_NAME_PREFIX)
+        or server.name.startswith(SERVER_NAME_PREFIX)
+    ]
+    if not ours:
+        others = ", ".join(server.describe() for server in servers)
+        raise CommandError(
+            f"nothing to recycle: stack {stack} has no server named {SERVER_NAME_PREFIX}* in its "
+            "state" + (f" (it has: {others})" if others else ""),
+            f"fix: bring one up with `pulumi up --stack {stack}`",
+            exit_code=EXIT_USAGE,
+        )
+    if len(ours) > 1:
+        raise CommandError(
+            f"stack {stack} has {len(ours)} servers named {SERVER_NAME_PREFIX}*: "
+            + ", ".join(server.describe() for server in ours),
+            "fix: this is not a stack of this project's program; recycle by hand with "
+            "`pulumi destroy --target URN --target-dependents`",
+            exit_code=EXIT_FAILED,
+        )
+    return ours[0]
+
+
+def plan_recycle(stack: str, export: Mapping[str, Any]) -> Plan:
+    """What destroying the server with its dependents removes; refuses anything unsafe."""
+    resources = resources_in(export)
+    server = _server_of(stack, resources)
+    removed = dependents(resources, [server.urn])
+    must_stay = [resource for resource in removed if resource.type in KEPT]
+    if must_stay:
+        raise CommandError(
+            "refusing: destroying the server with its dependents would also destroy "
+            + ", ".join(resource.describe() for resource in must_stay)
+            + "; nothing was changed",
+            "fix: the stack's program makes these depend on the server, which it must not; "
+            "ask your instructor, and do not destroy the server until that is fixed",
+            exit_code=EXIT_FAILED,
+        )
+    protected = [resource for resource in removed if resource.protect]
+    if protected:
+        raise CommandError(
+            "refusing: these would be destroyed but are protected: "
+            + ", ".join(resource.describe() for resource in protected)
+            + "; nothing was changed",
+            "fix: if they may really go, `pulumi state unprotect --stack "
+            f"{stack} URN` each, then run recycle again",
+            exit_code=EXIT_FAILED,
+        )
+    removed_urns = {resource.urn for resource in removed}
+    kept = [
+        resource
+        for resource in resources
+        if resource.type in KEPT and resource.urn not in removed_urns
+    ]
+    floating_ips = [resource for resource in kept if resource.type == FLOATING_IP]
+    address = floating_ips[0].outputs.get("address") if len(floating_ips) == 1 else None
+    deployment = export.get("deployment") or {}
+    provider = (deployment.get("secrets_providers") or {}).get("type")
+    return Plan(
+        stack=stack,
+        server=server,
+        removed=removed,
+        kept=kept,
+        secrets_provider=provider,
+        address=address if isinstance(address, str) and address else None,
+        stop_steps=[resource for resource in removed if resource.stops_on_delete],
+    )
+
+
+def steps_to_forget(plan: Plan) -> list[Resource]:
+    """The stop steps, and what depends on them, in the order `pulumi state delete` accepts."""
+    resources = plan.removed
+    forget = dependents(resources, [step.urn for step in plan.stop_steps])
+    not_remote = [
+        resource for resource in forget if not resource.type.startswith("command:remote:")
+    ]
+    if not_remote:
+        raise CommandError(
+            "cannot skip the clean stop: "
+            + ", ".join(resource.describe() for resource in not_remote)
+            + " depend on the stop step; nothing was changed",
+            f"fix: make the server reachable on SSH, or remove these from the state by hand "
+            f"(`pulumi state delete --stack {plan.stack} URN`), then run recycle again",
+            exit_code=EXIT_FAILED,
+        )
+    # A state lists dependencies before their dependents: forget in reverse.
+    return list(reversed(forget))
+
+
+def ssh_unreachable_reason(address: str, port: int = SSH_PORT) -> str | None:
+    """None when something accepts a TCP connection on address:port, else why not."""
+    try:
+        with socket.create_connection((address, port), timeout=PROBE_TIMEOUT_SECONDS):
+            return None
+    except TimeoutError:
+        return f"no answer within {PROBE_TIMEOUT_SECONDS:g} s"
+    except OSError as error:
+        return error.strerror or str(error)
+
+
+def export_state(stack: str) -> dict[str, Any]:
+    arguments = ["stack", "export", "--stack", stack, "--non-interactive"]
+    try:
+        text = run_pulumi(arguments)
+    except PulumiFailed as failure:
+        if failure.mentions("no stack named"):
+            raise failure.with_fix(unknown_stack_fix(stack)) from None
+        raise
+    try:
+        export = json.loads(text)
+    except json.JSONDecodeError:
+        raise CommandError(
+            f"`{pulumi_command_text(arguments)}` printed something that is not JSON: "
+            f"{text[:200]!r}",
+            "fix: check the Pulumi CLI with `pulumi version` (3.x is needed)",
+            exit_code=EXIT_FAILED,
+        ) from None
+    if not isinstance(export, dict):
+        raise CommandError(
+            f"`{pulumi_command_text(arguments)}` printed a {type(export).__name__}, "
+            "not a deployment",
+            exit_code=EXIT_FAILED,
+        )
+    return export
+
+
+def selected_stack() -> str:
+    listing = run_pulumi(["stack", "ls", "--json", "--non-interactive"])
+    try:
+        stacks = json.loads(listing or "[]")
+    except json.JSONDecodeError:
+        stacks = []
+    for entry in stacks:
+        if isinstance(entry, dict) and entry.get("current"):
+            return str(entry.get("name", "")).rsplit("/", 1)[-1]
+    raise CommandError(
+        "no stack is selected",
+        "fix: give it: scripts/recycle --stack NETID (`pulumi stack ls` lists the stacks)",
+        exit_code=EXIT_USAGE,
+    )
+
+
+def show_plan(plan: Plan) -> None:
+    print(f"recycle: stack {plan.stack}: these will be destroyed (the server and its dependents):")
+    for resource in plan.removed:
+        extra = ""
+        if resource.stops_on_delete:
+            extra = " (its delete step stops the platform cleanly and unmounts the volume)"
+        print(f"  - {resource.describe()}{extra}")
+    print("recycle: these stay:")
+    for resource in plan.kept:
+        print(f"  + {resource.describe()}")
+    for kind, label in KEPT.items():
+        if not any(resource.type == kind for resource in plan.kept):
+            print(f"warning: the stack has no {label} in its state, so none can be kept")
+
+
+def confirm(plan: Plan) -> bool:
+    print(f"Recycle the server of stack {plan.stack}? [y/N] ", end="", flush=True)
+    answer = sys.stdin.readline()
+    if not answer:
+        print()
+        raise CommandError(
+            "no answer (nothing to read a confirmation from); nothing was changed",
+            f"fix: run `scripts/recycle --stack {plan.stack}` in a terminal, or pass --yes",
+            exit_code=EXIT_USAGE,
+        )
+    return answer.strip().lower() in ("y", "yes")
+
+
+def check_after(plan: Plan, export: Mapping[str, Any]) -> None:
+    """The server is gone, and everything that had to stay is still there, same ids."""
+    resources = {resource.urn: resource for resource in resources_in(export)}
+    problems = []
+    if plan.server.urn in resources:
+        problems.append(f"the server is still in the state: {plan.server.describe()}")
+    for before in plan.kept:
+        after = resources.get(before.urn)
+        if after is None:
+            problems.append(f"{before.describe()} is NOT in the stack's state any more")
+        elif after.id != before.id:
+            problems.append(
+                f"{before.describe()} now has id {after.id}: it is not the same {KEPT[before.type]}"
+            )
+    if problems:
+        raise CommandError(
+            *problems,
+            f"fix: do not run `pulumi up` yet: a new, empty volume could be made. Check in "
+            f"Horizon (KVM@TACC, Volumes) that the volume with the id above still exists, "
+            f"and ask your instructor to bring it back into stack {plan.stack} "
+            "(`pulumi import`)",
+            exit_code=EXIT_FAILED,
+        )
+    for resource in plan.kept:
+        print(f"recycle: still there: {resource.describe()}")
+
+
+def run(stack: str | None, assume_yes: bool, environ: Mapping[str, str]) -> int:
+    if stack is not None:
+        problem = check_value("netid", stack)[1]
+        if problem is not None:
+            raise CommandError(
+                f"--stack {stack!r}: a stack is named after its netID, which {problem.rule}",
+                "fix: e.g. --stack ab1234 (`pulumi stack ls` lists the stacks)",
+            )
+    else:
+        stack = selected_stack()
+        print(f"recycle: using the selected stack {stack}")
+
+    plan = plan_recycle(stack, export_state(stack))
+    if plan.secrets_provider == "passphrase" and not passphrase_is_set(dict(environ)):
+        raise CommandError(
+            f"stack {stack}'s secrets are protected by a passphrase, and "
+            "PULUMI_CONFIG_PASSPHRASE is not set; nothing was changed",
+            f"fix: {HOW_TO_UNLOCK_SECRETS}",
+        )
+    show_plan(plan)
+
+    forget: list[Resource] = []
+    if plan.stop_steps:
+        if plan.address is None:
+            print(
+                "warning: the stack has no floating IP address to check the server with: "
+                "trying the clean stop"
+            )
+        else:
+            reason = ssh_unreachable_reason(plan.address)
+            if reason is None:
+                print(
+                    f"recycle: the server answers on {plan.address}:{SSH_PORT}: the platform "
+                    "will be stopped cleanly before the volume is detached"
+                )
+            else:
+                forget = steps_to_forget(plan)
+                print(
+                    f"warning: the server does not answer on {plan.address}:{SSH_PORT} "
+                    f"({reason}): the clean stop (docker compose down, sync, unmount) cannot "
+                    "run. PostgreSQL will recover from its journal on the next start: "
+                    "committed data is safe, but writes of the last seconds before the server "
+                    "went away may be lost. The stop step is removed from the state so the "
+                    "destroy cannot get stuck on it: " + ", ".join(step.name for step in forget)
+                )
+                print(
+                    "warning: if the server is in fact running and only unreachable from "
+                    "here (your address not in allowedCidrs, a VPN), answer no and recycle "
+                    "from a network that reaches it"
+                )
+
+    if not assume_yes and not confirm(plan):
+        print("recycle: not confirmed; nothing was changed")
+        return EXIT_USAGE
+
+    for step in forget:
+        arguments = ["state", "delete", "--stack", stack, step.urn, "--yes", "--non-interactive"]
+        print(f"recycle: forgetting {step.name}: {pulumi_command_text(arguments)}", flush=True)
+        try:
+            run_pulumi(arguments)
+        except PulumiFailed as failure:
+            raise failure.with_fix(
+                "fix: nothing was destroyed yet; correct what pulumi reports and run recycle again"
+            ) from None
+
+    destroy = [
+        "destroy",
+        "--stack",
+        stack,
+        "--target",
+        plan.server.urn,
+        "--target-dependents",
+        "--yes",
+        "--non-interactive",
+    ]
+    print(f"recycle: {pulumi_command_text(destroy)}", flush=True)
+    try:
+        stream_pulumi(destroy)
+    except PulumiFailed as failure:
+        address = plan.address or "the server's address"
+        raise failure.with_fix(
+            "the volume was not a target and is not destroyed by this command",
+            f"fix: if pulumi could not reach the server ({address}:{SSH_PORT}), run "
+            f"`scripts/recycle --stack {stack}` again: it skips the clean stop of a server that "
+            "does not answer. If a step on the server failed, log in (ssh cc@"
+            f"{plan.address or 'IP'}) to see why, then run recycle again. "
+            f"`pulumi stack --stack {stack}` shows what is left",
+        ) from None
+
+    check_after(plan, export_state(stack))
+    print(
+        f"recycle: done: the server of stack {stack} is gone; its volume and data, port and "
+        "floating IP are unchanged"
+    )
+    print(f"next: pulumi up --stack {stack}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recycle",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--stack", metavar="NETID", help="the stack to recycle (default: the selected stack)"
+    )
+    parser.add_argument(
+        "--yes", action="store_true", help="do not ask for confirmation before destroying"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    return run_main(lambda: run(arguments.stack, arguments.yes, os.environ))
