@@ -348,3 +348,17 @@ def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
     assert [step.name for step in plan.stop_steps] == ["provisioning-start-stack"]
     assert all(resource.type != VOLUME for resource in plan.removed)
     assert recycle.steps_to_forget(plan) == plan.stop_steps
+
+
+def test_export_refused_for_the_passphrase_names_the_variable(pulumi):
+    """If pulumi cannot read the state without the passphrase, the fix names the variable."""
+    pulumi.fail(
+        "stack export",
+        "error: getting secrets manager: passphrase must be set with PULUMI_CONFIG_PASSPHRASE "
+        "or PULUMI_CONFIG_PASSPHRASE_FILE environment variables",
+    )
+    result = pulumi.run("recycle", "--stack", "ab1234", "--yes")
+    assert result.returncode == 1
+    assert "getting secrets manager: passphrase must be set" in result.stderr
+    assert "fix: export PULUMI_CONFIG_PASSPHRASE=" in result.stderr
+    assert pulumi.calls() == [EXPORT]

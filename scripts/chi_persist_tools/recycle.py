@@ -302,6 +302,8 @@ def export_state(stack: str) -> dict[str, Any]:
     except PulumiFailed as failure:
         if failure.mentions("no stack named"):
             raise failure.with_fix(unknown_stack_fix(stack)) from None
+        if failure.mentions("passphrase"):
+            raise failure.with_fix(f"fix: {HOW_TO_UNLOCK_SECRETS}") from None
         raise
     try:
         export = json.loads(text)
