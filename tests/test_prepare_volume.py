@@ -10,6 +10,7 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from tests.support.volume_scripts import (
     Server,
     filesystem_created,
     is_mount_point,
+    lock_file,
     mounted_targets,
     new_volume_id,
     partitions_of,
@@ -41,9 +43,23 @@ NOBODY = pwd.getpwnam("nobody")
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Server:
-    """A temporary by-id directory, fstab and mount point."""
-    return Server(tmp_path / "server")
+def servers(tmp_path: Path) -> Iterator[Callable[[str], Server]]:
+    """Makes servers (temporary by-id directory, fstab, mount point); removes their locks after."""
+    made: list[Server] = []
+
+    def make(name: str) -> Server:
+        made.append(Server(tmp_path / name))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.remove_lock_files()
+
+
+@pytest.fixture
+def server(servers) -> Server:
+    """One server's temporary by-id directory, fstab and mount point."""
+    return servers("server")
 
 
 def attach(server: Server, volume: LoopVolume, style: str = "virtio") -> str:
@@ -169,10 +185,10 @@ def test_second_run_changes_nothing(loop_volume, server):
 
 
 def test_reattach_on_a_new_server_keeps_files_uuid_and_nested_owners(
-    loop_volumes: LoopVolumes, tmp_path
+    loop_volumes: LoopVolumes, servers
 ):
     """Unmount, attach the image as another device with a fresh fstab: files, UUID, owners kept."""
-    first_server = Server(tmp_path / "first")
+    first_server = servers("first")
     volume = loop_volumes.make(name="block-persist")
     volume_id = new_volume_id()
     link_by_id(first_server.by_id_dir, volume_id, volume.device)
@@ -194,7 +210,7 @@ def test_reattach_on_a_new_server_keeps_files_uuid_and_nested_owners(
     reattached = LoopVolume(image=volume.image, device=again)
     loop_volumes.volumes.append(reattached)
     assert again != volume.device
-    new_server = Server(tmp_path / "new")
+    new_server = servers("new")
     link_by_id(new_server.by_id_dir, volume_id, again)
 
     result = new_server.prepare(volume_id)
@@ -480,6 +496,29 @@ def test_device_that_never_appears_fails_within_the_timeout(server):
         assert str(server.by_id_dir / name) in message
     assert not server.fstab.exists()
     assert not server.mount_point.exists()
+
+
+def test_second_run_for_the_same_volume_waits_for_the_first(loop_volume, server):
+    """While another run holds the volume lock, a run gives up after --timeout, writing nothing."""
+    volume_id = attach(server, loop_volume)
+    before = DeviceSnapshot.of(loop_volume)
+    lock = lock_file(volume_id)
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "60"], stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while run("flock", "--nonblock", str(lock), "true", check=False).returncode == 0:
+            assert time.monotonic() < deadline, "the lock holder did not start"
+            time.sleep(0.05)
+        started = time.monotonic()
+        result = server.prepare(volume_id, timeout=1)
+        elapsed = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "another prepare-volume.sh" in result.stderr and str(lock) in result.stderr
+    assert elapsed < 5
+    assert_untouched(loop_volume, before, server)
 
 
 def test_links_to_two_different_devices_are_refused(loop_volumes, server):

@@ -6,6 +6,7 @@ import os
 import shlex
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,8 @@ class PreparedVolume:
 
 
 @pytest.fixture
-def prepared(loop_volume: LoopVolume, tmp_path: Path) -> PreparedVolume:
+def prepared(loop_volume: LoopVolume, tmp_path: Path) -> Iterator[PreparedVolume]:
+    """A blank loop volume run through prepare-volume.sh, mounted, with data and credentials."""
     server = Server(tmp_path / "server")
     volume_id = new_volume_id()
     link_by_id(server.by_id_dir, volume_id, loop_volume.device)
@@ -104,7 +106,8 @@ def prepared(loop_volume: LoopVolume, tmp_path: Path) -> PreparedVolume:
     credentials = server.mount_point / ".chi-persist" / "credentials.env"
     credentials.write_text("POSTGRES_USER=u\n")
     credentials.chmod(0o600)
-    return PreparedVolume(loop_volume, server, loop_volume.partition(1))
+    yield PreparedVolume(loop_volume, server, loop_volume.partition(1))
+    server.remove_lock_files()
 
 
 def release(*arguments: str, path: str) -> subprocess.CompletedProcess[str]:

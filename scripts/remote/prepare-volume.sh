@@ -24,6 +24,7 @@ readonly FSTAB_OPTIONS=defaults,nofail,x-systemd.device-timeout=30s
 readonly HEAD_BYTES=$((4 * 1024 * 1024))
 readonly TAIL_BYTES=$((1024 * 1024))
 readonly PARTITION_WAIT_SECONDS=15
+readonly LOCK_DIRECTORY=/run/lock
 readonly USAGE="usage: prepare-volume.sh --volume-id ID [--mount-point DIR] [--owner USER] [--timeout SECONDS]"
 
 volume_id=""
@@ -49,7 +50,8 @@ Options:
                        letters, digits, space and ._-+@: characters
   --owner USER         who gets the mount point's top directory (default cc);
                        nothing below it changes owner
-  --timeout SECONDS    how long to wait for the device to appear (default 180)
+  --timeout SECONDS    how long to wait for the device to appear, and for another
+                       run on the same volume to finish (default 180)
   --help               show this text
 
 The device is found by the volume's serial, never by the name Nova reports:
@@ -190,6 +192,17 @@ validate_arguments() {
     if [[ -e $fstab || -L $fstab ]]; then
         [[ -f $fstab ]] || usage_error "FSTAB ${fstab@Q} is not a regular file"
     fi
+}
+
+# --- one run per volume at a time -------------------------------------------
+
+# Two runs for one volume (a retried deployment, say) must not both see it blank.
+lock_volume() {
+    local lock_file=$LOCK_DIRECTORY/chi-persist-prepare-volume-$volume_id.lock lock_descriptor
+    mkdir -p -- "$LOCK_DIRECTORY"
+    exec {lock_descriptor}>"$lock_file"
+    flock --wait "$timeout" "$lock_descriptor" \
+        || fail 4 "refused: another prepare-volume.sh for volume $volume_id is still running (it holds $lock_file); nothing was written. Run again once it has finished."
 }
 
 # --- finding the device -----------------------------------------------------
@@ -698,6 +711,7 @@ update_fstab() {
 main() {
     parse_arguments "$@"
     validate_arguments
+    lock_volume
     find_device
     probe_volume
     decide_action

@@ -40,20 +40,22 @@ def timed_prepare(server: Server, volume_id: str, expect_formatted: str) -> floa
 
 def one_round(directory: Path, round_number: int) -> dict[str, float]:
     volumes = LoopVolumes(directory)
+    first = Server(directory / f"first-{round_number}")
+    second = Server(directory / f"second-{round_number}")
     try:
         volume = volumes.make(size_mib=2048, name=f"round-{round_number}")
         volume_id = new_volume_id()
-        first = Server(directory / f"first-{round_number}")
         link_by_id(first.by_id_dir, volume_id, volume.device)
+        link_by_id(second.by_id_dir, volume_id, volume.device)
         timings = {"blank": timed_prepare(first, volume_id, "yes")}
         run("umount", str(first.mount_point))
-        second = Server(directory / f"second-{round_number}")
-        link_by_id(second.by_id_dir, volume_id, volume.device)
         timings["existing"] = timed_prepare(second, volume_id, "no")
         timings["mounted"] = timed_prepare(second, volume_id, "no")
         return timings
     finally:
         volumes.close()
+        first.remove_lock_files()
+        second.remove_lock_files()
 
 
 def main(argv: list[str] | None = None) -> int:

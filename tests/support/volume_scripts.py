@@ -40,6 +40,7 @@ class Server:
     by_id_dir: Path = field(init=False)
     fstab: Path = field(init=False)
     mount_point: Path = field(init=False)
+    volume_ids: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.by_id_dir = self.root / "dev-disk-by-id"
@@ -59,6 +60,7 @@ class Server:
         timeout: int = 5,
     ) -> subprocess.CompletedProcess[str]:
         """Run prepare-volume.sh as the program does, with no terminal on stdin."""
+        self.volume_ids.add(volume_id)
         return run(
             "bash",
             str(PREPARE_VOLUME),
@@ -74,6 +76,16 @@ class Server:
             check=False,
             env=self.env(),
         )
+
+    def remove_lock_files(self) -> None:
+        """The per-volume lock files the script leaves in /run/lock (one per volume id)."""
+        for volume_id in self.volume_ids:
+            lock_file(volume_id).unlink(missing_ok=True)
+
+
+def lock_file(volume_id: str) -> Path:
+    """Where prepare-volume.sh takes its per-volume lock."""
+    return Path(f"/run/lock/chi-persist-prepare-volume-{volume_id}.lock")
 
 
 def mounted_targets(device: str) -> list[str]:
