@@ -275,7 +275,9 @@ probe_tags() {
         *) fail 4 "refused: could not probe $path (blkid exit $rc: ${output//$'\n'/ }); nothing was written." ;;
     esac
     while IFS= read -r line; do
-        [[ $line == *=* ]] && tags[${line%%=*}]=${line#*=}
+        if [[ $line == *=* ]]; then
+            tags[${line%%=*}]=${line#*=}
+        fi
     done <<<"$output"
 }
 
@@ -289,7 +291,7 @@ probe_signatures() {
 
 zero_ends=""
 
-# Adds "no" to zero_ends unless the byte range of the device reads as zeros.
+# Sets zero_ends to no unless the byte range of the device reads as zeros.
 read_zero_range() {
     local path=$1 offset=$2 length=$3 rc=0
     cmp --silent --bytes="$length" --ignore-initial="$offset:0" -- "$path" /dev/zero || rc=$?
@@ -422,7 +424,9 @@ action=""
 # mkfs is reached only through the two format-* rows.
 decide_action() {
     local name=""
-    ((${#partitions[@]} == 1)) && name=$partition_name
+    if ((${#partitions[@]} == 1)); then
+        name=$partition_name
+    fi
     case "$disk_content|${#partitions[@]}|$partition_content|$name" in
         "blank|0||") action=format-disk ;;
         "gpt|1|ext4|"*) action=mount-partition ;;

@@ -32,7 +32,8 @@ Makes the persistent volume safe to detach. Runs as root.
      MOUNT_POINT=DIR in its environment; then checks that none of them still runs.
   2. sync
   3. If DIR is a mount point: unmount it (never lazily), then check that no other
-     mount namespace (a container) still holds the filesystem.
+     mount namespace (a container started outside the project) still holds the
+     filesystem; if one does, mount it again at DIR and exit 4.
 
 Options:
   --mount-point DIR    the volume's mount point (default /mnt/block)
