@@ -503,7 +503,9 @@ def test_second_run_for_the_same_volume_waits_for_the_first(loop_volume, server)
     volume_id = attach(server, loop_volume)
     before = DeviceSnapshot.of(loop_volume)
     lock = lock_file(volume_id)
-    holder = subprocess.Popen(["flock", str(lock), "sleep", "60"], stdin=subprocess.DEVNULL)
+    holder = subprocess.Popen(
+        ["flock", "--no-fork", str(lock), "sleep", "60"], stdin=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 10
         while run("flock", "--nonblock", str(lock), "true", check=False).returncode == 0:
