@@ -21,10 +21,12 @@ import pytest
 import requests
 from moto.server import ThreadedMotoServer
 
-from scripts.chi_persist_tools import check_platform
 from tests.support.datapath import free_port, jupyter_stand_in
 from tests.support.paths import REPO_ROOT
-from tests.support.pulumi_outputs import StandInPulumi
+from tests.support.pulumi_outputs import StackOutputPulumi
+from tests.support.stand_in_pulumi import import_tool
+
+check_platform = import_tool("check_platform")
 
 CHECK_PLATFORM = REPO_ROOT / "scripts" / "check-platform"
 MINIO_USER = "uminiotestuser"
@@ -61,9 +63,9 @@ def stack_outputs(host: str = "129.114.25.10", **overrides) -> dict:
 
 
 @pytest.fixture
-def pulumi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StandInPulumi:
+def pulumi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StackOutputPulumi:
     """The stand-in Pulumi CLI, first on PATH."""
-    stand_in = StandInPulumi(tmp_path)
+    stand_in = StackOutputPulumi(tmp_path)
     monkeypatch.setenv("PATH", f"{stand_in.bin_dir}{os.pathsep}{os.environ['PATH']}")
     return stand_in
 
@@ -207,7 +209,7 @@ def test_help_documents_sources_markers_and_exit_status():
 # --- reading the stack --------------------------------------------------------
 
 
-def test_stack_outputs_give_urls_and_credentials(pulumi: StandInPulumi):
+def test_stack_outputs_give_urls_and_credentials(pulumi: StackOutputPulumi):
     """--stack reads `pulumi stack output --json --show-secrets --stack NETID` in the project."""
     pulumi.set(stacks={"ab1234": stack_outputs()})
     platform = resolve("--stack", "ab1234")
@@ -229,7 +231,7 @@ def test_stack_outputs_give_urls_and_credentials(pulumi: StandInPulumi):
     ]
 
 
-def test_selected_stack_is_read_when_no_source_is_given(pulumi: StandInPulumi):
+def test_selected_stack_is_read_when_no_source_is_given(pulumi: StackOutputPulumi):
     """Without --stack or --url-base, the selected stack's outputs are used."""
     pulumi.set(stacks={"cd5678": stack_outputs(host="129.114.25.77")}, selected="cd5678")
     platform = resolve()
@@ -237,7 +239,7 @@ def test_selected_stack_is_read_when_no_source_is_given(pulumi: StandInPulumi):
     assert pulumi.calls()[0]["argv"] == ["stack", "output", "--json", "--show-secrets"]
 
 
-def test_service_url_flags_override_the_stack(pulumi: StandInPulumi):
+def test_service_url_flags_override_the_stack(pulumi: StackOutputPulumi):
     """--mlflow-url (an SSH tunnel, say) replaces one URL; the rest and the credentials stay."""
     pulumi.set(stacks={"ab1234": stack_outputs()})
     platform = resolve("--stack", "ab1234", "--mlflow-url", "http://localhost:18000/")
@@ -246,7 +248,7 @@ def test_service_url_flags_override_the_stack(pulumi: StandInPulumi):
     assert platform.minio_password == MINIO_PASSWORD
 
 
-def test_url_base_uses_conventional_ports_and_environment_credentials(pulumi: StandInPulumi):
+def test_url_base_uses_conventional_ports_and_environment_credentials(pulumi: StackOutputPulumi):
     """--url-base: MLflow :8000, MinIO :9000, Jupyter :8888; credentials from the environment."""
     platform = resolve("--url-base", "http://129.114.25.10/", environ=CREDENTIAL_ENVIRONMENT)
     assert (platform.mlflow_url, platform.minio_url, platform.jupyter_url) == (
@@ -258,7 +260,7 @@ def test_url_base_uses_conventional_ports_and_environment_credentials(pulumi: St
     assert pulumi.calls() == []
 
 
-def test_jupyter_token_can_come_with_its_url(pulumi: StandInPulumi):
+def test_jupyter_token_can_come_with_its_url(pulumi: StackOutputPulumi):
     """The URL Jupyter prints (…/lab?token=…) is accepted; the token is not kept in the URL."""
     environ = {
         key: value for key, value in CREDENTIAL_ENVIRONMENT.items() if key != "JUPYTER_TOKEN"
@@ -329,7 +331,7 @@ def test_jupyter_token_can_come_with_its_url(pulumi: StandInPulumi):
     ],
 )
 def test_unusable_stack_is_reported_with_the_fix(
-    pulumi: StandInPulumi, fixture: dict, arguments: list[str], expected: str
+    pulumi: StackOutputPulumi, fixture: dict, arguments: list[str], expected: str
 ):
     """A stack missing, unselected, undeployed or locked: exit 2 and the command that fixes it."""
     pulumi.set(**fixture)
@@ -340,15 +342,19 @@ def test_unusable_stack_is_reported_with_the_fix(
     assert stdout == ""
 
 
-def test_missing_pulumi_cli_is_reported_with_the_alternative(tmp_path: Path):
-    """No `pulumi` on PATH: say so, and offer --url-base."""
+def test_missing_pulumi_cli_is_reported_with_the_alternative(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """No `pulumi` on PATH: say so, how to install it, and offer --url-base."""
     empty = tmp_path / "empty-bin"
     empty.mkdir()
-    stdout, stderr = io.StringIO(), io.StringIO()
-    status = check_platform.main(["--stack", "ab1234"], {"PATH": str(empty)}, stdout, stderr)
+    monkeypatch.setenv("PATH", str(empty))
+    status, stdout, stderr = run_main("--stack", "ab1234")
     assert status == check_platform.EXIT_USAGE
-    assert "the Pulumi CLI is not on PATH" in stderr.getvalue()
-    assert "--url-base http://IP" in stderr.getvalue()
+    assert "the Pulumi CLI (`pulumi`) is not on PATH" in stderr
+    assert "https://www.pulumi.com/docs/install/" in stderr
+    assert "--url-base http://IP" in stderr
+    assert stdout == ""
 
 
 # --- the checks against live servers --------------------------------------------

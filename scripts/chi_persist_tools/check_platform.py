@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import secrets
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,24 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import parse_qs, urlsplit
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
+import boto3
+import requests
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from chi_persist_tools.command_line import (
+    HOW_TO_UNLOCK_SECRETS,
+    CommandError,
+    PulumiFailed,
+    pulumi_command_text,
+    run_pulumi,
+)
+
+# Missing packages fail the import (the launcher then switches to the project's
+# virtual environment); the MLflow client is slow to import, so it is only
+# looked for here and imported when a check needs it.
+if importlib.util.find_spec("mlflow") is None:
+    raise ModuleNotFoundError("No module named 'mlflow'", name="mlflow")
 EXPERIMENT_NAME = "chi-persist-check"
 BUCKET = "mlflow-artifacts"
 MARKER_TAG = "chi-persist.marker"
@@ -200,69 +216,52 @@ def validate_url(flag: str, value: str, *, base: bool = False) -> str:
 # --- where the platform is ---------------------------------------------------
 
 
-def read_stack_outputs(stack: str | None, environ: dict[str, str]) -> dict:
+def read_stack_outputs(stack: str | None) -> dict:
     """The stack's outputs, secrets shown, as `pulumi stack output --json` prints them."""
-    executable = shutil.which("pulumi", path=environ.get("PATH", os.defpath))
-    if executable is None:
-        raise UsageError(
-            "the Pulumi CLI is not on PATH; install it (https://www.pulumi.com/docs/install/), "
-            "or give the platform's address with --url-base http://IP"
-        )
-    command = [executable, "stack", "output", "--json", "--show-secrets"]
+    arguments = ["stack", "output", "--json", "--show-secrets"]
     if stack:
-        command += ["--stack", stack]
+        arguments += ["--stack", stack]
     try:
-        completed = subprocess.run(
-            command,
-            cwd=PROJECT_DIR,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            env=environ,
-            timeout=120,
-        )
-    except subprocess.TimeoutExpired:
+        printed = run_pulumi(arguments)
+    except PulumiFailed as failure:
+        raise UsageError(_explain_pulumi_failure(stack, failure)) from None
+    except CommandError as error:  # no Pulumi CLI
         raise UsageError(
-            f"`{' '.join(command[1:])}` did not answer within 120 s; check that the Pulumi "
-            "backend is reachable (`pulumi whoami`), or use --url-base http://IP"
+            f"{'; '.join(error.lines)}; or give the platform's address with --url-base http://IP"
         ) from None
-    if completed.returncode != 0:
-        raise UsageError(_explain_pulumi_failure(stack, completed.stderr))
     try:
-        outputs = json.loads(completed.stdout or "{}")
+        outputs = json.loads(printed or "{}")
     except json.JSONDecodeError:
         raise UsageError(
-            f"`pulumi stack output --json` printed something that is not JSON: "
-            f"{completed.stdout[:200]!r}; check the Pulumi CLI version (`pulumi version`)"
+            f"`{pulumi_command_text(arguments)}` printed something that is not JSON: "
+            f"{printed[:200]!r}; check the Pulumi CLI version (`pulumi version`)"
         ) from None
     if not isinstance(outputs, dict):
         raise UsageError(
-            f"`pulumi stack output --json` printed {type(outputs).__name__}, not an object of "
-            "outputs; check the Pulumi CLI version (`pulumi version`)"
+            f"`{pulumi_command_text(arguments)}` printed {type(outputs).__name__}, not an object "
+            "of outputs; check the Pulumi CLI version (`pulumi version`)"
         )
     return outputs
 
 
-def _explain_pulumi_failure(stack: str | None, stderr: str) -> str:
-    said = " ".join(stderr.split()) or "(nothing on stderr)"
-    if stack and "no stack named" in stderr:
+def _explain_pulumi_failure(stack: str | None, failure: PulumiFailed) -> str:
+    if stack and failure.mentions("no stack named"):
         return (
             f"there is no stack named {stack!r}: create it with "
             f"`scripts/new-stack {stack} --key-pair NAME` and run `pulumi up --stack {stack}`; "
             "`pulumi stack ls` lists the stacks that exist"
         )
-    if "PULUMI_CONFIG_PASSPHRASE" in stderr:
+    if failure.mentions("PULUMI_CONFIG_PASSPHRASE"):
         return (
-            "Pulumi needs the passphrase that encrypts the stack's secrets: "
-            "export PULUMI_CONFIG_PASSPHRASE='<your passphrase>' (the one chosen when the stack "
-            "was created), or PULUMI_CONFIG_PASSPHRASE_FILE=<file holding it>, and run again"
+            f"Pulumi cannot read the stack's secrets without a passphrase: {HOW_TO_UNLOCK_SECRETS}"
         )
-    if not stack and "no stack" in stderr:
+    if not stack and failure.mentions("no stack"):
         return (
             "no Pulumi stack is selected: give --stack NETID "
             "(`pulumi stack ls` lists them), or select one with `pulumi stack select NETID`"
         )
-    return f"`pulumi stack output` failed: {said}"
+    said = " ".join(failure.output.split())
+    return f"{failure.lines[0]} {said}"
 
 
 def platform_from_outputs(outputs: dict, stack_label: str) -> Platform:
@@ -348,7 +347,7 @@ def resolve_platform(arguments: argparse.Namespace, environ: dict[str, str]) -> 
             minio_password=credentials["MINIO_ROOT_PASSWORD"],
             jupyter_token=credentials["JUPYTER_TOKEN"],
         )
-    outputs = read_stack_outputs(arguments.stack, environ)
+    outputs = read_stack_outputs(arguments.stack)
     platform = platform_from_outputs(outputs, arguments.stack or "")
     return Platform(
         source=platform.source,
@@ -372,12 +371,6 @@ def _without_query(url: str) -> str:
 
 
 # --- the checks --------------------------------------------------------------
-
-
-def _requests():
-    import requests
-
-    return requests
 
 
 def _describe_connection_error(error: Exception) -> str:
@@ -406,7 +399,6 @@ def _describe_connection_error(error: Exception) -> str:
 
 def check_mlflow(platform: Platform) -> str:
     """MLflow answers /health and its tracking API."""
-    requests = _requests()
     try:
         response = requests.get(f"{platform.mlflow_url}/health", timeout=HTTP_TIMEOUT_SECONDS)
     except requests.RequestException as error:
@@ -447,9 +439,6 @@ def _count(number: int, noun: str) -> str:
 
 
 def _s3_client(platform: Platform):
-    import boto3
-    from botocore.config import Config
-
     return boto3.client(
         "s3",
         endpoint_url=platform.minio_url,
@@ -466,8 +455,6 @@ def _s3_client(platform: Platform):
 
 
 def _s3_failure(platform: Platform, error: Exception, action: str) -> CheckFailed:
-    from botocore.exceptions import ClientError
-
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "")
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -498,8 +485,6 @@ def check_minio_live(platform: Platform) -> str:
 
 def check_minio_bucket(platform: Platform) -> str:
     """The bucket MLflow stores artifacts in exists."""
-    from botocore.exceptions import ClientError
-
     try:
         _s3_client(platform).head_bucket(Bucket=BUCKET)
     except ClientError as error:
@@ -517,7 +502,6 @@ def check_minio_bucket(platform: Platform) -> str:
 
 def check_jupyter(platform: Platform) -> str:
     """Jupyter answers /api/status with its token, and refuses it without one."""
-    requests = _requests()
     status_url = f"{platform.jupyter_url}/api/status"
     try:
         response = requests.get(

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from scripts.chi_persist_tools import check_platform
 from tests.support.datapath import (
     VENV_BIN,
     MlflowLaunch,
@@ -26,6 +25,9 @@ from tests.support.datapath import (
     jupyter_stand_in,
     mlflow_server,
 )
+from tests.support.stand_in_pulumi import import_tool
+
+check_platform = import_tool("check_platform")
 
 pytestmark = [
     pytest.mark.datapath,

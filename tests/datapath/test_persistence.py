@@ -45,7 +45,7 @@ from tests.support.datapath import (
     s3_server,
 )
 from tests.support.paths import REMOTE_SCRIPTS, REPO_ROOT
-from tests.support.pulumi_outputs import StandInPulumi
+from tests.support.pulumi_outputs import StackOutputPulumi
 
 pytestmark = [
     pytest.mark.datapath,
@@ -294,11 +294,11 @@ def table(stdout: str) -> dict[str, str]:
     return rows
 
 
-def stand_in_pulumi(workspace: Path) -> StandInPulumi:
+def stand_in_pulumi(workspace: Path) -> StackOutputPulumi:
     directory = workspace / "pulumi"
     if not directory.exists():
         directory.mkdir()
-    return StandInPulumi(directory)
+    return StackOutputPulumi(directory)
 
 
 def reattach(loop_volumes: LoopVolumes, volume: LoopVolume) -> LoopVolume:

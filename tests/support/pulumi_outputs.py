@@ -1,4 +1,4 @@
-"""A stand-in for the Pulumi CLI that answers `pulumi stack output` from a fixture.
+"""A stand-in for the Pulumi CLI that answers only `pulumi stack output`, from a fixture.
 
 It is put first on PATH; every call is recorded with its arguments and working
 directory. Stacks, the selected stack and per-stack errors come from a JSON file
@@ -36,7 +36,7 @@ print(json.dumps(fixture["stacks"][stack], indent=4))
 """
 
 
-class StandInPulumi:
+class StackOutputPulumi:
     """A `pulumi` executable on PATH whose stacks and answers come from a fixture."""
 
     def __init__(self, directory: Path) -> None:
