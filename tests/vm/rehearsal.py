@@ -10,9 +10,11 @@ per command, as `cc`, stdin closed, the command string handed to the login shell
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import tarfile
@@ -109,6 +111,12 @@ def kvm_available() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel kills qemu if the test process dies, even by SIGKILL."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class VirtualMachine:
     """One qemu process for one server; stopping it (or leaving the `with`) kills it for sure."""
 
@@ -177,6 +185,7 @@ class VirtualMachine:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     @property
@@ -233,7 +242,6 @@ class VirtualMachine:
     def wait_for_ssh(self, phase: str, bound: float = SSH_BOUND_SECONDS) -> float:
         """Poll until sshd lets cc in; the seconds it took. Fails early if the guest cannot boot."""
         started = time.monotonic()
-        last = None
         while True:
             if not self.running:
                 code = self.process.returncode if self.process else None
@@ -246,18 +254,23 @@ class VirtualMachine:
                     phase, f"the guest's console shows {fatal!r}: it will not boot to SSH",
                     logs=self.logs(),
                 )  # fmt: skip
-            last = subprocess.run(
-                [*self.ssh_arguments(connect_timeout=5), "true"],
-                stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False, timeout=60,
-            )  # fmt: skip
+            try:
+                last = subprocess.run(
+                    [*self.ssh_arguments(connect_timeout=5), "true"],
+                    stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+                    timeout=60,
+                )  # fmt: skip
+                answered, said = last.returncode == 0, last.stderr
+            except subprocess.TimeoutExpired:
+                answered, said = False, "ssh did not finish within 60s"
             elapsed = time.monotonic() - started
-            if last.returncode == 0:
+            if answered:
                 return elapsed
             if elapsed > bound:
                 raise RehearsalError(
                     phase,
                     f"SSH on 127.0.0.1:{self.port} did not let {SSH_USER} in within {bound:.0f}s",
-                    last.stderr, logs=self.logs(),
+                    said, logs=self.logs(),
                 )  # fmt: skip
             time.sleep(SSH_POLL_SECONDS)
 
