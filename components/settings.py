@@ -491,7 +491,7 @@ def load(config: Any, stack: str, all_keys: Sequence[str] | None = None) -> Sett
         value = config.get(name)
         if value is not None:
             raw[name] = value
-    private_key_set = config.get_secret("sshPrivateKey") is not None
+    private_key_set = f"{NAMESPACE}:sshPrivateKey" in all_keys
     return validate(raw, stack, private_key_set=private_key_set)
 
 

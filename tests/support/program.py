@@ -4,18 +4,19 @@
 defaults declared in Pulumi.yaml first, then the stack's own config. It returns
 every resource registration with its inputs and options (protect,
 delete-before-replace, dependencies), which `Mocks.new_resource` never sees, and
-the stack's exported outputs. Each evaluation runs in a fresh context and event
-loop, so evaluations never share state.
+the stack's exported outputs. Each evaluation runs in a forked child process,
+so evaluations never share state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
+import os
+import pickle
 import runpy
-import threading
-from collections.abc import Mapping
+import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ class Registration:
     ignore_changes: list[str]
     additional_secret_outputs: list[str]
     retain_on_delete: bool
+    raw_inputs: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Inputs as serialised, with secret markers kept."""
 
 
 @dataclass
@@ -210,6 +213,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     ignore_changes=list(request.ignoreChanges),
                     additional_secret_outputs=list(request.additionalSecretOutputs),
                     retain_on_delete=request.retainOnDelete,
+                    raw_inputs=inputs,
                 )
             )
         return response
@@ -293,38 +297,65 @@ def evaluate_program(
         all_config[f"{NAMESPACE}:{key}"] = value
         secret_keys.append(f"{NAMESPACE}:{key}")
 
-    result: dict[str, Any] = {}
-
-    def evaluate() -> None:
+    def evaluate() -> Evaluation:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
+        mocks = ChiPersistMocks(volume_id, floating_ip, credentials)
+        monitor = RecordingMonitor(mocks)
+        pulumi.runtime.set_all_config(all_config, secret_keys)
+        pulumi.runtime.set_mocks(
+            mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor
+        )
         try:
-            mocks = ChiPersistMocks(volume_id, floating_ip, credentials)
-            monitor = RecordingMonitor(mocks)
-            pulumi.runtime.set_all_config(all_config, secret_keys)
-            pulumi.runtime.set_mocks(
-                mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor
-            )
-            try:
-                runpy.run_path(str(REPO_ROOT / "__main__.py"), run_name="__main__")
-                loop.run_until_complete(wait_for_rpcs())
-                outputs, secret_outputs = loop.run_until_complete(_resolve_exports())
-            finally:
-                result["registrations"] = monitor.registrations
-            result["evaluation"] = Evaluation(monitor.registrations, outputs, secret_outputs)
-        except BaseException as error:  # handed to the caller's thread
-            result["error"] = error
-        finally:
-            loop.close()
+            runpy.run_path(str(REPO_ROOT / "__main__.py"), run_name="__main__")
+            loop.run_until_complete(wait_for_rpcs())
+            outputs, secret_outputs = loop.run_until_complete(_resolve_exports())
+        except BaseException as error:
+            error.registrations = monitor.registrations  # type: ignore[attr-defined]
+            raise
+        return Evaluation(monitor.registrations, outputs, secret_outputs)
 
-    thread = threading.Thread(target=lambda: contextvars.Context().run(evaluate))
-    thread.start()
-    thread.join()
-    if "error" in result:
-        error = result["error"]
-        error.registrations = result.get("registrations", [])
-        raise error
-    return result["evaluation"]
+    return _in_child_process(evaluate)
+
+
+def _in_child_process(function: Callable[[], Evaluation]) -> Evaluation:
+    """Run `function` in a forked child and hand back its result or its exception.
+
+    The Pulumi runtime keeps state that a failed evaluation leaves behind; a
+    child process per evaluation isolates each completely, and a fork is cheap.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_end)
+        try:
+            outcome: tuple[str, Any] = ("result", function())
+        except BaseException as error:  # handed to the parent
+            outcome = ("error", _picklable_error(error))
+        with os.fdopen(write_end, "wb") as pipe:
+            pickle.dump(outcome, pipe)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError("the program's evaluation died without a result")
+    kind, value = pickle.loads(data)  # noqa: S301 (our own child's output)
+    if kind == "error":
+        raise value
+    return value
+
+
+def _picklable_error(error: BaseException) -> BaseException:
+    registrations = getattr(error, "registrations", [])
+    try:
+        pickle.dumps(error)
+        copy = error
+    except Exception:
+        copy = RuntimeError(f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+    copy.registrations = registrations  # type: ignore[attr-defined]
+    return copy
 
 
 async def _resolve_exports() -> tuple[dict[str, Any], set[str]]:
