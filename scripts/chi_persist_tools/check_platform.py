@@ -61,6 +61,7 @@ MAX_WAIT_SECONDS = 3600.0
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 DESCRIPTION = """\
 Check that a chi-persist platform answers: MLflow (/health and its tracking API),
@@ -93,6 +94,7 @@ exit status:
   0  every check passed
   1  at least one check failed (the ✗ rows say which and why)
   2  wrong arguments, or the stack or credentials could not be read
+  130  interrupted (Ctrl-C)
 
 examples:
   scripts/check-platform --stack ab1234 --wait 300 --write-marker
@@ -645,7 +647,7 @@ def verify_marker(platform: Platform) -> str:
     written = datetime.fromtimestamp(run.info.start_time / 1000, timezone.utc)
     expected_metric = run.data.tags.get(METRIC_VALUE_TAG)
     metric = run.data.metrics.get(MARKER_METRIC)
-    if expected_metric is None or metric is None or float(expected_metric) != metric:
+    if metric is None or _as_float(expected_metric) != metric:
         raise CheckFailed(
             f"run {run_id}: metric {MARKER_METRIC} is {metric}, but {expected_metric} was "
             "logged: the tracking database (PostgreSQL on the volume) lost or changed it",
@@ -666,6 +668,13 @@ def verify_marker(platform: Platform) -> str:
     )
 
 
+def _as_float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:300] if text else type(error).__name__
@@ -679,15 +688,13 @@ def run_with_retries(
     check: Callable[[], str],
     deadline: float,
     progress: TextIO,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> CheckResult:
     """Run a check until it passes, fails for good, or the deadline passes."""
     while True:
         try:
             return CheckResult(name, True, check())
         except CheckFailed as failure:
-            remaining = deadline - clock()
+            remaining = deadline - time.monotonic()
             if not failure.retryable or remaining <= 0:
                 return CheckResult(name, False, failure.detail)
             print(
@@ -696,7 +703,7 @@ def run_with_retries(
                 file=progress,
                 flush=True,
             )
-            sleep(min(RETRY_INTERVAL_SECONDS, remaining))
+            time.sleep(min(RETRY_INTERVAL_SECONDS, remaining))
 
 
 def format_table(results: Sequence[CheckResult]) -> str:
@@ -746,6 +753,11 @@ def run_checks(
                     results.append(CheckResult(name, True, step(platform)))
             except CheckFailed as failure:
                 results.append(CheckResult(name, False, failure.detail))
+            except UsageError:
+                raise
+            except Exception as error:  # MlflowException, requests' and boto's errors
+                detail = f"MLflow at {platform.mlflow_url} failed: {_first_line(error)}"
+                results.append(CheckResult(name, False, detail))
         else:
             results.append(CheckResult(name, False, "not tried: MLflow does not answer"))
     return results
@@ -777,5 +789,8 @@ def main(
     except UsageError as error:
         print(f"check-platform: error: {error}", file=stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("check-platform: interrupted", file=stderr)
+        return EXIT_INTERRUPTED
     print(format_table(results), file=stdout, flush=True)
     return EXIT_OK if all(result.passed for result in results) else EXIT_CHECK_FAILED
