@@ -31,7 +31,7 @@ from tests.support.compose import compose_binary, resolved_config
 
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 VENV_BIN = Path(sys.executable).parent
-MLFLOW_START_TIMEOUT = 120.0
+MLFLOW_START_TIMEOUT = 180.0
 POSTGRES_TIMEOUT = 60
 STOP_TIMEOUT = 30.0
 
