@@ -243,11 +243,12 @@ find_device() {
         "$by_id_dir/scsi-0QEMU_QEMU_HARDDISK_$short"
         "$by_id_dir/scsi-0QEMU_QEMU_HARDDISK_$volume_id"
     )
-    local started=$SECONDS
+    # Microseconds: $SECONDS counts whole seconds and could give up a second early.
+    local started=${EPOCHREALTIME/[.,]/}
     while :; do
         resolve_candidates
         [[ -z $device ]] || break
-        if ((SECONDS - started >= timeout)); then
+        if ((${EPOCHREALTIME/[.,]/} - started >= timeout * 1000000)); then
             fail 3 "no device for volume $volume_id appeared within ${timeout} s; looked for: ${candidates[*]}. Check that the volume is attached to this server (openstack server volume list <server>) and run again."
         fi
         sleep 0.5
