@@ -6,6 +6,11 @@ virtio-blk devices carrying a serial, and SSH forwarded to a loopback port.
 It is a context manager: whatever happens, no qemu process outlives it.
 Commands run the way pulumi-command runs them: one non-interactive SSH session
 per command, as `cc`, stdin closed, the command string handed to the login shell.
+
+Emulation is TCG unless KVM demonstrably works: with CHI_PERSIST_VM_ACCEL=auto
+(the default) the first boot tries KVM and keeps it only if SSH answers within
+a minute, falling back to TCG on any failure (nested virtualisation often breaks
+KVM guests early); CHI_PERSIST_VM_ACCEL=tcg or =kvm forces one.
 """
 
 from __future__ import annotations
@@ -406,7 +411,8 @@ class Benchmark:
             raise
         except Exception as error:
             self.failed_phase = self.failed_phase or name
-            raise RehearsalError(name, f"{type(error).__name__}: {error}") from error
+            # The message carries everything (pytest's assertion detail included): no chain.
+            raise RehearsalError(name, f"{type(error).__name__}: {error}") from None
         finally:
             record.seconds = time.monotonic() - began
             self.phases.append(record)

@@ -48,6 +48,8 @@ VOLUME_BYTES = 2 * 1024**3
 MARKER_PATH = f"{MOUNT_POINT}/jupyter_work/rehearsal-marker.bin"
 CREDENTIALS_FILE = f"{MOUNT_POINT}/.chi-persist/credentials.env"
 PROJECT = "chi-persist"
+# start-stack.sh: "refused: the mount point is not a volume prepared by prepare-volume.sh".
+REFUSED_EXIT_CODE = 3
 REMOTE_COMPOSE_FILE = "/home/cc/chi-persist/docker/docker-compose.yaml"
 MARKER_BYTES = 1024 * 1024
 CREDENTIAL_NAMES = {
@@ -157,6 +159,7 @@ def test_volume_data_survives_recycling_and_a_boot_without_the_volume(
 
     benchmark = Benchmark()
     servers: Servers | None = None
+    failure = ""
     try:
         with benchmark.phase("image: build or reuse") as record:
             image, built = ensure_image()
@@ -192,7 +195,9 @@ def test_volume_data_survives_recycling_and_a_boot_without_the_volume(
             results = provision(vm, steps, "server 1", benchmark)
             with benchmark.phase("server 1: check the prepared volume"):
                 ready = ready_fields(results[prepare.name])
-                assert ready["formatted"] == "yes", results[prepare.name].output
+                assert ready["formatted"] == "yes", (
+                    f"the blank volume was not formatted:\n{results[prepare.name].output}"
+                )
                 device, disk, uuid_1 = mounted_filesystem(vm, "server 1: check")
                 assert disk == disk_with_serial(vm, volume.serial, "server 1: check"), (
                     f"{device} is not on the disk whose serial is the volume's"
@@ -241,8 +246,10 @@ def test_volume_data_survives_recycling_and_a_boot_without_the_volume(
             with benchmark.phase("server 2: check the data"):
                 output = results[prepare.name].output
                 ready = ready_fields(results[prepare.name])
-                assert ready["formatted"] == "no", output
-                assert "mkfs" not in output and "formatting" not in output, output
+                assert ready["formatted"] == "no", f"server 2 formatted the volume again:\n{output}"
+                assert "mkfs" not in output and "formatting" not in output, (
+                    f"server 2 formatted the volume again:\n{output}"
+                )
                 device, disk, uuid_2 = mounted_filesystem(vm, "server 2: check")
                 assert disk == disk_with_serial(vm, volume.serial, "server 2: check")
                 assert uuid_2 == uuid_1, "the volume's filesystem was made anew"
@@ -265,7 +272,12 @@ def test_volume_data_survives_recycling_and_a_boot_without_the_volume(
             refused = vm.ssh(start.create)
             output = (refused.stdout + refused.stderr).decode(errors="replace")
             assert refused.returncode != 0, f"the stack started without its volume:\n{output}"
-            assert "not mounted" in output and MOUNT_POINT in output, output
+            # The deliberate refusal (start-stack.sh's exit 3), not some later accident.
+            errors = [line for line in output.splitlines() if "start-stack: error:" in line]
+            assert refused.returncode == REFUSED_EXIT_CODE, (
+                f"start-stack.sh failed without refusing the missing volume:\n{output}"
+            )
+            assert any("not mounted" in line and MOUNT_POINT in line for line in errors), output
             assert compose_calls(docker_calls(vm, phase), "up") == ups_before
             left_on_root_disk = remote_text(
                 vm, f"sudo find {shlex.quote(MOUNT_POINT)} -mindepth 1", phase
@@ -276,10 +288,12 @@ def test_volume_data_survives_recycling_and_a_boot_without_the_volume(
         volume.path.unlink()
         other.path.unlink()
     except RehearsalError as error:
-        pytest.fail(f"{error}\n(all logs: {tmp_path / 'logs'})", pytrace=False)
+        failure = f"{error}\n(all logs: {tmp_path / 'logs'})"
     finally:
         if servers is not None:
             servers.stop_all()
             assert servers.leftover_processes() == []
         benchmark.save(cache_dir() / "benchmark.json")
         benchmark_summary(benchmark.table())
+    if failure:
+        pytest.fail(failure, pytrace=False)
