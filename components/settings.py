@@ -13,7 +13,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +183,6 @@ class Settings:
     # How the provisioning commands authenticate: "config" (sshPrivateKey),
     # "file" (sshPrivateKeyPath) or "agent" (SSH_AUTH_SOCK).
     ssh_key_source: str = "config"
-    ssh_agent_socket: str | None = field(default=None, repr=False)
 
     @property
     def server_name(self) -> str:
@@ -427,13 +426,12 @@ def validate(
             )
         )
 
-    key_source, agent_socket = "config", None
+    key_source = "config"
     if check_private_key and not private_key_set:
         key_path = values.get("sshPrivateKeyPath") or DEFAULT_PRIVATE_KEY_PATH
-        agent_socket = environment.get("SSH_AUTH_SOCK") or None
         if expand_key_path(key_path, environment.get("HOME")).is_file():
             key_source = "file"
-        elif agent_socket:
+        elif environment.get("SSH_AUTH_SOCK"):
             key_source = "agent"
         else:
             problems.append(
@@ -465,7 +463,6 @@ def validate(
         mount_point=values["mountPoint"],
         ssh_private_key_path=values["sshPrivateKeyPath"],
         ssh_key_source=key_source,
-        ssh_agent_socket=agent_socket,
     )
 
 

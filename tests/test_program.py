@@ -61,10 +61,6 @@ def student() -> Evaluation:
     return evaluate()
 
 
-def command_named(evaluation: Evaluation, suffix: str):
-    return evaluation.named(suffix)
-
-
 # --- resources -----------------------------------------------------------------------------
 
 
