@@ -308,10 +308,8 @@ def test_jupyter_token_can_come_with_its_url(pulumi: StackOutputPulumi):
         (
             {
                 "stacks": {"ab1234": stack_outputs()},
-                "errors": {
-                    "ab1234": "passphrase must be set with PULUMI_CONFIG_PASSPHRASE or "
-                    "PULUMI_CONFIG_PASSPHRASE_FILE environment variables"
-                },
+                "failure": "passphrase must be set with PULUMI_CONFIG_PASSPHRASE or "
+                "PULUMI_CONFIG_PASSPHRASE_FILE environment variables",
             },
             ["--stack", "ab1234"],
             "export PULUMI_CONFIG_PASSPHRASE=",

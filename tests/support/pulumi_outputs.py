@@ -1,62 +1,56 @@
-"""A stand-in for the Pulumi CLI that answers only `pulumi stack output`, from a fixture.
+"""The stand-in Pulumi CLI (tests/support/bin/pulumi) set up to answer `pulumi stack output`.
 
-It is put first on PATH; every call is recorded with its arguments and working
-directory. Stacks, the selected stack and per-stack errors come from a JSON file
-the test writes with `set`.
+Commands under test may run with an environment of their own, so the `pulumi`
+put first on PATH here is a small wrapper that points the shared stand-in at a
+private backend; every call is recorded with its arguments and working directory.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
-STAND_IN_PULUMI = """\
-#!{python}
-# Stand-in for the Pulumi CLI: answers `stack output` from a fixture file.
-import json, os, sys
-fixture = json.load(open({fixture!r}))
-with open({log!r}, "a") as log:
-    log.write(json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd()}}) + "\\n")
-arguments = sys.argv[1:]
-if arguments[:2] != ["stack", "output"]:
-    sys.exit("stand-in pulumi: unexpected call " + " ".join(arguments))
-stack = arguments[arguments.index("--stack") + 1] if "--stack" in arguments else None
-stack = stack or fixture.get("selected")
-if stack is None:
-    print("error: no stack selected; please use `pulumi stack select`", file=sys.stderr)
-    sys.exit(255)
-if stack in fixture.get("errors", {{}}):
-    print("error: " + fixture["errors"][stack], file=sys.stderr)
-    sys.exit(255)
-if stack not in fixture["stacks"]:
-    print(f"error: no stack named '{{stack}}' found", file=sys.stderr)
-    sys.exit(255)
-print(json.dumps(fixture["stacks"][stack], indent=4))
-"""
+from tests.support.stand_in_pulumi import STAND_IN_BIN
 
 
 class StackOutputPulumi:
-    """A `pulumi` executable on PATH whose stacks and answers come from a fixture."""
+    """A `pulumi` executable on PATH whose stacks, outputs and failures the test sets."""
 
     def __init__(self, directory: Path) -> None:
         self.bin_dir = directory / "bin"
         self.bin_dir.mkdir()
-        self.fixture = directory / "pulumi-fixture.json"
+        self.backend = directory / "pulumi-backend"
         self.log = directory / "pulumi-calls.jsonl"
         self.set(stacks={})
+
+    def set(self, stacks: dict, selected: str | None = None, failure: str | None = None) -> None:
+        """Stacks by name with their outputs; `failure` makes `stack output` fail with it."""
+        shutil.rmtree(self.backend, ignore_errors=True)
+        for directory in ("stacks", "outputs"):
+            (self.backend / directory).mkdir(parents=True)
+        for name, outputs in stacks.items():
+            export = {"version": 3, "deployment": {"resources": []}}
+            (self.backend / "stacks" / f"{name}.json").write_text(json.dumps(export))
+            (self.backend / "outputs" / f"{name}.json").write_text(json.dumps(outputs))
+        if selected:
+            (self.backend / "current").write_text(selected)
+        failures = {"stack output": f"error: {failure}"} if failure else {}
+        environment = {
+            "STAND_IN_PULUMI_HOME": str(self.backend),
+            "STAND_IN_PULUMI_LOG": str(self.log),
+            "STAND_IN_PULUMI_FAIL": json.dumps(failures),
+        }
+        exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in environment.items())
         executable = self.bin_dir / "pulumi"
         executable.write_text(
-            STAND_IN_PULUMI.format(
-                python=sys.executable, fixture=str(self.fixture), log=str(self.log)
-            )
+            "#!/bin/sh\n"
+            f"export {exports}\n"
+            f'exec {shlex.quote(sys.executable)} {shlex.quote(str(STAND_IN_BIN / "pulumi"))} "$@"\n'
         )
         executable.chmod(0o755)
-
-    def set(self, stacks: dict, selected: str | None = None, errors: dict | None = None) -> None:
-        self.fixture.write_text(
-            json.dumps({"stacks": stacks, "selected": selected, "errors": errors or {}})
-        )
 
     def calls(self) -> list[dict]:
         if not self.log.exists():
