@@ -33,8 +33,9 @@ def tree_digest(*directories: Path) -> str:
     for directory in directories:
         for path in tree_files(directory):
             name = path.relative_to(PROJECT_ROOT).as_posix()
-            digest.update(f"{name}\0{len(path.read_bytes())}\0".encode())
-            digest.update(path.read_bytes())
+            content = path.read_bytes()
+            digest.update(f"{name}\0{len(content)}\0".encode())
+            digest.update(content)
     return digest.hexdigest()
 
 
