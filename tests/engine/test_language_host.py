@@ -1,0 +1,425 @@
+"""The Python language host under the real Pulumi CLI: programs, dynamic providers, errors.
+
+The CLI tests need a directory holding `pulumi` and the host's files, named by
+CHI_PERSIST_TOOLCHAIN_BIN (tests/engine/host_bin.py lays one out from a pulumi
+binary). Each runs in its own Pulumi home with the local file backend, and no
+plugin may be downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from pulumi.runtime.proto import language_pb2, language_pb2_grpc
+
+from tests.engine import language_host
+
+HOST = Path(language_host.__file__)
+TOOLCHAIN_BIN = os.environ.get("CHI_PERSIST_TOOLCHAIN_BIN", "")
+BIN_FILES = (
+    "pulumi",
+    "pulumi-language-python",
+    "pulumi-language-python-exec",
+    "pulumi-resource-pulumi-python",
+)
+SDK_REQUIREMENT = "pulumi==3.272.0"
+FAILED = 255  # the CLI's exit code for a failed operation
+
+needs_cli = pytest.mark.skipif(
+    not TOOLCHAIN_BIN,
+    reason="CHI_PERSIST_TOOLCHAIN_BIN is unset: no directory with the real pulumi CLI and the "
+    "Python host's files (tests/engine/host_bin.py PULUMI DIR lays one out)",
+)
+
+PROGRAM = '''\
+"""A program that touches everything the language host must pass through."""
+
+import sys
+from pathlib import Path
+
+import pulumi
+from pulumi.dynamic import CreateResult, Resource, ResourceProvider
+
+
+class NoteProvider(ResourceProvider):
+    """Writes a file on create and removes it on delete, in the dynamic provider's process."""
+
+    def create(self, props):
+        path = Path(props["directory"]) / (props["name"] + ".txt")
+        path.write_text(props["text"])
+        outs = dict(props, length=len(props["text"]), python=sys.executable)
+        return CreateResult(id_=str(path), outs=outs)
+
+    def delete(self, id, props):
+        Path(id).unlink(missing_ok=True)
+
+
+class Note(Resource):
+    length: pulumi.Output[int]
+    python: pulumi.Output[str]
+
+    def __init__(self, name, directory, text):
+        props = {"name": name, "directory": directory, "text": text, "length": None,
+                 "python": None}
+        super().__init__(NoteProvider(), name, props)
+
+
+config = pulumi.Config()
+if config.get_bool("fail"):
+    raise pulumi.RunError("the test asked this program to fail")
+if config.get_bool("crash"):
+    raise ValueError("an unexpected crash")
+
+note = Note("note", directory=config.require("notesDir"), text=config.require("greeting"))
+pulumi.export("length", note.length)
+pulumi.export("providerPython", note.python)
+pulumi.export("greeting", config.require("greeting"))
+pulumi.export("token", config.require_secret("token"))
+pulumi.export("stack", pulumi.get_stack())
+pulumi.export("project", pulumi.get_project())
+pulumi.export("organization", pulumi.get_organization())
+pulumi.export("rootDirectory", pulumi.get_root_directory())
+'''
+
+PROJECT_YAML = """\
+name: {name}
+runtime:
+  name: python
+  options:
+    toolchain: pip
+    virtualenv: venv
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# The host's own rules, without the CLI.
+
+
+@pytest.mark.parametrize(
+    ("package_version", "plugin_version"),
+    [
+        ("5.5.3", "5.5.3"),
+        ("1.2", "1.2.0"),
+        ("1", "1.0.0"),
+        ("1.2.3a4", "1.2.3-alpha.4"),
+        ("1.2.3b4", "1.2.3-beta.4"),
+        ("1.2.3rc4", "1.2.3-rc.4"),
+        ("1.2.3.post4", "1.2.3+post4"),
+        ("1.2.3.dev5", "1.2.3+dev5"),
+        ("1.2.3.post4.dev5", "1.2.3+post4dev5"),
+        ("3.31.0a1605189729", "3.31.0-alpha.1605189729"),
+    ],
+)
+def test_package_version_becomes_plugin_version(package_version, plugin_version):
+    """A PEP 440 package version maps to the plugin's semantic version as upstream maps it."""
+    assert language_host.plugin_version(package_version) == plugin_version
+
+
+@pytest.mark.parametrize("package_version", ["", "1!2.0", "1.2.3.", "1.2.3+local", "1.2.3é"])
+def test_unmappable_package_version_is_refused(package_version):
+    """Versions the plugin version cannot be derived from are refused, not guessed."""
+    with pytest.raises(ValueError):
+        language_host.plugin_version(package_version)
+
+
+def test_plugin_json_resource_false_means_no_plugin(tmp_path):
+    """A package whose pulumi-plugin.json says resource: false asks for no plugin."""
+    plugin_json = tmp_path / "pulumi-plugin.json"
+    plugin_json.write_text('{"resource": false, "name": "x"}')
+    plugin = language_host.load_plugin_json("pulumi-x", str(plugin_json))
+    assert language_host.package_dependency("pulumi-x", "1.0.0", plugin) is None
+
+
+def test_plugin_json_of_the_wrong_shape_is_an_error(tmp_path):
+    """A malformed pulumi-plugin.json names the package instead of being skipped silently."""
+    plugin_json = tmp_path / "pulumi-plugin.json"
+    plugin_json.write_text('{"resource": "yes"}')
+    with pytest.raises(language_host.HostError, match="pulumi-plugin.json for pulumi-x"):
+        language_host.load_plugin_json("pulumi-x", str(plugin_json))
+
+
+@pytest.fixture
+def host_stub(tmp_path):
+    """The host started as the CLI starts it; yields a LanguageRuntime client."""
+    process = subprocess.Popen(
+        [sys.executable, str(HOST), "-use-executor", str(tmp_path / "exec"), "127.0.0.1:1"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        port = int(process.stdout.readline())
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        yield language_pb2_grpc.LanguageRuntimeStub(channel)
+        channel.close()
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def program_info(directory: Path, **options) -> language_pb2.ProgramInfo:
+    struct = struct_pb2.Struct()
+    struct.update(options)
+    return language_pb2.ProgramInfo(
+        root_directory=str(directory),
+        program_directory=str(directory),
+        entry_point=".",
+        options=struct,
+    )
+
+
+def test_required_packages_are_the_sdks_plugins_at_their_exact_versions(tmp_path, host_stub):
+    """With the project's venv holding pulumi-openstack and pulumi-command, the engine is asked
+    for exactly the plugin versions their pulumi-plugin.json names."""
+    if sys.prefix == sys.base_prefix:
+        pytest.skip(f"the tests do not run in a virtual environment ({sys.prefix})")
+    (tmp_path / "venv").symlink_to(sys.prefix)
+    info = program_info(tmp_path, toolchain="pip", virtualenv="venv")
+    answer = host_stub.GetRequiredPackages(language_pb2.GetRequiredPackagesRequest(info=info))
+    found = {(package.name, package.version, package.kind) for package in answer.packages}
+    assert ("openstack", "v5.5.3", "resource") in found
+    assert ("command", "v1.2.1", "resource") in found
+
+
+def test_run_refuses_a_directory_that_is_not_a_virtualenv(tmp_path, host_stub):
+    """Run stops before starting anything when `virtualenv` is not a virtual environment."""
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "venv" / "stray-file").write_text("")
+    info = program_info(tmp_path, toolchain="pip", virtualenv="venv")
+    with pytest.raises(grpc.RpcError) as raised:
+        host_stub.Run(language_pb2.RunRequest(info=info, monitor_address="127.0.0.1:1"))
+    assert raised.value.code() == grpc.StatusCode.UNKNOWN
+    assert "The 'virtualenv' option in Pulumi.yaml is set to \"venv\"" in raised.value.details()
+    assert "doesn't appear to be a virtual environment" in raised.value.details()
+
+
+def test_uv_toolchain_is_refused_with_the_fix(tmp_path, host_stub):
+    """A toolchain this host does not serve is an error that says what to use instead."""
+    info = program_info(tmp_path, toolchain="uv")
+    with pytest.raises(grpc.RpcError) as raised:
+        host_stub.GetRequiredPackages(language_pb2.GetRequiredPackagesRequest(info=info))
+    assert "the uv toolchain is not supported" in raised.value.details()
+    assert "toolchain: pip" in raised.value.details()
+
+
+# --------------------------------------------------------------------------------------------
+# Under the real CLI.
+
+
+class Cli:
+    """Runs the real pulumi with a private home and a local file backend."""
+
+    def __init__(self, bin_dir: Path, home: Path):
+        missing = [name for name in BIN_FILES if not (bin_dir / name).is_file()]
+        assert not missing, f"CHI_PERSIST_TOOLCHAIN_BIN={bin_dir} lacks {', '.join(missing)}"
+        state = home / "state"
+        state.mkdir(parents=True, exist_ok=True)
+        self.env = dict(os.environ)
+        self.env.update(
+            PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            PULUMI_HOME=str(home / "pulumi-home"),
+            PULUMI_BACKEND_URL=f"file://{state}",
+            PULUMI_CONFIG_PASSPHRASE="language-host-tests",
+            PULUMI_SKIP_UPDATE_CHECK="true",
+            PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
+            PULUMI_IGNORE_AMBIENT_PLUGINS="",
+        )
+        for name in ("PULUMI_ACCESS_TOKEN", "PULUMI_STACK", "VIRTUAL_ENV", "PYTHONHOME"):
+            self.env.pop(name, None)
+        self.timings: list[tuple[str, float]] = []
+
+    def run(self, cwd: Path, *args: str, expect: int | None = 0, timeout: int = 600):
+        started = time.monotonic()
+        completed = subprocess.run(
+            ["pulumi", "--non-interactive", *args],
+            cwd=cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        self.timings.append((" ".join(args), time.monotonic() - started))
+        if expect is not None:
+            assert completed.returncode == expect, (
+                f"pulumi {' '.join(args)} exited {completed.returncode}, expected {expect}\n"
+                f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
+            )
+        return completed
+
+
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory):
+    if not TOOLCHAIN_BIN:
+        pytest.skip("CHI_PERSIST_TOOLCHAIN_BIN is unset")
+    return Cli(Path(TOOLCHAIN_BIN), tmp_path_factory.mktemp("pulumi-cli"))
+
+
+@pytest.fixture(scope="session")
+def installed_project(cli, tmp_path_factory):
+    """A project whose venv `pulumi install` made from requirements.txt; (dir, its output)."""
+    directory = tmp_path_factory.mktemp("installed")
+    (directory / "Pulumi.yaml").write_text(PROJECT_YAML.format(name="installed"))
+    (directory / "__main__.py").write_text("")
+    (directory / "requirements.txt").write_text(SDK_REQUIREMENT + "\n")
+    completed = cli.run(directory, "install")
+    return directory, completed
+
+
+@pytest.fixture
+def project(cli, installed_project, tmp_path):
+    """The test program with a fresh stack `dev`, its venv the one `pulumi install` made."""
+    directory = tmp_path / "project"
+    directory.mkdir()
+    (directory / "Pulumi.yaml").write_text(PROJECT_YAML.format(name="hosttest"))
+    (directory / "__main__.py").write_text(PROGRAM)
+    (directory / "venv").symlink_to(installed_project[0] / "venv")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    cli.run(directory, "stack", "init", "dev")
+    cli.run(directory, "config", "set", "greeting", "hello from the program")
+    cli.run(directory, "config", "set", "notesDir", str(notes))
+    cli.run(directory, "config", "set", "--secret", "token", "not-a-real-token-5f1c")
+    return directory, notes
+
+
+def stack_outputs(cli: Cli, directory: Path, *flags: str) -> dict:
+    return json.loads(cli.run(directory, "stack", "output", "--json", *flags).stdout)
+
+
+@needs_cli
+def test_pulumi_install_creates_the_virtualenv_from_requirements(cli, installed_project):
+    """`pulumi install` makes `venv` beside Pulumi.yaml with pip and installs requirements.txt."""
+    directory, completed = installed_project
+    output = completed.stdout + completed.stderr
+    for step in (
+        "Installing dependencies...",
+        "Creating virtual environment...",
+        "Updating pip, setuptools, and wheel in virtual environment...",
+        "Installing dependencies in virtual environment...",
+        "Finished installing dependencies",
+    ):
+        assert step in output
+    version = subprocess.run(
+        [
+            str(directory / "venv" / "bin" / "python"),
+            "-c",
+            "import pulumi; print(pulumi.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert version.stdout.strip() == SDK_REQUIREMENT.split("==")[1]
+
+
+@needs_cli
+def test_up_runs_the_program_and_the_dynamic_provider_then_preview_shows_no_changes(cli, project):
+    """`up` runs the program with its config and secret in the project's venv, the dynamic
+    provider creates its resource, and an immediate preview finds nothing to change."""
+    directory, notes = project
+    cli.run(directory, "up", "--yes")
+
+    assert (notes / "note.txt").read_text() == "hello from the program"
+    outputs = stack_outputs(cli, directory, "--show-secrets")
+    assert outputs == {
+        "greeting": "hello from the program",
+        "length": len("hello from the program"),
+        "providerPython": str(directory / "venv" / "bin" / "python"),
+        "token": "not-a-real-token-5f1c",
+        "stack": "dev",
+        "project": "hosttest",
+        "organization": "organization",
+        "rootDirectory": str(directory),
+    }
+    assert stack_outputs(cli, directory)["token"] == "[secret]"
+    assert "not-a-real-token-5f1c" not in cli.run(directory, "stack", "export").stdout
+
+    cli.run(directory, "preview", "--expect-no-changes")
+
+
+@needs_cli
+def test_destroy_runs_the_dynamic_providers_delete(cli, project):
+    """`destroy` reaches the dynamic provider's delete and leaves the stack empty."""
+    directory, notes = project
+    cli.run(directory, "up", "--yes")
+    assert (notes / "note.txt").exists()
+    cli.run(directory, "destroy", "--yes")
+    assert not (notes / "note.txt").exists()
+    exported = json.loads(cli.run(directory, "stack", "export").stdout)
+    assert not exported["deployment"].get("resources")
+
+
+@needs_cli
+def test_run_error_fails_the_update_with_its_message(cli, project):
+    """A pulumi.RunError is shown as an error and the update fails, as upstream shows it."""
+    directory, notes = project
+    cli.run(directory, "config", "set", "fail", "true")
+    completed = cli.run(directory, "up", "--yes", expect=FAILED)
+    output = completed.stdout + completed.stderr
+    assert "error: the test asked this program to fail" in output
+    assert "an unhandled error occurred: program exited with non-zero exit code: 1" in output
+    assert not (notes / "note.txt").exists()
+
+
+@needs_cli
+def test_unhandled_exception_shows_the_users_traceback_only(cli, project):
+    """An exception in the program shows its traceback and nothing about the host."""
+    directory, _ = project
+    cli.run(directory, "config", "set", "crash", "true")
+    completed = cli.run(directory, "preview", expect=FAILED)
+    output = completed.stdout + completed.stderr
+    assert "Program failed with an unhandled exception:" in output
+    assert "ValueError: an unexpected crash" in output
+    assert "an unhandled error occurred" not in output
+
+
+@needs_cli
+def test_a_venv_directory_that_is_not_a_virtualenv_is_reported(cli, tmp_path):
+    """A `venv` that holds no interpreter fails the preview and names the interpreter looked for."""
+    directory = tmp_path / "broken"
+    directory.mkdir()
+    (directory / "Pulumi.yaml").write_text(PROJECT_YAML.format(name="broken"))
+    (directory / "__main__.py").write_text(PROGRAM)
+    (directory / "venv").mkdir()
+    (directory / "venv" / "stray-file").write_text("")
+    cli.run(directory, "stack", "init", "dev")
+    completed = cli.run(directory, "preview", expect=FAILED)
+    output = completed.stdout + completed.stderr
+    assert "failed to discover plugin requirements" in output
+    assert str(directory / "venv" / "bin" / "python") in output
+
+
+@needs_cli
+def test_the_engine_asks_for_the_exact_plugin_versions_of_the_venv(cli, tmp_path):
+    """`pulumi plugin ls --project` lists openstack 5.5.3 and command 1.2.1, from the
+    project's venv (the test environment, which has pulumi-openstack and pulumi-command)."""
+    if sys.prefix == sys.base_prefix:
+        pytest.skip(f"the tests do not run in a virtual environment ({sys.prefix})")
+    directory = tmp_path / "sdks"
+    directory.mkdir()
+    (directory / "Pulumi.yaml").write_text(PROJECT_YAML.format(name="sdks"))
+    (directory / "__main__.py").write_text("")
+    (directory / "venv").symlink_to(sys.prefix)
+    listed = cli.run(directory, "plugin", "ls", "--project", "--json").stdout
+    plugins = {(plugin["name"], plugin["kind"], plugin["version"]) for plugin in json.loads(listed)}
+    assert ("openstack", "resource", "5.5.3") in plugins
+    assert ("command", "resource", "1.2.1") in plugins
+
+
+@needs_cli
+def test_about_names_the_programs_interpreter_and_toolchain(cli, project):
+    """`pulumi about` reports the venv's Python, the pip toolchain and the program's packages."""
+    directory, _ = project
+    about = json.loads(cli.run(directory, "about", "--json").stdout)
+    language = about["language"]
+    assert language["name"] == "python"
+    assert language["executable"] == str(directory / "venv" / "bin" / "python")
+    assert language["metadata"]["toolchain"] == "Pip"
+    assert {"name": "pulumi", "version": "3.272.0"} in about["dependencies"]
