@@ -503,21 +503,34 @@ class Pip:
 
     def about(self) -> tuple[str, str, str]:
         """(interpreter path, Python version, pip version), unknown versions as 0.0.0."""
-        try:
-            executable = self.output("-c", "import sys; print(sys.executable)").strip()
-        except HostError as error:
-            raise HostError(f"failed to get python executable path: {error}") from None
-        try:
-            python_version = python_semver(self.output("--version"))
-        except HostError:
-            python_version = "0.0.0"
-        pip_version = "0.0.0"
-        with contextlib.suppress(HostError):
-            match = re.match(r"^pip\s+(\d+(?:\.\d+)*)", self.output("-m", "pip", "--version"))
-            if match:
-                parts = (match.group(1).split(".") + ["0", "0"])[:3]
-                pip_version = ".".join(str(int(part)) for part in parts)
-        return executable, python_version, pip_version
+
+        def executable():
+            try:
+                return self.output("-c", "import sys; print(sys.executable)").strip()
+            except HostError as error:
+                raise HostError(f"failed to get python executable path: {error}") from None
+
+        def python_version():
+            try:
+                return python_semver(self.output("--version"))
+            except HostError:
+                return "0.0.0"
+
+        def pip_version():
+            with contextlib.suppress(HostError):
+                answer = self.output("-m", "pip", "--version")
+                match = re.match(r"^pip\s+(\d+(?:\.\d+)*)", answer)
+                if match:
+                    parts = (match.group(1).split(".") + ["0", "0"])[:3]
+                    return ".".join(str(int(part)) for part in parts)
+            return "0.0.0"
+
+        # The three questions go to three interpreters at once, as upstream asks them.
+        with futures.ThreadPoolExecutor(max_workers=3) as pool:
+            asked = [
+                pool.submit(question) for question in (executable, python_version, pip_version)
+            ]
+            return tuple(answer.result() for answer in asked)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1100,7 +1113,7 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
         if self.children.cancelled.is_set():
             return "problem executing program (could not run language executor): context canceled"
         try:
-            process = subprocess.Popen(argv, env=env)
+            process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
         except OSError as error:
             return "problem executing program (could not run language executor): " + start_error(
                 argv[0], error

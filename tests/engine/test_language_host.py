@@ -31,7 +31,7 @@ BIN_FILES = (
     "pulumi-resource-pulumi-python",
 )
 SDK_REQUIREMENT = "pulumi==3.272.0"
-FAILED = 255  # the CLI's exit code for a failed operation
+FAILED = 1  # the CLI's exit code for an operation that failed
 
 needs_cli = pytest.mark.skipif(
     not TOOLCHAIN_BIN,
@@ -215,15 +215,15 @@ def test_uv_toolchain_is_refused_with_the_fix(tmp_path, host_stub):
 class Cli:
     """Runs the real pulumi with a private home and a local file backend."""
 
-    def __init__(self, bin_dir: Path, home: Path):
+    def __init__(self, bin_dir: Path, home: Path, state: Path):
         missing = [name for name in BIN_FILES if not (bin_dir / name).is_file()]
         assert not missing, f"CHI_PERSIST_TOOLCHAIN_BIN={bin_dir} lacks {', '.join(missing)}"
-        state = home / "state"
+        self.bin_dir, self.home = bin_dir, home
         state.mkdir(parents=True, exist_ok=True)
         self.env = dict(os.environ)
         self.env.update(
             PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-            PULUMI_HOME=str(home / "pulumi-home"),
+            PULUMI_HOME=str(home),
             PULUMI_BACKEND_URL=f"file://{state}",
             PULUMI_CONFIG_PASSPHRASE="language-host-tests",
             PULUMI_SKIP_UPDATE_CHECK="true",
@@ -233,6 +233,10 @@ class Cli:
         for name in ("PULUMI_ACCESS_TOKEN", "PULUMI_STACK", "VIRTUAL_ENV", "PYTHONHOME"):
             self.env.pop(name, None)
         self.timings: list[tuple[str, float]] = []
+
+    def with_state(self, state: Path) -> Cli:
+        """The same CLI and home with another state directory (so stacks never collide)."""
+        return Cli(self.bin_dir, self.home, state)
 
     def run(self, cwd: Path, *args: str, expect: int | None = 0, timeout: int = 600):
         started = time.monotonic()
@@ -258,7 +262,8 @@ class Cli:
 def cli(tmp_path_factory):
     if not TOOLCHAIN_BIN:
         pytest.skip("CHI_PERSIST_TOOLCHAIN_BIN is unset")
-    return Cli(Path(TOOLCHAIN_BIN), tmp_path_factory.mktemp("pulumi-cli"))
+    home = tmp_path_factory.mktemp("pulumi-cli")
+    return Cli(Path(TOOLCHAIN_BIN), home / "pulumi-home", home / "state")
 
 
 @pytest.fixture(scope="session")
@@ -274,7 +279,9 @@ def installed_project(cli, tmp_path_factory):
 
 @pytest.fixture
 def project(cli, installed_project, tmp_path):
-    """The test program with a fresh stack `dev`, its venv the one `pulumi install` made."""
+    """The test program with a fresh stack `dev` (and state of its own), its venv the one
+    `pulumi install` made; (directory, notes directory, CLI)."""
+    cli = cli.with_state(tmp_path / "state")
     directory = tmp_path / "project"
     directory.mkdir()
     (directory / "Pulumi.yaml").write_text(PROJECT_YAML.format(name="hosttest"))
@@ -286,7 +293,7 @@ def project(cli, installed_project, tmp_path):
     cli.run(directory, "config", "set", "greeting", "hello from the program")
     cli.run(directory, "config", "set", "notesDir", str(notes))
     cli.run(directory, "config", "set", "--secret", "token", "not-a-real-token-5f1c")
-    return directory, notes
+    return directory, notes, cli
 
 
 def stack_outputs(cli: Cli, directory: Path, *flags: str) -> dict:
@@ -310,7 +317,7 @@ def test_pulumi_install_creates_the_virtualenv_from_requirements(cli, installed_
         [
             str(directory / "venv" / "bin" / "python"),
             "-c",
-            "import pulumi; print(pulumi.__version__)",
+            "import importlib.metadata as m, pulumi; print(m.version('pulumi'))",
         ],
         capture_output=True,
         text=True,
@@ -320,10 +327,10 @@ def test_pulumi_install_creates_the_virtualenv_from_requirements(cli, installed_
 
 
 @needs_cli
-def test_up_runs_the_program_and_the_dynamic_provider_then_preview_shows_no_changes(cli, project):
+def test_up_runs_the_program_and_the_dynamic_provider_then_preview_shows_no_changes(project):
     """`up` runs the program with its config and secret in the project's venv, the dynamic
     provider creates its resource, and an immediate preview finds nothing to change."""
-    directory, notes = project
+    directory, notes, cli = project
     cli.run(directory, "up", "--yes")
 
     assert (notes / "note.txt").read_text() == "hello from the program"
@@ -345,9 +352,9 @@ def test_up_runs_the_program_and_the_dynamic_provider_then_preview_shows_no_chan
 
 
 @needs_cli
-def test_destroy_runs_the_dynamic_providers_delete(cli, project):
+def test_destroy_runs_the_dynamic_providers_delete(project):
     """`destroy` reaches the dynamic provider's delete and leaves the stack empty."""
-    directory, notes = project
+    directory, notes, cli = project
     cli.run(directory, "up", "--yes")
     assert (notes / "note.txt").exists()
     cli.run(directory, "destroy", "--yes")
@@ -357,9 +364,9 @@ def test_destroy_runs_the_dynamic_providers_delete(cli, project):
 
 
 @needs_cli
-def test_run_error_fails_the_update_with_its_message(cli, project):
+def test_run_error_fails_the_update_with_its_message(project):
     """A pulumi.RunError is shown as an error and the update fails, as upstream shows it."""
-    directory, notes = project
+    directory, notes, cli = project
     cli.run(directory, "config", "set", "fail", "true")
     completed = cli.run(directory, "up", "--yes", expect=FAILED)
     output = completed.stdout + completed.stderr
@@ -369,9 +376,9 @@ def test_run_error_fails_the_update_with_its_message(cli, project):
 
 
 @needs_cli
-def test_unhandled_exception_shows_the_users_traceback_only(cli, project):
+def test_unhandled_exception_shows_the_users_traceback_only(project):
     """An exception in the program shows its traceback and nothing about the host."""
-    directory, _ = project
+    directory, _, cli = project
     cli.run(directory, "config", "set", "crash", "true")
     completed = cli.run(directory, "preview", expect=FAILED)
     output = completed.stdout + completed.stderr
@@ -383,6 +390,7 @@ def test_unhandled_exception_shows_the_users_traceback_only(cli, project):
 @needs_cli
 def test_a_venv_directory_that_is_not_a_virtualenv_is_reported(cli, tmp_path):
     """A `venv` that holds no interpreter fails the preview and names the interpreter looked for."""
+    cli = cli.with_state(tmp_path / "state")
     directory = tmp_path / "broken"
     directory.mkdir()
     (directory / "Pulumi.yaml").write_text(PROJECT_YAML.format(name="broken"))
@@ -392,34 +400,45 @@ def test_a_venv_directory_that_is_not_a_virtualenv_is_reported(cli, tmp_path):
     cli.run(directory, "stack", "init", "dev")
     completed = cli.run(directory, "preview", expect=FAILED)
     output = completed.stdout + completed.stderr
-    assert "failed to discover plugin requirements" in output
+    assert "failed to discover package requirements" in output
     assert str(directory / "venv" / "bin" / "python") in output
 
 
 @needs_cli
 def test_the_engine_asks_for_the_exact_plugin_versions_of_the_venv(cli, tmp_path):
-    """`pulumi plugin ls --project` lists openstack 5.5.3 and command 1.2.1, from the
+    """`pulumi about` lists openstack 5.5.3 and command 1.2.1 as the project's plugins, from the
     project's venv (the test environment, which has pulumi-openstack and pulumi-command)."""
     if sys.prefix == sys.base_prefix:
         pytest.skip(f"the tests do not run in a virtual environment ({sys.prefix})")
+    cli = cli.with_state(tmp_path / "state")
     directory = tmp_path / "sdks"
     directory.mkdir()
     (directory / "Pulumi.yaml").write_text(PROJECT_YAML.format(name="sdks"))
     (directory / "__main__.py").write_text("")
     (directory / "venv").symlink_to(sys.prefix)
-    listed = cli.run(directory, "plugin", "ls", "--project", "--json").stdout
-    plugins = {(plugin["name"], plugin["kind"], plugin["version"]) for plugin in json.loads(listed)}
+    cli.run(directory, "stack", "init", "dev")
+    about = json.loads(cli.run(directory, "about", "--json").stdout)
+    assert about["errors"] == []
+    plugins = {(plugin["name"], plugin["kind"], plugin["version"]) for plugin in about["plugins"]}
     assert ("openstack", "resource", "5.5.3") in plugins
     assert ("command", "resource", "1.2.1") in plugins
+    assert ("python", "language", "3.274.1") in plugins
 
 
 @needs_cli
-def test_about_names_the_programs_interpreter_and_toolchain(cli, project):
+def test_about_names_the_programs_interpreter_and_toolchain(project):
     """`pulumi about` reports the venv's Python, the pip toolchain and the program's packages."""
-    directory, _ = project
+    directory, _, cli = project
     about = json.loads(cli.run(directory, "about", "--json").stdout)
-    language = about["language"]
-    assert language["name"] == "python"
-    assert language["executable"] == str(directory / "venv" / "bin" / "python")
-    assert language["metadata"]["toolchain"] == "Pip"
+    runtime = about["runtime"]
+    assert runtime["language"] == "python"
+    assert runtime["executable"] == str(directory / "venv" / "bin" / "python")
+    assert runtime["toolchain"] == "Pip"
+    venv_python = subprocess.run(
+        [runtime["executable"], "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert runtime["version"] == venv_python.stdout.strip()
     assert {"name": "pulumi", "version": "3.272.0"} in about["dependencies"]
