@@ -46,13 +46,35 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import empty_pb2, json_format
-from pulumi.runtime.proto import (
-    engine_pb2,
-    engine_pb2_grpc,
-    language_pb2,
-    language_pb2_grpc,
-    plugin_pb2,
-)
+
+
+def _load_sdk_stubs():
+    """The SDK's generated gRPC modules, without running the SDK's package initialisers.
+
+    The CLI starts this host up to three times per `pulumi up`; importing the whole SDK would
+    cost most of each start. The generated modules import only each other and protobuf, so
+    their packages are stood in by bare package modules when the SDK is found.
+    """
+    import importlib
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("pulumi")
+    if spec is not None and spec.submodule_search_locations and "pulumi" not in sys.modules:
+        root = Path(list(spec.submodule_search_locations)[0])
+        for name, path in (
+            ("pulumi", root),
+            ("pulumi.runtime", root / "runtime"),
+            ("pulumi.runtime.proto", root / "runtime" / "proto"),
+        ):
+            package = types.ModuleType(name)
+            package.__path__ = [str(path)]
+            sys.modules[name] = package
+    names = ("engine_pb2", "engine_pb2_grpc", "language_pb2", "language_pb2_grpc", "plugin_pb2")
+    return [importlib.import_module(f"pulumi.runtime.proto.{name}") for name in names]
+
+
+engine_pb2, engine_pb2_grpc, language_pb2, language_pb2_grpc, plugin_pb2 = _load_sdk_stubs()
 
 HOST_VERSION = "v3.274.1"
 EXECUTOR_NAME = "pulumi-language-python-exec"
