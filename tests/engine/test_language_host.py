@@ -146,13 +146,29 @@ def test_plugin_json_of_the_wrong_shape_is_an_error(tmp_path):
         language_host.load_plugin_json("pulumi-x", str(plugin_json))
 
 
+# Stands in for pulumi-language-python-exec: records how it was started, exits as the
+# config value proj:exit says.
+RECORDING_EXECUTOR = """\
+import json, os, sys
+record = {"argv": sys.argv[1:], "cwd": os.getcwd(), "python": sys.executable,
+          "env": {k: v for k, v in os.environ.items() if k.startswith(("PULUMI_", "VIRTUAL_ENV"))}}
+with open(os.environ["RECORD_TO"], "w") as handle:
+    json.dump(record, handle)
+sys.exit(int(json.loads(os.environ.get("PULUMI_CONFIG", "{}")).get("proj:exit", "0")))
+"""
+
+
 @pytest.fixture
-def host_stub(tmp_path):
-    """The host started as the CLI starts it; yields a LanguageRuntime client."""
+def host_stub(tmp_path, monkeypatch):
+    """The host started as the CLI starts it, with a recording executor; yields a client."""
+    executor = tmp_path / "recording-executor.py"
+    executor.write_text(RECORDING_EXECUTOR)
+    monkeypatch.setenv("RECORD_TO", str(tmp_path / "record.json"))
     process = subprocess.Popen(
-        [sys.executable, str(HOST), "-use-executor", str(tmp_path / "exec"), "127.0.0.1:1"],
+        [sys.executable, str(HOST), "--logtostderr", "-v=0", "-use-executor", str(executor),
+         "127.0.0.1:1"],
         stdout=subprocess.PIPE,
-    )
+    )  # fmt: skip
     try:
         port = int(process.stdout.readline())
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -185,6 +201,59 @@ def test_required_packages_are_the_sdks_plugins_at_their_exact_versions(tmp_path
     found = {(package.name, package.version, package.kind) for package in answer.packages}
     assert ("openstack", "v5.5.3", "resource") in found
     assert ("command", "v1.2.1", "resource") in found
+
+
+def test_run_starts_the_executor_as_upstream_does(tmp_path, host_stub):
+    """Run starts the executor with the venv's interpreter, the upstream flags in their order,
+    and the config and its secret keys as JSON in PULUMI_CONFIG / PULUMI_CONFIG_SECRET_KEYS."""
+    if sys.prefix == sys.base_prefix:
+        pytest.skip(f"the tests do not run in a virtual environment ({sys.prefix})")
+    (tmp_path / "venv").symlink_to(sys.prefix)
+    request = language_pb2.RunRequest(
+        monitor_address="127.0.0.1:2",
+        project="proj",
+        stack="dev",
+        pwd=str(tmp_path),
+        args=["extra"],
+        config={"proj:b": "2", "proj:a": "<1&>"},
+        configSecretKeys=["proj:b"],
+        dryRun=True,
+        parallel=8,
+        organization="org",
+        info=program_info(tmp_path, toolchain="pip", virtualenv="venv"),
+    )
+    answer = host_stub.Run(request)
+    assert (answer.error, answer.bail) == ("", False)
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["argv"] == [
+        "--monitor", "127.0.0.1:2", "--engine", "127.0.0.1:1", "--project", "proj",
+        "--root_directory", str(tmp_path), "--stack", "dev", "--pwd", str(tmp_path),
+        "--dry_run", "true", "--parallel", "8", "--organization", "org", ".", "extra",
+    ]  # fmt: skip
+    assert record["python"] == str(tmp_path / "venv" / "bin" / "python")
+    assert record["env"]["VIRTUAL_ENV"] == str(tmp_path / "venv")
+    assert record["env"]["PULUMI_CONFIG"] == '{"proj:a":"\\u003c1\\u0026\\u003e","proj:b":"2"}'
+    assert record["env"]["PULUMI_CONFIG_SECRET_KEYS"] == '["proj:b"]'
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "error", "bail"),
+    [
+        (1, "program exited with non-zero exit code: 1", False),
+        (32, "", True),  # the program already showed the user its error
+    ],
+)
+def test_run_reports_how_the_program_ended(tmp_path, host_stub, exit_code, error, bail):
+    """A failed program is an error for the engine; exit code 32 means "already reported"."""
+    if sys.prefix == sys.base_prefix:
+        pytest.skip(f"the tests do not run in a virtual environment ({sys.prefix})")
+    (tmp_path / "venv").symlink_to(sys.prefix)
+    request = language_pb2.RunRequest(
+        info=program_info(tmp_path, toolchain="pip", virtualenv="venv"),
+        config={"proj:exit": str(exit_code)},
+    )
+    answer = host_stub.Run(request)
+    assert (answer.error, answer.bail) == (error, bail)
 
 
 def test_run_refuses_a_directory_that_is_not_a_virtualenv(tmp_path, host_stub):
