@@ -1456,8 +1456,12 @@ def main(argv: list[str]) -> int:
     sys.stdout.flush()
     stopped.wait()
     host.children.cancel_all()
-    server.stop(grace=1).wait()
-    return 0
+    server.stop(grace=1).wait(5)
+    # Worker threads still inside an RPC must not keep the process alive: the engine gives a
+    # plugin five seconds after SIGINT before it kills it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -396,9 +396,10 @@ def test_pulumi_install_creates_the_virtualenv_from_requirements(cli, installed_
 
 
 @needs_cli
-def test_up_runs_the_program_and_the_dynamic_provider_then_preview_shows_no_changes(project):
-    """`up` runs the program with its config and secret in the project's venv, the dynamic
-    provider creates its resource, and an immediate preview finds nothing to change."""
+def test_up_preview_and_destroy_run_the_program_and_its_dynamic_provider(project):
+    """`up` runs the program with its config and secret in the project's venv and the dynamic
+    provider creates its resource; a preview right after finds nothing to change; `destroy`
+    reaches the provider's delete and leaves the stack empty."""
     directory, notes, cli = project
     cli.run(directory, "up", "--yes")
 
@@ -419,13 +420,6 @@ def test_up_runs_the_program_and_the_dynamic_provider_then_preview_shows_no_chan
 
     cli.run(directory, "preview", "--expect-no-changes")
 
-
-@needs_cli
-def test_destroy_runs_the_dynamic_providers_delete(project):
-    """`destroy` reaches the dynamic provider's delete and leaves the stack empty."""
-    directory, notes, cli = project
-    cli.run(directory, "up", "--yes")
-    assert (notes / "note.txt").exists()
     cli.run(directory, "destroy", "--yes")
     assert not (notes / "note.txt").exists()
     exported = json.loads(cli.run(directory, "stack", "export").stdout)
