@@ -65,12 +65,20 @@ def _write_executable(path: Path, data: bytes) -> None:
 
 
 def _place_pulumi(pulumi: Path, target: Path) -> None:
+    source = pulumi.resolve()
+    if target.is_file():
+        have, want = target.stat(), source.stat()
+        if target.samefile(source) or (have.st_size, have.st_mtime) == (
+            want.st_size,
+            want.st_mtime,
+        ):
+            return
     partial = target.with_name(target.name + ".partial")
     partial.unlink(missing_ok=True)
     try:
-        os.link(pulumi.resolve(), partial)
+        os.link(source, partial)
     except OSError:
-        shutil.copy2(pulumi.resolve(), partial)
+        shutil.copy2(source, partial)
     partial.chmod(0o755)
     partial.replace(target)
 
@@ -81,7 +89,8 @@ def assemble(
     python: str = sys.executable,
     sdk_dir: Path | None = None,
 ) -> Path:
-    """Fills out_dir as described above and returns it; an existing layout is refreshed."""
+    """Fills out_dir as described above and returns it; an existing layout is refreshed (the
+    wrapper names this checkout's language_host.py, so refresh it from each checkout)."""
     sdk_dir = sdk_dir or sdk_module_dir()
     missing = [str(sdk_dir / rel) for rel in SDK_FILES.values() if not (sdk_dir / rel).is_file()]
     if missing:

@@ -20,7 +20,7 @@ import pytest
 from google.protobuf import struct_pb2
 from pulumi.runtime.proto import language_pb2, language_pb2_grpc
 
-from tests.engine import language_host
+from tests.engine import host_bin, language_host
 
 HOST = Path(language_host.__file__)
 TOOLCHAIN_BIN = os.environ.get("CHI_PERSIST_TOOLCHAIN_BIN", "")
@@ -297,7 +297,6 @@ class Cli:
             PULUMI_CONFIG_PASSPHRASE="language-host-tests",
             PULUMI_SKIP_UPDATE_CHECK="true",
             PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
-            PULUMI_IGNORE_AMBIENT_PLUGINS="",
         )
         for name in ("PULUMI_ACCESS_TOKEN", "PULUMI_STACK", "VIRTUAL_ENV", "PYTHONHOME"):
             self.env.pop(name, None)
@@ -505,3 +504,24 @@ def test_about_names_the_programs_interpreter_and_toolchain(project):
     )
     assert runtime["version"] == venv_python.stdout.strip()
     assert {"name": "pulumi", "version": "3.272.0"} in about["dependencies"]
+
+
+def test_host_bin_lays_out_what_the_cli_looks_for(tmp_path):
+    """The bin directory holds the CLI and the host's three files, executable, and the
+    wrapper starts this checkout's host."""
+    sdk = host_bin.sdk_module_dir()
+    if not sdk.is_dir():
+        pytest.skip(f"the Pulumi SDK module is not in the Go module cache ({sdk})")
+    fake_cli = tmp_path / "pulumi-build"
+    fake_cli.write_bytes(b"#!/bin/sh\necho fake\n")
+    out = host_bin.assemble(fake_cli, tmp_path / "bin")
+    for name in BIN_FILES:
+        assert os.access(out / name, os.X_OK), name
+    assert not (out / "pulumi").is_symlink()
+    assert (out / "pulumi-language-python-exec").read_bytes() == (
+        sdk / "python" / "cmd" / "pulumi-language-python-exec"
+    ).read_bytes()
+    version = subprocess.run(
+        [str(out / "pulumi-language-python"), "-version"], capture_output=True, text=True
+    )
+    assert version.stdout.strip() == language_host.HOST_VERSION
