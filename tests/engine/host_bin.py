@@ -6,6 +6,8 @@ directory (the CLI looks next to its own executable, then on PATH):
     pulumi                           the CLI (a hard link or a copy: never a symlink, or the CLI
                                      warns that the host on PATH is not the one beside it)
     pulumi-language-python           a wrapper: PYTHON language_host.py -use-executor ... "$@"
+    language_host.py                 a copy of tests/engine/language_host.py, so the directory
+                                     stands alone and can be cached outside the checkout
     pulumi-language-python-exec      from the Go module cache, sdk/v3@<version>/python/cmd/
     pulumi-resource-pulumi-python    from the Go module cache, sdk/v3@<version>/python/dist/
 
@@ -48,12 +50,13 @@ def sdk_module_dir(version: str = SDK_VERSION) -> Path:
     return go_module_cache() / "github.com" / "pulumi" / "pulumi" / "sdk" / f"v3@v{version}"
 
 
-def wrapper_script(python: str, language_host: Path = LANGUAGE_HOST) -> str:
+def wrapper_script(python: str) -> str:
     return (
         "#!/bin/sh\n"
         "# The Python language host of this project, run as the CLI's pulumi-language-python.\n"
-        f"exec {shlex.quote(python)} {shlex.quote(str(language_host))} "
-        '-use-executor "$(dirname "$0")/pulumi-language-python-exec" "$@"\n'
+        'here=$(dirname "$0")\n'
+        f'exec {shlex.quote(python)} "$here/language_host.py" '
+        '-use-executor "$here/pulumi-language-python-exec" "$@"\n'
     )
 
 
@@ -89,8 +92,7 @@ def assemble(
     python: str = sys.executable,
     sdk_dir: Path | None = None,
 ) -> Path:
-    """Fills out_dir as described above and returns it; an existing layout is refreshed (the
-    wrapper names this checkout's language_host.py, so refresh it from each checkout)."""
+    """Fills out_dir as described above and returns it; an existing layout is refreshed."""
     sdk_dir = sdk_dir or sdk_module_dir()
     missing = [str(sdk_dir / rel) for rel in SDK_FILES.values() if not (sdk_dir / rel).is_file()]
     if missing:
@@ -103,6 +105,7 @@ def assemble(
         raise FileNotFoundError(f"no pulumi binary at {pulumi}")
     out_dir.mkdir(parents=True, exist_ok=True)
     _place_pulumi(Path(pulumi), out_dir / "pulumi")
+    _write_executable(out_dir / "language_host.py", LANGUAGE_HOST.read_bytes())
     _write_executable(out_dir / "pulumi-language-python", wrapper_script(python).encode())
     for name, rel in SDK_FILES.items():
         _write_executable(out_dir / name, (sdk_dir / rel).read_bytes())

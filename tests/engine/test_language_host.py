@@ -507,8 +507,8 @@ def test_about_names_the_programs_interpreter_and_toolchain(project):
 
 
 def test_host_bin_lays_out_what_the_cli_looks_for(tmp_path):
-    """The bin directory holds the CLI and the host's three files, executable, and the
-    wrapper starts this checkout's host."""
+    """The bin directory holds the CLI and the host's files, executable, and the wrapper
+    starts the copy of this checkout's host beside it."""
     sdk = host_bin.sdk_module_dir()
     if not sdk.is_dir():
         pytest.skip(f"the Pulumi SDK module is not in the Go module cache ({sdk})")
@@ -525,3 +525,4 @@ def test_host_bin_lays_out_what_the_cli_looks_for(tmp_path):
         [str(out / "pulumi-language-python"), "-version"], capture_output=True, text=True
     )
     assert version.stdout.strip() == language_host.HOST_VERSION
+    assert (out / "language_host.py").read_bytes() == host_bin.LANGUAGE_HOST.read_bytes()
