@@ -264,31 +264,68 @@ def test_device_that_never_reaches_the_volume_size_is_left_untouched(loop_volume
     assert_untouched(loop_volume, before, server)
 
 
+def path_without(tmp_path: Path, *tools: str) -> str:
+    """A PATH with every command of /usr/bin but `tools` (and /usr/sbin, /sbin without them)."""
+    farm = tmp_path / f"bin-without-{'-'.join(tools)}"
+    farm.mkdir()
+    for directory in ("/usr/bin", "/bin", "/usr/sbin", "/sbin"):
+        for entry in Path(directory).iterdir():
+            if entry.name not in tools and not (farm / entry.name).exists():
+                (farm / entry.name).symlink_to(entry)
+    return str(farm)
+
+
+def prepare_with_path(server: Server, volume_id: str, path: str) -> subprocess.CompletedProcess:
+    return run(
+        "bash", str(PREPARE_VOLUME), "--volume-id", volume_id, "--mount-point",
+        str(server.mount_point), "--owner", "nobody", "--timeout", "5",
+        check=False, env={**server.env(), "PATH": path},
+    )  # fmt: skip
+
+
 def test_missing_growpart_is_reported_before_anything_is_written(loop_volumes, server, tmp_path):
-    """Without growpart (cloud-guest-utils) the grown volume is refused whole: exit 1, untouched."""
+    """Without growpart (cloud-guest-utils) a grown volume is refused whole: exit 1, untouched."""
     volume = loop_volumes.make(size_mib=ONE_GIB_MIB)
     layouts.tutorial_layout(volume, tmp_path / "scratch")
     grow(volume, by_mib=ONE_GIB_MIB)
     before = DeviceSnapshot.of(volume)
     volume_id = attach(server, volume)
-    tools = tmp_path / "bin-without-growpart"
-    tools.mkdir()
-    for directory in ("/usr/bin", "/bin"):
-        for entry in Path(directory).iterdir():
-            if entry.name != "growpart" and not (tools / entry.name).exists():
-                (tools / entry.name).symlink_to(entry)
-    environment = {**server.env(), "PATH": f"{tools}:/usr/sbin:/sbin"}
 
-    result = run(
-        "bash", str(PREPARE_VOLUME), "--volume-id", volume_id, "--mount-point",
-        str(server.mount_point), "--owner", "nobody", "--timeout", "5",
-        check=False, env=environment,
-    )  # fmt: skip
+    result = prepare_with_path(server, volume_id, path_without(tmp_path, "growpart"))
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert "growpart (package cloud-guest-utils)" in result.stderr
     assert "nothing was written" in result.stderr
     assert_untouched(volume, before, server)
+
+
+def test_volume_that_did_not_grow_needs_no_growing_tools(loop_volume, server, tmp_path):
+    """A server without growpart and sfdisk still mounts a volume that has not grown."""
+    layouts.tutorial_layout(loop_volume, tmp_path / "scratch")
+    volume_id = attach(server, loop_volume)
+
+    result = prepare_with_path(server, volume_id, path_without(tmp_path, "growpart", "sfdisk"))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nothing to grow" in result.stdout and grew_lines(result) == []
+
+
+def test_partition_that_stops_short_of_an_ungrown_disk_is_mounted_not_grown(
+    loop_volume, server, tmp_path
+):
+    """Space after the partition that the device always had is left alone; the volume mounts."""
+    layouts.gpt_partition_with_a_gap(loop_volume, tmp_path / "scratch")
+    partition = loop_volume.partition(1)
+    size = ext4_bytes(partition)
+    table = DeviceSnapshot.of(loop_volume).head[: GPT_SECTORS * 512]
+    volume_id = attach(server, loop_volume)
+
+    result = server.prepare(volume_id)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "that space is left as it is" in result.stdout
+    assert grew_lines(result) == [] and ext4_bytes(partition) == size
+    assert loop_volume.read_head(GPT_SECTORS * 512) == table
 
 
 # --- what is never grown ------------------------------------------------------------

@@ -863,6 +863,12 @@ plan_growth() {
 # reach the end of the space its table described, or the space between may hold data.
 plan_partition_growth() {
     local partition=$1 disk_bytes=$2 dump sector_size last_lba table_end_bytes end_bytes
+    end_bytes=$(partition_end_bytes "$partition")
+    if ((end_bytes > disk_bytes)); then
+        fail 4 "refused: partition $partition ends at $((end_bytes / MIB)) MiB, beyond the end of $device ($((disk_bytes / MIB)) MiB): the volume was shrunk or its table is damaged; nothing was written and nothing was mounted."
+    fi
+    # The partition reaches the end of the device: nothing to read, nothing to grow.
+    ((disk_bytes - end_bytes > GROW_THRESHOLD_BYTES)) || return 0
     require_tools sfdisk
     dump=$(sfdisk --dump -- "$device" 2>/dev/null) \
         || fail 4 "refused: sfdisk cannot read the partition table of $device; nothing was written."
@@ -871,15 +877,17 @@ plan_partition_growth() {
     [[ $sector_size =~ ^[0-9]+$ && $last_lba =~ ^[0-9]+$ ]] \
         || fail 4 "refused: could not read the extent of the partition table of $device (sector-size '$sector_size', last-lba '$last_lba'); nothing was written."
     table_end_bytes=$(((last_lba + 1) * sector_size))
-    end_bytes=$(partition_end_bytes "$partition")
-    if ((end_bytes > disk_bytes)); then
-        fail 4 "refused: partition $partition ends at $((end_bytes / MIB)) MiB, beyond the end of $device ($((disk_bytes / MIB)) MiB): the volume was shrunk or its table is damaged; nothing was written and nothing was mounted."
+    local grown=no gap=no
+    ((disk_bytes - table_end_bytes > GROW_THRESHOLD_BYTES)) && grown=yes
+    ((table_end_bytes - end_bytes > GROW_THRESHOLD_BYTES)) && gap=yes
+    if [[ $grown == yes && $gap == yes ]]; then
+        fail 4 "refused to grow: the device grew, but partition $partition ends $(((table_end_bytes - end_bytes) / MIB)) MiB before the end of the space its table covered; that space belongs to no partition and may hold data, so the partition is not extended over it; nothing was written and nothing was mounted. Inspect the disk (sudo sfdisk --dump $device); to use the volume as it is, grow it by hand or attach it where nothing needs growing."
+    elif [[ $grown == yes ]]; then
+        grow_partition=yes
+    else
+        say "size: partition $partition ends $(((disk_bytes - end_bytes) / MIB)) MiB before the end of the device, inside its table: that space is left as it is"
     fi
-    ((disk_bytes - table_end_bytes > GROW_THRESHOLD_BYTES)) || return 0
-    if ((table_end_bytes - end_bytes > GROW_THRESHOLD_BYTES)); then
-        fail 4 "refused to grow: partition $partition ends $(((table_end_bytes - end_bytes) / MIB)) MiB before the end of the space its table covered; that space belongs to no partition and may hold data, so the partition is not extended over it; nothing was written and nothing was mounted. Inspect the disk (sudo sfdisk --dump $device); to mount the volume as it is, grow it by hand or attach it to a server where it has its old size."
-    fi
-    grow_partition=yes
+    return 0
 }
 
 # Writes the new partition table: same start, the end at the end of the device.
