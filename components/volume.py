@@ -198,7 +198,7 @@ def plan_volume(settings: Settings, stack: str, lookup: VolumeLookup) -> Persist
 def _managing(
     base: PersistentVolumeArgs, volume: CloudVolume, adopted: bool
 ) -> PersistentVolumeArgs:
-    """The args for a volume that exists: its own name, type and metadata, plus the owner key."""
+    """The args for a volume that exists: its type and metadata (plus the owner key) as they are."""
     base.import_id = volume.id
     base.adopted = adopted
     base.current_size_gib = volume.size_gib

@@ -819,7 +819,7 @@ require_tools() {
         command -v "$tool" >/dev/null || missing+=("$tool (package $package)")
     done
     ((${#missing[@]} == 0)) \
-        || fail 1 "the volume is larger than its filesystem, but growing it needs ${missing[*]}, which this server lacks; nothing was written. Install it (sudo apt-get install cloud-guest-utils fdisk e2fsprogs) and run again."
+        || fail 1 "the volume has space beyond its filesystem, and growing it (or reading its partition table to see whether it grew) needs ${missing[*]}, which this server lacks; nothing was written. Install it (sudo apt-get install cloud-guest-utils fdisk e2fsprogs) and run again."
 }
 
 # Decides, without writing anything, whether the volume has grown and can be grown:
@@ -907,7 +907,11 @@ grow_partition_to_device_end() {
         udevadm settle --timeout=5 >/dev/null 2>&1 || true
     fi
     after=$(partition_bytes "$partition")
-    ((after > before || rc == 1)) \
+    if ((rc == 1)); then
+        say "partition $partition: already reaches the end of the device ($((after / MIB)) MiB)"
+        return 0
+    fi
+    ((after > before)) \
         || fail 1 "the partition table of $device now ends partition $number at the end of the device, but the kernel still sees $((after / MIB)) MiB; nothing else was changed. Run again (or reboot the server); the filesystem is grown then."
     say "partition $partition: grown from $((before / MIB)) MiB to $((after / MIB)) MiB (growpart; the table's backup header is at the new end)"
 }
