@@ -9,17 +9,23 @@ from components import (
     Node,
     NodeArgs,
     PersistentVolume,
-    PersistentVolumeArgs,
     Provisioning,
     ProvisioningArgs,
 )
 from components.project_files import first_boot_user_data
 from components.settings import NAMESPACE, SettingsError, load, private_key
+from components.volume import VolumeLookupFailed, look_up_volumes, plan_volume
 
+# Every setting, and what the cloud already holds, is checked before any resource exists.
 try:
     settings = load(pulumi.Config(NAMESPACE), pulumi.get_stack())
+    volume_args = plan_volume(
+        settings, pulumi.get_stack(), look_up_volumes(settings, pulumi.get_stack())
+    )
 except SettingsError as error:
     raise pulumi.RunError(error.report()) from None
+except VolumeLookupFailed as error:
+    raise pulumi.RunError(str(error)) from None
 
 access = AccessRules(
     "access",
@@ -29,14 +35,7 @@ access = AccessRules(
         existing_groups=settings.existing_security_groups,
     ),
 )
-volume = PersistentVolume(
-    "data",
-    PersistentVolumeArgs(
-        volume_name=settings.volume_name,
-        size_gib=settings.volume_size,
-        volume_type=settings.volume_type,
-    ),
-)
+volume = PersistentVolume("data", volume_args)
 node = Node(
     "node",
     NodeArgs(
@@ -58,6 +57,7 @@ provisioning = Provisioning(
         server_id=node.server_id,
         attachment_id=node.attachment_id,
         volume_id=volume.volume_id,
+        volume_size_gib=volume.size_gib,
         mount_point=settings.mount_point,
         private_key=private_key(pulumi.Config(NAMESPACE), settings),
     ),

@@ -35,6 +35,8 @@ class ProvisioningArgs:
     """The volume attachment; a new one re-runs the volume and stack steps."""
     volume_id: pulumi.Input[str]
     """The Cinder volume id, which the server sees as the disk's serial."""
+    volume_size_gib: pulumi.Input[int]
+    """The volume's size in Cinder; a larger one re-runs the volume step, which grows it."""
     mount_point: str
     """Where the volume is mounted."""
     private_key: pulumi.Input[str] | None
@@ -99,10 +101,11 @@ class Provisioning(pulumi.ComponentResource):
         prepare_volume = command.remote.Command(
             f"{name}-prepare-volume",
             connection=connection,
-            create=pulumi.Output.from_input(args.volume_id).apply(
-                lambda volume_id: prepare_volume_command(volume_id, args.mount_point)
+            create=pulumi.Output.all(args.volume_id, args.volume_size_gib).apply(
+                lambda values: prepare_volume_command(values[0], args.mount_point, values[1])
             ),
-            triggers=volume_triggers,
+            # A grown volume (its size comes from the extended resource) re-runs the step.
+            triggers=[*volume_triggers, args.volume_size_gib],
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(
                 parent=self,
@@ -155,14 +158,15 @@ def wait_for_boot_command() -> str:
     )
 
 
-def prepare_volume_command(volume_id: str, mount_point: str) -> str:
-    """Find the volume by its serial, format it only if blank, mount it, keep fstab."""
+def prepare_volume_command(volume_id: str, mount_point: str, size_gib: int) -> str:
+    """Find the volume by its serial, format it only if blank, grow it if larger, mount it."""
     return shlex.join(
         [
             "sudo", "bash", f"{REMOTE_SCRIPTS}/prepare-volume.sh",
             "--volume-id", volume_id,
             "--mount-point", mount_point,
             "--owner", SSH_USER,
+            "--size-gib", str(size_gib),
         ]
     )  # fmt: skip
 

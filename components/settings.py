@@ -159,6 +159,15 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
             default="/mnt/block",
             example="/mnt/block",
         ),
+        ConfigKey(
+            "existingVolumeId",
+            "string",
+            "Id (UUID) of the volume block-persist-<netid> you already have (the tutorial's): "
+            "the program takes it over, with its data, instead of creating a volume. Find it "
+            "with: openstack volume show block-persist-<netid> -f value -c id",
+            default="",
+            example="$(openstack volume show block-persist-<netid> -f value -c id)",
+        ),
     )
 }
 
@@ -183,6 +192,8 @@ class Settings:
     # How the provisioning commands authenticate: "config" (sshPrivateKey),
     # "file" (sshPrivateKeyPath) or "agent" (SSH_AUTH_SOCK).
     ssh_key_source: str = "config"
+    # The volume to take over instead of creating one (None: create, or keep the stack's own).
+    existing_volume_id: str | None = None
 
     @property
     def server_name(self) -> str:
@@ -255,6 +266,24 @@ def _reservation(value: Any) -> tuple[Any, str | None]:
     except ValueError:
         return None, rule
     if str(parsed) != value.lower() or len(value) != 36:
+        return None, rule
+    return value.lower(), None
+
+
+def _existing_volume_id(value: Any) -> tuple[Any, str | None]:
+    rule = (
+        "must be the id of a Cinder volume, a UUID like 3f2a9c4e-8b1d-4e6f-a0b2-5c7d9e1f3a4b "
+        "(not its name), or empty"
+    )
+    if value == "":
+        return None, None
+    if not isinstance(value, str) or len(value) != 36:
+        return None, rule
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return None, rule
+    if str(parsed) != value.lower():
         return None, rule
     return value.lower(), None
 
@@ -342,6 +371,7 @@ RULES: dict[str, Rule] = {
     "allowedCidrs": _cidrs,
     "existingSecurityGroups": _group_names,
     "mountPoint": _mount_point,
+    "existingVolumeId": _existing_volume_id,
 }
 
 
@@ -463,6 +493,7 @@ def validate(
         mount_point=values["mountPoint"],
         ssh_private_key_path=values["sshPrivateKeyPath"],
         ssh_key_source=key_source,
+        existing_volume_id=values["existingVolumeId"],
     )
 
 

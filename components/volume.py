@@ -1,11 +1,87 @@
-"""The block volume that holds every experiment, model and notebook, and outlives every server."""
+"""The block volume that holds every experiment, model and notebook, and outlives every server.
+
+Before any resource is registered, the program looks the volume up in the cloud
+(`look_up_volumes`) and decides from what it finds (`plan_volume`): create it on
+the first `pulumi up`, keep managing the one this stack made, take over (import)
+the tutorial's volume named in `existingVolumeId`, grow it, or refuse with the
+setting to change. Nothing in the cloud changes before that decision.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_openstack as openstack
+
+from components.settings import NAMESPACE, Problem, Settings, SettingsError
+
+# Every volume this program manages carries this metadata key, valued "<netid>/<stack>":
+# it tells the stack's own volume from one it must not take without being asked.
+OWNER_KEY = "chi-persist-stack"
+DESCRIPTION = "chi-persist data volume: PostgreSQL, MinIO and notebooks. Protected."
+# The provider's data source fails when its query matches no volume or several
+# (terraform-provider-openstack v3.4.0, data_source_openstack_blockstorage_volume_v3.go).
+NO_MATCH = "query returned no results"
+SEVERAL_MATCH = "query returned multiple results"
+# Properties fixed when a volume is created; an adopted volume keeps its own, which
+# the program does not know and must not try to change (a change would mean a replacement).
+ADOPTED_VOLUME_IGNORED = ["description", "snapshot_id", "source_vol_id", "backup_id", "image_id"]
+# An attached volume is extended online (Cinder microversion 3.42), where the cloud allows it.
+ONLINE_RESIZE_REFUSED_FIX = (
+    "if the cloud refuses to extend the attached volume, run scripts/recycle --stack {stack} "
+    "(it stops the platform cleanly and detaches the volume), then pulumi up again: the "
+    "detached volume is extended and the next server grows its filesystem"
+)
+
+
+@dataclass(frozen=True)
+class CloudVolume:
+    """A volume as the cloud reports it."""
+
+    id: str
+    name: str
+    size_gib: int
+    volume_type: str
+    status: str
+    metadata: Mapping[str, str]
+    attached_to: tuple[str, ...]
+
+    @property
+    def owner(self) -> str | None:
+        return self.metadata.get(OWNER_KEY)
+
+    def facts(self) -> str:
+        attached = f", attached to server {', '.join(self.attached_to)}" if self.attached_to else ""
+        return f"(id {self.id}, {self.size_gib} GiB, {self.status}{attached})"
+
+    def described(self) -> str:
+        return f"{self.name} {self.facts()}"
+
+
+class SeveralVolumes:
+    """The lookup matched more than one volume."""
+
+    def __repr__(self) -> str:
+        return "SEVERAL"
+
+
+SEVERAL = SeveralVolumes()
+Found = CloudVolume | SeveralVolumes | None
+
+
+class VolumeLookupFailed(Exception):
+    """The cloud could not be asked; nothing may be decided (or created) without its answer."""
+
+
+@dataclass(frozen=True)
+class VolumeLookup:
+    """What the cloud holds: the volumes named block-persist-<netid>, and the stack's own."""
+
+    named: Found
+    owned: Found
 
 
 @dataclass
@@ -16,12 +92,266 @@ class PersistentVolumeArgs:
     """Size in GiB."""
     volume_type: str | None = None
     """Cinder volume type, when the site needs one."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """Cinder metadata, including the stack's owner key."""
+    import_id: str | None = None
+    """The id of an existing volume to manage (import) instead of creating one."""
+    adopted: bool = False
+    """The volume was made outside this program (the tutorial's): it keeps its description."""
+    current_size_gib: int | None = None
+    """Its size in the cloud now, when it exists."""
+    stack: str = ""
+    """The stack's name, for the messages that name commands."""
+
+
+def owner_value(settings: Settings, stack: str) -> str:
+    return f"{settings.netid}/{stack}"
+
+
+def look_up_volumes(settings: Settings, stack: str) -> VolumeLookup:
+    """Ask the cloud, once by name and once by this stack's owner key, before anything changes."""
+    owner = owner_value(settings, stack)
+    named = _look_up(name=settings.volume_name)
+    owned = _look_up(metadata={OWNER_KEY: owner})
+    # A cloud that ignored a filter would answer with some other volume: never act on it.
+    if isinstance(named, CloudVolume) and named.name != settings.volume_name:
+        raise _inconsistent(f"name={settings.volume_name}", named)
+    if isinstance(owned, CloudVolume) and owned.owner != owner:
+        raise _inconsistent(f"metadata {OWNER_KEY}={owner}", owned)
+    return VolumeLookup(named=named, owned=owned)
+
+
+def _inconsistent(query: str, volume: CloudVolume) -> VolumeLookupFailed:
+    return VolumeLookupFailed(
+        f"asked for the volume with {query}, the cloud answered with {volume.described()}, "
+        "which does not match: the cloud seems to ignore that filter. Nothing was created or "
+        "changed. Report this to the site's operators; the program cannot tell safely which "
+        "volume is yours."
+    )
+
+
+def _look_up(**query: Any) -> Found:
+    described = ", ".join(f"{key}={value}" for key, value in query.items())
+    try:
+        found = openstack.blockstorage.get_volume_v3(**query)
+    except Exception as error:  # noqa: BLE001 (every failure is reported the same way)
+        text = str(error)
+        if NO_MATCH in text:
+            return None
+        if SEVERAL_MATCH in text:
+            return SEVERAL
+        raise VolumeLookupFailed(
+            f"could not look up the data volume ({described}) before changing anything: "
+            f"{text.strip()}\nNothing was created or changed: without the cloud's answer the "
+            "program cannot tell a first deployment from one whose volume already holds data. "
+            "Check the cloud credentials (OS_CLOUD, or the OS_* variables of your openrc file) "
+            "and the network, then run pulumi up again."
+        ) from None
+    return CloudVolume(
+        id=found.id,
+        name=found.name or "",
+        size_gib=int(found.size or 0),
+        volume_type=found.volume_type or "",
+        status=found.status or "",
+        metadata=dict(found.metadata or {}),
+        attached_to=tuple(attachment.instance_id for attachment in found.attachments or []),
+    )
+
+
+def plan_volume(settings: Settings, stack: str, lookup: VolumeLookup) -> PersistentVolumeArgs:
+    """Decide what the volume resource is, from the settings and what the cloud holds.
+
+    Raises SettingsError (key, value seen, rule, fix) for every request that would
+    shrink, retype, duplicate, or take over the wrong volume.
+    """
+    owner = owner_value(settings, stack)
+    wanted_id = settings.existing_volume_id
+    base = PersistentVolumeArgs(
+        volume_name=settings.volume_name,
+        size_gib=settings.volume_size,
+        volume_type=settings.volume_type,
+        metadata={OWNER_KEY: owner},
+        stack=stack,
+    )
+    if isinstance(lookup.owned, SeveralVolumes):
+        raise SettingsError([_several_owned(settings, owner)])
+    if lookup.owned is not None:
+        volume = lookup.owned
+        problems = _owned_problems(settings, volume)
+        problems += _size_and_type_problems(settings, volume)
+        if problems:
+            raise SettingsError(problems)
+        return _managing(base, volume, adopted=wanted_id is not None)
+    problems = _unowned_problems(settings, owner, lookup.named)
+    if problems:
+        raise SettingsError(problems)
+    if wanted_id is None:
+        return base  # the first deployment: nothing of this name exists yet
+    volume = lookup.named
+    assert isinstance(volume, CloudVolume)
+    problems = _size_and_type_problems(settings, volume)
+    if problems:
+        raise SettingsError(problems)
+    return _managing(base, volume, adopted=True)
+
+
+def _managing(
+    base: PersistentVolumeArgs, volume: CloudVolume, adopted: bool
+) -> PersistentVolumeArgs:
+    """The args for a volume that exists: its type and metadata (plus the owner key) as they are."""
+    base.import_id = volume.id
+    base.adopted = adopted
+    base.current_size_gib = volume.size_gib
+    base.metadata = {**volume.metadata, **base.metadata}
+    base.volume_type = base.volume_type or volume.volume_type or None
+    return base
+
+
+def _show_id_command(settings: Settings) -> str:
+    return f"openstack volume show {settings.volume_name} -f value -c id"
+
+
+def _several_owned(settings: Settings, owner: str) -> Problem:
+    return Problem(
+        "existingVolumeId",
+        settings.existing_volume_id,
+        f"more than one volume carries this stack's metadata {OWNER_KEY}={owner}, so the "
+        "program cannot tell which one holds the data",
+        f"list them (openstack volume list --long), keep the data volume, and remove the key "
+        f"from the others (openstack volume unset --property {OWNER_KEY} <id>)",
+    )
+
+
+def _owned_problems(settings: Settings, volume: CloudVolume) -> list[Problem]:
+    """The stack already manages `volume`: existingVolumeId may only name that one."""
+    wanted_id = settings.existing_volume_id
+    if wanted_id is None or wanted_id == volume.id:
+        return []
+    return [
+        Problem(
+            "existingVolumeId",
+            wanted_id,
+            f"this stack already manages the volume {volume.described()}; taking over "
+            "another one would make Pulumi delete this one (an import that replaces a "
+            "resource is not stopped by protect)",
+            f"pulumi config rm {NAMESPACE}:existingVolumeId (or set it to {volume.id})",
+        )
+    ]
+
+
+def _unowned_problems(settings: Settings, owner: str, named: Found) -> list[Problem]:
+    """No volume is the stack's yet: create one, or take over the one existingVolumeId names."""
+    wanted_id = settings.existing_volume_id
+    name = settings.volume_name
+    set_id = f"pulumi config set {NAMESPACE}:existingVolumeId"
+    if isinstance(named, SeveralVolumes):
+        return [
+            Problem(
+                "existingVolumeId",
+                wanted_id,
+                f"several volumes are named {name}; the program will neither pick one nor add "
+                "another",
+                f"keep the one that holds your data and rename the others "
+                f"(openstack volume list --name {name}; openstack volume set --name "
+                f"{name}-old <id>), then {set_id} <the id of yours>",
+            )
+        ]
+    if named is None:
+        if wanted_id is None:
+            return []
+        return [
+            Problem(
+                "existingVolumeId",
+                wanted_id,
+                f"no volume is named {name}, so the volume to take over is not this "
+                "student's tutorial volume (or its name differs)",
+                f"check the id ({_show_id_command(settings)}); if your volume has another name, "
+                f"rename it first (openstack volume set --name {name} {wanted_id}); or "
+                f"pulumi config rm {NAMESPACE}:existingVolumeId to create a new, empty volume",
+            )
+        ]
+    if named.owner is not None and named.owner != owner:
+        return [
+            Problem(
+                "existingVolumeId",
+                wanted_id,
+                f"the volume {named.described()} belongs to the chi-persist stack "
+                f"{named.owner!r} ({OWNER_KEY}), not to this one ({owner!r})",
+                f"run pulumi from that stack (pulumi stack select "
+                f"{named.owner.rsplit('/', 1)[-1]}); two stacks must never share a volume",
+            )
+        ]
+    if wanted_id is None:
+        return [
+            Problem(
+                "existingVolumeId",
+                None,
+                f"a volume named {name} already exists {named.facts()} and this stack did not "
+                "make it (most likely the tutorial's, with your data); the program will not "
+                "create a second volume of the same name",
+                f"to take it over as it is, with its data: {set_id} {named.id}",
+            )
+        ]
+    if named.id != wanted_id:
+        return [
+            Problem(
+                "existingVolumeId",
+                wanted_id,
+                f"is not the volume named {name}: that one is {named.described()}",
+                f"{set_id} {named.id}, if that is the volume that holds your data",
+            )
+        ]
+    if named.attached_to or named.status != "available":
+        servers = ", ".join(named.attached_to)
+        where = f"attached to server {servers}" if servers else f"in status {named.status!r}"
+        return [
+            Problem(
+                "existingVolumeId",
+                wanted_id,
+                f"the volume {name} is {where}; it can be taken over only while it is detached "
+                "and 'available'",
+                "on that server stop what uses it and unmount it (sudo umount /mnt/block), "
+                f"detach it (openstack server remove volume {servers or '<server>'} {wanted_id}) "
+                "or delete that server, then pulumi up again",
+            )
+        ]
+    return []
+
+
+def _size_and_type_problems(settings: Settings, volume: CloudVolume) -> list[Problem]:
+    problems = []
+    if settings.volume_size < volume.size_gib:
+        problems.append(
+            Problem(
+                "volumeSize",
+                settings.volume_size,
+                f"is smaller than the volume {volume.name}, which is already {volume.size_gib} "
+                "GiB: a Cinder volume can grow but never shrink, and the program never replaces "
+                "the data volume",
+                f"pulumi config set {NAMESPACE}:volumeSize {volume.size_gib} (or more, to grow it)",
+            )
+        )
+    if settings.volume_type is not None and settings.volume_type != volume.volume_type:
+        problems.append(
+            Problem(
+                "volumeType",
+                settings.volume_type,
+                f"differs from the type of the volume {volume.name}, {volume.volume_type!r}: "
+                "changing it would retype (migrate) the data volume, which the program does "
+                "not do",
+                f"pulumi config set {NAMESPACE}:volumeType {volume.volume_type}"
+                if volume.volume_type
+                else f"pulumi config rm {NAMESPACE}:volumeType",
+            )
+        )
+    return problems
 
 
 class PersistentVolume(pulumi.ComponentResource):
-    """A Cinder volume that no deployment can delete or replace."""
+    """A Cinder volume that no deployment can delete or replace, grown in place when asked."""
 
     volume_id: pulumi.Output[str]
+    size_gib: pulumi.Output[int]
 
     def __init__(
         self, name: str, args: PersistentVolumeArgs, opts: pulumi.ResourceOptions | None = None
@@ -32,10 +362,31 @@ class PersistentVolume(pulumi.ComponentResource):
             name=args.volume_name,
             size=args.size_gib,
             volume_type=args.volume_type,
-            description="chi-persist data volume: PostgreSQL, MinIO and notebooks. Protected.",
-            # The data outlives servers and deployments: any plan that would delete or
-            # replace this volume (a destroy, a changed size or type) stops with an error.
-            opts=pulumi.ResourceOptions(parent=self, protect=True),
+            description=None if args.adopted else DESCRIPTION,
+            metadata=args.metadata,
+            # A larger size extends the volume in place, attached or not, where the cloud
+            # supports it (Cinder microversion 3.42); a smaller one was refused before this.
+            enable_online_resize=True,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # The data outlives servers and deployments: any plan that would delete or
+                # replace this volume stops with an error. (A size change is an in-place
+                # extend, which protect does not stop; plan_volume refuses shrinking.)
+                protect=True,
+                # An existing volume is managed as it is, never created a second time; once
+                # the volume is in the stack's state the engine ignores this id.
+                import_=args.import_id,
+                ignore_changes=ADOPTED_VOLUME_IGNORED if args.adopted else None,
+            ),
         )
+        if args.current_size_gib is not None and args.size_gib > args.current_size_gib:
+            pulumi.log.warn(
+                f"the volume {args.volume_name} grows from {args.current_size_gib} GiB to "
+                f"{args.size_gib} GiB: it is extended in place, with all its data, and the "
+                "server's next prepare-volume.sh grows its filesystem; "
+                + ONLINE_RESIZE_REFUSED_FIX.format(stack=args.stack),
+                resource=volume,
+            )
         self.volume_id = volume.id
+        self.size_gib = volume.size
         self.register_outputs({"volume_id": self.volume_id})

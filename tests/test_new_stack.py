@@ -142,6 +142,21 @@ def test_every_option_is_set_and_the_cidr_list_replaces_the_old_one(pulumi):
             ["--private-key-path '/nonexistent/key': no such file"],
             id="missing-key-file",
         ),
+        pytest.param(
+            ["ab1234", "--key-pair", "k", "--existing-volume-id", "block-persist-ab1234"],
+            [
+                "--existing-volume-id 'block-persist-ab1234'",
+                "UUID",
+                "not its name",
+                "openstack volume show block-persist-ab1234 -f value -c id",
+            ],
+            id="volume-name-not-id",
+        ),
+        pytest.param(
+            ["ab1234", "--key-pair", "k", "--existing-volume-id", ""],
+            ["--existing-volume-id '': empty", "openstack volume show block-persist-ab1234"],
+            id="empty-volume-id",
+        ),
     ],
 )
 def test_bad_value_is_refused_before_any_pulumi_call(pulumi, arguments, expected):
@@ -154,6 +169,31 @@ def test_bad_value_is_refused_before_any_pulumi_call(pulumi, arguments, expected
     assert "error: nothing was changed" in result.stderr
     assert "Traceback" not in result.stderr
     assert pulumi.calls() == []
+
+
+def test_existing_volume_id_is_set_so_up_takes_the_volume_over(pulumi):
+    """--existing-volume-id stores the tutorial volume's id (lowercased) in the stack's config."""
+    result = pulumi.run(
+        "new-stack", "ab1234", "--key-pair", "ab1234-key",
+        "--existing-volume-id", "7C9E4B2A-1D3F-4A5B-8C6D-E7F8091A2B3C",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert pulumi.calls()[-1] == [
+        "config", "set", "chi-persist:existingVolumeId",
+        "7c9e4b2a-1d3f-4a5b-8c6d-e7f8091a2b3c", *SCOPE,
+    ]  # fmt: skip
+    assert pulumi.config("ab1234")["chi-persist:existingVolumeId"] == (
+        "7c9e4b2a-1d3f-4a5b-8c6d-e7f8091a2b3c"
+    )
+
+
+def test_help_explains_how_to_take_over_the_tutorial_volume(pulumi):
+    """--help names the option and how to find the volume's id."""
+    result = pulumi.run("new-stack", "--help")
+    assert "--existing-volume-id" in result.stdout
+    assert "openstack volume show block-persist-NETID -f value -c id" in result.stdout
+    assert "Horizon: Volumes > Volumes" in result.stdout
 
 
 def test_every_bad_value_is_reported_at_once(pulumi):

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import pwd
-import re
 import shlex
 import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,121 +17,28 @@ from tests.support.block_devices import LoopVolume, LoopVolumes, link_by_id, run
 from tests.support.volume_scripts import (
     DATA,
     DATA_FILE,
+    FSTAB_LINE,
+    NOBODY,
     PREPARE_VOLUME,
     DeviceSnapshot,
-    Server,
+    assert_mounted_and_recorded,
+    assert_untouched,
+    assert_verifies,
+    attach,
     filesystem_created,
-    is_mount_point,
+    fstab_lines_for,
     lock_file,
     mounted_targets,
     new_volume_id,
     partitions_of,
     probe,
+    server_fixture,  # noqa: F401 (the fixture "server")
+    servers_fixture,  # noqa: F401 (the fixture "servers")
+    summary,
     write_data,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.disk]
-
-FSTAB_LINE = re.compile(
-    r"^UUID=(?P<uuid>[0-9a-f-]{36}) (?P<target>\S+) ext4 "
-    r"defaults,nofail,x-systemd\.device-timeout=30s 0 2$"
-)
-NOBODY = pwd.getpwnam("nobody")
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Callable[[str], Server]]:
-    """Makes servers (temporary by-id directory, fstab, mount point); removes their locks after."""
-    made: list[Server] = []
-
-    def make(name: str) -> Server:
-        made.append(Server(tmp_path / name))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.remove_lock_files()
-
-
-@pytest.fixture
-def server(servers) -> Server:
-    """One server's temporary by-id directory, fstab and mount point."""
-    return servers("server")
-
-
-def attach(server: Server, volume: LoopVolume, style: str = "virtio") -> str:
-    """Give the volume an id and the by-id link the hypervisor would make; returns the id."""
-    volume_id = new_volume_id()
-    link_by_id(server.by_id_dir, volume_id, volume.device, style=style)
-    return volume_id
-
-
-def last_line(result: subprocess.CompletedProcess[str]) -> str:
-    return result.stdout.strip().splitlines()[-1]
-
-
-def summary(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
-    """The fields of the closing 'ready:' line."""
-    line = last_line(result)
-    assert line.startswith("prepare-volume: ready: "), result.stdout + result.stderr
-    fields = line.removeprefix("prepare-volume: ready: ")
-    mount_point_start = fields.index(" mount_point=")
-    formatted_start = fields.index(" formatted=")
-    head = dict(item.split("=", 1) for item in fields[:mount_point_start].split())
-    head["mount_point"] = fields[mount_point_start + len(" mount_point=") : formatted_start]
-    head["formatted"] = fields[formatted_start + len(" formatted=") :]
-    return head
-
-
-def fstab_lines_for(fstab: Path, mount_point: Path) -> list[str]:
-    target = str(mount_point).replace(" ", "\\040")
-    return [
-        line
-        for line in fstab.read_text().splitlines()
-        if line.strip() and not line.lstrip().startswith("#") and line.split()[1] == target
-    ]
-
-
-def assert_verifies(fstab: Path) -> None:
-    """findmnt --verify finds neither errors nor warnings in the fstab."""
-    verified = run("findmnt", "--verify", "--verbose", "--tab-file", str(fstab), check=False)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
-    assert "Success, no errors or warnings detected" in verified.stdout + verified.stderr
-
-
-def assert_mounted_and_recorded(server: Server, result, volume_id: str, mount_point: Path) -> str:
-    """The volume is mounted by its UUID, with one fstab line and volume.env; returns the UUID."""
-    assert result.returncode == 0, result.stdout + result.stderr
-    fields = summary(result)
-    uuid = fields["uuid"]
-    assert fields["mount_point"] == str(mount_point)
-    assert probe(fields["device"], "UUID") == uuid
-    assert os.stat(mount_point).st_dev == os.stat(fields["device"]).st_rdev
-    lines = fstab_lines_for(server.fstab, mount_point)
-    assert len(lines) == 1, server.fstab.read_text()
-    match = FSTAB_LINE.match(lines[0])
-    assert match and match["uuid"] == uuid, lines[0]
-    metadata = mount_point / ".chi-persist"
-    assert stat.S_IMODE(metadata.stat().st_mode) == 0o755
-    assert (metadata.stat().st_uid, metadata.stat().st_gid) == (0, 0)
-    volume_env = metadata / "volume.env"
-    assert volume_env.read_text() == f"VOLUME_ID={volume_id}\nFS_UUID={uuid}\n"
-    assert stat.S_IMODE(volume_env.stat().st_mode) == 0o644 and volume_env.stat().st_uid == 0
-    top = mount_point.stat()
-    assert (top.st_uid, top.st_gid) == (NOBODY.pw_uid, NOBODY.pw_gid)
-    return uuid
-
-
-def assert_untouched(volume: LoopVolume, before: DeviceSnapshot, server: Server) -> None:
-    """Not one byte written, nothing mounted, no fstab written."""
-    after = DeviceSnapshot.of(volume)
-    assert after.head == before.head, "the first 4 MiB of the device changed"
-    assert after.partition_heads == before.partition_heads, "a partition's first 4 MiB changed"
-    assert after.content == before.content, "the device's data changed"
-    assert mounted_targets(volume.device) == []
-    assert not is_mount_point(server.mount_point)
-    assert not server.fstab.exists()
-
 
 # --- the blank volume ----------------------------------------------------------
 

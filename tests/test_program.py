@@ -233,12 +233,12 @@ def test_provisioning_runs_in_order(student: Evaluation) -> None:
 
 
 def test_prepare_volume_finds_the_volume_by_its_id(student: Evaluation) -> None:
-    """The volume is prepared by id (its serial), at the mount point, owned by cc."""
+    """The volume is prepared by id (its serial), at the mount point, owned by cc, at its size."""
     step = next(s for s in student.provisioning_steps() if s.name.endswith("prepare-volume"))
     assert isinstance(step, CommandStep)
     assert step.create == (
         "sudo bash /home/cc/chi-persist/scripts/remote/prepare-volume.sh "
-        f"--volume-id {VOLUME_ID} --mount-point /mnt/block --owner cc"
+        f"--volume-id {VOLUME_ID} --mount-point /mnt/block --owner cc --size-gib 2"
     )
     assert step.delete is None
     assert "/dev/vdb" not in step.create

@@ -40,8 +40,9 @@ from components.settings import (
 DESCRIPTION = """\
 Create the Pulumi stack NETID (or select it, if it exists) and set its config:
 your netID, the name of your key pair at KVM@TACC, and optionally the private key
-file, a reservation and the networks allowed to reach the server. Every value is
-checked with the same rules `pulumi up` applies, before anything is changed.
+file, a reservation, the networks allowed to reach the server, and the volume you
+already have from the tutorial. Every value is checked with the same rules
+`pulumi up` applies, before anything is changed.
 """
 
 EPILOG = f"""\
@@ -50,6 +51,14 @@ the private key (what `pulumi up` logs in to the server with), first found of:
   2. the file given with --private-key-path (it must exist), else {DEFAULT_PRIVATE_KEY_PATH};
   3. your ssh agent (SSH_AUTH_SOCK): accepted with a warning, since the agent must
      still hold the key when you run `pulumi up`.
+
+the tutorial's volume:
+  If you followed the tutorial, you already have a volume block-persist-NETID with
+  your data on it. Give its id with --existing-volume-id and `pulumi up` takes it
+  over (imports it, protected) and mounts it as it is, instead of creating an empty
+  one. Detach it from the tutorial's server first. Its id is printed by
+    openstack volume show block-persist-NETID -f value -c id
+  or shown in Horizon: Volumes > Volumes > the volume's page.
 
 passphrase:
   The project keeps its state in ~/.pulumi on your machine, and that backend encrypts
@@ -63,6 +72,8 @@ examples:
   scripts/new-stack ab1234 --key-pair ab1234-key --private-key-path ~/.ssh/id_rsa_chameleon \\
       --reservation 3f1c5b9e-0d3a-4c1e-9b7a-2f6d8e4a1c00 \\
       --allowed-cidr 203.0.113.0/24 --allowed-cidr 198.51.100.7/32
+  scripts/new-stack ab1234 --key-pair ab1234-key \\
+      --existing-volume-id "$(openstack volume show block-persist-ab1234 -f value -c id)"
   pulumi up --stack ab1234
 
 exit status:
@@ -78,6 +89,7 @@ FLAG_KEYS = {
     "private_key_path": ("--private-key-path", "sshPrivateKeyPath"),
     "reservation": ("--reservation", "reservation"),
     "allowed_cidrs": ("--allowed-cidr", "allowedCidrs"),
+    "existing_volume_id": ("--existing-volume-id", "existingVolumeId"),
 }
 
 
@@ -123,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="IPv4 network allowed to reach the server, e.g. 203.0.113.0/24; repeat for more "
         "(replaces the stack's list; default 0.0.0.0/0)",
     )
+    parser.add_argument(
+        "--existing-volume-id",
+        metavar="ID",
+        help="id (UUID) of your tutorial volume block-persist-NETID, to take it over with its "
+        "data instead of creating a new volume",
+    )
     return parser
 
 
@@ -147,6 +165,13 @@ def check_arguments(arguments: argparse.Namespace, environ: Mapping[str, str]) -
         if given is None:
             continue
         normalised, problem = check_value(key, given)
+        if problem is None and normalised is None:
+            # An empty id (say, from a failed `$(openstack volume show ...)`) sets nothing.
+            problems.append(
+                f"{flag} '': empty; fix: give the volume's id, e.g. "
+                f'{flag} "$(openstack volume show block-persist-{arguments.netid} -f value -c id)"'
+            )
+            continue
         if problem is None:
             values[key] = normalised
             continue
@@ -157,6 +182,11 @@ def check_arguments(arguments: argparse.Namespace, environ: Mapping[str, str]) -
             fix = f"give your netID in lowercase, e.g. scripts/new-stack {example} --key-pair NAME"
         elif key == "allowedCidrs":
             fix = f"give each network once, in CIDR form, e.g. {flag} {spec.example}"
+        elif key == "existingVolumeId":
+            fix = (
+                f"give the volume's id, not its name, e.g. {flag} "
+                f'"$(openstack volume show block-persist-{arguments.netid} -f value -c id)"'
+            )
         else:
             fix = f"e.g. {flag} {spec.example}"
         problems.append(_flag_problem(flag, given, problem, fix))

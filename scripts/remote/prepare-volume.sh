@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # prepare-volume.sh: find this server's persistent volume by its serial, format it
-# only when it is blank, check it, mount it by UUID and keep one fstab line for it.
+# only when it is blank, check it, grow it when the volume has become larger, mount
+# it by UUID and keep one fstab line for it.
 # Run as root on the server; `prepare-volume.sh --help` explains the rules.
 #
 # Exit codes:
-#   0  the volume is mounted at the mount point (formatted only if it was blank)
-#   1  unexpected failure: a command failed; the output names it
+#   0  the volume is mounted at the mount point (formatted only if it was blank,
+#      grown if the device had become larger than its filesystem)
+#   1  unexpected failure: a command failed, or a tool that growing needs is
+#      missing; the output names it
 #   2  usage error or bad input (no or unknown option, malformed volume id, not root);
 #      nothing was touched
-#   3  no device for the volume appeared within the timeout; nothing was touched
+#   3  no device for the volume appeared within the timeout, or it never reached
+#      the size given with --size-gib; nothing was touched
 #   4  refused: the device holds something this script neither mounts nor formats,
-#      something else is mounted, the device is in use, or the filesystem check
-#      found errors it cannot fix; nothing was written to the device
+#      something else is mounted, the device is in use, the filesystem check
+#      found errors it cannot fix, or the volume grew but its layout is not one this
+#      script grows; nothing was written to the device
 #
 # Environment, for tests only: BY_ID_DIR (default /dev/disk/by-id) and FSTAB
 # (default /etc/fstab).
@@ -25,12 +30,18 @@ readonly HEAD_BYTES=$((4 * 1024 * 1024))
 readonly TAIL_BYTES=$((1024 * 1024))
 readonly PARTITION_WAIT_SECONDS=15
 readonly LOCK_DIRECTORY=/run/lock
-readonly USAGE="usage: prepare-volume.sh --volume-id ID [--mount-point DIR] [--owner USER] [--timeout SECONDS]"
+# Growth smaller than this is rounding (alignment, a dropped last block group), not a
+# larger volume; Cinder grows volumes by whole GiB.
+readonly GROW_THRESHOLD_BYTES=$((16 * 1024 * 1024))
+readonly MIB=$((1024 * 1024))
+readonly GIB=$((1024 * 1024 * 1024))
+readonly USAGE="usage: prepare-volume.sh --volume-id ID [--mount-point DIR] [--owner USER] [--timeout SECONDS] [--size-gib N]"
 
 volume_id=""
 mount_point=/mnt/block
 owner=cc
 timeout=180
+size_gib=""
 by_id_dir=${BY_ID_DIR:-/dev/disk/by-id}
 fstab=${FSTAB:-/etc/fstab}
 temporary_files=()
@@ -50,8 +61,12 @@ Options:
                        letters, digits, space and ._-+@: characters
   --owner USER         who gets the mount point's top directory (default cc);
                        nothing below it changes owner
-  --timeout SECONDS    how long to wait for the device to appear, and for another
-                       run on the same volume to finish (default 180)
+  --timeout SECONDS    how long to wait for the device to appear (and to reach
+                       --size-gib), and for another run on the same volume to
+                       finish (default 180)
+  --size-gib N         the volume's size in Cinder, in GiB: wait until the device
+                       shows at least that size (an extended volume can take a
+                       moment to reach the server) before deciding anything
   --help               show this text
 
 The device is found by the volume's serial, never by the name Nova reports:
@@ -74,6 +89,21 @@ What the device holds decides what happens (probed with blkid -p and wipefs):
 A mounted or otherwise used device is never formatted. Before mounting, the
 filesystem gets a preen check (e2fsck -p); errors it cannot fix are refused.
 
+A volume that has become larger (extended in Cinder) is grown to fill the device,
+without touching a byte of its data:
+  GPT + one ext4 partition (this script's layout and the tutorial's)
+      -> growpart rewrites the table (its backup header moves to the new end) with
+         the partition ending at the end of the device, then resize2fs
+  ext4 on the whole device
+      -> resize2fs
+Growing happens before mounting (after a full check, e2fsck -f) or, on a volume
+that is already mounted, online. Only space that the volume gained is added: if
+the partition did not reach the end of its table before, the space between may
+hold something else, and growing is refused (exit 4, nothing written). Growing
+needs growpart (package cloud-guest-utils), sfdisk (fdisk) and resize2fs
+(e2fsprogs). It prints one line:
+  prepare-volume: volume grew from <old> MiB to <new> MiB: filesystem resized
+
 Then: mount by UUID at the mount point, give the top directory to the owner, write
 MP/.chi-persist/volume.env (VOLUME_ID, FS_UUID), and keep exactly one fstab line
 for the mount point:
@@ -81,8 +111,9 @@ for the mount point:
 Each decision prints one line; the last line reads
   prepare-volume: ready: device=<device> uuid=<uuid> mount_point=<dir> formatted=<yes|no>
 
-Exit codes: 0 mounted; 1 unexpected failure; 2 usage error, bad input or not root;
-3 the device never appeared; 4 refused (nothing written to the device).
+Exit codes: 0 mounted; 1 unexpected failure (or a tool for growing is missing);
+2 usage error, bad input or not root; 3 the device never appeared, or never reached
+--size-gib; 4 refused (nothing written to the device).
 Environment, for tests only: BY_ID_DIR (default /dev/disk/by-id), FSTAB (default /etc/fstab).
 EOF
 }
@@ -132,17 +163,18 @@ parse_arguments() {
                 show_help
                 exit 0
                 ;;
-            --volume-id=* | --mount-point=* | --owner=* | --timeout=*)
+            --volume-id=* | --mount-point=* | --owner=* | --timeout=* | --size-gib=*)
                 set -- "${1%%=*}" "${1#*=}" "${@:2}"
                 continue
                 ;;
-            --volume-id | --mount-point | --owner | --timeout)
+            --volume-id | --mount-point | --owner | --timeout | --size-gib)
                 (($# >= 2)) || usage_error "option $1 needs a value"
                 case $1 in
                     --volume-id) volume_id=$2 ;;
                     --mount-point) mount_point=$2 ;;
                     --owner) owner=$2 ;;
                     --timeout) timeout=$2 ;;
+                    --size-gib) size_gib=$2 ;;
                 esac
                 shift 2
                 ;;
@@ -183,6 +215,13 @@ validate_arguments() {
         usage_error "timeout ${timeout@Q} is not a whole number of seconds between 0 and 3600"
     fi
     timeout=$((10#$timeout))
+    if [[ -n $size_gib ]]; then
+        local gib='^[0-9]{1,6}$'
+        if [[ ! $size_gib =~ $gib ]] || ((10#$size_gib < 1)); then
+            usage_error "size ${size_gib@Q} is not a whole number of GiB of at least 1 (the volume's size in Cinder)"
+        fi
+        size_gib=$((10#$size_gib))
+    fi
     if [[ ! $owner =~ $user_name ]] || ! id -u -- "$owner" >/dev/null 2>&1; then
         usage_error "owner ${owner@Q} is not a user on this server; pass an existing user, e.g. --owner cc"
     fi
@@ -254,6 +293,28 @@ find_device() {
         sleep 0.5
     done
     say "device: $device (found as $device_link)"
+}
+
+# An extended volume reaches the server a moment after Cinder reports it: wait
+# (bounded) until the device shows the size the caller says the volume has.
+wait_for_size() {
+    [[ -n $size_gib ]] || return 0
+    local wanted=$((size_gib * GIB)) size rescan started
+    rescan=/sys/class/block/$(basename -- "$device")/device/rescan
+    started=${EPOCHREALTIME/[.,]/}
+    while :; do
+        size=$(blockdev --getsize64 "$device")
+        ((size >= wanted)) && break
+        # virtio-scsi (and real SCSI) disks learn a new capacity only when asked.
+        if [[ -w $rescan ]]; then
+            echo 1 >"$rescan" 2>/dev/null || true
+        fi
+        if ((${EPOCHREALTIME/[.,]/} - started >= timeout * 1000000)); then
+            fail 3 "$device is $((size / MIB)) MiB, but volume $volume_id is ${size_gib} GiB: the server did not see the new size within ${timeout} s; nothing was touched. Run again in a minute; if it persists, recycle the server (scripts/recycle), then pulumi up."
+        fi
+        sleep 0.5
+    done
+    say "size: $device is $((size / MIB)) MiB (the volume is ${size_gib} GiB)"
 }
 
 # --- probing ----------------------------------------------------------------
@@ -711,6 +772,195 @@ update_fstab() {
     fi
 }
 
+
+# --- growing ----------------------------------------------------------------
+
+grow_partition=no
+grow_filesystem=no
+filesystem_bytes=0
+
+# Size in bytes of the ext4 filesystem on a device, from its superblock alone
+# (tune2fs -l reads nothing else, so a damaged journal does not hide the size).
+ext4_bytes() {
+    local path=$1 header count block
+    header=$(tune2fs -l -- "$path" 2>&1) \
+        || fail 4 "refused: could not read the ext4 superblock of $path (tune2fs -l: ${header//$'\n'/ }); nothing was written and nothing was mounted. Check it with sudo e2fsck -f -n $path."
+    count=$(awk -F: '$1 == "Block count" { gsub(/ /, "", $2); print $2 }' <<<"$header")
+    block=$(awk -F: '$1 == "Block size" { gsub(/ /, "", $2); print $2 }' <<<"$header")
+    [[ $count =~ ^[0-9]+$ && $block =~ ^[0-9]+$ ]] \
+        || fail 4 "refused: could not read the size of the ext4 filesystem on $path (Block count '$count', Block size '$block'); nothing was written and nothing was mounted."
+    printf '%s\n' $((count * block))
+}
+
+# The sysfs directory of a block device.
+sys_dir_of() {
+    readlink -e -- "/sys/dev/block/$(mountpoint -x -- "$1")"
+}
+
+# Bytes from the start of the disk to the end of partition $1 (sysfs counts 512-byte units).
+partition_end_bytes() {
+    local dir
+    dir=$(sys_dir_of "$1")
+    printf '%s\n' $((($(<"$dir/start") + $(<"$dir/size")) * 512))
+}
+
+partition_bytes() {
+    printf '%s\n' $(($(<"$(sys_dir_of "$1")/size") * 512))
+}
+
+require_tools() {
+    local tool package missing=()
+    for tool in "$@"; do
+        case $tool in
+            growpart) package=cloud-guest-utils ;;
+            sfdisk) package=fdisk ;;
+            *) package=e2fsprogs ;;
+        esac
+        command -v "$tool" >/dev/null || missing+=("$tool (package $package)")
+    done
+    ((${#missing[@]} == 0)) \
+        || fail 1 "the volume has space beyond its filesystem, and growing it (or reading its partition table to see whether it grew) needs ${missing[*]}, which this server lacks; nothing was written. Install it (sudo apt-get install cloud-guest-utils fdisk e2fsprogs) and run again."
+}
+
+# Decides, without writing anything, whether the volume has grown and can be grown:
+# sets grow_partition and grow_filesystem, or refuses.
+plan_growth() {
+    local filesystem=$1 disk_bytes target_bytes space=partition
+    grow_partition=no grow_filesystem=no
+    disk_bytes=$(blockdev --getsize64 "$device")
+    filesystem_bytes=$(ext4_bytes "$filesystem")
+    if [[ $filesystem == "$device" ]]; then
+        target_bytes=$disk_bytes
+        space=device
+    else
+        plan_partition_growth "$filesystem" "$disk_bytes"
+        target_bytes=$(partition_bytes "$filesystem")
+        if [[ $grow_partition == yes ]]; then
+            # The partition will end near the end of the device.
+            target_bytes=$((disk_bytes - $(<"$(sys_dir_of "$filesystem")/start") * 512))
+        fi
+    fi
+    if ((filesystem_bytes > target_bytes + MIB)); then
+        fail 4 "refused: the ext4 filesystem on $filesystem ($((filesystem_bytes / MIB)) MiB) is larger than the space it lives in ($((target_bytes / MIB)) MiB): the volume was shrunk or its table is damaged; nothing was written and nothing was mounted."
+    fi
+    if ((target_bytes - filesystem_bytes > GROW_THRESHOLD_BYTES)); then
+        grow_filesystem=yes
+    fi
+    if [[ $grow_partition == no && $grow_filesystem == no ]]; then
+        say "size: the filesystem ($((filesystem_bytes / MIB)) MiB) fills its ${space} ($((target_bytes / MIB)) MiB): nothing to grow"
+        return 0
+    fi
+    if [[ $grow_partition == yes ]]; then
+        require_tools growpart sfdisk partx resize2fs e2fsck
+        say "size: the device grew to $((disk_bytes / MIB)) MiB beyond its partition table: growing partition and filesystem ($((filesystem_bytes / MIB)) MiB)"
+    else
+        require_tools resize2fs e2fsck
+        say "size: the filesystem ($((filesystem_bytes / MIB)) MiB) is smaller than its ${space} ($((target_bytes / MIB)) MiB): growing it"
+    fi
+}
+
+# The partition may grow only into space the device gained: the partition must
+# reach the end of the space its table described, or the space between may hold data.
+plan_partition_growth() {
+    local partition=$1 disk_bytes=$2 dump sector_size last_lba table_end_bytes end_bytes
+    end_bytes=$(partition_end_bytes "$partition")
+    if ((end_bytes > disk_bytes)); then
+        fail 4 "refused: partition $partition ends at $((end_bytes / MIB)) MiB, beyond the end of $device ($((disk_bytes / MIB)) MiB): the volume was shrunk or its table is damaged; nothing was written and nothing was mounted."
+    fi
+    # The partition reaches the end of the device: nothing to read, nothing to grow.
+    ((disk_bytes - end_bytes > GROW_THRESHOLD_BYTES)) || return 0
+    require_tools sfdisk
+    dump=$(sfdisk --dump -- "$device" 2>/dev/null) \
+        || fail 4 "refused: sfdisk cannot read the partition table of $device; nothing was written."
+    sector_size=$(awk -F': *' '$1 == "sector-size" { print $2 }' <<<"$dump")
+    last_lba=$(awk -F': *' '$1 == "last-lba" { print $2 }' <<<"$dump")
+    [[ $sector_size =~ ^[0-9]+$ && $last_lba =~ ^[0-9]+$ ]] \
+        || fail 4 "refused: could not read the extent of the partition table of $device (sector-size '$sector_size', last-lba '$last_lba'); nothing was written."
+    table_end_bytes=$(((last_lba + 1) * sector_size))
+    local grown=no gap=no
+    ((disk_bytes - table_end_bytes > GROW_THRESHOLD_BYTES)) && grown=yes
+    ((table_end_bytes - end_bytes > GROW_THRESHOLD_BYTES)) && gap=yes
+    if [[ $grown == yes && $gap == yes ]]; then
+        fail 4 "refused to grow: the device grew, but partition $partition ends $(((table_end_bytes - end_bytes) / MIB)) MiB before the end of the space its table covered; that space belongs to no partition and may hold data, so the partition is not extended over it; nothing was written and nothing was mounted. Inspect the disk (sudo sfdisk --dump $device); to use the volume as it is, grow it by hand or attach it where nothing needs growing."
+    elif [[ $grown == yes ]]; then
+        grow_partition=yes
+    else
+        say "size: partition $partition ends $(((disk_bytes - end_bytes) / MIB)) MiB before the end of the device, inside its table: that space is left as it is"
+    fi
+    return 0
+}
+
+# Writes the new partition table: same start, the end at the end of the device.
+# growpart keeps a copy of the table and puts it back if the write fails.
+grow_partition_to_device_end() {
+    local partition=$1 number output rc=0 before after
+    number=$(<"$(sys_dir_of "$partition")/partition")
+    before=$(partition_bytes "$partition")
+    # No "--" here: growpart stops reading its arguments at one. The path is absolute.
+    output=$(growpart "$device" "$number" 2>&1) || rc=$?
+    case $rc in
+        0 | 1) ;;
+        *) fail 1 "growpart could not grow partition $number of $device (exit $rc: ${output//$'\n'/ }); the filesystem was not touched (growpart puts the old table back when its write fails)." ;;
+    esac
+    partx --update --nr "$number" -- "$device" >/dev/null 2>&1 || true
+    if command -v udevadm >/dev/null; then
+        udevadm settle --timeout=5 >/dev/null 2>&1 || true
+    fi
+    after=$(partition_bytes "$partition")
+    if ((rc == 1)); then
+        say "partition $partition: already reaches the end of the device ($((after / MIB)) MiB)"
+        return 0
+    fi
+    ((after > before)) \
+        || fail 1 "the partition table of $device now ends partition $number at the end of the device, but the kernel still sees $((after / MIB)) MiB; nothing else was changed. Run again (or reboot the server); the filesystem is grown then."
+    say "partition $partition: grown from $((before / MIB)) MiB to $((after / MIB)) MiB (growpart; the table's backup header is at the new end)"
+}
+
+# Grows the filesystem to fill its device or partition: online when mounted, else
+# after a full check (resize2fs refuses an unchecked filesystem offline).
+resize_filesystem() {
+    local filesystem=$1 mounted=$2 output rc=0 after
+    output=$(resize2fs -- "$filesystem" 2>&1) || rc=$?
+    if ((rc != 0)) && [[ $mounted == no ]]; then
+        fail 1 "resize2fs could not grow $filesystem (exit $rc: ${output//$'\n'/ }); the filesystem keeps its old size and was not mounted. Run again; if it persists, check it with sudo e2fsck -f $filesystem."
+    elif ((rc != 0)); then
+        fail 1 "resize2fs could not grow the mounted filesystem on $filesystem online (exit $rc: ${output//$'\n'/ }); it is still mounted at $mount_point with its old size and all its data. Run again; or stop the stack and unmount it (sudo umount $mount_point) so that the next run grows it before mounting."
+    fi
+    after=$(ext4_bytes "$filesystem")
+    if ((after > filesystem_bytes)); then
+        say "volume grew from $((filesystem_bytes / MIB)) MiB to $((after / MIB)) MiB: filesystem resized"
+    else
+        say "size: resize2fs left the filesystem at $((after / MIB)) MiB: nothing to grow"
+    fi
+    filesystem_bytes=$after
+}
+
+# Before mounting: a full check first (a grown filesystem must be clean), then the
+# table, then the filesystem.
+grow_unmounted() {
+    local filesystem=$1 output rc=0
+    output=$(e2fsck -f -p -- "$filesystem" 2>&1) || rc=$?
+    case $rc in
+        0) say "filesystem check (full, before growing): clean" ;;
+        1 | 2) say "filesystem check (full, before growing): errors corrected (e2fsck exit $rc)" ;;
+        *) fail 4 "refused: the full filesystem check of $filesystem found errors it cannot fix (e2fsck exit $rc: ${output//$'\n'/ }); nothing was grown or mounted. Repair it interactively (sudo e2fsck -f $filesystem) and run again." ;;
+    esac
+    if [[ $grow_partition == yes ]]; then
+        grow_partition_to_device_end "$filesystem"
+    fi
+    if [[ $grow_partition == yes || $grow_filesystem == yes ]]; then
+        resize_filesystem "$filesystem" no
+    fi
+}
+
+grow_mounted() {
+    local filesystem=$1
+    if [[ $grow_partition == yes ]]; then
+        grow_partition_to_device_end "$filesystem"
+    fi
+    resize_filesystem "$filesystem" yes
+}
+
 # --- main -------------------------------------------------------------------
 
 main() {
@@ -718,6 +968,7 @@ main() {
     validate_arguments
     lock_volume
     find_device
+    wait_for_size
     probe_volume
     decide_action
 
@@ -760,13 +1011,23 @@ main() {
     esac
 
     check_mount_point "$filesystem_device"
+    if [[ $formatted == no ]]; then
+        plan_growth "$filesystem_device"
+    fi
     if [[ $already_mounted == yes ]]; then
         ensure_not_in_use "$filesystem_device"
         say "already mounted at $mount_point: nothing to mount"
+        if [[ $grow_partition == yes || $grow_filesystem == yes ]]; then
+            grow_mounted "$filesystem_device"
+        fi
     else
         ensure_not_in_use
         ensure_unique_uuid "$uuid"
-        check_filesystem "$filesystem_device"
+        if [[ $grow_partition == yes || $grow_filesystem == yes ]]; then
+            grow_unmounted "$filesystem_device"
+        else
+            check_filesystem "$filesystem_device"
+        fi
         mount_filesystem "$filesystem_device" "$uuid"
     fi
     give_top_directory_to_owner

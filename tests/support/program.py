@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import pickle
 import runpy
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
@@ -52,6 +54,7 @@ SECURITY_GROUP_RULE = "openstack:networking/secGroupRule:SecGroupRule"
 REMOTE_COMMAND = "command:remote:Command"
 COPY_TO_REMOTE = "command:remote:CopyToRemote"
 LOCAL_COMMAND = "command:local:Command"
+GET_VOLUME = "openstack:blockstorage/getVolumeV3:getVolumeV3"
 
 
 @dataclass
@@ -71,6 +74,9 @@ class Registration:
     ignore_changes: list[str]
     additional_secret_outputs: list[str]
     retain_on_delete: bool
+    replace_on_changes: list[str] = field(default_factory=list)
+    import_id: str = ""
+    """The id of an existing resource the program asks the engine to import."""
     raw_inputs: dict[str, Any] = field(default_factory=dict, repr=False)
     """Inputs as serialised, with secret markers kept."""
 
@@ -100,6 +106,8 @@ class Evaluation:
     registrations: list[Registration]
     outputs: dict[str, Any]
     secret_outputs: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+    """What the program logged as warnings (pulumi.log.warn), in order."""
 
     def of_type(self, resource_type: str) -> list[Registration]:
         return [r for r in self.registrations if r.type == resource_type]
@@ -213,25 +221,91 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     ignore_changes=list(request.ignoreChanges),
                     additional_secret_outputs=list(request.additionalSecretOutputs),
                     retain_on_delete=request.retainOnDelete,
+                    replace_on_changes=list(request.replaceOnChanges),
+                    import_id=request.importId,
                     raw_inputs=inputs,
                 )
             )
         return response
 
 
+@dataclass(frozen=True)
+class CloudVolume:
+    """A volume that already exists in the pretend cloud, as Cinder describes it."""
+
+    id: str
+    name: str
+    size: int = 2
+    volume_type: str = "ceph-ssd"
+    status: str = "available"
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    attached_to: tuple[str, ...] = ()
+
+    def as_data_source(self) -> dict[str, Any]:
+        """The getVolumeV3 result, with the provider's camelCase names."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "size": self.size,
+            "volumeType": self.volume_type,
+            "status": self.status,
+            "metadata": dict(self.metadata),
+            "attachments": [
+                {"id": f"attachment-{server}", "instanceId": server, "device": "/dev/vdb"}
+                for server in self.attached_to
+            ],
+            "bootable": "false",
+            "host": "",
+            "region": "KVM@TACC",
+            "sourceVolumeId": "",
+        }
+
+
+class InvokeError(grpc.RpcError):
+    """A failed invoke as the engine reports it to the SDK: a gRPC error with details."""
+
+    def __init__(self, details: str) -> None:
+        super().__init__(details)
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNKNOWN
+
+    def details(self) -> str:
+        return self._details
+
+
+def data_source_error(token: str, message: str) -> InvokeError:
+    """How the engine wraps a bridged data source's error (resource/deploy/source_eval.go)."""
+    return InvokeError(
+        f"invocation of {token} returned an error: invoking {token}: "
+        f"1 error occurred:\n\t* {message}\n\n"
+    )
+
+
 class ChiPersistMocks(pulumi.runtime.Mocks):
     """Cloud answers shaped like the providers' real outputs (camelCase names)."""
 
-    def __init__(self, volume_id: str, floating_ip: str, credentials: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        volume_id: str,
+        floating_ip: str,
+        credentials: Mapping[str, str],
+        cloud_volumes: Sequence[CloudVolume] = (),
+        volume_lookup_error: str | None = None,
+    ) -> None:
         self.volume_id = volume_id
         self.floating_ip = floating_ip
         self.credentials = dict(credentials)
+        self.cloud_volumes = list(cloud_volumes)
+        self.volume_lookup_error = volume_lookup_error
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         state = dict(args.inputs)
         resource_id = f"{args.name}-id"
         if args.typ == VOLUME:
-            resource_id = self.volume_id
+            # An imported volume keeps its id; a created one gets the stand-in id.
+            resource_id = args.resource_id or self.volume_id
         elif args.typ == FLOATING_IP:
             state["address"] = self.floating_ip
         elif args.typ == SERVER:
@@ -252,7 +326,49 @@ class ChiPersistMocks(pulumi.runtime.Mocks):
             return {"id": f"network-{args.args.get('name')}", "name": args.args.get("name")}
         if args.token == "openstack:networking/getSecGroup:getSecGroup":
             return {"id": f"secgroup-{args.args.get('name')}", "name": args.args.get("name")}
+        if args.token == GET_VOLUME:
+            return self.get_volume(args.args)
         raise NotImplementedError(f"no mock for invoke {args.token}")
+
+    def get_volume(self, query: Mapping[str, Any]) -> dict[str, Any]:
+        """The volume data source: Cinder's list filtered by name and metadata, exactly one."""
+        if self.volume_lookup_error is not None:
+            raise data_source_error(GET_VOLUME, self.volume_lookup_error)
+        name = query.get("name")
+        metadata = query.get("metadata") or {}
+        matches = [
+            volume
+            for volume in self.cloud_volumes
+            if (name is None or volume.name == name)
+            and all(volume.metadata.get(key) == value for key, value in metadata.items())
+        ]
+        # terraform-provider-openstack v3.4.0, data_source_openstack_blockstorage_volume_v3.go
+        if len(matches) > 1:
+            raise data_source_error(
+                GET_VOLUME, "Your openstack_blockstorage_volume_v3 query returned multiple results"
+            )
+        if not matches:
+            raise data_source_error(
+                GET_VOLUME, "Your openstack_blockstorage_volume_v3 query returned no results"
+            )
+        return matches[0].as_data_source()
+
+
+class WarningRecorder(logging.Handler):
+    """Keeps the warnings the program logs through the mocked engine."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def logger(self) -> logging.Logger:
+        logger = logging.getLogger(f"chi-persist.program.{id(self)}")
+        logger.propagate = False
+        logger.addHandler(self)
+        return logger
 
 
 def project_defaults() -> dict[str, Any]:
@@ -285,9 +401,13 @@ def evaluate_program(
     secrets: Mapping[str, str] | None = None,
     credentials: Mapping[str, str] = MOCK_CREDENTIALS,
     preview: bool = False,
+    cloud_volumes: Sequence[CloudVolume] = (),
+    volume_lookup_error: str | None = None,
 ) -> Evaluation:
     """Run __main__.py for `stack` with `config` (keys without namespace) under mocks.
 
+    `cloud_volumes` are the volumes that already exist in the pretend cloud (none: a
+    first deployment); `volume_lookup_error` makes every volume lookup fail with it.
     Raises whatever the program raises (pulumi.RunError for invalid settings).
     """
     values = {**project_defaults(), **config}
@@ -300,11 +420,19 @@ def evaluate_program(
     def evaluate() -> Evaluation:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        mocks = ChiPersistMocks(volume_id, floating_ip, credentials)
+        mocks = ChiPersistMocks(
+            volume_id, floating_ip, credentials, cloud_volumes, volume_lookup_error
+        )
         monitor = RecordingMonitor(mocks)
+        warnings = WarningRecorder()
         pulumi.runtime.set_all_config(all_config, secret_keys)
         pulumi.runtime.set_mocks(
-            mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor
+            mocks,
+            project=PROJECT,
+            stack=stack,
+            preview=preview,
+            monitor=monitor,
+            logger=warnings.logger(),
         )
         try:
             runpy.run_path(str(REPO_ROOT / "__main__.py"), run_name="__main__")
@@ -313,7 +441,7 @@ def evaluate_program(
         except BaseException as error:
             error.registrations = monitor.registrations  # type: ignore[attr-defined]
             raise
-        return Evaluation(monitor.registrations, outputs, secret_outputs)
+        return Evaluation(monitor.registrations, outputs, secret_outputs, warnings.messages)
 
     return _in_child_process(evaluate)
 

@@ -7,18 +7,25 @@ records the bytes a refused run must leave alone.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import pwd
+import random
+import re
 import shutil
+import stat
 import struct
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.block_devices import MIB, LoopVolume, run
+import pytest
+
+from tests.support.block_devices import MIB, LoopVolume, link_by_id, run
 from tests.support.paths import REMOTE_SCRIPTS
 
 PREPARE_VOLUME = REMOTE_SCRIPTS / "prepare-volume.sh"
@@ -386,3 +393,218 @@ class DeviceSnapshot:
                     image.seek(start * 512)
                     heads[number] = image.read(4 * MIB)
         return cls(volume.read_head(4 * MIB), heads, content_digest(volume.image))
+
+
+# --- a volume that grew ----------------------------------------------------------
+
+GIB = 1024 * MIB
+CAP_SYS_RESOURCE = 24
+
+
+def grow(volume: LoopVolume, by_mib: int) -> None:
+    """Make the device larger, as Cinder's extend does: the image grows, the kernel is told."""
+    with open(volume.image, "r+b") as handle:
+        handle.truncate(os.path.getsize(volume.image) + by_mib * MIB)
+    run("losetup", "--set-capacity", volume.device)
+    volume.settle()
+
+
+def shrink(volume: LoopVolume, to_mib: int) -> None:
+    """Cut the device short (what no cloud does, and what growing must never assume)."""
+    with open(volume.image, "r+b") as handle:
+        handle.truncate(to_mib * MIB)
+    run("losetup", "--set-capacity", volume.device)
+    volume.settle()
+
+
+def device_bytes(device: str) -> int:
+    return int(run("blockdev", "--getsize64", device).stdout)
+
+
+def ext4_bytes(path: str) -> int:
+    """The filesystem's size from its superblock: block count times block size."""
+    header = run("dumpe2fs", "-h", path).stdout
+    fields = dict(line.split(":", 1) for line in header.splitlines() if ":" in line)
+    return int(fields["Block count"]) * int(fields["Block size"])
+
+
+def gpt_last_usable_lba(device: str) -> int:
+    """The last usable sector the primary GPT header records (sfdisk's last-lba)."""
+    dump = run("sfdisk", "--dump", device).stdout
+    return int(next(line for line in dump.splitlines() if line.startswith("last-lba:")).split()[1])
+
+
+def can_resize_mounted_ext4() -> bool:
+    """Online ext4 resize is an ioctl the kernel allows only with CAP_SYS_RESOURCE."""
+    with open("/proc/self/status") as status:
+        effective = next(line for line in status if line.startswith("CapEff:")).split()[1]
+    return bool(int(effective, 16) >> CAP_SYS_RESOURCE & 1)
+
+
+@dataclass
+class KnownData:
+    """Files of deterministic pseudo-random bytes and the sha256 of each."""
+
+    root: Path
+    digests: dict[str, str]
+
+    def changed(self) -> list[str]:
+        """Files whose bytes differ from what was written (or that are gone)."""
+        changed = []
+        for name, digest in self.digests.items():
+            path = self.root / name
+            if not path.is_file() or _sha256_of(path) != digest:
+                changed.append(name)
+        return changed
+
+
+def fill_with_known_data(
+    directory: Path, seed: int = 1, limit_mib: int | None = None, name: str = "known-data"
+) -> KnownData:
+    """Write pseudo-random files under a mounted filesystem until it is full (or `limit_mib`).
+
+    Each file's sha256 is kept, to prove later that not a byte changed.
+    """
+    generator = random.Random(seed)
+    target = directory / name
+    target.mkdir(exist_ok=True)
+    digests: dict[str, str] = {}
+    chunk = 8 * MIB
+    written = 0
+    number = 0
+    while chunk >= 4096 and (limit_mib is None or written < limit_mib * MIB):
+        path = target / f"file-{number:05d}.bin"
+        data = generator.randbytes(chunk)
+        try:
+            with open(path, "wb") as handle:
+                handle.write(data)
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            path.unlink(missing_ok=True)
+            chunk //= 4
+            continue
+        digests[path.relative_to(directory).as_posix()] = hashlib.sha256(data).hexdigest()
+        written += chunk
+        number += 1
+    os.sync()
+    return KnownData(directory, digests)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(4 * MIB), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def gpt_partition_with_a_gap(volume: LoopVolume, scratch: Path) -> None:
+    """One ext4 partition that stops at three quarters of the disk, with data."""
+    run("parted", "-s", volume.device, "mklabel", "gpt", "mkpart", "primary", "ext4", "1MiB", "75%")
+    volume.settle()
+    run("mkfs.ext4", "-q", volume.partition(1))
+    put_data_on(volume.partition(1), scratch)
+
+
+# --- a pretend server and what a run leaves on it ---------------------------------
+
+FSTAB_LINE = re.compile(
+    r"^UUID=(?P<uuid>[0-9a-f-]{36}) (?P<target>\S+) ext4 "
+    r"defaults,nofail,x-systemd\.device-timeout=30s 0 2$"
+)
+NOBODY = pwd.getpwnam("nobody")
+
+
+@pytest.fixture(name="servers")
+def servers_fixture(tmp_path: Path) -> Iterator[Callable[[str], Server]]:
+    """Makes servers (temporary by-id directory, fstab, mount point); removes their locks after."""
+    made: list[Server] = []
+
+    def make(name: str) -> Server:
+        made.append(Server(tmp_path / name))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.remove_lock_files()
+
+
+@pytest.fixture(name="server")
+def server_fixture(servers: Callable[[str], Server]) -> Server:
+    """One server's temporary by-id directory, fstab and mount point."""
+    return servers("server")
+
+
+def attach(server: Server, volume: LoopVolume, style: str = "virtio") -> str:
+    """Give the volume an id and the by-id link the hypervisor would make; returns the id."""
+    volume_id = new_volume_id()
+    link_by_id(server.by_id_dir, volume_id, volume.device, style=style)
+    return volume_id
+
+
+def last_line(result: subprocess.CompletedProcess[str]) -> str:
+    return result.stdout.strip().splitlines()[-1]
+
+
+def summary(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """The fields of the closing 'ready:' line."""
+    line = last_line(result)
+    assert line.startswith("prepare-volume: ready: "), result.stdout + result.stderr
+    fields = line.removeprefix("prepare-volume: ready: ")
+    mount_point_start = fields.index(" mount_point=")
+    formatted_start = fields.index(" formatted=")
+    head = dict(item.split("=", 1) for item in fields[:mount_point_start].split())
+    head["mount_point"] = fields[mount_point_start + len(" mount_point=") : formatted_start]
+    head["formatted"] = fields[formatted_start + len(" formatted=") :]
+    return head
+
+
+def fstab_lines_for(fstab: Path, mount_point: Path) -> list[str]:
+    target = str(mount_point).replace(" ", "\\040")
+    return [
+        line
+        for line in fstab.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#") and line.split()[1] == target
+    ]
+
+
+def assert_verifies(fstab: Path) -> None:
+    """findmnt --verify finds neither errors nor warnings in the fstab."""
+    verified = run("findmnt", "--verify", "--verbose", "--tab-file", str(fstab), check=False)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "Success, no errors or warnings detected" in verified.stdout + verified.stderr
+
+
+def assert_mounted_and_recorded(server: Server, result, volume_id: str, mount_point: Path) -> str:
+    """The volume is mounted by its UUID, with one fstab line and volume.env; returns the UUID."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    fields = summary(result)
+    uuid = fields["uuid"]
+    assert fields["mount_point"] == str(mount_point)
+    assert probe(fields["device"], "UUID") == uuid
+    assert os.stat(mount_point).st_dev == os.stat(fields["device"]).st_rdev
+    lines = fstab_lines_for(server.fstab, mount_point)
+    assert len(lines) == 1, server.fstab.read_text()
+    match = FSTAB_LINE.match(lines[0])
+    assert match and match["uuid"] == uuid, lines[0]
+    metadata = mount_point / ".chi-persist"
+    assert stat.S_IMODE(metadata.stat().st_mode) == 0o755
+    assert (metadata.stat().st_uid, metadata.stat().st_gid) == (0, 0)
+    volume_env = metadata / "volume.env"
+    assert volume_env.read_text() == f"VOLUME_ID={volume_id}\nFS_UUID={uuid}\n"
+    assert stat.S_IMODE(volume_env.stat().st_mode) == 0o644 and volume_env.stat().st_uid == 0
+    top = mount_point.stat()
+    assert (top.st_uid, top.st_gid) == (NOBODY.pw_uid, NOBODY.pw_gid)
+    return uuid
+
+
+def assert_untouched(volume: LoopVolume, before: DeviceSnapshot, server: Server) -> None:
+    """Not one byte written, nothing mounted, no fstab written."""
+    after = DeviceSnapshot.of(volume)
+    assert after.head == before.head, "the first 4 MiB of the device changed"
+    assert after.partition_heads == before.partition_heads, "a partition's first 4 MiB changed"
+    assert after.content == before.content, "the device's data changed"
+    assert mounted_targets(volume.device) == []
+    assert not is_mount_point(server.mount_point)
+    assert not server.fstab.exists()
