@@ -69,9 +69,23 @@ class ConfigKey:
     name: str
     type: str  # "string", "integer" or "array" (Pulumi.yaml's config types)
     description: str
+    # What the engine gives a stack that does not set the key; "" and [] mean "not set".
+    # None only for a key every stack must set (`required`) and for secret keys, which
+    # Pulumi.yaml cannot declare.
     default: Any = None
     secret: bool = False
     example: str = "VALUE"
+    required: bool = False
+
+    def is_unset(self, value: Any) -> bool:
+        """Whether `value` is this key's "not set": missing, or its empty default."""
+        if value is None:
+            return True
+        if self.required or self.default == "":
+            return value == ""
+        if self.default == []:
+            return _string_list(value) == []
+        return False
 
     def fix(self) -> str:
         """The command that sets this key."""
@@ -88,14 +102,17 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey(
             "netid",
             "string",
-            "Your netID: the suffix of every cloud resource name. Defaults to the stack's name.",
+            "Your netID: the suffix of every cloud resource name. Empty: the stack's name.",
+            default="",
             example="ab1234",
         ),
         ConfigKey(
             "keyPair",
             "string",
-            "Name of your key pair registered at KVM@TACC (Horizon: Compute > Key Pairs).",
+            "Name of your key pair registered at KVM@TACC (Horizon: Compute > Key Pairs). "
+            "Required.",
             example="id_rsa_chameleon",
+            required=True,
         ),
         ConfigKey(
             "sshPrivateKey",
@@ -107,7 +124,7 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey(
             "sshPrivateKeyPath",
             "string",
-            "Private key file used when sshPrivateKey is unset.",
+            "Private key file used when the secret sshPrivateKey is unset.",
             default=DEFAULT_PRIVATE_KEY_PATH,
             example="~/.ssh/id_rsa_chameleon",
         ),
@@ -123,7 +140,8 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
             "reservation",
             "string",
             "Id of a reserved flavor (a KVM@TACC lease's flavor UUID). When set, the server "
-            "boots that flavor instead of `flavor`.",
+            "boots that flavor instead of `flavor`. Empty: no reservation.",
+            default="",
             example="00000000-0000-0000-0000-000000000000",
         ),
         ConfigKey("network", "string", "Network the server's port is on.", default="sharednet1"),
@@ -136,7 +154,11 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
             example="2",
         ),
         ConfigKey(
-            "volumeType", "string", "Cinder volume type, if the site needs one.", example="ceph-ssd"
+            "volumeType",
+            "string",
+            "Cinder volume type, if the site needs one. Empty: the site's default type.",
+            default="",
+            example="ceph-ssd",
         ),
         ConfigKey(
             "allowedCidrs",
@@ -149,7 +171,9 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
             "existingSecurityGroups",
             "array",
             "Names of security groups that already exist in the project (e.g. the tutorial's "
-            "allow-ssh, allow-8888, ...). When set, they are used and no group is created.",
+            "allow-ssh, allow-8888, ...). When set, they are used and no group is created. "
+            "Empty: the group persist-<netid> is created.",
+            default=[],
             example="allow-ssh",
         ),
         ConfigKey(
@@ -382,8 +406,9 @@ def validate(
     """Check every setting at once; raise SettingsError listing all problems.
 
     `raw` maps config keys to their values as Pulumi returns them (strings, or
-    lists for arrays); missing keys take their declared defaults. The secret
-    `sshPrivateKey` is not passed here, only whether it is set.
+    lists for arrays); missing keys take their declared defaults, and a key's empty
+    default ("" or []) means it is not set. The secret `sshPrivateKey` is not passed
+    here, only whether it is set.
     """
     environment = os.environ if environment is None else environment
     problems: list[Problem] = []
@@ -398,12 +423,14 @@ def validate(
             continue
         value = raw.get(name)
         if value is None:
-            value = stack if name == "netid" else spec.default
-        if value is None:
-            values[name] = None
-            continue
+            value = spec.default
+        if spec.is_unset(value):
+            if name != "netid":
+                values[name] = None
+                continue
+            value = stack
         normalised, problem = check_value(name, value)
-        if problem is not None and name == "netid" and raw.get("netid") is None:
+        if problem is not None and name == "netid" and spec.is_unset(raw.get("netid")):
             problem = Problem(
                 "netid",
                 value,
