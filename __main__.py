@@ -14,12 +14,20 @@ from components import (
     ProvisioningArgs,
 )
 from components.project_files import first_boot_user_data
-from components.settings import NAMESPACE, SettingsError, load, private_key
+from components.settings import (
+    NAMESPACE,
+    SettingsError,
+    load,
+    private_key,
+    private_key_password,
+)
 
 try:
     settings = load(pulumi.Config(NAMESPACE), pulumi.get_stack())
 except SettingsError as error:
     raise pulumi.RunError(error.report()) from None
+for note in settings.ssh_notes:
+    pulumi.log.warn(note)
 
 access = AccessRules(
     "access",
@@ -60,6 +68,7 @@ provisioning = Provisioning(
         volume_id=volume.volume_id,
         mount_point=settings.mount_point,
         private_key=private_key(pulumi.Config(NAMESPACE), settings),
+        private_key_password=private_key_password(pulumi.Config(NAMESPACE), settings),
     ),
 )
 

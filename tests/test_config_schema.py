@@ -39,14 +39,11 @@ from tests.support.engine_config import (
 )
 from tests.support.paths import REPO_ROOT
 from tests.support.program import SERVER, VOLUME, evaluate_program
+from tests.support.ssh_keys import stand_in_private_key
 from tests.support.stand_in_pulumi import StandInPulumi
 
 PROJECT_FILE = REPO_ROOT / "Pulumi.yaml"
-PRIVATE_KEY = (
-    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
-    "b3BlbnNzaC1rZXktdjEAAAAA\n"
-    "-----END OPENSSH PRIVATE KEY-----\n"
-)
+PRIVATE_KEY = stand_in_private_key()
 KEY_PAIR_ONLY = "config:\n  chi-persist:keyPair: ab1234-key\n"
 
 
@@ -265,7 +262,7 @@ def test_every_default_as_the_engine_passes_it_reads_as_valid_or_unset() -> None
         project(), "ab1234", {"chi-persist:keyPair": ConfigValue("ab1234-key")}
     )
     raw = {key.split(":", 1)[1]: value.text for key, value in merged.items()}
-    settings = validate(raw, "ab1234", private_key_set=True)
+    settings = validate(raw, "ab1234", private_key_set=True, environment={})
     assert settings.netid == "ab1234"
     assert settings.reservation is None
     assert settings.volume_type is None

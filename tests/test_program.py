@@ -32,12 +32,9 @@ from tests.support.program import (
     evaluate_program,
     stack_file_config,
 )
+from tests.support.ssh_keys import stand_in_private_key
 
-PRIVATE_KEY = (
-    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
-    "b3BlbnNzaC1rZXktdjEAAAAA\n"
-    "-----END OPENSSH PRIVATE KEY-----\n"
-)
+PRIVATE_KEY = stand_in_private_key()
 VOLUME_ID = "5b1e0a3c-7f42-4d8e-a1b9-0c6d2e8f4a17"
 FLOATING = "129.114.26.77"
 PLATFORM_PORTS = {22, 8888, 8000, 9000, 9001}
@@ -373,18 +370,6 @@ def test_outputs_name_every_service(student: Evaluation) -> None:
 def test_outputs_carrying_credentials_are_secret(student: Evaluation) -> None:
     """The Jupyter URL (token) and the platform credentials are secrets; the rest are not."""
     assert student.secret_outputs == {"jupyter_url", "platform_credentials"}
-
-
-def test_ssh_agent_is_used_when_no_key_is_configured_or_found(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Without sshPrivateKey or a key file, the agent logs in and no key is sent."""
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("SSH_AUTH_SOCK", str(tmp_path / "agent.sock"))
-    evaluation = evaluate(secrets={})
-    for registration in evaluation.of_type(REMOTE_COMMAND):
-        assert "privateKey" not in registration.inputs["connection"]
-    assert evaluation.outputs["ssh_command"] == f"ssh cc@{FLOATING}"
 
 
 def test_key_file_is_read_as_a_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ssh_keys import stand_in_private_key
 from tests.support.stand_in_pulumi import (
     StandInPulumi,
     import_tool,
@@ -320,7 +321,7 @@ def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
     evaluation = program.evaluate_program(
         "ab1234",
         {"keyPair": "ab1234-key"},
-        secrets={"sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n"},
+        secrets={"sshPrivateKey": stand_in_private_key()},
     )
     export = {
         "deployment": {

@@ -278,12 +278,15 @@ def evaluate_program(
     secrets: Mapping[str, str] | None = None,
     credentials: Mapping[str, str] = MOCK_CREDENTIALS,
     preview: bool = False,
+    ssh_auth_sock: str | None = None,
 ) -> Evaluation:
     """Run __main__.py for `stack` with `config` and `secrets` under mocks.
 
-    Keys without a namespace are the project's. Raises EngineConfigError, before the
-    program starts, where the engine would refuse the stack's config, and whatever the
-    program raises (pulumi.RunError for invalid settings).
+    Keys without a namespace are the project's. The program sees SSH_AUTH_SOCK as
+    `ssh_auth_sock` (unset by default), never the agent of whoever runs the tests.
+    Raises EngineConfigError, before the program starts, where the engine would refuse
+    the stack's config, and whatever the program raises (pulumi.RunError for invalid
+    settings).
     """
     stack_config = {_full_key(key): ConfigValue.of(value) for key, value in config.items()}
     for key, value in (secrets or {}).items():
@@ -294,6 +297,10 @@ def evaluate_program(
     secret_keys = [key for key, value in merged.items() if value.secure]
 
     def evaluate() -> Evaluation:
+        if ssh_auth_sock is None:
+            os.environ.pop("SSH_AUTH_SOCK", None)
+        else:
+            os.environ["SSH_AUTH_SOCK"] = ssh_auth_sock
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         mocks = ChiPersistMocks(volume_id, floating_ip, credentials)
