@@ -128,6 +128,18 @@ def test_reachable_server_is_stopped_cleanly_and_the_data_stays(pulumi, server_a
     }
 
 
+def test_dead_agent_socket_is_refused_before_the_clean_stop(pulumi, server_answers_ssh):
+    """SSH_AUTH_SOCK where nothing answers would fail the stop's SSH login: refused, unchanged."""
+    gone = pulumi.root / "gone" / "agent.sock"
+    result = pulumi.run(
+        "recycle", "--stack", "ab1234", "--yes", env=dict(pulumi.env, SSH_AUTH_SOCK=str(gone))
+    )
+    assert result.returncode == 2
+    assert f"SSH_AUTH_SOCK={gone}: no ssh agent answers there (no such socket)" in result.stderr
+    assert "fix: `unset SSH_AUTH_SOCK`" in result.stderr
+    assert pulumi.calls() == [EXPORT]
+
+
 @needs_closed_ssh_port
 def test_unreachable_server_skips_the_clean_stop_with_a_warning(pulumi):
     """Server gone: the stop step leaves the state first, so the destroy cannot get stuck."""
