@@ -83,7 +83,11 @@ def test_a_stack_setting_only_its_key_pair_passes_the_engine(tmp_path: Path) -> 
 
 
 def test_a_stack_without_its_key_pair_is_refused_with_the_engines_words(tmp_path: Path) -> None:
-    """No keyPair: the command stops before the program, as `pulumi up` does."""
+    """No keyPair: the command stops before the program, as `pulumi up` does.
+
+    pkg/workspace/config.go, mergeConfig: a declared key of the project's namespace with
+    neither default nor value, not set by the stack, goes to missingStackConfigurationKeysError.
+    """
     assert refusal(None, "config: {}\n", tmp_path) == (
         "validating stack config: Stack 'ab1234' is missing configuration value 'keyPair'"
     )
@@ -197,7 +201,11 @@ config:
 def test_a_secret_key_with_a_default_is_refused_unless_the_stack_encrypts_it(
     tmp_path: Path,
 ) -> None:
-    """A default is plain text: a declared secret key left unset is refused."""
+    """A default is plain text: a declared secret key left unset is refused.
+
+    pkg/workspace/config.go, validateStackConfigValue: "projectConfigType.Secret &&
+    !stackValue.Secure()" refuses it, for explicitly typed keys.
+    """
     assert refusal(SECRET_WITH_DEFAULT, "config: {}\n", tmp_path) == (
         "validating stack config: Stack 'ab1234' with configuration key 'sshPrivateKey' must "
         "be encrypted as it's secret"
