@@ -13,7 +13,13 @@ from components import (
     ProvisioningArgs,
 )
 from components.project_files import first_boot_user_data
-from components.settings import NAMESPACE, SettingsError, load, private_key
+from components.settings import (
+    NAMESPACE,
+    SettingsError,
+    load,
+    private_key,
+    private_key_password,
+)
 from components.volume import VolumeLookupFailed, look_up_volumes, plan_volume
 
 # Every setting, and what the cloud already holds, is checked before any resource exists.
@@ -26,6 +32,8 @@ except SettingsError as error:
     raise pulumi.RunError(error.report()) from None
 except VolumeLookupFailed as error:
     raise pulumi.RunError(str(error)) from None
+for note in settings.ssh_notes:
+    pulumi.log.warn(note)
 
 access = AccessRules(
     "access",
@@ -60,6 +68,7 @@ provisioning = Provisioning(
         volume_size_gib=volume.size_gib,
         mount_point=settings.mount_point,
         private_key=private_key(pulumi.Config(NAMESPACE), settings),
+        private_key_password=private_key_password(pulumi.Config(NAMESPACE), settings),
     ),
 )
 

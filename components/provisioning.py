@@ -41,6 +41,8 @@ class ProvisioningArgs:
     """Where the volume is mounted."""
     private_key: pulumi.Input[str] | None
     """SSH private key (secret); None to use the ssh agent."""
+    private_key_password: pulumi.Input[str] | None = None
+    """Passphrase of the private key (secret), only when it has one."""
 
 
 class Provisioning(pulumi.ComponentResource):
@@ -57,6 +59,7 @@ class Provisioning(pulumi.ComponentResource):
             host=args.host,
             user=SSH_USER,
             private_key=args.private_key,
+            private_key_password=args.private_key_password,
             # The local wait below has already seen sshd answer; these cover a slow first login.
             per_dial_timeout=30,
             dial_error_limit=20,

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components import ssh_auth
+
 NAMESPACE = "chi-persist"
 
 NETID_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
@@ -56,10 +58,13 @@ class Problem:
     value: Any
     rule: str
     fix: str
+    environment: bool = False
+    """`key` is an environment variable of the shell that runs pulumi, not a setting."""
 
     def __str__(self) -> str:
         seen = "(not set)" if self.value is None else repr(self.value)
-        return f"{NAMESPACE}:{self.key} = {seen}: {self.rule}. Fix: {self.fix}"
+        name = self.key if self.environment else f"{NAMESPACE}:{self.key}"
+        return f"{name} = {seen}: {self.rule}. Fix: {self.fix}"
 
 
 @dataclass(frozen=True)
@@ -69,14 +74,28 @@ class ConfigKey:
     name: str
     type: str  # "string", "integer" or "array" (Pulumi.yaml's config types)
     description: str
+    # What the engine gives a stack that does not set the key; "" and [] mean "not set".
+    # None only for a key every stack must set (`required`) and for secret keys, which
+    # Pulumi.yaml cannot declare.
     default: Any = None
     secret: bool = False
     example: str = "VALUE"
+    required: bool = False
+
+    def is_unset(self, value: Any) -> bool:
+        """Whether `value` is this key's "not set": missing, or its empty default."""
+        if value is None:
+            return True
+        if self.required or self.default == "":
+            return value == ""
+        if self.default == []:
+            return _string_list(value) == []
+        return False
 
     def fix(self) -> str:
         """The command that sets this key."""
         if self.secret:
-            return f"pulumi config set --secret {NAMESPACE}:{self.name} < ~/.ssh/id_rsa_chameleon"
+            return f"pulumi config set --secret {NAMESPACE}:{self.name} {self.example}".rstrip()
         if self.type == "array":
             return f"pulumi config set --path '{NAMESPACE}:{self.name}[0]' {self.example}"
         return f"pulumi config set {NAMESPACE}:{self.name} {self.example}"
@@ -88,26 +107,47 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey(
             "netid",
             "string",
-            "Your netID: the suffix of every cloud resource name. Defaults to the stack's name.",
+            "Your netID: the suffix of every cloud resource name. Empty: the stack's name.",
+            default="",
             example="ab1234",
         ),
         ConfigKey(
             "keyPair",
             "string",
-            "Name of your key pair registered at KVM@TACC (Horizon: Compute > Key Pairs).",
+            "Name of your key pair registered at KVM@TACC (Horizon: Compute > Key Pairs). "
+            "Required.",
             example="id_rsa_chameleon",
+            required=True,
+        ),
+        ConfigKey(
+            "sshAuth",
+            "string",
+            "How the provisioning commands log in over SSH: key (sshPrivateKey, else the file "
+            "at sshPrivateKeyPath, never the ssh agent), agent (the ssh agent at SSH_AUTH_SOCK "
+            "only), or auto (a key when one exists, else the agent).",
+            default=ssh_auth.AUTO,
+            example=ssh_auth.KEY,
         ),
         ConfigKey(
             "sshPrivateKey",
             "string",
             "Private key the provisioning commands log in with (secret). If unset, the file "
-            "at sshPrivateKeyPath is read; if that is missing, the ssh agent is used.",
+            "at sshPrivateKeyPath is read; how either is used is sshAuth's choice.",
             secret=True,
+            example="< ~/.ssh/id_rsa_chameleon",
+        ),
+        ConfigKey(
+            "sshPrivateKeyPassword",
+            "string",
+            "Passphrase of the private key, when it has one (secret). Without it a "
+            "passphrase-protected key is used through the ssh agent, or refused.",
+            secret=True,
+            example="",
         ),
         ConfigKey(
             "sshPrivateKeyPath",
             "string",
-            "Private key file used when sshPrivateKey is unset.",
+            "Private key file used when the secret sshPrivateKey is unset.",
             default=DEFAULT_PRIVATE_KEY_PATH,
             example="~/.ssh/id_rsa_chameleon",
         ),
@@ -123,7 +163,8 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
             "reservation",
             "string",
             "Id of a reserved flavor (a KVM@TACC lease's flavor UUID). When set, the server "
-            "boots that flavor instead of `flavor`.",
+            "boots that flavor instead of `flavor`. Empty: no reservation.",
+            default="",
             example="00000000-0000-0000-0000-000000000000",
         ),
         ConfigKey("network", "string", "Network the server's port is on.", default="sharednet1"),
@@ -136,7 +177,11 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
             example="2",
         ),
         ConfigKey(
-            "volumeType", "string", "Cinder volume type, if the site needs one.", example="ceph-ssd"
+            "volumeType",
+            "string",
+            "Cinder volume type, if the site needs one. Empty: the site's default type.",
+            default="",
+            example="ceph-ssd",
         ),
         ConfigKey(
             "allowedCidrs",
@@ -149,7 +194,9 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
             "existingSecurityGroups",
             "array",
             "Names of security groups that already exist in the project (e.g. the tutorial's "
-            "allow-ssh, allow-8888, ...). When set, they are used and no group is created.",
+            "allow-ssh, allow-8888, ...). When set, they are used and no group is created. "
+            "Empty: the group persist-<netid> is created.",
+            default=[],
             example="allow-ssh",
         ),
         ConfigKey(
@@ -190,10 +237,14 @@ class Settings:
     mount_point: str
     ssh_private_key_path: str
     # How the provisioning commands authenticate: "config" (sshPrivateKey),
-    # "file" (sshPrivateKeyPath) or "agent" (SSH_AUTH_SOCK).
+    # "file" (sshPrivateKeyPath) or "agent" (SSH_AUTH_SOCK); see components/ssh_auth.py.
     ssh_key_source: str = "config"
     # The volume to take over instead of creating one (None: create, or keep the stack's own).
     existing_volume_id: str | None = None
+    # The key is passphrase-protected: sshPrivateKeyPassword goes with it.
+    ssh_send_password: bool = False
+    # What the choice of login is worth telling (printed by `pulumi up`).
+    ssh_notes: tuple[str, ...] = ()
 
     @property
     def server_name(self) -> str:
@@ -346,9 +397,22 @@ def _mount_point(value: Any) -> tuple[Any, str | None]:
 
 
 def _private_key_text(value: Any) -> tuple[Any, str | None]:
-    if isinstance(value, str) and "PRIVATE KEY-----" in value:
+    if not isinstance(value, str):
+        return None, "must be the text of a private key (-----BEGIN ... PRIVATE KEY-----)"
+    problem = ssh_auth.inspect_private_key(value).problem
+    return (None, problem) if problem else (value, None)
+
+
+def _ssh_auth(value: Any) -> tuple[Any, str | None]:
+    if value in ssh_auth.METHODS:
         return value, None
-    return None, "must be the text of a private key (a file beginning -----BEGIN ... PRIVATE KEY)"
+    return None, f"must be one of {', '.join(ssh_auth.METHODS)}"
+
+
+def _passphrase(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, str) and value:
+        return value, None
+    return None, "must be the passphrase of the private key"
 
 
 _NAME_RULE = "must be a non-empty name without control characters"
@@ -359,7 +423,9 @@ RULES: dict[str, Rule] = {
         KEY_PAIR_PATTERN,
         "must be the name of a key pair registered at KVM@TACC (letters, digits, ' ._@-')",
     ),
+    "sshAuth": _ssh_auth,
     "sshPrivateKey": _private_key_text,
+    "sshPrivateKeyPassword": _passphrase,
     "sshPrivateKeyPath": _string(CLOUD_NAME_PATTERN, "must be a file path"),
     "image": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
     "flavor": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
@@ -408,12 +474,20 @@ def validate(
     private_key_set: bool = False,
     environment: Mapping[str, str] | None = None,
     check_private_key: bool = True,
+    private_key_text: str | None = None,
+    password_set: bool = False,
+    password: str | None = None,
+    probe_agent: Callable[[str | None], ssh_auth.AgentState] = ssh_auth.probe_agent,
 ) -> Settings:
     """Check every setting at once; raise SettingsError listing all problems.
 
     `raw` maps config keys to their values as Pulumi returns them (strings, or
-    lists for arrays); missing keys take their declared defaults. The secret
-    `sshPrivateKey` is not passed here, only whether it is set.
+    lists for arrays); missing keys take their declared defaults, and a key's empty
+    default ("" or []) means it is not set. The secrets are not in `raw`: whether the
+    stack sets sshPrivateKey and sshPrivateKeyPassword, and their text when it is
+    known here (the program knows it; scripts/new-stack does not). The SSH login is
+    chosen and checked against `environment` (SSH_AUTH_SOCK, HOME) unless
+    `check_private_key` is False.
     """
     environment = os.environ if environment is None else environment
     problems: list[Problem] = []
@@ -428,12 +502,14 @@ def validate(
             continue
         value = raw.get(name)
         if value is None:
-            value = stack if name == "netid" else spec.default
-        if value is None:
-            values[name] = None
-            continue
+            value = spec.default
+        if spec.is_unset(value):
+            if name != "netid":
+                values[name] = None
+                continue
+            value = stack
         normalised, problem = check_value(name, value)
-        if problem is not None and name == "netid" and raw.get("netid") is None:
+        if problem is not None and name == "netid" and spec.is_unset(raw.get("netid")):
             problem = Problem(
                 "netid",
                 value,
@@ -456,24 +532,34 @@ def validate(
             )
         )
 
-    key_source = "config"
-    if check_private_key and not private_key_set:
+    login = ssh_auth.Login(ssh_auth.KEY, "config")
+    if check_private_key and values.get("sshAuth") is not None:
         key_path = values.get("sshPrivateKeyPath") or DEFAULT_PRIVATE_KEY_PATH
-        if expand_key_path(key_path, environment.get("HOME")).is_file():
-            key_source = "file"
-        elif environment.get("SSH_AUTH_SOCK"):
-            key_source = "agent"
+        if private_key_set:
+            key = ssh_auth.PrivateKey("config", f"{NAMESPACE}:sshPrivateKey", private_key_text)
         else:
-            problems.append(
-                Problem(
-                    "sshPrivateKey",
-                    None,
-                    f"no private key found: sshPrivateKey is not set, {key_path} does not "
-                    "exist, and no ssh agent is running (SSH_AUTH_SOCK is unset)",
-                    f"pulumi config set {NAMESPACE}:sshPrivateKeyPath <path to your key>, or "
-                    f"pulumi config set --secret {NAMESPACE}:sshPrivateKey < <path to your key>",
-                )
+            key = ssh_auth.read_key_file(
+                expand_key_path(key_path, environment.get("HOME")), key_path
             )
+        chosen, login_problems = ssh_auth.choose_login(
+            values["sshAuth"],
+            key,
+            key_path,
+            probe_agent(environment.get("SSH_AUTH_SOCK") or None),
+            password_set=password_set,
+            password=password,
+        )
+        problems.extend(
+            Problem(
+                found.setting,
+                found.value,
+                found.rule,
+                found.fix,
+                environment=found.setting not in CONFIG_KEYS,
+            )
+            for found in login_problems
+        )
+        login = chosen or login
 
     if problems:
         raise SettingsError(problems)
@@ -492,7 +578,9 @@ def validate(
         existing_security_groups=values["existingSecurityGroups"] or (),
         mount_point=values["mountPoint"],
         ssh_private_key_path=values["sshPrivateKeyPath"],
-        ssh_key_source=key_source,
+        ssh_key_source=login.key_source if login.method == ssh_auth.KEY else "agent",
+        ssh_send_password=login.send_password,
+        ssh_notes=login.notes,
         existing_volume_id=values["existingVolumeId"],
     )
 
@@ -519,8 +607,17 @@ def load(config: Any, stack: str, all_keys: Sequence[str] | None = None) -> Sett
         value = config.get(name)
         if value is not None:
             raw[name] = value
-    private_key_set = f"{NAMESPACE}:sshPrivateKey" in all_keys
-    return validate(raw, stack, private_key_set=private_key_set)
+    # The secrets' text, to check the key's format and passphrase; it is never printed.
+    key_text = config.get("sshPrivateKey") or None
+    password = config.get("sshPrivateKeyPassword") or None
+    return validate(
+        raw,
+        stack,
+        private_key_set=key_text is not None,
+        private_key_text=key_text,
+        password_set=password is not None,
+        password=password,
+    )
 
 
 def private_key(config: Any, settings: Settings) -> Any:
@@ -532,4 +629,11 @@ def private_key(config: Any, settings: Settings) -> Any:
     if settings.ssh_key_source == "file":
         path = expand_key_path(settings.ssh_private_key_path)
         return pulumi.Output.secret(path.read_text())
+    return None
+
+
+def private_key_password(config: Any, settings: Settings) -> Any:
+    """The key's passphrase, as a secret, when the key has one; else None (none is sent)."""
+    if settings.ssh_send_password:
+        return config.require_secret("sshPrivateKeyPassword")
     return None

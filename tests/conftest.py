@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.support.block_devices"]
+pytest_plugins = ["tests.support.block_devices", "tests.support.other_user"]
 
 
 @pytest.hookimpl(hookwrapper=True)

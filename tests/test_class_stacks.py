@@ -97,7 +97,7 @@ def test_written_files_pass_the_programs_own_validation(pulumi, output_dir):
         config = read_yaml(path)["config"]
         raw = {key.split(":", 1)[1]: value for key, value in config.items()}
         netid = path.name.split(".")[1]
-        settings_of_student = validate(raw, netid, private_key_set=True)
+        settings_of_student = validate(raw, netid, private_key_set=True, environment={})
         assert settings_of_student.netid == netid
 
 

@@ -9,6 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.paths import REPO_ROOT
+from tests.support.ssh_keys import (
+    make_key,
+    ssh_agent,
+    ssh_agent_skip_reason,
+    stand_in_private_key,
+)
 from tests.support.stand_in_pulumi import SCRIPTS_DIR, StandInPulumi, import_tool
 
 SCOPE = ["--stack", "ab1234", "--non-interactive"]
@@ -20,7 +26,7 @@ SELECT = ["stack", "select", "--create", "ab1234", "--non-interactive"]
 def pulumi(tmp_path: Path) -> StandInPulumi:
     stand_in = StandInPulumi.create(tmp_path)
     key = stand_in.home / ".ssh" / "id_rsa_chameleon"
-    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot a real key\n")
+    key.write_text(stand_in_private_key())
     key.chmod(0o600)
     return stand_in
 
@@ -64,7 +70,7 @@ def test_every_option_is_set_and_the_cidr_list_replaces_the_old_one(pulumi):
     )
     key = pulumi.workdir / "keys" / "chameleon"
     key.parent.mkdir()
-    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    key.write_text(stand_in_private_key())
 
     result = pulumi.run(
         "new-stack", "ab1234",
@@ -230,15 +236,39 @@ def test_no_private_key_anywhere_is_refused(pulumi):
     assert pulumi.calls() == []
 
 
-def test_ssh_agent_is_accepted_with_a_warning(pulumi):
-    """No key file but an ssh agent: the stack is made, and the student is warned."""
+@pytest.mark.skipif(ssh_agent_skip_reason() is not None, reason=str(ssh_agent_skip_reason()))
+def test_ssh_agent_is_accepted_with_a_warning(pulumi, tmp_path):
+    """No key file but a running ssh agent holding a key: the stack is made, with a warning."""
     (pulumi.home / ".ssh" / "id_rsa_chameleon").unlink()
-    env = dict(pulumi.env, SSH_AUTH_SOCK=str(pulumi.root / "agent.sock"))
-    result = pulumi.run("new-stack", "ab1234", "--key-pair", "k", env=env)
+    with ssh_agent() as agent:
+        agent.add(make_key(tmp_path / "agent-key"))
+        env = dict(pulumi.env, SSH_AUTH_SOCK=str(agent.socket))
+        result = pulumi.run("new-stack", "ab1234", "--key-pair", "k", env=env)
     assert result.returncode == 0, result.stderr
     assert "warning: no private key file at ~/.ssh/id_rsa_chameleon" in result.stdout
     assert "ssh agent" in result.stdout
     assert pulumi.stack_names() == ["ab1234"]
+
+
+def test_dead_agent_socket_with_a_key_file_is_a_warning(pulumi):
+    """A key file and an SSH_AUTH_SOCK where nothing answers: the stack is made, with the fix."""
+    env = dict(pulumi.env, SSH_AUTH_SOCK=str(pulumi.root / "gone" / "agent.sock"))
+    result = pulumi.run("new-stack", "ab1234", "--key-pair", "k", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "warning: SSH_AUTH_SOCK = " in result.stdout
+    assert "unset SSH_AUTH_SOCK" in result.stdout
+    assert "the private key file ~/.ssh/id_rsa_chameleon" in result.stdout
+
+
+def test_dead_agent_socket_without_a_key_file_is_refused(pulumi):
+    """No key file and an SSH_AUTH_SOCK where nothing answers: no way to log in, nothing made."""
+    (pulumi.home / ".ssh" / "id_rsa_chameleon").unlink()
+    env = dict(pulumi.env, SSH_AUTH_SOCK=str(pulumi.root / "gone" / "agent.sock"))
+    result = pulumi.run("new-stack", "ab1234", "--key-pair", "k", env=env)
+    assert result.returncode == 2
+    assert "no ssh agent answers at this socket" in result.stderr
+    assert "--private-key-path PATH" in result.stderr
+    assert pulumi.calls() == []
 
 
 def test_secret_key_in_the_stack_file_is_enough(tmp_path, monkeypatch):

@@ -572,16 +572,17 @@ def test_bad_input_prints_usage_and_touches_nothing(loop_volume, server, argumen
     assert not server.mount_point.exists()
 
 
-def test_not_root_is_refused_with_usage(loop_volume, server):
+@pytest.mark.other_user
+def test_not_root_is_refused_with_usage(loop_volume, server, as_nobody):
     """As an ordinary user: exit 2, 'must run as root', nothing touched."""
     link_by_id(server.by_id_dir, VALID_ID, loop_volume.device)
     before = DeviceSnapshot.of(loop_volume)
+    nobody = as_nobody(PREPARE_VOLUME)
     command = [
-        "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-        "bash", str(PREPARE_VOLUME), "--volume-id", VALID_ID, "--mount-point", "/mnt/nowhere-here",
-        "--owner", "nobody",
+        *nobody.argv,
+        "--volume-id", VALID_ID, "--mount-point", "/mnt/nowhere-here", "--owner", "nobody",
     ]  # fmt: skip
-    result = run(*command, check=False, env=server.env())
+    result = run(*command, check=False, env=server.env(), cwd=nobody.cwd)
     assert result.returncode == 2, shlex.join(command) + result.stdout + result.stderr
     assert "must run as root" in result.stderr and "usage:" in result.stderr
     assert_untouched(loop_volume, before, server)

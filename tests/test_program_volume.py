@@ -23,12 +23,9 @@ from tests.support.program import (
     Evaluation,
     evaluate_program,
 )
+from tests.support.ssh_keys import stand_in_private_key
 
-PRIVATE_KEY = (
-    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
-    "b3BlbnNzaC1rZXktdjEAAAAA\n"
-    "-----END OPENSSH PRIVATE KEY-----\n"
-)
+PRIVATE_KEY = stand_in_private_key()
 STACK = "ab1234"
 NAME = "block-persist-ab1234"
 OWNER_KEY = "chi-persist-stack"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ssh_keys import stand_in_private_key
 from tests.support.stand_in_pulumi import (
     StandInPulumi,
     import_tool,
@@ -125,6 +126,18 @@ def test_reachable_server_is_stopped_cleanly_and_the_data_stays(pulumi, server_a
     assert {record["cwd"] for record in pulumi.records()} == {
         str(Path(__file__).resolve().parents[1])
     }
+
+
+def test_dead_agent_socket_is_refused_before_the_clean_stop(pulumi, server_answers_ssh):
+    """SSH_AUTH_SOCK where nothing answers would fail the stop's SSH login: refused, unchanged."""
+    gone = pulumi.root / "gone" / "agent.sock"
+    result = pulumi.run(
+        "recycle", "--stack", "ab1234", "--yes", env=dict(pulumi.env, SSH_AUTH_SOCK=str(gone))
+    )
+    assert result.returncode == 2
+    assert f"SSH_AUTH_SOCK={gone}: no ssh agent answers there (no such socket)" in result.stderr
+    assert "fix: `unset SSH_AUTH_SOCK`" in result.stderr
+    assert pulumi.calls() == [EXPORT]
 
 
 @needs_closed_ssh_port
@@ -320,7 +333,7 @@ def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
     evaluation = program.evaluate_program(
         "ab1234",
         {"keyPair": "ab1234-key"},
-        secrets={"sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n"},
+        secrets={"sshPrivateKey": stand_in_private_key()},
     )
     export = {
         "deployment": {

@@ -326,14 +326,14 @@ def test_bad_input_prints_usage_and_touches_nothing(prepared, docker, arguments,
     assert is_mount_point(prepared.mount_point)
 
 
-def test_not_root_is_refused_with_usage(prepared, docker):
+@pytest.mark.other_user
+def test_not_root_is_refused_with_usage(prepared, docker, as_nobody):
     """As an ordinary user: exit 2, 'must run as root', the volume stays mounted."""
     docker.start_platform()
-    command = [
-        "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-        "bash", str(RELEASE_VOLUME), "--mount-point", str(prepared.mount_point),
-    ]  # fmt: skip
-    result = run(*command, check=False, env={**os.environ, "PATH": path_with(docker)})
+    nobody = as_nobody(RELEASE_VOLUME)
+    command = [*nobody.argv, "--mount-point", str(prepared.mount_point)]
+    env = {**os.environ, "PATH": path_with(docker)}
+    result = run(*command, check=False, env=env, cwd=nobody.cwd)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "must run as root" in result.stderr and "usage:" in result.stderr
     assert docker.calls() == []

@@ -51,6 +51,10 @@ the private key (what `pulumi up` logs in to the server with), first found of:
   2. the file given with --private-key-path (it must exist), else {DEFAULT_PRIVATE_KEY_PATH};
   3. your ssh agent (SSH_AUTH_SOCK): accepted with a warning, since the agent must
      still hold the key when you run `pulumi up`.
+  A key is used alone. A passphrase-protected key needs the secret
+  chi-persist:sshPrivateKeyPassword or an agent holding it. SSH_AUTH_SOCK must be unset
+  or name a running agent: `pulumi up` stops if no agent answers there. To choose the
+  method yourself: pulumi config set chi-persist:sshAuth key|agent|auto.
 
 the tutorial's volume:
   If you followed the tutorial, you already have a volume block-persist-NETID with
@@ -205,13 +209,13 @@ def check_arguments(arguments: argparse.Namespace, environ: Mapping[str, str]) -
     key_source = "file"
     notes: list[str] = []
     if not problems:
-        key_source, key_problems = _private_key_source(values, netid, environ)
+        key_source, key_problems, notes = _private_key_source(values, netid, environ)
         problems.extend(key_problems)
     if problems:
         raise CommandError(*problems, "nothing was changed", exit_code=EXIT_USAGE)
 
-    if key_source == "agent":
-        key_path = values.get("sshPrivateKeyPath", DEFAULT_PRIVATE_KEY_PATH)
+    key_path = values.get("sshPrivateKeyPath", DEFAULT_PRIVATE_KEY_PATH)
+    if key_source == "agent" and not expand_key_path(key_path, environ.get("HOME")).exists():
         notes.append(
             f"warning: no private key file at {key_path}:"
             " `pulumi up` will log in to the server through your ssh agent (SSH_AUTH_SOCK), "
@@ -223,31 +227,56 @@ def check_arguments(arguments: argparse.Namespace, environ: Mapping[str, str]) -
 
 def _private_key_source(
     values: Mapping[str, Any], netid: str, environ: Mapping[str, str]
-) -> tuple[str, list[str]]:
-    """Where `pulumi up` will find the private key, decided by settings.validate's own rule."""
+) -> tuple[str, list[str], list[str]]:
+    """How `pulumi up` will log in, decided by settings.validate's own rule.
+
+    Returns the key source ("config", "file" or "agent"), the problems that stop the
+    command, and warnings. An ssh agent socket of this shell that does not answer is
+    a warning when a key is there: it concerns the shell, not the stack.
+    """
+    path = stack_file(PROJECT_DIR, netid)
     try:
-        existing = read_stack_file(stack_file(PROJECT_DIR, netid)) or {}
+        existing = read_stack_file(path) or {}
     except StackFileProblem as problem:
-        return "file", [
-            f"{stack_file(PROJECT_DIR, netid)} {problem}; fix: correct it, or move it aside "
-            "and run new-stack again"
-        ]
-    secret_set = config_key("sshPrivateKey") in (existing.get("config") or {})
+        return (
+            "file",
+            [f"{path} {problem}; fix: correct it, or move it aside and run new-stack again"],
+            [],
+        )
+    stack_config = existing.get("config") or {}
+    secrets = {
+        "private_key_set": config_key("sshPrivateKey") in stack_config,
+        "password_set": config_key("sshPrivateKeyPassword") in stack_config,
+    }
     try:
-        settings = validate(dict(values), netid, private_key_set=secret_set, environment=environ)
+        settings = validate(dict(values), netid, environment=environ, **secrets)
+        return settings.ssh_key_source, [], list(settings.ssh_notes)
     except SettingsError as error:
-        found = []
-        for problem in error.problems:
-            if problem.key == "sshPrivateKey":
-                found.append(
-                    f"no private key: {problem.rule}; fix: run again with "
-                    "--private-key-path PATH (the private key of your key pair), or load the "
-                    "key into an ssh agent (`eval $(ssh-agent) && ssh-add PATH`)"
-                )
-            else:
-                found.append(f"{problem}")
-        return "file", found
-    return settings.ssh_key_source, []
+        problems = error.problems
+    warnings: list[str] = []
+    if problems and all(problem.key == "SSH_AUTH_SOCK" for problem in problems):
+        without_agent = {name: value for name, value in environ.items() if name != "SSH_AUTH_SOCK"}
+        try:
+            settings = validate(dict(values), netid, environment=without_agent, **secrets)
+        except SettingsError as without:
+            problems = [*problems, *without.problems]
+        else:
+            warnings = [
+                f"warning: {problem} (`pulumi up` run from this shell would stop here)"
+                for problem in problems
+            ]
+            return settings.ssh_key_source, [], [*warnings, *settings.ssh_notes]
+    found = []
+    for problem in problems:
+        if problem.key == "sshPrivateKey" and problem.rule.startswith("no private key found"):
+            found.append(
+                f"no private key: {problem.rule}; fix: run again with "
+                "--private-key-path PATH (the private key of your key pair), or load the "
+                "key into an ssh agent (`eval $(ssh-agent) && ssh-add PATH`)"
+            )
+        else:
+            found.append(f"{problem}")
+    return "file", found, []
 
 
 def config_commands(plan: Plan) -> list[list[str]]:

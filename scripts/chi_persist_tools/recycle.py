@@ -33,6 +33,7 @@ from chi_persist_tools.command_line import (
     unknown_stack_fix,
 )
 from components.settings import check_value
+from components.ssh_auth import probe_agent
 
 SERVER = "openstack:compute/instance:Instance"
 ATTACHMENT = "openstack:compute/volumeAttach:VolumeAttach"
@@ -295,6 +296,20 @@ def ssh_unreachable_reason(address: str, port: int = SSH_PORT) -> str | None:
         return error.strerror or str(error)
 
 
+def refuse_a_dead_agent(environ: Mapping[str, str]) -> None:
+    """The clean stop runs over SSH, and pulumi-command dials SSH_AUTH_SOCK whenever it is set:
+    a socket where no agent answers would fail the destroy after it began."""
+    agent = probe_agent(environ.get("SSH_AUTH_SOCK") or None)
+    if agent.socket is not None and not agent.answers:
+        raise CommandError(
+            f"SSH_AUTH_SOCK={agent.socket}: no ssh agent answers there ({agent.reason}); the "
+            "clean stop logs in over SSH, and pulumi-command dials SSH_AUTH_SOCK whenever it "
+            "is set, so the destroy would fail on it; nothing was changed",
+            "fix: `unset SSH_AUTH_SOCK` (the stack's key is then used alone), or start an agent "
+            'in this shell: eval "$(ssh-agent)" && ssh-add <your key>; then scripts/recycle again',
+        )
+
+
 def export_state(stack: str) -> dict[str, Any]:
     arguments = ["stack", "export", "--stack", stack, "--non-interactive"]
     try:
@@ -444,6 +459,9 @@ def run(stack: str | None, assume_yes: bool, environ: Mapping[str, str]) -> int:
                     "here (your address not in allowedCidrs, a VPN), answer no and recycle "
                     "from a network that reaches it"
                 )
+
+    if plan.stop_steps and not forget:
+        refuse_a_dead_agent(environ)
 
     if not assume_yes and not confirm(plan):
         print("recycle: not confirmed; nothing was changed")

@@ -1,7 +1,9 @@
 """Evaluate the Pulumi program in-process under mocks, recording every registration.
 
 `evaluate_program` runs `__main__.py` the way the CLI would for one stack: the
-defaults declared in Pulumi.yaml first, then the stack's own config. It returns
+stack's config is first checked and merged with Pulumi.yaml's declarations by the
+engine's own rule (tests/support/engine_config.py), so a stack the engine would
+refuse never reaches the program. It returns
 every resource registration with its inputs and options (protect,
 delete-before-replace, dependencies), which `Mocks.new_resource` never sees, and
 the stack's exported outputs. Each evaluation runs in a forked child process,
@@ -29,6 +31,7 @@ from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 from pulumi.runtime.stack import wait_for_rpcs
 
+from tests.support.engine_config import ConfigValue, apply_project_config, load_project
 from tests.support.paths import REPO_ROOT
 
 PROJECT = "chi-persist"
@@ -371,16 +374,6 @@ class WarningRecorder(logging.Handler):
         return logger
 
 
-def project_defaults() -> dict[str, Any]:
-    """The defaults Pulumi.yaml declares, as the CLI applies them before the stack file."""
-    project = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())
-    return {
-        name: spec["default"]
-        for name, spec in (project.get("config") or {}).items()
-        if "default" in spec
-    }
-
-
 def stack_file_config(path: Path) -> dict[str, Any]:
     """The `chi-persist:` settings of a Pulumi.<stack>.yaml, without the namespace."""
     document = yaml.safe_load(path.read_text()) or {}
@@ -403,21 +396,31 @@ def evaluate_program(
     preview: bool = False,
     cloud_volumes: Sequence[CloudVolume] = (),
     volume_lookup_error: str | None = None,
+    ssh_auth_sock: str | None = None,
 ) -> Evaluation:
-    """Run __main__.py for `stack` with `config` (keys without namespace) under mocks.
+    """Run __main__.py for `stack` with `config` and `secrets` under mocks.
 
     `cloud_volumes` are the volumes that already exist in the pretend cloud (none: a
     first deployment); `volume_lookup_error` makes every volume lookup fail with it.
-    Raises whatever the program raises (pulumi.RunError for invalid settings).
+    Keys without a namespace are the project's. The program sees SSH_AUTH_SOCK as
+    `ssh_auth_sock` (unset by default), never the agent of whoever runs the tests.
+    Raises EngineConfigError, before the program starts, where the engine would refuse
+    the stack's config, and whatever the program raises (pulumi.RunError for invalid
+    settings).
     """
-    values = {**project_defaults(), **config}
-    all_config = {f"{NAMESPACE}:{key}": _config_text(value) for key, value in values.items()}
-    secret_keys = []
+    stack_config = {_full_key(key): ConfigValue.of(value) for key, value in config.items()}
     for key, value in (secrets or {}).items():
-        all_config[f"{NAMESPACE}:{key}"] = value
-        secret_keys.append(f"{NAMESPACE}:{key}")
+        stack_config[_full_key(key)] = ConfigValue.of(value, secret=True)
+    project = load_project((REPO_ROOT / "Pulumi.yaml").read_text())
+    merged = apply_project_config(project, stack, stack_config)
+    all_config = {key: value.text for key, value in merged.items()}
+    secret_keys = [key for key, value in merged.items() if value.secure]
 
     def evaluate() -> Evaluation:
+        if ssh_auth_sock is None:
+            os.environ.pop("SSH_AUTH_SOCK", None)
+        else:
+            os.environ["SSH_AUTH_SOCK"] = ssh_auth_sock
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         mocks = ChiPersistMocks(
@@ -498,11 +501,8 @@ async def _resolve_exports() -> tuple[dict[str, Any], set[str]]:
     return outputs, secret
 
 
-def _config_text(value: Any) -> str:
-    """Config values reach programs as text; arrays and objects as JSON."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value)
+def _full_key(key: str) -> str:
+    return key if ":" in key else f"{NAMESPACE}:{key}"
 
 
 def _plain(value: Any) -> Any:

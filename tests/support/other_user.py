@@ -1,0 +1,69 @@
+"""Running a script as another user (nobody), whatever the permissions of the checkout.
+
+A checkout may sit under a directory other users cannot enter (a clone in root's
+home, a `mktemp -d`, pytest's own base directory): `bash <checkout>/script` run as
+nobody then fails with exit 126 before the script says a word. The `as_nobody`
+fixture copies the script to a directory everyone can enter and read, and gives
+the command that runs the copy as nobody, from there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+# Where a world-readable directory can be made: the temporary directory Python
+# would use, then the usual shared ones.
+SHARED_PARENTS = (tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm")
+
+
+@dataclass(frozen=True)
+class NobodyCommand:
+    """A copy of a script, and how to run it as nobody."""
+
+    argv: list[str]
+    """setpriv ... bash <copy of the script>: append the script's arguments."""
+    cwd: Path
+    """The copy's directory, which nobody can enter."""
+
+
+def enterable_by_everyone(path: Path) -> bool:
+    """Whether every directory from / down to `path` lets other users pass through."""
+    path = path.resolve()
+    return all(os.stat(part).st_mode & stat.S_IXOTH for part in [path, *path.parents])
+
+
+def shared_directory() -> Path:
+    """A fresh directory every user can enter and read, under a parent they can reach."""
+    for parent in SHARED_PARENTS:
+        if Path(parent).is_dir() and enterable_by_everyone(Path(parent)):
+            directory = Path(tempfile.mkdtemp(prefix="chi-persist-shared-", dir=parent))
+            directory.chmod(0o755)
+            return directory
+    raise RuntimeError(f"none of {', '.join(SHARED_PARENTS)} can be entered by other users")
+
+
+@pytest.fixture
+def as_nobody() -> Iterator[Callable[[Path], NobodyCommand]]:
+    """Copy a script where nobody can read it; the copies are removed after the test."""
+    made: list[Path] = []
+
+    def command(script: Path) -> NobodyCommand:
+        directory = shared_directory()
+        made.append(directory)
+        copy = directory / script.name
+        shutil.copyfile(script, copy)
+        copy.chmod(0o644)
+        return NobodyCommand(argv=[*AS_NOBODY, "bash", str(copy)], cwd=directory)
+
+    yield command
+    for directory in made:
+        shutil.rmtree(directory, ignore_errors=True)
