@@ -13,9 +13,11 @@ a stopped server, with its volumes and floating IPs) and `failure(server_id)`
 
 from __future__ import annotations
 
+import base64
 import importlib
 import importlib.util
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +28,9 @@ from typing import Any, Protocol
 EventSink = Callable[[str, str, str], None]
 
 QEMU_MODULE = "tests.twin.qemu_machines"
+# For the API's own tests: JSON {"delays": {action: seconds}, "failures": {action: count}}
+# slows NullMachines' actions down or makes the next `count` calls of an action fail.
+NULL_MACHINES_ENV = "CHI_TWIN_NULL_MACHINES"
 KINDS = ("qemu", "null")
 # The Glance images a driver can boot, by name; the QEMU driver's own default is the same.
 BOOTABLE_IMAGES = ("CC-Ubuntu24.04",)
@@ -82,7 +87,9 @@ class NullMachines:
     A server is "building" for `boot_seconds` after `boot`, then "running".
     Its records (attached volumes, exposed addresses) are kept in
     DIR/null-machines.json, so a twin restarted on the same state dir finds
-    its servers "stopped", as the QEMU driver does.
+    its servers "stopped", as the QEMU driver does. `delays` slows actions
+    down (seconds by action name); `failures` makes the next calls of an
+    action fail (count by action name), as a guest that keeps a disk would.
     """
 
     def __init__(
@@ -91,10 +98,14 @@ class NullMachines:
         *,
         images: tuple[str, ...] = BOOTABLE_IMAGES,
         boot_seconds: float = 0.3,
+        delays: dict[str, float] | None = None,
+        failures: dict[str, int] | None = None,
         on_event: EventSink | None = None,
     ) -> None:
         self.images = tuple(images)
         self.boot_seconds = boot_seconds
+        self.delays = dict(delays or {})
+        self.failures = dict(failures or {})
         self._on_event = on_event
         self._lock = threading.Lock()
         self._file = Path(state_dir) / "null-machines.json" if state_dir else None
@@ -115,6 +126,18 @@ class NullMachines:
             temporary.write_text(json.dumps(self._machines, indent=1, sort_keys=True))
             temporary.replace(self._file)
 
+    def _act(self, action: str, server_id: str) -> None:
+        """The configured delay of `action`, then its configured failure if one is left."""
+        time.sleep(self.delays.get(action, 0))
+        with self._lock:
+            left = self.failures.get(action, 0)
+            if left:
+                self.failures[action] = left - 1
+        if left:
+            raise MachineError(
+                f"server {server_id}: {action} failed (injected by {NULL_MACHINES_ENV})"
+            )
+
     def _machine(self, server_id: str) -> dict[str, Any]:
         machine = self._machines.get(server_id)
         if machine is None:
@@ -133,6 +156,7 @@ class NullMachines:
         mac: str,
         fixed_ip: str,
     ) -> None:
+        self._act("boot", server_id)
         if image not in self.images:
             raise MachineError(
                 f"server {server_id}: image {image!r} has no guest image here; "
@@ -148,7 +172,7 @@ class NullMachines:
                 "fixed_ip": fixed_ip,
                 "public_keys": list(public_keys),
                 "metadata": dict(metadata),
-                "user_data_bytes": None if user_data is None else len(user_data),
+                "user_data": None if user_data is None else base64.b64encode(user_data).decode(),
                 "power": "running",
                 "ready_at": time.monotonic() + self.boot_seconds,
                 "attachments": {},
@@ -170,12 +194,14 @@ class NullMachines:
             return "running"
 
     def stop(self, server_id: str) -> None:
+        self._act("stop", server_id)
         with self._lock:
             self._machine(server_id)["power"] = "stopped"
             self._save()
         self._event(server_id, "stopped", "powered off")
 
     def start(self, server_id: str) -> None:
+        self._act("start", server_id)
         with self._lock:
             machine = self._machine(server_id)
             machine["power"] = "running"
@@ -187,6 +213,7 @@ class NullMachines:
         return None
 
     def delete(self, server_id: str) -> None:
+        self._act("delete", server_id)
         with self._lock:
             self._machine(server_id)
             del self._machines[server_id]
@@ -194,6 +221,7 @@ class NullMachines:
         self._event(server_id, "deleted", "machine removed")
 
     def attach(self, server_id: str, volume_id: str, disk: Path) -> None:
+        self._act("attach", server_id)
         if not Path(disk).is_file():
             raise MachineError(
                 f"server {server_id}: volume {volume_id}'s disk {disk} is not a file"
@@ -207,6 +235,7 @@ class NullMachines:
         self._event(server_id, "attached", f"volume {volume_id} serial {volume_id[:20]}")
 
     def detach(self, server_id: str, volume_id: str) -> None:
+        self._act("detach", server_id)
         with self._lock:
             attachments = self._machine(server_id)["attachments"]
             if volume_id not in attachments:
@@ -216,6 +245,7 @@ class NullMachines:
         self._event(server_id, "detached", f"volume {volume_id}")
 
     def resize_disk(self, server_id: str, volume_id: str, size_bytes: int) -> None:
+        self._act("resize_disk", server_id)
         with self._lock:
             attachments = self._machine(server_id)["attachments"]
             if volume_id not in attachments:
@@ -228,6 +258,7 @@ class NullMachines:
         self._event(server_id, "resized", f"volume {volume_id} to {size_bytes} bytes")
 
     def expose(self, server_id: str, address: str, ports: list[int]) -> None:
+        self._act("expose", server_id)
         with self._lock:
             for other_id, other in self._machines.items():
                 if other_id != server_id and address in other["exposed"]:
@@ -282,6 +313,12 @@ def create_machines(kind: str, state_dir: Path, on_event: EventSink) -> MachineD
     if reason is not None:
         raise MachineError(reason)
     if kind == "null":
-        return NullMachines(state_dir, on_event=on_event)
+        tuning = json.loads(os.environ.get(NULL_MACHINES_ENV) or "{}")
+        return NullMachines(
+            state_dir,
+            delays=tuning.get("delays"),
+            failures=tuning.get("failures"),
+            on_event=on_event,
+        )
     module = importlib.import_module(QEMU_MODULE)
     return module.QemuMachines(state_dir, on_event=on_event)
