@@ -161,7 +161,7 @@ def admin_blueprint(cloud: Cloud, faults: Faults) -> Blueprint:
                 "config": dict(cloud.config),
                 "project_id": cloud.identity.project_id,
                 "user_id": cloud.identity.user_id,
-                "events": [event for event in cloud.state.events if event["seq"] > int(since)],
+                "events": cloud.state.events_since(int(since)),
             }
             return json_response(body)
 
@@ -170,10 +170,7 @@ def admin_blueprint(cloud: Cloud, faults: Faults) -> Blueprint:
         since = request.args.get("since", "0")
         if not since.isdigit():
             return _admin_error(400, f"since must be an event number, not {since!r}")
-        with cloud.state.lock:
-            return json_response(
-                {"events": [e for e in cloud.state.events if e["seq"] > int(since)]}
-            )
+        return json_response({"events": cloud.state.events_since(int(since))})
 
     @admin.post("/servers/<server_id>/vanish")
     def vanish(server_id: str) -> Response:

@@ -88,6 +88,9 @@ class Twin:
 
     def start(self, port: int = 0) -> Twin:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        ready = self.state_dir / "ready"
+        # A twin killed without its clean stop leaves its ready file behind.
+        ready.unlink(missing_ok=True)
         command = [sys.executable, str(SERVE), "--state-dir", str(self.state_dir)]
         command += ["--port", str(port), "--machines", self.machines]
         for key, value in self.settings.items():
@@ -99,9 +102,11 @@ class Twin:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.environment},
             )
-        ready = self.state_dir / "ready"
         deadline = time.monotonic() + READY_SECONDS
-        while not ready.exists():
+        while (
+            not ready.exists()
+            or json.loads(ready.read_text() or "{}").get("pid") != self.process.pid
+        ):
             if self.process.poll() is not None:
                 raise TwinError(f"serve exited with {self.process.returncode}:\n{self.log_text()}")
             if time.monotonic() > deadline:

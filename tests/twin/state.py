@@ -71,6 +71,9 @@ class State:
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
+        # The event log has a lock of its own: a machine driver's threads append to it, and
+        # must never wait for the state's lock.
+        self._events_lock = threading.Lock()
         self.data: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
         self.fresh = True
@@ -116,9 +119,13 @@ class State:
                 os.fsync(handle.fileno())
             os.replace(temporary, self.state_file)
 
+    def events_since(self, sequence: int) -> list[dict[str, Any]]:
+        with self._events_lock:
+            return [event for event in self.events if event["seq"] > sequence]
+
     def record(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Append one event to the ordered log (memory and DIR/events.jsonl)."""
-        with self.lock:
+        with self._events_lock:
             sequence = self.events[-1]["seq"] + 1 if self.events else 1
             event = {"seq": sequence, "time": stamp(), "kind": kind, **fields}
             self.events.append(event)
