@@ -229,19 +229,17 @@ def admin_blueprint(cloud: Cloud, faults: Faults) -> Blueprint:
             isinstance(key, str) and isinstance(value, str) for key, value in metadata.items()
         ):
             return _admin_error(400, "metadata must map strings to strings")
+        try:
+            disk, size = cloud.volume.premade_disk(Path(image), size)
+        except (ValueError, OSError) as error:
+            return _admin_error(400, str(error))
         with cloud.state.lock:
-            try:
-                volume = cloud.volume.premake(
-                    {
-                        "name": name,
-                        "size": size,
-                        "description": spec.get("description"),
-                        "metadata": metadata,
-                    },
-                    Path(image),
-                )
-            except ValueError as error:
-                return _admin_error(400, str(error))
+            attributes = {
+                "name": name,
+                "description": spec.get("description"),
+                "metadata": metadata,
+            }
+            volume = cloud.volume.premake(attributes, disk, size)
             cloud.record("admin", action="premade_volume", volume_id=volume["id"], image=image)
             cloud.save()
             return json_response({"volume": render(volume, MAXIMUM)}, 201)

@@ -12,6 +12,7 @@ power state sync) a few times a second.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -40,8 +41,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # How long Cinder takes to make and to delete a volume.
     "volume_create_seconds": 0.3,
     "volume_delete_seconds": 0.2,
-    # The guest ports a floating IP reaches, when the port's security groups allow them.
+    # The guest ports a floating IP reaches, when the port's security groups allow them
+    # to a client at `client_address` (whoever connects to a floating IP here comes from
+    # the loopback interface).
     "exposed_ports": [22, 8000, 8888, 9000, 9001],
+    "client_address": "127.0.0.1",
     # Keystone's [token] expiration.
     "token_seconds": 3600,
 }
@@ -67,7 +71,12 @@ def checked_config(current: dict[str, Any], changes: dict[str, Any]) -> dict[str
             raise ConfigError(
                 f"{key} must be one of {', '.join(CONFIG_CHOICES[key])}, not {value!r}"
             )
-        if isinstance(default, list):
+        if key == "client_address":
+            try:
+                ipaddress.IPv4Address(value)
+            except (ipaddress.AddressValueError, ValueError, TypeError):
+                raise ConfigError(f"{key} must be an IPv4 address, not {value!r}") from None
+        elif isinstance(default, list):
             if not isinstance(value, list) or not all(
                 isinstance(port, int) and 0 < port < 65536 for port in value
             ):

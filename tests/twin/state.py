@@ -113,7 +113,9 @@ class State:
         with self.lock:
             text = json.dumps(self.data, indent=1, sort_keys=True)
             temporary = self.state_file.with_suffix(".json.tmp")
-            with open(temporary, "w") as handle:
+            # The state holds the credential's secret and the user's password: owner only.
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())

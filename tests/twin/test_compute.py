@@ -212,6 +212,28 @@ def test_exposure_follows_rules_and_association(twin: Twin, api: Api, node: dict
     )
 
 
+def test_a_rule_for_other_addresses_does_not_expose(twin: Twin, api: Api, key_name: str) -> None:
+    """Whoever connects to a floating IP here comes from 127.0.0.1: a rule for 10.0.0.0/8 does
+    not let them in, a rule for 127.0.0.0/8 does."""
+    group = steps.security_group(api, f"cidr-{uuid.uuid4().hex[:6]}", ports=())
+    for port_number, prefix in ((22, "10.0.0.0/8"), (8000, "127.0.0.0/8")):
+        rule = {
+            "security_group_id": group["id"],
+            "direction": "ingress",
+            "protocol": "tcp",
+            "port_range_min": port_number,
+            "port_range_max": port_number,
+            "remote_ip_prefix": prefix,
+        }
+        api.post(f"{api.network}/security-group-rules", json={"security_group_rule": rule})
+    port = steps.port(api, "cidr", [group["id"]])
+    floating = steps.floating_ip(api, port["id"])
+    steps.boot(api, "cidr", port["id"], key_name)
+    address = floating["floating_ip_address"]
+    wait_for(lambda: address in twin.state()["exposures"], what="exposure")
+    assert twin.state()["exposures"][address]["ports"] == [8000]
+
+
 def test_user_data_must_be_base64(shared_api: Api) -> None:
     api = shared_api
     port = steps.port(api, "bad-user-data", [])

@@ -38,6 +38,7 @@ def test_ready_clouds_yaml_and_env(twin: Twin) -> None:
         3,
     )
     assert stat.S_IMODE((directory / "clouds.yaml").stat().st_mode) == 0o600
+    assert stat.S_IMODE((directory / "state.json").stat().st_mode) == 0o600
     shell = subprocess.run(
         ["bash", "-c", f'source "{directory / "env"}" && echo "$OS_CLOUD $OS_CLIENT_CONFIG_FILE"'],
         capture_output=True,

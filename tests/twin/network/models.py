@@ -791,8 +791,9 @@ class NetworkBackend:
     # --- what a floating IP reaches ----------------------------------------------------
 
     def allowed_ports(self, port: dict[str, Any]) -> list[int]:
-        """The exposed_ports the port's security groups let in over IPv4 TCP."""
+        """The exposed_ports the port's security groups let in over IPv4 TCP from the client."""
         wanted = self.cloud.config["exposed_ports"]
+        client = ipaddress.IPv4Address(self.cloud.config["client_address"])
         if not port["port_security_enabled"]:
             return sorted(wanted)
         allowed = set()
@@ -802,8 +803,11 @@ class NetworkBackend:
                     continue
                 if rule["protocol"] not in (None, "tcp", "6"):
                     continue
-                # A rule from another group's members does not let a loopback client in.
+                # A rule for another group's members does not let an outside client in.
                 if rule["remote_group_id"]:
+                    continue
+                prefix = rule["remote_ip_prefix"]
+                if prefix and client not in ipaddress.ip_network(prefix):
                     continue
                 low = rule["port_range_min"] if rule["port_range_min"] is not None else 1
                 high = rule["port_range_max"] if rule["port_range_max"] is not None else 65535

@@ -84,6 +84,8 @@ class VolumeBackend:
 
     def recover(self) -> None:
         """A twin stopped mid-transition: finish or undo what it was doing, as Cinder's cleanup."""
+        for partial in self.directory.glob(".premade-*.img") if self.directory.exists() else ():
+            partial.unlink()
         for volume in list(self.volumes.values()):
             status = volume["status"]
             if status == "creating":
@@ -177,20 +179,26 @@ class VolumeBackend:
         self.cloud.jobs.submit(f"volume-{volume['id']}", make)
         return volume
 
-    def premake(self, attributes: dict[str, Any], image: Path) -> dict[str, Any]:
-        """A volume that already exists, holding the contents of `image` (a raw disk image)."""
+    def premade_disk(self, image: Path, size: int | None) -> tuple[Path, int]:
+        """A new sparse file holding `image` (a raw disk image), `size` GiB or just big enough:
+        (its path, its size in GiB). Slow for a big image: call it outside the state's lock."""
         image_size = image.stat().st_size
-        size = attributes.get("size") or max(1, math.ceil(image_size / GIB))
+        size = size or max(1, math.ceil(image_size / GIB))
         if size * GIB < image_size:
             raise ValueError(
                 f"size {size} GiB is smaller than the image {image} ({image_size} bytes)"
             )
-        volume = self._record({**attributes, "size": size}, "available")
         self.directory.mkdir(parents=True, exist_ok=True)
-        disk = self.disk(volume["id"])
+        disk = self.directory / f".premade-{new_uuid()}.img"
         sparse_copy(image, disk)
         with open(disk, "r+b") as handle:
             handle.truncate(size * GIB)
+        return disk, size
+
+    def premake(self, attributes: dict[str, Any], disk: Path, size: int) -> dict[str, Any]:
+        """A volume that already exists (available), whose file is `disk` from premade_disk."""
+        volume = self._record({**attributes, "size": size}, "available")
+        disk.replace(self.disk(volume["id"]))
         return volume
 
     def update(self, volume: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
