@@ -1,0 +1,195 @@
+"""Keystone v3 requests and responses (keystone/auth, keystone/common/render_token.py).
+
+Calls as gophercloud v2.8.0 makes them: openstack/client.go (v3auth),
+openstack/identity/v3/tokens (POST /v3/auth/tokens, 201, X-Subject-Token),
+openstack/utils/choose_version.go (the version document at the root).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, request
+
+from tests.twin.core import (
+    IdentityError,
+    base_url,
+    json_response,
+    request_json,
+    twin,
+    validate_body,
+)
+from tests.twin.identity.models import UNAUTHORIZED
+from tests.twin.state import iso_micro_z
+
+VERSION_ID = "v3.14"
+
+
+def _version(base: str) -> dict[str, Any]:
+    return {
+        "id": VERSION_ID,
+        "status": "stable",
+        "updated": "2020-04-07T00:00:00Z",
+        "links": [{"rel": "self", "href": f"{base}/v3/"}],
+        "media-types": [
+            {"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}
+        ],
+    }
+
+
+def versions() -> Response:
+    return json_response({"versions": {"values": [_version(base_url())]}}, 300)
+
+
+def version() -> Response:
+    return json_response({"version": _version(base_url())})
+
+
+_DOMAIN = {
+    "type": "object",
+    "properties": {"id": {"type": "string"}, "name": {"type": "string"}},
+}
+_USER = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "password": {"type": "string"},
+        "domain": _DOMAIN,
+    },
+}
+AUTH_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "auth": {
+            "type": "object",
+            "properties": {
+                "identity": {
+                    "type": "object",
+                    "properties": {
+                        "methods": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                        "password": {"type": "object", "properties": {"user": _USER}},
+                        "token": {
+                            "type": "object",
+                            "properties": {"id": {"type": "string"}},
+                            "required": ["id"],
+                        },
+                        "application_credential": {
+                            "type": "object",
+                            "properties": {
+                                "id": {"type": "string"},
+                                "name": {"type": "string"},
+                                "secret": {"type": "string"},
+                                "user": _USER,
+                            },
+                            "required": ["secret"],
+                        },
+                    },
+                    "required": ["methods"],
+                },
+                "scope": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "properties": {
+                                "project": {
+                                    "type": "object",
+                                    "properties": {
+                                        "id": {"type": "string"},
+                                        "name": {"type": "string"},
+                                        "domain": _DOMAIN,
+                                    },
+                                },
+                                "domain": _DOMAIN,
+                                "system": {"type": "object"},
+                                "OS-TRUST:trust": {"type": "object"},
+                            },
+                        },
+                        {"type": "string", "enum": ["unscoped"]},
+                    ]
+                },
+            },
+            "required": ["identity"],
+        }
+    },
+    "required": ["auth"],
+}
+
+
+def _bad_request(message: str) -> IdentityError:
+    return IdentityError(400, message)
+
+
+def render_token(token: dict[str, Any]) -> dict[str, Any]:
+    identity = twin().identity
+    domain = identity.data["domain"]
+    body: dict[str, Any] = {
+        "methods": token["methods"],
+        "user": {
+            "domain": dict(domain),
+            "id": identity.user_id,
+            "name": identity.user["name"],
+            "password_expires_at": None,
+        },
+        "audit_ids": token["audit_ids"],
+        "expires_at": iso_micro_z(token["expires_at"]),
+        "issued_at": iso_micro_z(token["issued_at"]),
+    }
+    if token["project_id"] is not None:
+        body["project"] = {
+            "domain": dict(domain),
+            "id": identity.project_id,
+            "name": identity.project["name"],
+        }
+        body["is_domain"] = False
+        body["roles"] = [
+            {"id": "9fe2ff9ee4384b1894a90878d3e92bab", "name": "member"},
+            {"id": "aa1dd5b2ae8e4b2a8b9a5e4d2f6b6b0c", "name": "reader"},
+        ]
+        body["catalog"] = identity.catalog(base_url())
+    if token.get("application_credential_id"):
+        credential = identity.data["application_credential"]
+        body["application_credential"] = {
+            "id": credential["id"],
+            "name": credential["name"],
+            "restricted": not credential["unrestricted"],
+        }
+    return {"token": body}
+
+
+def create_token() -> Response:
+    body = request_json(_bad_request)
+    validate_body(body, AUTH_SCHEMA, _bad_request, style="keystone")
+    token_id, token = twin().identity.authenticate(body["auth"])
+    return json_response(render_token(token), 201, {"X-Subject-Token": token_id})
+
+
+def _caller_and_subject() -> tuple[dict[str, Any], str]:
+    identity = twin().identity
+    if identity.token(request.headers.get("X-Auth-Token")) is None:
+        raise IdentityError(401, UNAUTHORIZED)
+    subject = request.headers.get("X-Subject-Token")
+    if not subject:
+        raise IdentityError(
+            400,
+            "Expecting to find X-Subject-Token in header. The server could not comply with the "
+            "request since it is either malformed or otherwise incorrect. The client is "
+            "assumed to be in error.",
+        )
+    token = identity.token(subject)
+    if token is None:
+        raise IdentityError(404, f"Could not find token: {subject}.")
+    return token, subject
+
+
+def show_token() -> Response:
+    token, subject = _caller_and_subject()
+    if request.method == "HEAD":
+        return Response(status=200, headers={"X-Subject-Token": subject})
+    return json_response(render_token(token), 200, {"X-Subject-Token": subject})
+
+
+def revoke_token() -> Response:
+    _, subject = _caller_and_subject()
+    twin().identity.revoke(subject)
+    return Response(status=204)

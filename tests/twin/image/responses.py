@@ -1,0 +1,106 @@
+"""Glance v2 requests and responses (glance/api/v2/images.py, the JSON schema of an image).
+
+Calls as the provider makes them: gophercloud/utils v2 openstack/image/v2/images
+(IDFromName: GET /v2/images?name=, exactly one) and gophercloud v2.8.0
+openstack/image/v2/images (GET /v2/images/{id}; `next` link pagination).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, request
+
+from tests.twin.core import ImageError, base_url, json_response, twin
+from tests.twin.state import iso_seconds_z
+
+# Filters that compare an image's own attribute; any other query key filters on a
+# custom property, as Glance does.
+ATTRIBUTE_FILTERS = (
+    "id",
+    "name",
+    "status",
+    "visibility",
+    "owner",
+    "container_format",
+    "disk_format",
+    "protected",
+    "os_hidden",
+)
+PAGING = ("limit", "marker", "sort", "sort_key", "sort_dir", "member_status")
+DEFAULT_LIMIT = 25
+
+
+def versions() -> Response:
+    root = base_url() + "/image"
+    values = [
+        {
+            "id": f"v2.{minor}",
+            "status": "CURRENT" if minor == 16 else "SUPPORTED",
+            "links": [{"rel": "self", "href": f"{root}/v2/"}],
+        }  # fmt: skip
+        for minor in range(16, -1, -1)
+    ]
+    return json_response({"versions": values}, 300)
+
+
+def render(image: dict[str, Any]) -> dict[str, Any]:
+    body = {key: value for key, value in image.items() if key != "properties"}
+    body.update(image["properties"])
+    body["created_at"] = iso_seconds_z(image["created_at"])
+    body["updated_at"] = iso_seconds_z(image["updated_at"])
+    body["self"] = f"/v2/images/{image['id']}"
+    body["file"] = f"/v2/images/{image['id']}/file"
+    body["schema"] = "/v2/schemas/image"
+    return body
+
+
+def _bool_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def list_images() -> Response:
+    images = sorted(
+        twin().image.images.values(), key=lambda image: image["created_at"], reverse=True
+    )
+    for key in request.args:
+        if key in PAGING:
+            continue
+        wanted = request.args.getlist(key)
+        if key == "tag":
+            images = [image for image in images if set(wanted) <= set(image["tags"])]
+        elif key in ATTRIBUTE_FILTERS:
+            images = [image for image in images if _bool_text(image[key]) in wanted]
+        else:
+            images = [image for image in images if image["properties"].get(key) in wanted]
+    if "visibility" not in request.args:
+        images = [
+            image for image in images if image["visibility"] in ("public", "private", "shared")
+        ]
+    marker = request.args.get("marker")
+    if marker:
+        ids = [image["id"] for image in images]
+        if marker not in ids:
+            raise ImageError(400, "marker not found")
+        images = images[ids.index(marker) + 1 :]
+    try:
+        limit = int(request.args.get("limit", DEFAULT_LIMIT))
+    except ValueError:
+        raise ImageError(400, "limit param must be an integer") from None
+    if limit < 0:
+        raise ImageError(400, "limit param must be positive")
+    body: dict[str, Any] = {
+        "images": [render(image) for image in images[:limit]],
+        "first": "/v2/images",
+        "schema": "/v2/schemas/images",
+    }
+    if len(images) > limit and limit > 0:
+        body["next"] = f"/v2/images?marker={images[limit - 1]['id']}&limit={limit}"
+    return json_response(body)
+
+
+def show_image(image_id: str) -> Response:
+    image = twin().image.get(image_id)
+    if image is None:
+        raise ImageError(404, f"No image found with ID {image_id}")
+    return json_response(render(image))
