@@ -37,6 +37,7 @@ type Server struct {
 
 	mu                sync.Mutex
 	host              *pulumiprovider.HostClient
+	sink              hostlog.Sink
 	supportsOldInputs bool
 	inFlight          map[int]context.CancelFunc
 	nextOperation     int
@@ -46,6 +47,14 @@ type Server struct {
 // no engine, messages go to stderr).
 func New(version string, host *pulumiprovider.HostClient) *Server {
 	return &Server{version: version, host: host, inFlight: map[int]context.CancelFunc{}}
+}
+
+// LogTo sends the messages of calls to sink while no engine is attached;
+// tests use it.
+func (s *Server) LogTo(sink hostlog.Sink) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sink = sink
 }
 
 // engineSink sends one request's messages to the engine, tied to its URN.
@@ -79,12 +88,15 @@ func (s *Server) begin(ctx context.Context, urn string, timeoutSeconds float64) 
 	}
 	s.mu.Lock()
 	host := s.host
+	sink := s.sink
 	id := s.nextOperation
 	s.nextOperation++
 	s.inFlight[id] = cancel
 	s.mu.Unlock()
 	if host != nil {
 		ctx = hostlog.WithSink(ctx, engineSink{ctx: ctx, host: host, urn: resource.URN(urn)})
+	} else if sink != nil {
+		ctx = hostlog.WithSink(ctx, sink)
 	}
 	return ctx, func() {
 		s.mu.Lock()
