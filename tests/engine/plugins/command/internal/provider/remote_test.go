@@ -311,7 +311,7 @@ func TestSecretInputsKeepSecretOutputsButNotStdout(t *testing.T) {
 }
 
 func TestAuthentication(t *testing.T) {
-	public, private, privateKey := keyPair(t, "")
+	public, private, _ := keyPair(t, "")
 	lockedPublic, locked, _ := keyPair(t, "open sesame")
 	agentPublic, _, agentKey := keyPair(t, "")
 
@@ -395,6 +395,22 @@ func TestAuthentication(t *testing.T) {
 		}
 	})
 
+	t.Run("a rejected key hides the agent's keys", func(t *testing.T) {
+		// The key and the agent are both "publickey": once the key is
+		// refused, the SSH library does not try the agent.
+		server := sshtest.Start(t, sshtest.Options{AuthorizedKeys: []ssh.PublicKey{agentPublic}})
+		e := newEngine(t)
+		_, _, err := e.create(remoteCommandToken, "step", remoteInputs(e, connection(server, map[string]any{
+			"privateKey": private, "agentSocketPath": startAgent(t, agentKey), "dialErrorLimit": 0,
+		}), map[string]any{"create": "true"}), false)
+		if err == nil || !strings.Contains(err.Error(), "unable to authenticate") {
+			t.Fatalf("error = %v", err)
+		}
+		e.mustCreate(remoteCommandToken, "step", remoteInputs(e, connection(server, map[string]any{
+			"agentSocketPath": startAgent(t, agentKey),
+		}), map[string]any{"create": "true"}))
+	})
+
 	t.Run("hostKey is enforced", func(t *testing.T) {
 		server := sshtest.Start(t, sshtest.Options{AuthorizedKeys: []ssh.PublicKey{public}})
 		e := newEngine(t)
@@ -410,7 +426,6 @@ func TestAuthentication(t *testing.T) {
 		}
 	})
 
-	_ = privateKey
 }
 
 func TestDialRetries(t *testing.T) {

@@ -101,6 +101,9 @@ func Start(t testing.TB, opts Options) *Server {
 	return s
 }
 
+// Options returns the options the server was started with.
+func (s *Server) Options() Options { return s.opts }
+
 // Address is host:port.
 func (s *Server) Address() string { return net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }
 
