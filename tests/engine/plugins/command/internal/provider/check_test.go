@@ -235,3 +235,30 @@ func TestDiffDecidesUpdateOrReplaceAsUpstream(t *testing.T) {
 		})
 	}
 }
+
+func TestReadReturnsTheStateAsItIs(t *testing.T) {
+	e := newEngine(t)
+	state := props(map[string]any{"create": "echo x", "stdout": "x", "stderr": ""})
+	state["connection"] = secret(map[string]any{"host": "h", "user": "cc"})
+	resp, err := e.server.Read(t.Context(), &pulumirpc.ReadRequest{
+		Urn: urn(remoteCommandToken, "r"), Id: "r-1", Properties: toStruct(t, state), Inputs: toStruct(t, state),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetId() != "r-1" || !fromStruct(t, resp.GetProperties()).DeepEquals(state) {
+		t.Fatalf("Read changed the state: %v", fromStruct(t, resp.GetProperties()))
+	}
+}
+
+// TestDiffWithoutOldInputsUsesTheState covers an engine that does not send
+// old inputs: the inputs are then taken from the state.
+func TestDiffWithoutOldInputsUsesTheState(t *testing.T) {
+	e := &engine{t: t, server: New("1.2.1", nil)}
+	state := props(map[string]any{"create": "echo x", "stdout": "x", "stderr": ""})
+	same := e.diff(localCommandToken, "r", "r-1", state, resource.PropertyMap{}, props(map[string]any{"create": "echo x"}))
+	changed := e.diff(localCommandToken, "r", "r-1", state, resource.PropertyMap{}, props(map[string]any{"create": "echo y"}))
+	if same.GetChanges() != pulumirpc.DiffResponse_DIFF_NONE || changed.GetChanges() != pulumirpc.DiffResponse_DIFF_SOME {
+		t.Fatalf("same: %v, changed: %v", same.GetChanges(), changed.GetChanges())
+	}
+}
