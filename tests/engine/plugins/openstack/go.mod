@@ -159,7 +159,6 @@ require (
 	github.com/pulumi-labs/pulumi-hcl v0.3.1 // indirect
 	github.com/pulumi/appdash v0.0.0-20231130102222-75f619a67231 // indirect
 	github.com/pulumi/inflector v0.2.1 // indirect
-	github.com/pulumi/pulumi-java v1.32.0 // indirect
 	github.com/pulumi/pulumi/pkg/v3 v3.255.0 // indirect
 	github.com/pulumi/terraform-diff-reader v0.0.2 // indirect
 	github.com/rivo/uniseg v0.4.7 // indirect
@@ -231,10 +230,14 @@ require (
 	lukechampine.com/frand v1.5.1 // indirect
 )
 
-// The bridge's tfgen asks for pseudo-versions of these two code generators that
-// the module proxy does not serve; the nearest newer releases it serves.
+// The bridge's tfgen asks for pseudo-versions of the YAML and .NET code
+// generators that the module proxy does not serve: the nearest newer releases
+// it serves and the checksum database knows. They need pulumi/pkg v3.255.0,
+// whose codegen interface the Java generator the bridge asks for (v1.32.0)
+// predates: its next release, v1.33.0, implements it.
 require (
 	github.com/pulumi/pulumi-dotnet/pulumi-language-dotnet/v3 v3.110.0 // indirect
+	github.com/pulumi/pulumi-java v1.33.0 // indirect
 	github.com/pulumi/pulumi-yaml v1.38.0 // indirect
 )
 
