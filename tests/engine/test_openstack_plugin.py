@@ -78,7 +78,7 @@ def sdk() -> sdk_surface.Sdk:
 def plugin(tmp_path_factory, sdk_version) -> Path:
     """The plugin, built (or taken from the build's cache) at the SDK's version."""
     if shutil.which("go") is None:
-        pytest.skip("Go is not installed: it builds the openstack plugin (see TOOLCHAIN in README)")
+        pytest.skip("Go is not installed: tests/engine/plugins/openstack/build needs it")
     binary = tmp_path_factory.mktemp("plugin") / "pulumi-resource-openstack"
     result = subprocess.run(
         [str(PLUGIN_MODULE / "build"), str(binary), sdk_version],
@@ -351,6 +351,21 @@ def real_toolchain_env() -> dict[str, str]:
     script = printed + "\nenv -0\n"
     dump = subprocess.run(["bash", "-c", script], capture_output=True, check=True).stdout
     return dict(entry.split("=", 1) for entry in dump.decode().split("\0") if "=" in entry)
+
+
+def test_cli_reads_the_same_schema(plugin, schema, tmp_path):
+    """`pulumi package get-schema <plugin>` (the real CLI) returns what GetSchema does."""
+    env = {**real_toolchain_env(), "HOME": str(tmp_path)}
+    printed = subprocess.run(
+        ["pulumi", "package", "get-schema", str(plugin)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    assert json.loads(printed) == schema
 
 
 def test_preview_of_a_network_lookup_through_the_real_engine(tmp_path):
