@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -178,6 +179,22 @@ def test_comparison_notices_a_missing_or_retyped_property(sdk, schema):
     assert any("input.keyPair" in line and "not served" in line for line in found), found
     assert any("output.accessIpV4" in line and "integer" in line for line in found), found
     assert any("InstanceNetwork" in line and ".uuid" in line for line in found), found
+
+
+@pytest.mark.parametrize(
+    ("token", "news"),
+    [
+        ("openstack:networking/secGroup:SecGroup", {"description": "web ports"}),
+        ("openstack:blockstorage/volume:Volume", {"size": 2}),
+    ],
+)
+def test_unnamed_resources_are_auto_named(plugin, tmp_path, token, news):
+    """A resource left without `name` gets `<resource name>-<7 hex digits>`, as upstream's."""
+    env = {"HOME": str(tmp_path)}
+    with running_plugin(plugin, env, tmp_path, tmp_path / "plugin.log") as running:
+        inputs, failures = running.check(f"urn:pulumi:dev::chi-persist::{token}::web", news)
+    assert failures == []
+    assert re.fullmatch(r"web-[0-9a-f]{7}", inputs["name"]), inputs
 
 
 def clouds_yaml(path: Path, api: KeystoneNeutron) -> None:

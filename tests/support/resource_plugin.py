@@ -55,6 +55,17 @@ class RunningPlugin:
         failures = [f"{failure.property}: {failure.reason}" for failure in response.failures]
         return from_struct(response.inputs), failures
 
+    def check(self, urn: str, news: dict) -> tuple[dict, list[str]]:
+        """A resource's inputs after Check (defaults and auto-names filled in), and failures."""
+        response = self.stub.Check(
+            provider_pb2.CheckRequest(
+                urn=urn, olds=to_struct({}), news=to_struct(news), randomSeed=os.urandom(32)
+            ),
+            timeout=CALL_SECONDS,
+        )
+        failures = [f"{failure.property}: {failure.reason}" for failure in response.failures]
+        return from_struct(response.inputs), failures
+
     def configure(self, inputs: dict) -> None:
         self.stub.Configure(
             provider_pb2.ConfigureRequest(
