@@ -1,0 +1,23 @@
+// Command pulumi-resource-openstack is the openstack resource plugin:
+// terraform-provider-openstack served to the Pulumi engine by the Terraform
+// bridge. The build places schema-embed.json and bridge-metadata.json, made
+// by pulumi-tfgen-openstack, beside this file before compiling it.
+package main
+
+import (
+	_ "embed"
+
+	"github.com/pulumi/pulumi-terraform-bridge/v3/pkg/tfbridge"
+
+	"chi-persist.invalid/tests/engine/plugins/openstack/provider"
+)
+
+//go:embed schema-embed.json
+var pulumiSchema []byte
+
+//go:embed bridge-metadata.json
+var bridgeMetadata []byte
+
+func main() {
+	tfbridge.Main("openstack", provider.Version, provider.Provider(provider.Version, bridgeMetadata), pulumiSchema)
+}
