@@ -73,6 +73,8 @@ class Registration:
     retain_on_delete: bool
     raw_inputs: dict[str, Any] = field(default_factory=dict, repr=False)
     """Inputs as serialised, with secret markers kept."""
+    replace_on_changes: list[str] = field(default_factory=list)
+    """Property paths whose change replaces the resource (the SDK's own and the program's)."""
 
 
 @dataclass
@@ -214,6 +216,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     additional_secret_outputs=list(request.additionalSecretOutputs),
                     retain_on_delete=request.retainOnDelete,
                     raw_inputs=inputs,
+                    replace_on_changes=list(request.replaceOnChanges),
                 )
             )
         return response
