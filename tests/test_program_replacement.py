@@ -20,9 +20,12 @@ from components import project_files
 from tests.support.program import (
     ATTACHMENT,
     COPY_TO_REMOTE,
+    FLOATING_IP,
     LOCAL_COMMAND,
+    PORT,
     REMOTE_COMMAND,
     SERVER,
+    VOLUME,
     Evaluation,
     Registration,
     evaluate_program,
@@ -40,6 +43,8 @@ PRIVATE_KEY = (
     "-----END OPENSSH PRIVATE KEY-----\n"
 )
 VOLUME_ID = "5b1e0a3c-7f42-4d8e-a1b9-0c6d2e8f4a17"
+RESERVATION = "3f1c5b9e-0d3a-4c1e-9b7a-2f6d8e4a1c00"
+OTHER_RESERVATION = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 
 
 def evaluate(config: dict[str, Any] | None = None) -> Evaluation:
@@ -130,6 +135,26 @@ def test_each_file_tree_replaces_its_own_copy(
     assert changed.named("copy-scripts").inputs == student.named("copy-scripts").inputs
 
 
+def test_server_is_replaced_on_a_new_flavor_reservation_or_image(student: Evaluation) -> None:
+    """The provider would resize or rebuild in place; replace_on_changes makes it a replacement."""
+    server = student.one(SERVER)
+    assert {"flavorName", "flavorId", "imageName", "imageId"} <= set(server.replace_on_changes)
+    assert server.delete_before_replace
+
+
+def test_every_dependent_of_the_server_takes_a_property_of_it(student: Evaluation) -> None:
+    """Attachment (instance id) and every step (triggers) are in the server's cascade."""
+    server = student.one(SERVER).urn
+    assert server in student.one(ATTACHMENT).property_dependencies["instanceId"]
+    steps = [
+        *student.of_type(REMOTE_COMMAND),
+        *student.of_type(COPY_TO_REMOTE),
+        *student.of_type(LOCAL_COMMAND),
+    ]
+    for registration in steps:
+        assert server in trigger_sources(registration), registration.name
+
+
 # --- the order of an update, derived by the engine's rules ---------------------------------
 
 
@@ -198,3 +223,42 @@ def test_a_new_mount_point_releases_the_old_one_first(student: Evaluation) -> No
     ]
     assert "--mount-point /mnt/block" in steps[0].registration.inputs["delete"]
     assert "--mount-point /mnt/data" in steps[2].registration.inputs["create"]
+
+
+SERVER_CHANGES = [
+    pytest.param({}, {"flavor": "m1.xlarge"}, id="flavor"),
+    pytest.param({}, {"reservation": RESERVATION}, id="first-reservation"),
+    pytest.param({"reservation": RESERVATION}, {"reservation": OTHER_RESERVATION},
+                 id="new-reservation"),
+    pytest.param({}, {"image": "CC-Ubuntu24.04-CUDA"}, id="image"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("before", "after"), SERVER_CHANGES)
+def test_a_new_flavor_reservation_or_image_takes_the_recycle_path(
+    before: dict[str, str], after: dict[str, str]
+) -> None:
+    """Clean stop, detach, delete, new server, re-attach, prepare, start: what a recycle does."""
+    old = evaluate(before)
+    steps = plan_update(old, evaluate(after))
+    order = names(steps)
+    server = old.one(SERVER)
+    recycled = {
+        old.by_urn()[urn].name for urn in old.dependents_closure(server.urn)
+        if old.by_urn()[urn].custom
+    } | {server.name}  # fmt: skip
+    deleted = [step.name for step in steps if step.kind == "delete"]
+    created = [step.name for step in steps if step.kind == "create"]
+    assert order[0] == "delete provisioning-start-stack", "the clean stop comes first"
+    assert set(deleted) == recycled == set(created)
+    assert len(deleted) == len(set(deleted))
+    assert [step.kind for step in steps] == ["delete"] * len(deleted) + ["create"] * len(created)
+    for first, then in [
+        ("delete node-volume-attachment", "delete node-server"),
+        ("create node-server", "create node-volume-attachment"),
+        ("create node-volume-attachment", "create provisioning-prepare-volume"),
+        ("create provisioning-prepare-volume", "create provisioning-start-stack"),
+    ]:
+        assert order.index(first) < order.index(then), (first, then)
+    untouched = {VOLUME, PORT, FLOATING_IP}
+    assert not [step for step in steps if step.registration.type in untouched]
