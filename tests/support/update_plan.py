@@ -11,7 +11,8 @@ github.com/pulumi/pulumi/pkg/v3 v3.274.1, resource/deploy/step_generator.go.
   (`processIgnoreChanges`); a changed input replaces the resource when the provider says
   so or when it lies under one of the resource's replaceOnChanges paths
   (`applyReplaceOnChanges`); any other change is an update. A resource that an earlier
-  cascade already deleted is created again (`old.PendingReplacement`).
+  cascade already deleted is replaced, without a second delete of its own
+  (`old.PendingReplacement`).
 - A replacement with delete-before-replace first deletes the dependents that
   `calculateDependentReplacements` selects, in reverse order, then the resource, then
   creates it. That function walks the OLD snapshot's dependents of the resource
@@ -123,15 +124,15 @@ def plan_update(old: Evaluation, new: Evaluation) -> list[Step]:
             continue
         previous = old_by_urn.get(registration.urn)
         processed.add(registration.urn)
-        if previous is None or registration.urn in pending:
+        if previous is None:
             steps.append(Step("create", registration))
             renewed.add(registration.urn)
-            pending.discard(registration.urn)
             continue
+        already_deleted = registration.urn in pending
         changed = changed_inputs(previous, registration, renewed)
-        if not changed:
+        if not (changed or already_deleted):
             continue
-        if any(replaces(registration, key) for key in changed):
+        if already_deleted or any(replaces(registration, key) for key in changed):
             renewed.add(registration.urn)
             if registration.delete_before_replace:
                 cascade = dependent_replacements(old, previous, processed | pending)
@@ -139,11 +140,14 @@ def plan_update(old: Evaluation, new: Evaluation) -> list[Step]:
                     if dependent.urn not in pending:
                         steps.append(Step("delete", dependent))
                         pending.add(dependent.urn)
-                steps.append(Step("delete", previous))
+                if not already_deleted:
+                    steps.append(Step("delete", previous))
                 steps.append(Step("create", registration))
             else:
                 steps.append(Step("create", registration))
-                deferred.append(previous)
+                if not already_deleted:
+                    deferred.append(previous)
+            pending.discard(registration.urn)
         else:
             steps.append(Step("update", registration, previous))
     for previous in reversed(old.registrations):
