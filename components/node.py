@@ -7,6 +7,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_openstack as openstack
 
+# Server inputs whose change replaces the server instead of resizing or rebuilding it.
+REPLACED_ON_CHANGE = ["flavor_name", "flavor_id", "image_name", "image_id"]
+
 
 @dataclass
 class NodeArgs:
@@ -79,9 +82,20 @@ class Node(pulumi.ComponentResource):
                 parent=self,
                 # The port (and so the floating IP) can belong to one server at a time, and
                 # the volume must be released by the old server before the new one takes it.
+                # The engine deletes first every dependent that takes a property of the
+                # server (the attachment by instance_id, each remote step by the server id
+                # in its triggers), the stack step first: a replacement is a recycle.
                 delete_before_replace=True,
-                # First-boot script changes reach the next server; they are no reason to
-                # replace a running one.
+                # The provider resizes a server in place on a new flavor (a new reservation
+                # is a new flavor id) and rebuilds it in place on a new image, wiping the
+                # root disk with no clean stop and keeping the server id, so nothing would
+                # re-run. Replacing it instead takes the recycle path above.
+                replace_on_changes=REPLACED_ON_CHANGE,
+                # user_data would replace the server whenever docker/ changes. Ignoring it
+                # also means a server replaced for another reason (flavor, image) boots with
+                # the OLD user data; only a recycled server gets the current one. Nothing
+                # depends on it: the stack step installs Docker and starts the stack from
+                # the files it copies, and compose pulls or builds whatever is missing.
                 ignore_changes=["user_data"],
             ),
         )

@@ -32,11 +32,11 @@ def tree_files(directory: Path) -> list[Path]:
 
 
 def tree_digest(*directories: Path) -> str:
-    """sha256 over the relative names and contents of every file below the directories."""
+    """sha256 over the names (from each directory's parent) and contents of every file below."""
     digest = hashlib.sha256()
     for directory in directories:
         for path in tree_files(directory):
-            name = path.relative_to(PROJECT_ROOT).as_posix()
+            name = path.relative_to(directory.parent).as_posix()
             content = path.read_bytes()
             digest.update(f"{name}\0{len(content)}\0".encode())
             digest.update(content)

@@ -64,9 +64,6 @@ class Provisioning(pulumi.ComponentResource):
             per_dial_timeout=30,
             dial_error_limit=20,
         )
-        scripts_digest = tree_digest(REMOTE_SCRIPTS_DIR)
-        stack_digest = tree_digest(REMOTE_SCRIPTS_DIR, DOCKER_DIR)
-
         # Dial retries do not pause between attempts, so a booting server could use them
         # all up in a second: wait here, patiently and with a bound, for sshd to answer.
         wait_for_ssh = command.local.Command(
@@ -84,39 +81,60 @@ class Provisioning(pulumi.ComponentResource):
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[wait_for_ssh]),
         )
+
+        # The volume steps below are chained by PROPERTY dependencies (each one's id in the
+        # next one's triggers), never by depends_on alone. On a delete-before-replace the
+        # engine deletes first, in reverse order, exactly the dependents that take a property
+        # of the replaced resource (step_generator.go, calculateDependentReplacements); a
+        # depends_on edge is not followed. So a replaced copy, or a replaced prepare step,
+        # takes the stack step with it, and the stack step's delete (clean stop, sync,
+        # unmount) runs before the copy is made again and before the volume is prepared again.
         copy_scripts = command.remote.CopyToRemote(
             f"{name}-copy-scripts",
             connection=connection,
             source=pulumi.FileArchive(str(REMOTE_SCRIPTS_DIR)),
             remote_path=f"{REMOTE_HOME_DIR}/scripts",
-            triggers=[args.server_id, scripts_digest],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[wait_for_boot]),
+            triggers=[args.server_id, tree_digest(REMOTE_SCRIPTS_DIR)],
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[wait_for_boot],
+                # The old scripts stop the old stack (release-volume.sh) before new ones land.
+                delete_before_replace=True,
+            ),
         )
         copy_docker = command.remote.CopyToRemote(
             f"{name}-copy-docker",
             connection=connection,
             source=pulumi.FileArchive(str(DOCKER_DIR)),
             remote_path=REMOTE_HOME_DIR,
-            triggers=[args.server_id, stack_digest],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[wait_for_boot]),
+            triggers=[args.server_id, tree_digest(DOCKER_DIR)],
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[wait_for_boot],
+                # The stack is stopped before the compose file it was started with is replaced.
+                delete_before_replace=True,
+            ),
         )
-        volume_triggers = [args.server_id, args.attachment_id, stack_digest]
+        # Whatever replaces the stack step must also replace this step, and order it after
+        # the stack step's delete: that delete unmounts the volume, and only this step
+        # mounts it again. The mount point is here so that a new one unmounts the old first.
         prepare_volume = command.remote.Command(
             f"{name}-prepare-volume",
             connection=connection,
             create=pulumi.Output.all(args.volume_id, args.volume_size_gib).apply(
                 lambda values: prepare_volume_command(values[0], args.mount_point, values[1])
             ),
-            # A grown volume (its size comes from the extended resource) re-runs the step.
-            triggers=[*volume_triggers, args.volume_size_gib],
+            triggers=[
+                args.server_id,
+                args.attachment_id,
+                copy_scripts.id,
+                copy_docker.id,
+                args.mount_point,
+                # A grown volume (its size comes from the extended resource) re-runs the step.
+                args.volume_size_gib,
+            ],
             add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=[copy_scripts],
-                # Replaced only together with the stack step below, whose delete unmounts:
-                # mount again only after that.
-                delete_before_replace=True,
-            ),
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
         self.start_stack = command.remote.Command(
             f"{name}-start-stack",
@@ -125,14 +143,19 @@ class Provisioning(pulumi.ComponentResource):
                 lambda host: start_stack_command(args.mount_point, host)
             ),
             delete=release_volume_command(args.mount_point),
-            triggers=volume_triggers,
+            triggers=[
+                args.server_id,
+                args.attachment_id,
+                copy_scripts.id,
+                copy_docker.id,
+                prepare_volume.id,
+            ],
             add_previous_output_in_env=False,
             # stdout carries the platform's credentials as JSON: keep it secret, and out
             # of the logs.
             logging=command.remote.Logging.STDERR,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[prepare_volume, copy_docker],
                 additional_secret_outputs=["stdout"],
                 # The delete stops the stack and unmounts the volume; a replacement must
                 # run it before starting again.

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.block_devices import LoopVolume, link_by_id, run
+from tests.support.paths import REMOTE_SCRIPTS
 from tests.support.volume_scripts import (
     DATA,
     DATA_FILE,
@@ -26,10 +27,14 @@ from tests.support.volume_scripts import (
 
 pytestmark = [pytest.mark.root, pytest.mark.disk]
 
+START_STACK = REMOTE_SCRIPTS / "start-stack.sh"
+STARTED_RECORD = ".chi-persist/started-stack"
+
 STANDIN_DOCKER = """\
 #!/usr/bin/env bash
-# Stand-in for docker: records every call, answers `ps` from a state file, and
-# `compose ... down` stops the pretend containers unless told they are stuck.
+# Stand-in for docker: records every call, answers `ps` from a state file;
+# `compose ... up` starts pretend containers, `compose ... down` stops them unless
+# told they are stuck, and keeps what each --file held at the time of the call.
 state={state}
 printf '%s\\n' "$(printf '%q ' "$@")" >>"$state/calls"
 case $1 in
@@ -39,6 +44,16 @@ case $1 in
         exit 0
         ;;
     compose)
+        arguments=("$@")
+        : >"$state/files-at-last-compose"
+        for ((i = 0; i < ${{#arguments[@]}}; i++)); do
+            [[ ${{arguments[i]}} == --file ]] &&
+                cat -- "${{arguments[i + 1]}}" >>"$state/files-at-last-compose"
+        done
+        if [[ " $* " == *" up "* ]]; then
+            printf '0f1e2d3c4b5a\\n' >"$state/running"
+            exit 0
+        fi
         if mountpoint -q "$MOUNT_POINT"; then echo yes; else echo no; fi >"$state/mounted-at-down"
         printf '%s\\n' "$MOUNT_POINT" >"$state/mount-point-env"
         [[ -f $state/stuck ]] || rm -f "$state/running"
@@ -141,7 +156,7 @@ def assert_data_still_there(prepared: PreparedVolume, tmp_path: Path) -> None:
 
 
 def test_running_platform_is_stopped_then_volume_unmounted(prepared, docker, tmp_path):
-    """compose down with a 120 s stop timeout, while still mounted; then unmounted, data kept."""
+    """No record of the start: down of the given file, orphans too, 120 s; then unmounted."""
     compose_file = tmp_path / "docker-compose.yaml"
     compose_file.write_text("services: {}\n")
     docker.start_platform()
@@ -156,7 +171,7 @@ def test_running_platform_is_stopped_then_volume_unmounted(prepared, docker, tmp
     assert docker.compose_calls() == [
         [
             "compose", "--project-name", "chi-persist", "--file", str(compose_file),
-            "--env-file", credentials, "down", "--timeout", "120",
+            "--env-file", credentials, "down", "--remove-orphans", "--timeout", "120",
         ]
     ]  # fmt: skip
     down = docker.compose_calls()[0]
@@ -205,8 +220,11 @@ def test_without_a_compose_file_the_project_is_stopped_by_name(
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert docker.compose_calls() == [
-        ["compose", "--project-name", "chi-persist", *file_options, "down", "--timeout", "120"]
-    ]
+        [
+            "compose", "--project-name", "chi-persist", *file_options,
+            "down", "--remove-orphans", "--timeout", "120",
+        ]
+    ]  # fmt: skip
     assert not is_mount_point(prepared.mount_point)
 
 
@@ -344,6 +362,124 @@ def test_help_describes_the_steps():
     """--help names the compose call, the stop timeout, and the exit codes."""
     result = run("bash", str(RELEASE_VOLUME), "--help", check=False)
     assert result.returncode == 0
-    expected = ["usage: release-volume.sh", "--project-name chi-persist", "down --timeout 120"]
+    expected = [
+        "usage: release-volume.sh",
+        "--project-name PROJECT",
+        "down --remove-orphans --timeout 120",
+        STARTED_RECORD,
+    ]
     for words in [*expected, "sync", "Exit codes"]:
         assert words in result.stdout
+
+
+# --- the stack is stopped with what started it -----------------------------------------------
+
+STARTED_COMPOSE = "services:\n  postgres:\n    image: postgres:17.6-bookworm\n"
+RENAMED_COMPOSE = "services:\n  database:\n    image: postgres:17.6-bookworm\n"
+
+
+def start_stack(
+    mount_point: Path, compose_file: Path, docker: Docker
+) -> subprocess.CompletedProcess[str]:
+    """Run the real start-stack.sh on the prepared volume, the stand-in docker on PATH."""
+    return run(
+        "bash", str(START_STACK), "--mount-point", str(mount_point),
+        "--host-ip", "203.0.113.10", "--compose-file", str(compose_file),
+        "--object-store-dir", str(mount_point.parent / "no-object-store"),
+        check=False, env={**os.environ, "PATH": path_with(docker)},
+    )  # fmt: skip
+
+
+def record_left_on(prepared: PreparedVolume, tmp_path: Path) -> bool:
+    """Whether the released volume still holds a record of a started stack."""
+    check = tmp_path / "check-record"
+    check.mkdir(exist_ok=True)
+    run("mount", "-o", "ro", prepared.partition, str(check))
+    try:
+        return (check / STARTED_RECORD).exists()
+    finally:
+        run("umount", str(check))
+
+
+def test_a_renamed_service_is_stopped_with_the_compose_file_that_started_it(
+    prepared, docker, tmp_path
+):
+    """docker/ replaced after the start: the stop uses the file it started with, orphans too."""
+    mp = prepared.mount_point
+    compose_file = tmp_path / "docker" / "docker-compose.yaml"
+    compose_file.parent.mkdir()
+    compose_file.write_text(STARTED_COMPOSE)
+    # start-stack.sh makes its own complete credentials.
+    (mp / ".chi-persist" / "credentials.env").unlink()
+    started = start_stack(mp, compose_file, docker)
+    assert started.returncode == 0, started.stdout + started.stderr
+    compose_file.write_text(RENAMED_COMPOSE)
+
+    result = release(
+        "--mount-point", str(mp), "--compose-file", str(compose_file), path=path_with(docker)
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = mp / STARTED_RECORD
+    assert docker.compose_calls()[-1] == [
+        "compose", "--project-name", "chi-persist", "--file", f"{record}/1-docker-compose.yaml",
+        "--env-file", f"{mp}/.chi-persist/credentials.env",
+        "down", "--remove-orphans", "--timeout", "120",
+    ]  # fmt: skip
+    assert (docker.state / "files-at-last-compose").read_text() == STARTED_COMPOSE, (
+        "the stop did not use the compose file the stack was started with"
+    )
+    assert (docker.state / "mounted-at-down").read_text() == "yes\n", "unmounted before the stop"
+    assert "with the compose file(s) it was started with" in result.stdout
+    assert not is_mount_point(mp)
+    assert not record_left_on(prepared, tmp_path), "the record outlived the release"
+    assert_data_still_there(prepared, tmp_path)
+
+
+def _no_file_list(record: Path) -> None:
+    (record / "compose-files").unlink()
+
+
+def _a_listed_file_missing(record: Path) -> None:
+    (record / "1-docker-compose.yaml").unlink()
+
+
+def _a_path_listed(record: Path) -> None:
+    (record / "compose-files").write_text("/etc/passwd\n")
+
+
+def _a_bad_project_name(record: Path) -> None:
+    (record / "project-name").write_text("Chi Persist\n")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_no_file_list, "is incomplete: not used"),
+        (_a_listed_file_missing, "which it does not hold: not used"),
+        (_a_path_listed, "which it does not hold: not used"),
+        (_a_bad_project_name, "not a compose project name: not used"),
+    ],
+    ids=["no-file-list", "listed-file-missing", "path-listed", "bad-project-name"],
+)
+def test_a_damaged_record_is_not_used_and_the_given_file_stops_the_stack(
+    prepared, docker, tmp_path, damage, message
+):
+    """A record that cannot be trusted is named and ignored: the given compose file, orphans too."""
+    mp = prepared.mount_point
+    compose_file = tmp_path / "docker-compose.yaml"
+    compose_file.write_text(STARTED_COMPOSE)
+    (mp / ".chi-persist" / "credentials.env").unlink()
+    assert start_stack(mp, compose_file, docker).returncode == 0
+    damage(mp / STARTED_RECORD)
+
+    result = release(
+        "--mount-point", str(mp), "--compose-file", str(compose_file), path=path_with(docker)
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert message in result.stdout
+    down = docker.compose_calls()[-1]
+    assert down[:5] == ["compose", "--project-name", "chi-persist", "--file", str(compose_file)]
+    assert down[-3:] == ["--remove-orphans", "--timeout", "120"]
+    assert not is_mount_point(mp)

@@ -505,3 +505,63 @@ def test_help_describes_the_options_and_exit_codes() -> None:
     assert completed.returncode == 0
     for word in ("--mount-point", "--host-ip", "--compose-file", "--print-credentials", "Exit"):
         assert word in completed.stdout
+
+
+# --- the record release-volume.sh stops the stack with ------------------------------------
+
+STARTED_RECORD = Path(".chi-persist") / "started-stack"
+
+
+def test_start_records_the_project_and_a_copy_of_each_compose_file(
+    docker: StandIns, prepared_volume: Path
+) -> None:
+    """Before compose up: the project name and the compose files, in order, copied root-only."""
+    object_store = prepared_volume.parent / "object"
+    object_store.mkdir()
+    completed = start(docker, prepared_volume, object_store=object_store)
+    assert completed.returncode == 0, completed.stderr
+    record = prepared_volume / STARTED_RECORD
+    status = record.stat()
+    assert (status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode)) == (0, 0, 0o700)
+    assert (record / "project-name").read_text() == "chi-persist\n"
+    names = (record / "compose-files").read_text().splitlines()
+    assert names == ["1-docker-compose.yaml", "2-docker-compose.object-store.yaml"]
+    for name, original in zip(names, (COMPOSE_FILE, OBJECT_STORE_OVERRIDE), strict=True):
+        assert (record / name).read_bytes() == original.read_bytes()
+        assert stat.S_IMODE((record / name).stat().st_mode) == 0o600
+    leftovers = [p.name for p in record.parent.iterdir() if p.name.startswith(".started-stack")]
+    assert leftovers == []
+
+
+def test_a_new_start_replaces_the_record(
+    docker: StandIns, prepared_volume: Path, tmp_path: Path
+) -> None:
+    """A second start with another compose file leaves only that file in the record."""
+    assert start(docker, prepared_volume).returncode == 0
+    other = tmp_path / "other" / "compose.yaml"
+    other.parent.mkdir()
+    other.write_text("services:\n  database:\n    image: postgres:17.6-bookworm\n")
+    assert start(docker, prepared_volume, compose_file=other).returncode == 0
+    record = prepared_volume / STARTED_RECORD
+    assert sorted(p.name for p in record.iterdir()) == [
+        "1-compose.yaml",
+        "compose-files",
+        "project-name",
+    ]
+    assert (record / "1-compose.yaml").read_text() == other.read_text()
+
+
+def test_a_failed_compose_up_leaves_the_record(docker: StandIns, prepared_volume: Path) -> None:
+    """compose up may have started some containers before it failed: the record stops them."""
+    (docker.state / "docker-exit-code").write_text("1")
+    assert start(docker, prepared_volume).returncode == 6
+    assert (prepared_volume / STARTED_RECORD / "1-docker-compose.yaml").exists()
+
+
+def test_a_refused_start_writes_no_record(docker: StandIns, prepared_volume: Path) -> None:
+    """A start refused before compose (a database of another version) records nothing."""
+    data = prepared_volume / "postgres_data"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("18\n")
+    assert start(docker, prepared_volume).returncode == 3
+    assert not (prepared_volume / STARTED_RECORD).exists()

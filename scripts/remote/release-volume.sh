@@ -2,6 +2,9 @@
 # release-volume.sh: make the persistent volume safe to detach: stop the platform's
 # compose project if it runs (PostgreSQL gets two minutes to shut down cleanly),
 # sync, and unmount. Safe to run when nothing runs and nothing is mounted.
+# The stop uses the compose files start-stack.sh recorded when it started the
+# stack, not whatever docker/ holds now, and removes orphans: a service renamed or
+# removed by a newer compose file is stopped too, never left running on the volume.
 # Run as root on the server; `release-volume.sh --help` explains it.
 #
 # Exit codes:
@@ -13,7 +16,9 @@
 set -Eeuo pipefail
 export LC_ALL=C
 
-readonly PROJECT=chi-persist
+readonly DEFAULT_PROJECT=chi-persist
+# Written by start-stack.sh: project-name, compose-files (one name a line), the copies.
+readonly STARTED_RECORD=.chi-persist/started-stack
 readonly STOP_TIMEOUT_SECONDS=120
 readonly USAGE="usage: release-volume.sh [--mount-point DIR] [--compose-file FILE]"
 
@@ -25,11 +30,15 @@ show_help() {
 $USAGE
 
 Makes the persistent volume safe to detach. Runs as root.
-  1. If docker is installed and containers of the compose project "$PROJECT" run:
-       docker compose --project-name $PROJECT [--file FILE --env-file DIR/.chi-persist/credentials.env] \\
-           down --timeout $STOP_TIMEOUT_SECONDS
-     (--file only when FILE exists, --env-file only when that file exists too), with
-     MOUNT_POINT=DIR in its environment; then checks that none of them still runs.
+  1. If docker is installed and containers of the compose project run:
+       docker compose --project-name PROJECT [--file F ...] [--env-file DIR/.chi-persist/credentials.env] \\
+           down --remove-orphans --timeout $STOP_TIMEOUT_SECONDS
+     with MOUNT_POINT=DIR in its environment; then checks that none of them still
+     runs, and removes the record below. PROJECT and the files F are those
+     start-stack.sh recorded in DIR/$STARTED_RECORD when it started the stack;
+     without that record, PROJECT is $DEFAULT_PROJECT and F is FILE when it exists
+     (else the project is stopped by its name alone). --env-file only with a
+     --file, and when that file exists.
   2. sync
   3. If DIR is a mount point: unmount it (never lazily), then check that no other
      mount namespace (a container started outside the project) still holds the
@@ -37,7 +46,8 @@ Makes the persistent volume safe to detach. Runs as root.
 
 Options:
   --mount-point DIR    the volume's mount point (default /mnt/block)
-  --compose-file FILE  the platform's compose file (optional)
+  --compose-file FILE  the platform's compose file, used only when start-stack.sh
+                       left no record (optional)
   --help               show this text
 
 Each step prints one line; the last line reads
@@ -113,7 +123,51 @@ validate_arguments() {
 
 # Prints the ids of the project's running containers; fails when docker does not answer.
 running_containers() {
-    docker ps --quiet --filter "label=com.docker.compose.project=$PROJECT"
+    docker ps --quiet --filter "label=com.docker.compose.project=$project"
+}
+
+project=$DEFAULT_PROJECT
+record_files=()
+
+# Takes the project name and compose files from start-stack.sh's record when it is
+# complete; otherwise says why it is not used and returns 1.
+read_started_record() {
+    local record=$mount_point/$STARTED_RECORD name line
+    local -a files=()
+    if [[ ! -e $record && ! -L $record ]]; then
+        return 1
+    fi
+    if [[ -L $record || ! -d $record || ! -f $record/project-name || ! -f $record/compose-files ]]; then
+        say "record $record is incomplete: not used"
+        return 1
+    fi
+    name=$(head -n 1 -- "$record/project-name")
+    if [[ ! $name =~ ^[a-z0-9][a-z0-9_-]*$ ]]; then
+        say "record $record names project ${name@Q}, not a compose project name: not used"
+        return 1
+    fi
+    while IFS= read -r line || [[ -n $line ]]; do
+        [[ -n $line ]] || continue
+        if [[ $line == */* || ! -f $record/$line ]]; then
+            say "record $record lists ${line@Q}, which it does not hold: not used"
+            return 1
+        fi
+        files+=("$record/$line")
+    done <"$record/compose-files"
+    if ((${#files[@]} == 0)); then
+        say "record $record lists no compose file: not used"
+        return 1
+    fi
+    project=$name
+    record_files=("${files[@]}")
+}
+
+forget_started_record() {
+    local record=$mount_point/$STARTED_RECORD
+    if [[ -d $record && ! -L $record ]]; then
+        rm -rf -- "$record"
+        say "removed the record of the started stack ($record)"
+    fi
 }
 
 platform_stopped=no
@@ -122,6 +176,10 @@ stop_platform() {
     if ! command -v docker >/dev/null; then
         say "docker is not installed: no platform to stop"
         return 0
+    fi
+    local has_record=no
+    if read_started_record; then
+        has_record=yes
     fi
     local running rc=0
     running=$(running_containers 2>&1) || rc=$?
@@ -133,28 +191,40 @@ stop_platform() {
     fi
     if [[ -z $running ]]; then
         say "platform is not running: nothing to stop"
+        forget_started_record
         return 0
     fi
 
-    local options=(--project-name "$PROJECT") credentials=$mount_point/.chi-persist/credentials.env output
-    if [[ -n $compose_file && -f $compose_file ]]; then
-        options+=(--file "$compose_file")
-        [[ -f $credentials ]] && options+=(--env-file "$credentials")
+    local credentials=$mount_point/.chi-persist/credentials.env output file
+    local -a files=() options=(--project-name "$project")
+    if [[ $has_record == yes ]]; then
+        files=("${record_files[@]}")
+        say "stopping project $project with the compose file(s) it was started with: ${files[*]}"
+    elif [[ -n $compose_file && -f $compose_file ]]; then
+        files=("$compose_file")
+        say "no record of the started stack: stopping with $compose_file"
     elif [[ -n $compose_file ]]; then
         say "compose file $compose_file does not exist: stopping the project by its name"
     fi
-    say "platform is running ($(grep -c . <<<"$running") container(s)): docker compose down --timeout $STOP_TIMEOUT_SECONDS"
+    for file in "${files[@]}"; do
+        options+=(--file "$file")
+    done
+    if ((${#files[@]} > 0)) && [[ -f $credentials ]]; then
+        options+=(--env-file "$credentials")
+    fi
+    say "platform is running ($(grep -c . <<<"$running") container(s)): docker compose down --remove-orphans --timeout $STOP_TIMEOUT_SECONDS"
     rc=0
-    output=$(MOUNT_POINT=$mount_point docker compose "${options[@]}" down --timeout "$STOP_TIMEOUT_SECONDS" 2>&1) || rc=$?
-    ((rc == 0)) || fail 1 "docker compose down failed (exit $rc: ${output//$'\n'/ }); nothing was unmounted. Stop the platform by hand (sudo docker compose --project-name $PROJECT down --timeout $STOP_TIMEOUT_SECONDS) and run again."
+    output=$(MOUNT_POINT=$mount_point docker compose "${options[@]}" down --remove-orphans --timeout "$STOP_TIMEOUT_SECONDS" 2>&1) || rc=$?
+    ((rc == 0)) || fail 1 "docker compose down failed (exit $rc: ${output//$'\n'/ }); nothing was unmounted. Stop the platform by hand (sudo docker compose --project-name $project down --remove-orphans --timeout $STOP_TIMEOUT_SECONDS) and run again."
 
     rc=0
     running=$(running_containers 2>&1) || rc=$?
     if ((rc != 0)) || [[ -n $running ]]; then
-        fail 4 "refused: containers of $PROJECT still run after docker compose down (${running//$'\n'/ }); nothing was unmounted. Stop them (sudo docker ps --filter label=com.docker.compose.project=$PROJECT) and run again."
+        fail 4 "refused: containers of $project still run after docker compose down (${running//$'\n'/ }); nothing was unmounted. Stop them (sudo docker ps --filter label=com.docker.compose.project=$project) and run again."
     fi
     platform_stopped=yes
     say "platform stopped"
+    forget_started_record
 }
 
 # PIDs (with their command names) of processes outside this mount namespace that

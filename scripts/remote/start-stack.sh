@@ -24,6 +24,11 @@
 # /dev/urandom on the first start and reused ever after. They are never written
 # to stderr.
 #
+# Just before `docker compose up` it records the project name and a copy of each
+# compose file it uses in DIR/.chi-persist/started-stack/ (root only), which
+# release-volume.sh stops the stack with: a newer docker/ copied over the old one
+# (a renamed or removed service) must not change what the stop reaches.
+#
 # Exit codes:
 #   0  the stack is up and healthy
 #   1  unexpected failure
@@ -39,6 +44,8 @@
 set -euo pipefail
 
 readonly PROJECT_NAME=chi-persist
+# Read by release-volume.sh: keep the layout (project-name, compose-files, the copies).
+readonly STARTED_RECORD=.chi-persist/started-stack
 readonly POSTGRES_MAJOR=17
 readonly WAIT_TIMEOUT_SECONDS=600
 readonly CREDENTIAL_KEYS=(POSTGRES_USER POSTGRES_PASSWORD POSTGRES_DB MINIO_ROOT_USER
@@ -144,17 +151,20 @@ check_volume() {
 }
 
 compose_files=()
+compose_paths=()
 
 check_compose_files() {
     local override
     [[ -f $compose_file ]] ||
         fail 4 "compose file $compose_file does not exist; copy docker/ from the project or pass --compose-file"
     compose_files=(--file "$compose_file")
+    compose_paths=("$compose_file")
     if [[ -d $object_store_dir ]]; then
         override="$(dirname "$compose_file")/docker-compose.object-store.yaml"
         [[ -f $override ]] ||
             fail 4 "$object_store_dir exists but the override that mounts it, $override, is missing; copy docker/ from the project"
         compose_files+=(--file "$override")
+        compose_paths+=("$override")
         say "object store $object_store_dir: mounted read-only in Jupyter at /mnt/object"
     else
         say "object store $object_store_dir: not a directory, not mounted in Jupyter"
@@ -262,9 +272,30 @@ create_data_directories() {
     create_data_directory "$mount_point/jupyter_work" 1000:100 0775
 }
 
+# Replaces the record of the started stack: the project name, and a numbered copy
+# of each compose file in the order given to compose.
+record_started_stack() {
+    local record="$mount_point/$STARTED_RECORD" temporary path name index=0
+    local -a names=()
+    temporary=$(umask 077 && mktemp -d "$mount_point/.chi-persist/.started-stack.XXXXXX")
+    for path in "${compose_paths[@]}"; do
+        index=$((index + 1))
+        name="$index-$(basename -- "$path")"
+        install -m 0600 -- "$path" "$temporary/$name"
+        names+=("$name")
+    done
+    printf '%s\n' "$PROJECT_NAME" >"$temporary/project-name"
+    printf '%s\n' "${names[@]}" >"$temporary/compose-files"
+    rm -rf -- "$record"
+    mv -T -- "$temporary" "$record"
+    sync -f -- "$record"
+    say "recorded project $PROJECT_NAME and its compose file(s) in $record, for release-volume.sh"
+}
+
 start_stack() {
     command -v docker >/dev/null ||
         fail 6 "docker is not installed; run install-docker.sh --user cc first"
+    record_started_stack
     say "starting the stack (project $PROJECT_NAME), waiting up to ${WAIT_TIMEOUT_SECONDS}s for it to be healthy"
     # Compose's own output goes to stderr: stdout is reserved for the JSON line.
     if ! MOUNT_POINT=$mount_point HOST_IP=$host_ip OBJECT_STORE_DIR=$object_store_dir \

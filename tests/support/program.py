@@ -77,11 +77,12 @@ class Registration:
     ignore_changes: list[str]
     additional_secret_outputs: list[str]
     retain_on_delete: bool
-    replace_on_changes: list[str] = field(default_factory=list)
     import_id: str = ""
     """The id of an existing resource the program asks the engine to import."""
     raw_inputs: dict[str, Any] = field(default_factory=dict, repr=False)
     """Inputs as serialised, with secret markers kept."""
+    replace_on_changes: list[str] = field(default_factory=list)
+    """Property paths whose change replaces the resource (the SDK's own and the program's)."""
 
 
 @dataclass
@@ -224,9 +225,9 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     ignore_changes=list(request.ignoreChanges),
                     additional_secret_outputs=list(request.additionalSecretOutputs),
                     retain_on_delete=request.retainOnDelete,
-                    replace_on_changes=list(request.replaceOnChanges),
                     import_id=request.importId,
                     raw_inputs=inputs,
+                    replace_on_changes=list(request.replaceOnChanges),
                 )
             )
         return response
