@@ -750,6 +750,11 @@ class QemuMachines:
             self._event(server_id, "start", "powering on")
             machine.starting.start()
 
+    def prepare_images(self) -> None:
+        """Build (or find) every guest image now, so that no server waits minutes in building."""
+        for kind in sorted(set(self.images.values())):
+            ensure_image(say=lambda text: LOG.info("%s", text), kind=kind)
+
     def failure(self, server_id: str) -> str | None:
         """Why the server is in state error, or None."""
         machine = self._machines.get(server_id)
@@ -841,10 +846,13 @@ class QemuMachines:
     def _start_guest(self, machine: _Machine, seed: dict[str, Any] | None) -> None:
         """Build what the guest needs (first boot only) and start qemu; failures go to `failure`."""
         try:
-            image, _built = ensure_image(
-                say=lambda text: self._event(machine.server_id, "image", text),
-                kind=machine.record["kind"],
-            )
+            if seed is not None:
+                image, _built = ensure_image(
+                    say=lambda text: self._event(machine.server_id, "image", text),
+                    kind=machine.record["kind"],
+                )
+            else:
+                image = self._image_booted_from(machine)
             with machine.lock:
                 if machine.cancelled:
                     return
@@ -864,7 +872,21 @@ class QemuMachines:
                 machine.failure = message
                 self._event(machine.server_id, "error", message)
 
+    @staticmethod
+    def _image_booted_from(machine: _Machine) -> GuestImage:
+        """The image of the server's first boot: its root overlay is a layer over that disk."""
+        image = GuestImage(Path(machine.record["image_dir"]), machine.record["kind"])
+        missing = [p for p in (image.disk, image.kernel, image.initrd) if not p.is_file()]
+        if missing:
+            raise MachineError(
+                f"server {machine.server_id}: the guest image it was built from is gone "
+                f"({', '.join(map(str, missing))}; a newer recipe replaced it); delete the "
+                "server and boot a new one"
+            )
+        return image
+
     def _make_disks(self, machine: _Machine, image: GuestImage, seed: dict[str, Any]) -> None:
+        machine.record["image_dir"] = str(image.directory)
         subprocess.run(
             ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image.disk), "-F", "raw",
              str(machine.overlay)],

@@ -324,15 +324,17 @@ def events() -> list[tuple[float, str, str, str]]:
 @pytest.fixture(scope="module")
 def machines(work: Path, events: list) -> Iterator[QemuMachines]:
     """The driver under test, on a state dir of its own; every guest gone at the end."""
-    started = time.monotonic()
-    needs_machines()  # the image is built once per recipe, before any boot is timed
-    image_seconds = time.monotonic() - started
+    reason = machines_skip_reason()
+    if reason:
+        pytest.skip(reason)
     driver = QemuMachines(
         work / "state",
         niceness=NICENESS,
         on_event=lambda *event: events.append((time.monotonic(), *event)),
     )
-    driver.image_seconds = image_seconds  # type: ignore[attr-defined]
+    started = time.monotonic()
+    driver.prepare_images()  # built once per recipe, before any boot is timed
+    driver.image_seconds = time.monotonic() - started  # type: ignore[attr-defined]
     yield driver
     driver.shutdown_all()
     assert qemu_processes_of(work / "state") == []
@@ -374,16 +376,19 @@ def guests(
     for guest in booted.values():
         guest.timings["boot to SSH"] = wait_for_ssh(machines, guest)
     yield booted
-    report = request.config.pluginmanager.get_plugin("terminalreporter")
-    if report is not None:
-        report.write_line("")
-        report.write_line(f"twin VM timings (TCG, {os.cpu_count()} host cores, nice {NICENESS}):")
-        report.write_line(f"  guest image ready: {machines.image_seconds:.0f}s")  # type: ignore[attr-defined]
-        for name, guest in booted.items():
-            for label, seconds in guest.timings.items():
-                report.write_line(f"  guest {name}: {label}: {seconds:.1f}s")
-            for note in guest.notes:
-                report.write_line(f"  guest {name}: {note}")
+    lines = [
+        f"twin VM timings (TCG, {os.cpu_count()} host cores, nice {NICENESS}, "
+        f"load average {os.getloadavg()[0]:.1f}):",
+        f"  guest image ready: {machines.image_seconds:.0f}s",  # type: ignore[attr-defined]
+    ]
+    for name, guest in booted.items():
+        lines += [
+            f"  guest {name}: {label}: {seconds:.1f}s" for label, seconds in guest.timings.items()
+        ]
+        lines += [f"  guest {name}: {note}" for note in guest.notes]
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print("\n" + "\n".join(lines))
 
 
 @pytest.mark.vm
@@ -415,7 +420,7 @@ def test_cloud_init_finishes_and_the_first_boot_script_found_docker(
     assert "install-docker: docker and compose already installed: skipping installation" in output
     assert "install-docker: images of /opt/chi-persist/docker/docker-compose.yaml: built" in output
     assert "docker" in run(a, "id -nG cc").split()
-    a.notes.append("systemd-analyze: " + run(a, "systemd-analyze time || true").strip())
+    a.notes.append("systemd-analyze: " + run(a, "sudo systemd-analyze time || true").strip())
     a.notes.append(
         "cloud-init stages: "
         + run(a, "sudo cloud-init analyze show 2>/dev/null | grep -E '^(Finished|Total)' || true")
