@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
-# Builds the rehearsal's guest: a minimal Debian system that boots under qemu
-# with -kernel/-initrd, answers SSH as `cc` (password-less sudo, one authorized
-# key), and carries a stand-in `docker` that records what it is asked to do.
+# Builds a guest image: a minimal Debian system that boots under qemu with
+# -kernel/-initrd and carries a stand-in `docker` that records what it is asked
+# to do. Two kinds:
+#   rehearsal  answers SSH as `cc` (password-less sudo, one authorized key baked in)
+#   cloud      has Debian's cloud-init instead, which makes `cc` (password-less
+#              sudo) and authorizes the server's key pair at first boot from
+#              Nova's config drive, then runs the server's user data, as on
+#              Chameleon's images; no user and no key is baked in
 #
 # Usage:
-#   build-image.sh --output DIR --mirror URL --packages FILE --guest-files DIR
-#                  --public-key FILE [--suite SUITE]
+#   build-image.sh --kind rehearsal|cloud --output DIR --mirror URL
+#                  --packages FILE [--apt-packages FILE] --guest-files DIR
+#                  [--public-key FILE] [--suite SUITE]
 #
+#   --kind KIND         rehearsal or cloud (see above)
 #   --output DIR        new directory to create; receives disk.img (raw ext4,
 #                       label chi-root, no partition table), vmlinuz, initrd.img
 #   --mirror URL        Debian mirror, e.g. http://deb.debian.org/debian
 #   --packages FILE     Debian packages to add to debootstrap's minbase, one a
 #                       line, '#' comments allowed
-#   --guest-files DIR   holds docker (the stand-in command) and docker.service
-#   --public-key FILE   the SSH public key authorized for cc
+#   --apt-packages FILE more packages, same format, installed afterwards with
+#                       apt-get inside the new system: debootstrap cannot
+#                       configure some (cloud-init's Python stack) in its own pass
+#   --guest-files DIR   holds docker (the stand-in command) and docker.service,
+#                       and for the cloud kind cloud.cfg (cloud-init's settings)
+#   --public-key FILE   rehearsal kind only: the SSH public key authorized for cc
 #   --suite SUITE       Debian release (default bookworm)
 #
 # Needs root (debootstrap, chroot). Nothing stays mounted whatever happens; the
@@ -33,9 +44,11 @@ readonly HOSTNAME_IN_GUEST=node-persist-rehearsal
 readonly MASKED_UNITS=(apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer
     e2scrub_reap.service fstrim.timer getty-static.service getty@tty1.service)
 
+kind=""
 output=""
 mirror=""
 packages_file=""
+apt_packages_file=""
 guest_files=""
 public_key=""
 suite=bookworm
@@ -57,12 +70,14 @@ usage() {
 parse_arguments() {
     while (($# > 0)); do
         case $1 in
-        --output | --mirror | --packages | --guest-files | --public-key | --suite)
+        --kind | --output | --mirror | --packages | --apt-packages | --guest-files | --public-key | --suite)
             (($# >= 2)) || fail 2 "$1 needs a value; see --help"
             case $1 in
+            --kind) kind=$2 ;;
             --output) output=$2 ;;
             --mirror) mirror=$2 ;;
             --packages) packages_file=$2 ;;
+            --apt-packages) apt_packages_file=$2 ;;
             --guest-files) guest_files=$2 ;;
             --public-key) public_key=$2 ;;
             --suite) suite=$2 ;;
@@ -76,13 +91,23 @@ parse_arguments() {
         *) fail 2 "unknown option '$1'; see --help" ;;
         esac
     done
+    [[ $kind == rehearsal || $kind == cloud ]] ||
+        fail 2 "--kind must be rehearsal or cloud, got '$kind'"
     [[ -n $output ]] || fail 2 "--output is required, e.g. --output /tmp/image"
     [[ ! -e $output ]] || fail 2 "--output $output already exists; pass a new directory"
     [[ -n $mirror ]] || fail 2 "--mirror is required, e.g. --mirror http://deb.debian.org/debian"
     [[ -f $packages_file ]] || fail 2 "--packages must be a file, got '$packages_file'"
+    [[ -z $apt_packages_file || -f $apt_packages_file ]] ||
+        fail 2 "--apt-packages must be a file, got '$apt_packages_file'"
     [[ -f $guest_files/docker && -f $guest_files/docker.service ]] ||
         fail 2 "--guest-files must hold docker and docker.service, got '$guest_files'"
-    [[ -f $public_key ]] || fail 2 "--public-key must be a file, got '$public_key'"
+    if [[ $kind == rehearsal ]]; then
+        [[ -f $public_key ]] || fail 2 "--public-key must be a file for the rehearsal kind, got '$public_key'"
+    else
+        [[ -z $public_key ]] || fail 2 "--public-key is for the rehearsal kind only: cloud-init authorizes the server's key pair"
+        [[ -f $guest_files/cloud.cfg ]] ||
+            fail 2 "--guest-files must hold cloud.cfg for the cloud kind, got '$guest_files'"
+    fi
     ((EUID == 0)) || fail 2 "must run as root (debootstrap and chroot need it): sudo $0 ..."
 }
 
@@ -99,11 +124,28 @@ unmount_all() {
 
 in_guest() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
 
+# The package names in a list file, joined by the separator given.
+package_list() {
+    grep -Ev '^[[:space:]]*(#|$)' "$1" | paste -sd "$2" -
+}
+
 install_system() {
     local packages
-    packages=$(grep -Ev '^[[:space:]]*(#|$)' "$packages_file" | paste -sd, -)
+    packages=$(package_list "$packages_file" ,)
     say "debootstrap $suite (minbase + $packages) from $mirror"
     debootstrap --variant=minbase --include="$packages" "$suite" "$root" "$mirror"
+}
+
+install_apt_packages() {
+    [[ -n $apt_packages_file ]] || return 0
+    local packages
+    read -r -a packages <<<"$(package_list "$apt_packages_file" ' ')"
+    say "apt-get install ${packages[*]}"
+    mount -t proc proc "$root/proc"
+    in_guest apt-get update -qq
+    in_guest DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${packages[@]}"
+    umount "$root/proc"
 }
 
 configure_system() {
@@ -137,6 +179,13 @@ create_user() {
     install -d -m 0700 "$root/home/cc/.ssh"
     install -m 0600 "$public_key" "$root/home/cc/.ssh/authorized_keys"
     in_guest chown -R cc:cc /home/cc/.ssh
+}
+
+configure_cloud_init() {
+    say "cloud-init: settings from cloud.cfg (config drive, default user cc)"
+    install -m 0644 "$guest_files/cloud.cfg" "$root/etc/cloud/cloud.cfg.d/90-chi-persist.cfg"
+    # A fresh image has never booted: no instance data, so the first boot is a first boot.
+    rm -rf "$root/var/lib/cloud"
 }
 
 install_docker_standin() {
@@ -180,8 +229,13 @@ main() {
     root="$output/root"
     trap unmount_all EXIT
     install_system
+    install_apt_packages
     configure_system
-    create_user
+    if [[ $kind == rehearsal ]]; then
+        create_user
+    else
+        configure_cloud_init
+    fi
     install_docker_standin
     build_initramfs
     shrink_system

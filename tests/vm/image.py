@@ -1,13 +1,16 @@
-"""The rehearsal's guest image, built once per recipe and cached outside the repository.
+"""The guest images, built once per recipe and cached outside the repository.
 
-The recipe is build-image.sh with the files under guest/; the image lives in
-`$CHI_PERSIST_CACHE/vm/<recipe digest>/` and is rebuilt only when the recipe
-changes. A build happens in a temporary directory renamed into place when it
-succeeds, under a lock, so a failed or concurrent build never leaves a half
-image that looks cached.
+Two kinds come from one recipe: the rehearsal's (cc and its test key baked in)
+and the cloud kind the stand-in KVM@TACC boots (cloud-init makes cc from Nova's
+config drive, as on Chameleon's images). The recipe is build-image.sh with the
+files under guest/; an image lives in `$CHI_PERSIST_CACHE/vm/<recipe digest>/`,
+the digest covering the kind, and is rebuilt only when the recipe changes. A
+build happens in a temporary directory renamed into place when it succeeds,
+under a lock, so a failed or concurrent build never leaves a half image that
+looks cached.
 
-Run `python -m tests.vm.image` (as root) to build or find the image and print
-its directory.
+Run `python -m tests.vm.image [rehearsal|cloud]` (as root) to build or find an
+image and print its directory.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ RECIPE_DIR = Path(__file__).resolve().parent
 BUILD_SCRIPT = RECIPE_DIR / "build-image.sh"
 GUEST_FILES = RECIPE_DIR / "guest"
 PACKAGES_FILE = GUEST_FILES / "packages.txt"
+CLOUD_PACKAGES_NAME = "cloud-packages.txt"
+REHEARSAL = "rehearsal"
+CLOUD = "cloud"
+KINDS = (REHEARSAL, CLOUD)
 SUITE = "bookworm"
 ROOT_LABEL = "chi-root"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
@@ -42,9 +49,13 @@ STALE_AFTER_SECONDS = 14 * 24 * 3600
 
 @dataclass(frozen=True)
 class GuestImage:
-    """A built image: a raw ext4 root disk, the kernel and initramfs to boot it, the SSH key."""
+    """A built image: a raw ext4 root disk, the kernel and initramfs to boot it, the SSH key.
+
+    Only the rehearsal kind has an SSH key; the cloud kind authorizes a server's key pair.
+    """
 
     directory: Path
+    kind: str = REHEARSAL
 
     @property
     def disk(self) -> Path:
@@ -81,15 +92,21 @@ def recipe_files() -> list[Path]:
     return [BUILD_SCRIPT, *sorted(path for path in GUEST_FILES.rglob("*") if path.is_file())]
 
 
-def recipe_digest() -> str:
-    """A short sha256 over the recipe's file names and contents and the Debian release."""
-    digest = hashlib.sha256(f"suite={SUITE}\0".encode())
+def recipe_digest(kind: str = REHEARSAL) -> str:
+    """A short sha256 over the recipe's file names and contents, the Debian release and the kind."""
+    _check_kind(kind)
+    digest = hashlib.sha256(f"suite={SUITE}\0kind={kind}\0".encode())
     for path in recipe_files():
         content = path.read_bytes()
         name = path.relative_to(RECIPE_DIR).as_posix()
         digest.update(f"{name}\0{len(content)}\0".encode())
         digest.update(content)
     return digest.hexdigest()[:16]
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"image kind {kind!r} is not one of {', '.join(KINDS)}")
 
 
 def debian_mirror(apt_dir: Path = APT_SOURCES, suite: str = SUITE) -> str:
@@ -163,10 +180,12 @@ def _build_lock(directory: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_image(say: Callable[[str], None] = print) -> tuple[GuestImage, bool]:
-    """The cached image for the current recipe, built first if needed; True when it was built."""
+def ensure_image(
+    say: Callable[[str], None] = print, kind: str = REHEARSAL
+) -> tuple[GuestImage, bool]:
+    """The cached image of a kind for the current recipe, built first if needed; True when built."""
     root = cache_dir()
-    image = GuestImage(root / recipe_digest())
+    image = GuestImage(root / recipe_digest(kind), kind)
     marker = image.directory / COMPLETE_MARKER
     if marker.is_file():
         marker.touch()
@@ -202,29 +221,35 @@ def _build(image: GuestImage, say: Callable[[str], None]) -> None:
     staging.mkdir(parents=True)
     log = staging / "build.log"
     mirror = debian_mirror()
-    say(f"building the guest image in {image.directory} from {mirror} (a few minutes, once)")
+    say(
+        f"building the {image.kind} guest image in {image.directory} from {mirror} "
+        "(a few minutes, once)"
+    )
     started = time.monotonic()
     try:
+        command = [
+            "bash", str(BUILD_SCRIPT),
+            "--output", str(output),
+            "--kind", image.kind,
+            "--mirror", mirror,
+            "--packages", str(PACKAGES_FILE),
+            "--guest-files", str(GUEST_FILES),
+            "--suite", SUITE,
+        ]  # fmt: skip
         key = staging / "id_ed25519"
-        _run_logged(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "chi-persist-rehearsal",
-             "-f", str(key)],
-            log, "image build: SSH key",
-        )  # fmt: skip
-        _run_logged(
-            [
-                "bash", str(BUILD_SCRIPT),
-                "--output", str(output),
-                "--mirror", mirror,
-                "--packages", str(PACKAGES_FILE),
-                "--guest-files", str(GUEST_FILES),
-                "--public-key", f"{key}.pub",
-                "--suite", SUITE,
-            ],
-            log, "image build",
-        )  # fmt: skip
-        shutil.move(key, output / "id_ed25519")
-        shutil.move(f"{key}.pub", output / "id_ed25519.pub")
+        if image.kind == REHEARSAL:
+            _run_logged(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "chi-persist-rehearsal",
+                 "-f", str(key)],
+                log, "image build: SSH key",
+            )  # fmt: skip
+            command += ["--public-key", f"{key}.pub"]
+        else:
+            command += ["--apt-packages", str(GUEST_FILES / CLOUD_PACKAGES_NAME)]
+        _run_logged(command, log, "image build")
+        if image.kind == REHEARSAL:
+            shutil.move(key, output / "id_ed25519")
+            shutil.move(f"{key}.pub", output / "id_ed25519.pub")
         shutil.copy(log, output / "build.log")
         (output / COMPLETE_MARKER).write_text(f"built in {time.monotonic() - started:.0f}s\n")
         output.rename(image.directory)
@@ -261,9 +286,14 @@ def _remove_staging(staging: Path) -> None:
     subprocess.run(["rm", "-rf", "--one-file-system", str(staging)], check=False)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    kind = arguments[0] if arguments else REHEARSAL
+    if len(arguments) > 1 or kind not in KINDS:
+        print(f"usage: python -m tests.vm.image [{'|'.join(KINDS)}]", file=sys.stderr)
+        return 2
     try:
-        image, built = ensure_image()
+        image, built = ensure_image(kind=kind)
     except RehearsalError as error:
         print(error, file=sys.stderr)
         return 1

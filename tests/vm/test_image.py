@@ -75,18 +75,34 @@ def copy_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return recipe
 
 
+@pytest.mark.parametrize("kind", image_module.KINDS)
 @pytest.mark.parametrize(
-    "changed_file", ["build-image.sh", "guest/packages.txt", "guest/docker", "guest/docker.service"]
+    "changed_file",
+    [
+        "build-image.sh",
+        "guest/packages.txt",
+        "guest/docker",
+        "guest/docker.service",
+        "guest/cloud-packages.txt",
+        "guest/cloud.cfg",
+    ],
 )
 def test_changing_the_recipe_means_a_new_image(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changed_file: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changed_file: str, kind: str
 ) -> None:
     """Every recipe file is in the cache key, so a change is never served a stale image."""
     recipe = copy_recipe(tmp_path, monkeypatch)
-    before = image_module.recipe_digest()
+    before = image_module.recipe_digest(kind)
     with open(recipe / changed_file, "a") as handle:
         handle.write("\n# changed\n")
-    assert image_module.recipe_digest() != before
+    assert image_module.recipe_digest(kind) != before
+
+
+def test_each_kind_is_an_image_of_its_own() -> None:
+    """The rehearsal's image (a baked key) and the cloud image (cloud-init) never share a cache."""
+    assert image_module.recipe_digest("rehearsal") != image_module.recipe_digest("cloud")
+    with pytest.raises(ValueError, match="'desktop' is not one of rehearsal, cloud"):
+        image_module.recipe_digest("desktop")
 
 
 def test_failed_build_leaves_nothing_that_looks_cached(
