@@ -25,6 +25,7 @@ CLI's output. The steps share state, so a failed step makes the later ones fail 
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -127,16 +128,28 @@ def _first(calls: list[tuple[str, str]], method: str, path_pattern: str) -> int:
 
 
 def _filesystem_state(disk: Path) -> str:
-    """`Filesystem state` of the ext4 partition on a volume's disk file, read only."""
+    """`Filesystem state` of the ext4 filesystem on a volume's disk file, read only.
+
+    The filesystem is on the only partition of a GPT table (or on the whole disk);
+    the partition is opened at its offset, so no partition device nodes are needed.
+    """
+    table = subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True)
+    offset: list[str] = []
+    if table.returncode == 0:
+        partitions = json.loads(table.stdout)["partitiontable"]["partitions"]
+        assert len(partitions) == 1, partitions
+        sector = json.loads(table.stdout)["partitiontable"].get("sectorsize", 512)
+        offset = [
+            "--offset", str(partitions[0]["start"] * sector),
+            "--sizelimit", str(partitions[0]["size"] * sector),
+        ]  # fmt: skip
     loop = subprocess.run(
-        ["losetup", "--read-only", "--find", "--show", "--partscan", str(disk)],
+        ["losetup", "--read-only", "--find", "--show", *offset, str(disk)],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     try:
-        subprocess.run(["udevadm", "settle"], check=False)
-        device = f"{loop}p1" if Path(f"{loop}p1").exists() else loop
         header = subprocess.run(
-            ["dumpe2fs", "-h", device], capture_output=True, text=True, check=True
+            ["dumpe2fs", "-h", loop], capture_output=True, text=True, check=True
         ).stdout
     finally:
         subprocess.run(["losetup", "-d", loop], check=False)
