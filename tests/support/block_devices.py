@@ -96,10 +96,19 @@ class LoopVolumes:
         image = self.directory / f"{name or f'volume-{len(self.volumes)}'}.img"
         with open(image, "wb") as handle:
             handle.truncate(size_mib * MIB)
+        return self.attach(image)
+
+    def attach(self, image: Path) -> LoopVolume:
+        """An existing image (a virtual machine's disk) as a loop device, detached at the end."""
         device = run("losetup", "--find", "--show", "--partscan", str(image)).stdout.strip()
         volume = LoopVolume(image=image, device=device)
         self.volumes.append(volume)
         return volume
+
+    def release(self, volume: LoopVolume) -> None:
+        """Unmount and detach one volume now; its image stays."""
+        detach(volume)
+        self.volumes.remove(volume)
 
     def close(self) -> None:
         for volume in reversed(self.volumes):

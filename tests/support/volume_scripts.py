@@ -398,7 +398,6 @@ class DeviceSnapshot:
 # --- a volume that grew ----------------------------------------------------------
 
 GIB = 1024 * MIB
-CAP_SYS_RESOURCE = 24
 
 
 def grow(volume: LoopVolume, by_mib: int) -> None:
@@ -432,13 +431,6 @@ def gpt_last_usable_lba(device: str) -> int:
     """The last usable sector the primary GPT header records (sfdisk's last-lba)."""
     dump = run("sfdisk", "--dump", device).stdout
     return int(next(line for line in dump.splitlines() if line.startswith("last-lba:")).split()[1])
-
-
-def can_resize_mounted_ext4() -> bool:
-    """Online ext4 resize is an ioctl the kernel allows only with CAP_SYS_RESOURCE."""
-    with open("/proc/self/status") as status:
-        effective = next(line for line in status if line.startswith("CapEff:")).split()[1]
-    return bool(int(effective, 16) >> CAP_SYS_RESOURCE & 1)
 
 
 @dataclass

@@ -3,6 +3,8 @@
 A `VirtualMachine` is one qemu process booting the cached guest image through a
 throw-away qcow2 overlay, with the volume (and any other disk) attached as
 virtio-blk devices carrying a serial, and SSH forwarded to a loopback port.
+Its QMP control socket (a Unix socket in a private directory) lets a test grow
+an attached disk while the guest runs, as Cinder's online extend does.
 It is a context manager: whatever happens, no qemu process outlives it.
 Commands run the way pulumi-command runs them: one non-interactive SSH session
 per command, as `cc`, stdin closed, the command string handed to the login shell.
@@ -19,16 +21,19 @@ import ctypes
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import tarfile
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from tests.vm.failures import RehearsalError
 from tests.vm.image import GuestImage
@@ -46,6 +51,8 @@ KVM_PROBE_SECONDS = 60
 POWER_OFF_BOUND_SECONDS = 120
 COMMAND_BOUND_SECONDS = 600
 SSH_POLL_SECONDS = 2
+# qemu answers its control socket at once; the bound covers a machine under load.
+QMP_BOUND_SECONDS = 30
 # Serial console lines that mean the guest will never answer SSH.
 FATAL_CONSOLE_TEXT = (
     "You are in emergency mode",
@@ -148,6 +155,15 @@ class VirtualMachine:
         self.qemu_log = log_dir / f"{slug}-qemu.log"
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        # A private directory for the QMP socket: short (a Unix socket path has at most
+        # 107 bytes) and closed to other users.
+        self.control_dir: Path | None = None
+
+    @property
+    def qmp_socket(self) -> Path:
+        if self.control_dir is None:
+            raise RehearsalError(f"{self.name}: monitor", "qemu has not been started")
+        return self.control_dir / "qmp.sock"
 
     def __enter__(self) -> VirtualMachine:
         self.start()
@@ -163,6 +179,7 @@ class VirtualMachine:
             QEMU, "-accel", self.accelerator, "-cpu", cpu,
             "-m", str(MEMORY_MIB), "-smp", str(CPUS),
             "-display", "none", "-monitor", "none", "-no-reboot",
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
             "-serial", f"file:{self.serial_log}",
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
             "-append", self.kernel_command_line,
@@ -183,6 +200,8 @@ class VirtualMachine:
         if self.running:
             raise RehearsalError(f"{self.name}: boot", "qemu is already running for this server")
         self.port = free_loopback_port()
+        self._remove_control_dir()
+        self.control_dir = Path(tempfile.mkdtemp(prefix="chi-persist-qmp-"))
         self.serial_log.write_bytes(b"")
         with open(self.qemu_log, "wb") as log:
             self.process = subprocess.Popen(
@@ -209,6 +228,70 @@ class VirtualMachine:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=15)
+        self._remove_control_dir()
+
+    def _remove_control_dir(self) -> None:
+        if self.control_dir is not None:
+            shutil.rmtree(self.control_dir, ignore_errors=True)
+
+    def qmp(self, command: str, arguments: Mapping[str, Any] | None, phase: str) -> Any:
+        """One command on qemu's control socket (QMP); what qemu returns, or a RehearsalError."""
+        request: dict[str, Any] = {"execute": command}
+        if arguments is not None:
+            request["arguments"] = dict(arguments)
+        try:
+            with self._qmp_connection(phase) as control, control.makefile("rb") as replies:
+                greeting = _qmp_reply(replies)
+                if "QMP" not in greeting:
+                    raise RehearsalError(phase, f"qemu's control socket did not greet: {greeting}")
+                for message in ({"execute": "qmp_capabilities"}, request):
+                    control.sendall(json.dumps(message).encode() + b"\n")
+                    reply = _qmp_reply(replies)
+                    if "error" in reply:
+                        error = reply["error"]
+                        raise RehearsalError(
+                            phase,
+                            f"qemu refused {message['execute']} "
+                            f"{json.dumps(message.get('arguments', {}))}: "
+                            f"{error.get('class')}: {error.get('desc')}",
+                            logs=self.logs(),
+                        )
+                return reply.get("return")
+        except OSError as error:
+            raise RehearsalError(
+                phase, f"qemu's control socket {self.qmp_socket}: {error}", logs=self.logs()
+            ) from None
+
+    def _qmp_connection(self, phase: str) -> socket.socket:
+        """A connection to the control socket, which qemu opens a moment after it starts."""
+        deadline = time.monotonic() + QMP_BOUND_SECONDS
+        while True:
+            control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            control.settimeout(QMP_BOUND_SECONDS)
+            try:
+                control.connect(str(self.qmp_socket))
+            except (FileNotFoundError, ConnectionRefusedError):
+                control.close()
+                if not self.running or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+            else:
+                return control
+
+    def resize_disk(self, disk: Disk, size_bytes: int, phase: str) -> None:
+        """Grow an attached disk while the guest runs (QMP block_resize), as an online extend does.
+
+        qemu grows the raw file and tells the guest's virtio-blk driver the new capacity.
+        """
+        if disk not in self.disks:
+            raise RehearsalError(phase, f"{disk.path} is not attached to {self.name}")
+        device = f"disk{self.disks.index(disk)}"
+        self.qmp("block_resize", {"device": device, "size": size_bytes}, phase)
+        grown = os.path.getsize(disk.path)
+        if grown != size_bytes:
+            raise RehearsalError(
+                phase, f"block_resize left {disk.path} at {grown} bytes, not {size_bytes}"
+            )
 
     def logs(self) -> dict[str, str]:
         """The qemu and serial console logs, for failure messages."""
@@ -360,6 +443,17 @@ class CommandResult:
     @property
     def output(self) -> str:
         return "\n".join(part for part in (self.stdout.rstrip(), self.stderr.rstrip()) if part)
+
+
+def _qmp_reply(replies: Any) -> dict[str, Any]:
+    """The next message on a QMP stream that is not an asynchronous event."""
+    while True:
+        line = replies.readline()
+        if not line:
+            raise OSError("qemu closed its control socket")
+        message = json.loads(line)
+        if "event" not in message:
+            return message
 
 
 def _text(data: bytes | str | None) -> str:

@@ -63,3 +63,18 @@ def test_guest_without_its_root_disk_fails_fast_with_its_console(
     assert "no-such-disk" in message, message
     assert elapsed < 120, f"took {elapsed:.0f}s: the console's verdict was not noticed"
     assert qemu_is_gone(vm)
+
+
+def test_monitor_command_qemu_refuses_fails_naming_the_phase_and_qemus_reason(
+    tmp_path: Path, guest_image: GuestImage
+) -> None:
+    """A refused QMP command (a disk qemu does not have) fails with qemu's reason; qemu stops."""
+    overlay = make_overlay(guest_image, tmp_path / "root.qcow2")
+    with pytest.raises(RehearsalError) as raised:  # noqa: SIM117 (the VM must stop inside)
+        with VirtualMachine("monitor", guest_image, overlay, [], tmp_path, "tcg") as vm:
+            vm.qmp("block_resize", {"device": "no-such-disk", "size": 2**30}, "monitor: resize")
+    message = str(raised.value)
+    assert raised.value.phase == "monitor: resize"
+    assert "qemu refused block_resize" in message and "no-such-disk" in message, message
+    assert qemu_is_gone(vm)
+    assert vm.control_dir is not None and not vm.control_dir.exists()
