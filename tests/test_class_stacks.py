@@ -219,24 +219,22 @@ def test_equal_value_in_another_spelling_is_left_as_written(configured, tmp_path
 
 
 @needs_cli
-def test_a_roster_then_new_stack_gives_each_student_a_configured_stack(machine):
-    """The files of a roster, in the project, become the students' stacks: new-stack makes
-    each with the real CLI, which adds its salt and reads every roster value back."""
+def test_a_roster_then_new_stack_gives_the_student_a_configured_stack(machine):
+    """A roster's file, in the project, becomes the student's stack: new-stack makes it with
+    the real CLI, which adds its salt to the file and reads every roster value back."""
     roster = write_roster(machine, ROSTER)
     assert class_stacks(machine, str(roster)).returncode == 0
     key = machine.home / ".ssh" / "id_rsa_chameleon"
     key.write_text(stand_in_private_key())
-    for netid in ("ab1234", "cd5678"):
-        made = machine.script("new-stack", netid, "--key-pair", f"{netid}-key", cwd=machine.workdir)
-        assert made.returncode == 0, made.stderr
-    assert machine.stack_names() == ["ab1234", "cd5678"]
+    made = machine.script("new-stack", "cd5678", "--key-pair", "cd5678-key", cwd=machine.workdir)
+    assert made.returncode == 0, made.stderr
+    assert machine.stack_names() == ["cd5678"]
     assert machine.stack_file("cd5678")["encryptionsalt"].startswith("v1:")
     config = machine.config("cd5678")
     assert config["chi-persist:reservation"] == "3f1c5b9e-0d3a-4c1e-9b7a-2f6d8e4a1c00"
     assert config["chi-persist:allowedCidrs"] == ["198.51.100.0/24", "192.0.2.7/32"]
     assert config["chi-persist:volumeSize"] == "4"
     assert config["chi-persist:flavor"] == "m1.large"  # Pulumi.yaml's default
-    assert machine.config("ab1234")["chi-persist:allowedCidrs"] == ["203.0.113.0/24"]
 
 
 def test_dry_run_prints_the_files_and_writes_nothing(machine, output_dir):

@@ -235,11 +235,18 @@ class StudentMachine:
         import`. Its secrets are plaintext, as `pulumi stack export --show-secrets` prints
         them; the stack's own secrets provider is put in, so the CLI encrypts them with this
         machine's passphrase (tests/support/pulumi_state.py)."""
-        if stack not in self.stack_names():
-            self.pulumi("stack", "init", stack, "--non-interactive", check=True)
-        provider = self.stack_export(stack)["deployment"].get("secrets_providers")
+        created = self.pulumi("stack", "init", stack, "--non-interactive")
+        if created.returncode != 0 and "already exists" not in created.stderr:
+            raise AssertionError(f"pulumi stack init {stack} failed: {created.stderr}")
+        # The passphrase provider's state is the salt the CLI keeps in the stack file
+        # (pkg/secrets/passphrase/manager.go, localSecretsManagerState).
+        salt = (self.stack_file(stack) or {}).get("encryptionsalt")
+        assert salt, f"Pulumi.{stack}.yaml has no encryptionsalt"
         document = copy.deepcopy(dict(deployment))
-        document["deployment"]["secrets_providers"] = provider
+        document["deployment"]["secrets_providers"] = {
+            "type": "passphrase",
+            "state": {"salt": salt},
+        }
         path = self.root / f"import-{stack}.json"
         path.write_text(json.dumps(document))
         try:
