@@ -271,6 +271,9 @@ def test_stack_outputs_give_urls_and_credentials(pulumi: StudentMachine):
             "cwd": str(pulumi.project),
         }
     ]
+    # The stack holds them as the program's secrets: hidden unless asked for.
+    hidden = pulumi.outputs("ab1234")
+    assert hidden["platform_credentials"] == hidden["jupyter_url"] == "[secret]"
 
 
 @needs_cli

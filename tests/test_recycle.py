@@ -11,6 +11,7 @@ stand-ins as well, and say so where they are used.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 import subprocess
@@ -187,6 +188,18 @@ def test_the_fixture_state_is_shaped_like_the_programs():
         if resource["custom"] and not resource["type"].startswith("pulumi:providers:")
     }
     assert in_state == registered
+
+
+@needs_cli
+def test_the_imported_state_holds_the_secrets_encrypted(deployed_state):
+    """The real CLI encrypted the fixture's plaintext secrets with the stack's passphrase: the
+    state recycle reads is shaped as a deployed stack's, with no secret in the clear."""
+    text = json.dumps(deployed_state)
+    assert deployed_state["deployment"]["secrets_providers"]["type"] == "passphrase"
+    assert '"plaintext"' not in text
+    assert text.count('"ciphertext"') >= 10
+    assert "made up for the tests: not a key" not in text
+    assert "fixture-minio-password" not in text
 
 
 @needs_cli
