@@ -1,9 +1,10 @@
 """scripts/check-platform: where it finds the platform, how it reports, what it refuses.
 
-The Pulumi CLI is a stand-in executable on PATH that answers
-`pulumi stack output --json --show-secrets` from a fixture and records its
-arguments; MinIO is moto's S3 server; Jupyter is a loopback server that checks
-the token. MLflow itself is exercised in tests/datapath/.
+Stacks are read with the real Pulumi CLI: each stack's outputs, shaped like the
+program's (its credentials and Jupyter URL secret), are brought in with `pulumi
+stack import` on a student machine (tests/engine/workspace.py), whose calls are
+recorded. MinIO is moto's S3 server; Jupyter is a loopback server that checks the
+token. MLflow itself is exercised in tests/datapath/.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ import pytest
 import requests
 from moto.server import ThreadedMotoServer
 
+from tests.engine.workspace import CLEARED_PREFIXES, StudentMachine, toolchain_skip_reason
 from tests.support.datapath import free_port, jupyter_stand_in, s3_server
-from tests.support.paths import REPO_ROOT
-from tests.support.pulumi_outputs import StackOutputPulumi
-from tests.support.stand_in_pulumi import import_tool
+from tests.support.pulumi_state import outputs_deployment
+from tests.support.tools import SCRIPTS_DIR, import_tool
 
 check_platform = import_tool("check_platform")
+command_line = import_tool("command_line")
 
-CHECK_PLATFORM = REPO_ROOT / "scripts" / "check-platform"
+CHECK_PLATFORM = SCRIPTS_DIR / "check-platform"
 MINIO_USER = "uminiotestuser"
 MINIO_PASSWORD = "MinioTestPassword0123456789"  # noqa: S105 (made up for the test)
 JUPYTER_TOKEN = "JupyterTestToken0123456789abcdef"  # noqa: S105
@@ -64,12 +66,49 @@ def stack_outputs(host: str = "129.114.25.10", **overrides) -> dict:
     return outputs
 
 
+# The program's secret outputs.
+SECRET_OUTPUTS = ("jupyter_url", "platform_credentials")
+# Stacks of the shared machine, by name: their outputs (None: made, never deployed).
+STACKS = {
+    "ab1234": stack_outputs(),
+    "cd5678": stack_outputs(host="129.114.25.77"),
+    "ef9012": None,
+    "gh3456": stack_outputs(platform_credentials={"postgres_user": "u"}),
+    "ij7890": stack_outputs(mlflow_url="129.114.25.10:8000"),
+}
+needs_cli = pytest.mark.skipif(
+    toolchain_skip_reason() is not None, reason=str(toolchain_skip_reason())
+)
+
+
+@pytest.fixture(scope="session")
+def stacks(tmp_path_factory: pytest.TempPathFactory) -> StudentMachine:
+    """A machine holding the STACKS, made by the real CLI, none of them selected."""
+    machine = StudentMachine.create(tmp_path_factory.mktemp("check-platform-stacks"))
+    for name, outputs in STACKS.items():
+        if outputs is None:
+            machine.pulumi("stack", "init", name, "--non-interactive", check=True)
+        else:
+            machine.import_state(name, outputs_deployment(name, outputs, SECRET_OUTPUTS))
+    machine.pulumi("stack", "unselect", "--non-interactive", check=True)
+    return machine
+
+
 @pytest.fixture
-def pulumi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StackOutputPulumi:
-    """The stand-in Pulumi CLI, first on PATH."""
-    stand_in = StackOutputPulumi(tmp_path)
-    monkeypatch.setenv("PATH", f"{stand_in.bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return stand_in
+def pulumi(
+    stacks: StudentMachine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> StudentMachine:
+    """A copy of the machine with the stacks; check-platform, run in this process, calls the
+    real CLI there (with its environment, in its project), and the calls are recorded."""
+    machine = stacks.clone(tmp_path)
+    machine.record_pulumi_calls()
+    for key in list(os.environ):
+        if key.startswith(CLEARED_PREFIXES):
+            monkeypatch.delenv(key)
+    for key, value in machine.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(command_line, "PROJECT_DIR", machine.project)
+    return machine
 
 
 def run_main(*arguments: str, environ: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -211,9 +250,10 @@ def test_help_documents_sources_markers_and_exit_status():
 # --- reading the stack --------------------------------------------------------
 
 
-def test_stack_outputs_give_urls_and_credentials(pulumi: StackOutputPulumi):
-    """--stack reads `pulumi stack output --json --show-secrets --stack NETID` in the project."""
-    pulumi.set(stacks={"ab1234": stack_outputs()})
+@needs_cli
+def test_stack_outputs_give_urls_and_credentials(pulumi: StudentMachine):
+    """--stack reads `pulumi stack output --json --show-secrets --stack NETID`: the real CLI
+    decrypts the credentials and the Jupyter URL, and gives the token with it."""
     platform = resolve("--stack", "ab1234")
     assert (platform.mlflow_url, platform.minio_url, platform.jupyter_url) == (
         "http://129.114.25.10:8000",
@@ -225,32 +265,66 @@ def test_stack_outputs_give_urls_and_credentials(pulumi: StackOutputPulumi):
         MINIO_PASSWORD,
         JUPYTER_TOKEN,
     )
-    assert pulumi.calls() == [
+    assert pulumi.records() == [
         {
             "argv": ["stack", "output", "--json", "--show-secrets", "--stack", "ab1234"],
-            "cwd": str(REPO_ROOT),
+            "cwd": str(pulumi.project),
         }
     ]
+    # The stack holds them as the program's secrets: hidden unless asked for.
+    hidden = pulumi.outputs("ab1234")
+    assert hidden["platform_credentials"] == hidden["jupyter_url"] == "[secret]"
 
 
-def test_selected_stack_is_read_when_no_source_is_given(pulumi: StackOutputPulumi):
-    """Without --stack or --url-base, the selected stack's outputs are used."""
-    pulumi.set(stacks={"cd5678": stack_outputs(host="129.114.25.77")}, selected="cd5678")
+@needs_cli
+def test_selected_stack_is_read_when_no_source_is_given(pulumi: StudentMachine):
+    """Without --stack or --url-base, the stack `pulumi stack select` chose is used."""
+    pulumi.pulumi("stack", "select", "cd5678", "--non-interactive", check=True)
     platform = resolve()
     assert platform.mlflow_url == "http://129.114.25.77:8000"
-    assert pulumi.calls()[0]["argv"] == ["stack", "output", "--json", "--show-secrets"]
+    assert pulumi.calls() == [["stack", "output", "--json", "--show-secrets"]]
 
 
-def test_service_url_flags_override_the_stack(pulumi: StackOutputPulumi):
+@needs_cli
+def test_service_url_flags_override_the_stack(pulumi: StudentMachine):
     """--mlflow-url (an SSH tunnel, say) replaces one URL; the rest and the credentials stay."""
-    pulumi.set(stacks={"ab1234": stack_outputs()})
     platform = resolve("--stack", "ab1234", "--mlflow-url", "http://localhost:18000/")
     assert platform.mlflow_url == "http://localhost:18000"
     assert platform.minio_url == "http://129.114.25.10:9000"
     assert platform.minio_password == MINIO_PASSWORD
 
 
-def test_url_base_uses_conventional_ports_and_environment_credentials(pulumi: StackOutputPulumi):
+@needs_cli
+def test_the_student_command_reads_its_own_projects_stack(stacks, tmp_path):
+    """scripts/check-platform --stack, run from outside the project, finds the stack through
+    the project it belongs to and checks the URLs the stack gives (nothing answers there)."""
+    machine = stacks.clone(tmp_path)
+    machine.record_pulumi_calls()
+    ports = {service: free_port() for service in ("mlflow", "minio", "jupyter")}
+    outputs = stack_outputs(
+        host="127.0.0.1",
+        mlflow_url=f"http://127.0.0.1:{ports['mlflow']}",
+        minio_api_url=f"http://127.0.0.1:{ports['minio']}",
+        jupyter_url=f"http://127.0.0.1:{ports['jupyter']}/lab?token={JUPYTER_TOKEN}",
+    )
+    machine.import_state("ab1234", outputs_deployment("ab1234", outputs, SECRET_OUTPUTS))
+
+    result = machine.script("check-platform", "--stack", "ab1234", cwd=machine.workdir)
+
+    assert result.returncode == check_platform.EXIT_CHECK_FAILED, result.stderr
+    assert rows(result.stdout)["MLflow answers"] == (
+        f"✗ no answer from http://127.0.0.1:{ports['mlflow']}: connection refused"
+    )
+    assert rows(result.stdout)["Jupyter answers with its token"] == (
+        f"✗ no answer from http://127.0.0.1:{ports['jupyter']}: connection refused"
+    )
+    assert {record["cwd"] for record in machine.records()} == {str(machine.project)}
+    for secret in (MINIO_PASSWORD, JUPYTER_TOKEN):
+        assert secret not in result.stdout + result.stderr
+
+
+@needs_cli
+def test_url_base_uses_conventional_ports_and_environment_credentials(pulumi: StudentMachine):
     """--url-base: MLflow :8000, MinIO :9000, Jupyter :8888; credentials from the environment."""
     platform = resolve("--url-base", "http://129.114.25.10/", environ=CREDENTIAL_ENVIRONMENT)
     assert (platform.mlflow_url, platform.minio_url, platform.jupyter_url) == (
@@ -262,7 +336,7 @@ def test_url_base_uses_conventional_ports_and_environment_credentials(pulumi: St
     assert pulumi.calls() == []
 
 
-def test_jupyter_token_can_come_with_its_url(pulumi: StackOutputPulumi):
+def test_jupyter_token_can_come_with_its_url():
     """The URL Jupyter prints (…/lab?token=…) is accepted; the token is not kept in the URL."""
     environ = {
         key: value for key, value in CREDENTIAL_ENVIRONMENT.items() if key != "JUPYTER_TOKEN"
@@ -279,46 +353,34 @@ def test_jupyter_token_can_come_with_its_url(pulumi: StackOutputPulumi):
 
 
 @pytest.mark.parametrize(
-    ("fixture", "arguments", "expected"),
+    ("arguments", "without_passphrase", "expected"),
     [
         (
-            {"stacks": {"ab1234": stack_outputs()}},
             ["--stack", "nosuch"],
+            False,
             "there is no stack named 'nosuch': create it with "
             "`scripts/new-stack nosuch --key-pair NAME` and run `pulumi up --stack nosuch`; "
             "`pulumi stack ls` lists the stacks that exist",
         ),
+        ([], False, "no Pulumi stack is selected: give --stack NETID"),
         (
-            {"stacks": {"ab1234": stack_outputs()}},
-            [],
-            "no Pulumi stack is selected: give --stack NETID",
-        ),
-        (
-            {"stacks": {"ab1234": {}}},
-            ["--stack", "ab1234"],
-            "stack ab1234 has no output mlflow_url, minio_api_url, jupyter_url, "
+            ["--stack", "ef9012"],
+            False,
+            "stack ef9012 has no output mlflow_url, minio_api_url, jupyter_url, "
             "platform_credentials: the platform was never deployed or its last update failed; "
-            "run `pulumi up --stack ab1234`",
+            "run `pulumi up --stack ef9012`",
         ),
         (
-            {"stacks": {"ab1234": stack_outputs(platform_credentials={"postgres_user": "u"})}},
-            ["--stack", "ab1234"],
+            ["--stack", "gh3456"],
+            False,
             "platform_credentials lacks minio_root_user, minio_root_password, jupyter_token",
         ),
+        (["--stack", "ab1234"], True, "export PULUMI_CONFIG_PASSPHRASE="),
         (
-            {
-                "stacks": {"ab1234": stack_outputs()},
-                "failure": "passphrase must be set with PULUMI_CONFIG_PASSPHRASE or "
-                "PULUMI_CONFIG_PASSPHRASE_FILE environment variables",
-            },
-            ["--stack", "ab1234"],
-            "export PULUMI_CONFIG_PASSPHRASE=",
-        ),
-        (
-            {"stacks": {"ab1234": stack_outputs(mlflow_url="129.114.25.10:8000")}},
-            ["--stack", "ab1234"],
+            ["--stack", "ij7890"],
+            False,
             "output mlflow_url '129.114.25.10:8000' is not an http(s) URL; the stack may come "
-            "from an older version of the program: run `pulumi up --stack ab1234`",
+            "from an older version of the program: run `pulumi up --stack ij7890`",
         ),
     ],
     ids=[
@@ -330,11 +392,18 @@ def test_jupyter_token_can_come_with_its_url(pulumi: StackOutputPulumi):
         "malformed-output",
     ],
 )
+@needs_cli
 def test_unusable_stack_is_reported_with_the_fix(
-    pulumi: StackOutputPulumi, fixture: dict, arguments: list[str], expected: str
+    pulumi: StudentMachine,
+    monkeypatch: pytest.MonkeyPatch,
+    arguments: list[str],
+    without_passphrase: bool,
+    expected: str,
 ):
-    """A stack missing, unselected, undeployed or locked: exit 2 and the command that fixes it."""
-    pulumi.set(**fixture)
+    """A stack missing, unselected, undeployed or locked: exit 2 and the command that fixes it,
+    from what the real CLI prints."""
+    if without_passphrase:
+        monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE")
     status, stdout, stderr = run_main(*arguments)
     assert status == check_platform.EXIT_USAGE
     assert expected in stderr

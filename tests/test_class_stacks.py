@@ -1,14 +1,23 @@
-"""scripts/class-stacks: a roster becomes stack files, or each problem is named, none written."""
+"""scripts/class-stacks: a roster becomes stack files, or each problem is named, none written.
+
+class-stacks itself never calls Pulumi; what it writes must still be what the real CLI
+reads. Where a test needs stack files as the CLI writes them (an encryption salt, an
+encrypted secret, a number written as a string) or reads what was written back, it uses
+the real CLI on a student machine (tests/engine/workspace.py).
+"""
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.support.stand_in_pulumi import StandInPulumi, import_tool
+from tests.engine.workspace import StudentMachine, toolchain_skip_reason
+from tests.support.ssh_keys import stand_in_private_key
+from tests.support.tools import import_tool
 
 ROSTER = """\
 defaults:
@@ -23,20 +32,25 @@ students:
     allowed_cidrs: [198.51.100.0/24, 192.0.2.7/32]
 """
 
+# A stack file written by hand; the files the CLI writes come from `configured` below.
 EXISTING = """\
-encryptionsalt: v1:c2FsdHlzYWx0:v1:aXY=:dGFn
 config:
   chi-persist:keyPair: old-key
-  chi-persist:sshPrivateKey:
-    secure: v1:bm9uY2U=:Y2lwaGVydGV4dA==
   chi-persist:image: CC-Ubuntu22.04
   openstack:cloud: chameleon
 """
 
+needs_cli = pytest.mark.skipif(
+    toolchain_skip_reason() is not None, reason=str(toolchain_skip_reason())
+)
+
 
 @pytest.fixture
-def pulumi(tmp_path: Path) -> StandInPulumi:
-    return StandInPulumi.create(tmp_path)
+def machine(tmp_path: Path) -> StudentMachine:
+    """A student machine whose pulumi calls are recorded (class-stacks should make none)."""
+    student = StudentMachine.create(tmp_path)
+    student.record_pulumi_calls()
+    return student
 
 
 @pytest.fixture
@@ -46,8 +60,33 @@ def output_dir(tmp_path: Path) -> Path:
     return directory
 
 
-def write_roster(pulumi: StandInPulumi, text: str) -> Path:
-    path = pulumi.workdir / "roster.yaml"
+@pytest.fixture(scope="session")
+def configured(tmp_path_factory: pytest.TempPathFactory) -> StudentMachine:
+    """A machine where the real CLI made stack ab1234 and set its config: a key pair, an
+    image, another package's key, and the private key as an encrypted secret."""
+    machine = StudentMachine.create(tmp_path_factory.mktemp("class-stacks-configured"))
+    machine.pulumi("stack", "init", "ab1234", "--non-interactive", check=True)
+    machine.pulumi(
+        "config", "set-all", "--stack", "ab1234",
+        "--plaintext", "chi-persist:keyPair=old-key",
+        "--plaintext", "chi-persist:image=CC-Ubuntu22.04",
+        "--plaintext", "openstack:cloud=chameleon",
+        check=True,
+    )  # fmt: skip
+    machine.pulumi(
+        "config", "set", "--secret", "chi-persist:sshPrivateKey", "--stack", "ab1234",
+        stdin=stand_in_private_key(), check=True,
+    )  # fmt: skip
+    return machine
+
+
+def class_stacks(machine: StudentMachine, *arguments: str) -> subprocess.CompletedProcess:
+    """scripts/class-stacks as an instructor runs it, from a directory outside the project."""
+    return machine.script("class-stacks", *arguments, cwd=machine.workdir)
+
+
+def write_roster(machine: StudentMachine, text: str) -> Path:
+    path = machine.workdir / "roster.yaml"
     path.write_text(text)
     return path
 
@@ -56,10 +95,10 @@ def read_yaml(path: Path):
     return yaml.safe_load(path.read_text())
 
 
-def test_roster_becomes_one_stack_file_per_student(pulumi, output_dir):
+def test_roster_becomes_one_stack_file_per_student(machine, output_dir):
     """Each student gets Pulumi.<netid>.yaml with their values, the defaults, and nothing else."""
-    roster = write_roster(pulumi, ROSTER)
-    result = pulumi.run("class-stacks", str(roster), "--output-dir", str(output_dir))
+    roster = write_roster(machine, ROSTER)
+    result = class_stacks(machine, str(roster), "--output-dir", str(output_dir))
 
     assert result.returncode == 0, result.stderr
     assert sorted(path.name for path in output_dir.iterdir()) == [
@@ -84,15 +123,15 @@ def test_roster_becomes_one_stack_file_per_student(pulumi, output_dir):
         }
     }
     assert "class-stacks: 2 created, 0 updated, 0 unchanged" in result.stdout
-    assert pulumi.calls() == []
+    assert machine.calls() == []
 
 
-def test_written_files_pass_the_programs_own_validation(pulumi, output_dir):
+def test_written_files_pass_the_programs_own_validation(machine, output_dir):
     """What class-stacks writes is accepted by settings.validate, as `pulumi up` would read it."""
     settings = import_tool("class_stacks").check_value.__module__
     validate = __import__(settings, fromlist=["validate"]).validate
-    roster = write_roster(pulumi, ROSTER)
-    assert pulumi.run("class-stacks", str(roster), "--output-dir", str(output_dir)).returncode == 0
+    roster = write_roster(machine, ROSTER)
+    assert class_stacks(machine, str(roster), "--output-dir", str(output_dir)).returncode == 0
     for path in output_dir.iterdir():
         config = read_yaml(path)["config"]
         raw = {key.split(":", 1)[1]: value for key, value in config.items()}
@@ -103,43 +142,50 @@ def test_written_files_pass_the_programs_own_validation(pulumi, output_dir):
 
 def test_default_output_is_the_project_directory(tmp_path):
     """Without --output-dir, stack files go beside Pulumi.yaml, wherever the command runs."""
-    class_stacks = import_tool("class_stacks")
-    arguments = class_stacks.build_parser().parse_args([str(tmp_path / "roster.yaml")])
+    module = import_tool("class_stacks")
+    arguments = module.build_parser().parse_args([str(tmp_path / "roster.yaml")])
     assert arguments.output_dir == Path(__file__).resolve().parents[1]
     assert (arguments.output_dir / "Pulumi.yaml").is_file()
 
 
-def test_existing_file_keeps_secrets_salt_and_unset_keys(pulumi, output_dir):
-    """Keys the roster does not set stay, byte for byte: the secret, the salt, other namespaces."""
-    (output_dir / "Pulumi.ab1234.yaml").write_text(EXISTING)
-    roster = write_roster(pulumi, "students:\n  - {netid: ab1234, key_pair: new-key}\n")
+@needs_cli
+def test_existing_file_keeps_secrets_salt_and_unset_keys(configured, tmp_path):
+    """A stack file the real CLI wrote keeps every key the roster does not set, the encrypted
+    secret and the salt as they were, and the CLI still reads it, secret and all."""
+    machine = configured.clone(tmp_path)
+    before = machine.stack_file("ab1234")
+    roster = write_roster(machine, "students:\n  - {netid: ab1234, key_pair: new-key}\n")
 
-    result = pulumi.run("class-stacks", str(roster), "--output-dir", str(output_dir))
+    result = class_stacks(machine, str(roster))
 
     assert result.returncode == 0, result.stderr
-    assert read_yaml(output_dir / "Pulumi.ab1234.yaml") == {
-        "encryptionsalt": "v1:c2FsdHlzYWx0:v1:aXY=:dGFn",
+    assert "0 created, 1 updated, 0 unchanged" in result.stdout
+    assert f"updated {machine.project / 'Pulumi.ab1234.yaml'}" in result.stdout
+    assert machine.stack_file("ab1234") == {
+        "encryptionsalt": before["encryptionsalt"],
         "config": {
+            **before["config"],
             "chi-persist:keyPair": "new-key",
-            "chi-persist:sshPrivateKey": {"secure": "v1:bm9uY2U=:Y2lwaGVydGV4dA=="},
-            "chi-persist:image": "CC-Ubuntu22.04",
-            "openstack:cloud": "chameleon",
             "chi-persist:netid": "ab1234",
         },
     }
-    assert "updated " in result.stdout
-    assert "0 created, 1 updated, 0 unchanged" in result.stdout
+    config = machine.config("ab1234", show_secrets=True)
+    assert config["chi-persist:keyPair"] == "new-key"
+    assert config["chi-persist:netid"] == "ab1234"
+    assert config["chi-persist:image"] == "CC-Ubuntu22.04"
+    assert config["openstack:cloud"] == "chameleon"
+    assert config["chi-persist:sshPrivateKey"] == stand_in_private_key().strip()
 
 
-def test_running_twice_changes_nothing_the_second_time(pulumi, output_dir):
+def test_running_twice_changes_nothing_the_second_time(machine, output_dir):
     """A second run with the same roster reports every file unchanged and leaves them alone."""
-    roster = write_roster(pulumi, ROSTER)
-    pulumi.run("class-stacks", str(roster), "--output-dir", str(output_dir))
+    roster = write_roster(machine, ROSTER)
+    class_stacks(machine, str(roster), "--output-dir", str(output_dir))
     before = {
         path.name: (path.read_text(), path.stat().st_mtime_ns) for path in output_dir.iterdir()
     }
 
-    result = pulumi.run("class-stacks", str(roster), "--output-dir", str(output_dir))
+    result = class_stacks(machine, str(roster), "--output-dir", str(output_dir))
 
     assert result.returncode == 0, result.stderr
     assert "0 created, 0 updated, 2 unchanged" in result.stdout
@@ -149,28 +195,54 @@ def test_running_twice_changes_nothing_the_second_time(pulumi, output_dir):
     assert after == before
 
 
-def test_equal_value_in_another_spelling_is_left_as_written(pulumi, output_dir):
-    """volumeSize "4" as `pulumi config set` writes it equals the roster's 4: file unchanged."""
-    existing = (
-        "config:\n"
-        "  chi-persist:netid: ab1234\n"
-        "  chi-persist:keyPair: k\n"
-        '  chi-persist:volumeSize: "4"\n'
+@needs_cli
+def test_equal_value_in_another_spelling_is_left_as_written(configured, tmp_path):
+    """volumeSize as `pulumi config set` writes it (the string "4") equals the roster's 4: the
+    file is left as the CLI wrote it."""
+    machine = configured.clone(tmp_path)
+    machine.pulumi(
+        "config", "set-all", "--stack", "ab1234",
+        "--plaintext", "chi-persist:netid=ab1234",
+        "--plaintext", "chi-persist:volumeSize=4",
+        check=True,
+    )  # fmt: skip
+    stack_file = machine.project / "Pulumi.ab1234.yaml"
+    written = stack_file.read_text()
+    assert 'chi-persist:volumeSize: "4"' in written
+    roster = write_roster(
+        machine, "students:\n  - {netid: ab1234, key_pair: old-key, volume_size: 4}\n"
     )
-    (output_dir / "Pulumi.ab1234.yaml").write_text(existing)
-    roster = write_roster(pulumi, "students:\n  - {netid: ab1234, key_pair: k, volume_size: 4}\n")
-    result = pulumi.run("class-stacks", str(roster), "--output-dir", str(output_dir))
+    result = class_stacks(machine, str(roster))
     assert result.returncode == 0, result.stderr
-    assert "unchanged" in result.stdout
-    assert (output_dir / "Pulumi.ab1234.yaml").read_text() == existing
+    assert "0 created, 0 updated, 1 unchanged" in result.stdout
+    assert stack_file.read_text() == written
 
 
-def test_dry_run_prints_the_files_and_writes_nothing(pulumi, output_dir):
+@needs_cli
+def test_a_roster_then_new_stack_gives_the_student_a_configured_stack(machine):
+    """A roster's file, in the project, becomes the student's stack: new-stack makes it with
+    the real CLI, which adds its salt to the file and reads every roster value back."""
+    roster = write_roster(machine, ROSTER)
+    assert class_stacks(machine, str(roster)).returncode == 0
+    key = machine.home / ".ssh" / "id_rsa_chameleon"
+    key.write_text(stand_in_private_key())
+    made = machine.script("new-stack", "cd5678", "--key-pair", "cd5678-key", cwd=machine.workdir)
+    assert made.returncode == 0, made.stderr
+    assert machine.stack_names() == ["cd5678"]
+    assert machine.stack_file("cd5678")["encryptionsalt"].startswith("v1:")
+    config = machine.config("cd5678")
+    assert config["chi-persist:reservation"] == "3f1c5b9e-0d3a-4c1e-9b7a-2f6d8e4a1c00"
+    assert config["chi-persist:allowedCidrs"] == ["198.51.100.0/24", "192.0.2.7/32"]
+    assert config["chi-persist:volumeSize"] == "4"
+    assert config["chi-persist:flavor"] == "m1.large"  # Pulumi.yaml's default
+
+
+def test_dry_run_prints_the_files_and_writes_nothing(machine, output_dir):
     """--dry-run shows each would-be file (valid YAML) and leaves the directory as it was."""
     (output_dir / "Pulumi.ab1234.yaml").write_text(EXISTING)
-    roster = write_roster(pulumi, ROSTER)
+    roster = write_roster(machine, ROSTER)
 
-    result = pulumi.run("class-stacks", str(roster), "--output-dir", str(output_dir), "--dry-run")
+    result = class_stacks(machine, str(roster), "--output-dir", str(output_dir), "--dry-run")
 
     assert result.returncode == 0, result.stderr
     assert sorted(path.name for path in output_dir.iterdir()) == ["Pulumi.ab1234.yaml"]
@@ -183,21 +255,19 @@ def test_dry_run_prints_the_files_and_writes_nothing(pulumi, output_dir):
     assert "dry run, nothing written; would be: 1 created, 1 updated, 0 unchanged" in result.stdout
 
 
-def test_example_roster_in_the_help_is_valid(pulumi, output_dir):
+def test_example_roster_in_the_help_is_valid(machine, output_dir):
     """The roster shown by --help is accepted as it is."""
-    class_stacks = import_tool("class_stacks")
-    assert (
-        class_stacks.ROSTER_EXAMPLE.splitlines()[0] in pulumi.run("class-stacks", "--help").stdout
-    )
-    roster = write_roster(pulumi, class_stacks.ROSTER_EXAMPLE)
-    result = pulumi.run("class-stacks", str(roster), "--output-dir", str(output_dir), "--dry-run")
+    module = import_tool("class_stacks")
+    assert module.ROSTER_EXAMPLE.splitlines()[0] in class_stacks(machine, "--help").stdout
+    roster = write_roster(machine, module.ROSTER_EXAMPLE)
+    result = class_stacks(machine, str(roster), "--output-dir", str(output_dir), "--dry-run")
     assert result.returncode == 0, result.stderr
 
 
-def test_bare_list_of_students_is_accepted(pulumi, output_dir):
+def test_bare_list_of_students_is_accepted(machine, output_dir):
     """A roster may be just the list of students."""
-    roster = write_roster(pulumi, "- {netid: ab1234, key_pair: k}\n")
-    result = pulumi.run("class-stacks", str(roster), "--output-dir", str(output_dir))
+    roster = write_roster(machine, "- {netid: ab1234, key_pair: k}\n")
+    result = class_stacks(machine, str(roster), "--output-dir", str(output_dir))
     assert result.returncode == 0, result.stderr
     assert read_yaml(output_dir / "Pulumi.ab1234.yaml")["config"]["chi-persist:keyPair"] == "k"
 
@@ -401,13 +471,13 @@ BAD_ROSTERS = [
 
 @pytest.mark.parametrize(("roster_text", "expected"), BAD_ROSTERS)
 def test_bad_roster_is_reported_with_its_row_and_nothing_is_written(
-    pulumi, output_dir, roster_text, expected
+    machine, output_dir, roster_text, expected
 ):
     """Each kind of mistake is named with its line and row; no stack file is written or changed."""
     (output_dir / "Pulumi.ab1234.yaml").write_text(EXISTING)
-    roster = write_roster(pulumi, textwrap.dedent(roster_text))
+    roster = write_roster(machine, textwrap.dedent(roster_text))
 
-    result = pulumi.run("class-stacks", str(roster), "--output-dir", str(output_dir))
+    result = class_stacks(machine, str(roster), "--output-dir", str(output_dir))
 
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -419,10 +489,10 @@ def test_bad_roster_is_reported_with_its_row_and_nothing_is_written(
     assert (output_dir / "Pulumi.ab1234.yaml").read_text() == EXISTING
 
 
-def test_every_problem_of_every_row_is_reported_at_once(pulumi, output_dir):
+def test_every_problem_of_every_row_is_reported_at_once(machine, output_dir):
     """Three bad rows give three errors and a count, and no file even for the good row."""
     roster = write_roster(
-        pulumi,
+        machine,
         textwrap.dedent(
             """\
             students:
@@ -433,7 +503,7 @@ def test_every_problem_of_every_row_is_reported_at_once(pulumi, output_dir):
             """
         ),
     )
-    result = pulumi.run("class-stacks", str(roster), "--output-dir", str(output_dir))
+    result = class_stacks(machine, str(roster), "--output-dir", str(output_dir))
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert [line.split(":")[2] for line in errors[:3]] == ["3", "4", "5"]
@@ -441,11 +511,11 @@ def test_every_problem_of_every_row_is_reported_at_once(pulumi, output_dir):
     assert list(output_dir.iterdir()) == []
 
 
-def test_unreadable_existing_stack_file_stops_everything(pulumi, output_dir):
+def test_unreadable_existing_stack_file_stops_everything(machine, output_dir):
     """A stack file that is not YAML is reported, and no other student's file is written."""
     (output_dir / "Pulumi.cd5678.yaml").write_text("config: [unclosed\n")
-    roster = write_roster(pulumi, ROSTER)
-    result = pulumi.run("class-stacks", str(roster), "--output-dir", str(output_dir))
+    roster = write_roster(machine, ROSTER)
+    result = class_stacks(machine, str(roster), "--output-dir", str(output_dir))
     assert result.returncode == 2
     assert "Pulumi.cd5678.yaml (student 2, cd5678) is not valid YAML" in result.stderr
     assert sorted(path.name for path in output_dir.iterdir()) == ["Pulumi.cd5678.yaml"]
@@ -462,9 +532,9 @@ def test_unreadable_existing_stack_file_stops_everything(pulumi, output_dir):
         ),
     ],
 )
-def test_wrong_paths_are_named_with_the_fix(pulumi, arguments, expected):
+def test_wrong_paths_are_named_with_the_fix(machine, arguments, expected):
     """A missing roster or output directory is a usage error naming the path."""
-    write_roster(pulumi, ROSTER)
-    result = pulumi.run("class-stacks", *arguments)
+    write_roster(machine, ROSTER)
+    result = class_stacks(machine, *arguments)
     assert result.returncode == 2
     assert expected in result.stderr

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from components.settings import CONFIG_KEYS, validate
+from tests.engine.workspace import StudentMachine, toolchain_skip_reason
 from tests.support.engine_config import (
     ConfigValue,
     EngineConfigError,
@@ -40,7 +41,6 @@ from tests.support.engine_config import (
 from tests.support.paths import REPO_ROOT
 from tests.support.program import SERVER, VOLUME, evaluate_program
 from tests.support.ssh_keys import stand_in_private_key
-from tests.support.stand_in_pulumi import StandInPulumi
 
 PROJECT_FILE = REPO_ROOT / "Pulumi.yaml"
 PRIVATE_KEY = stand_in_private_key()
@@ -121,20 +121,20 @@ def test_the_example_stack_file_passes_the_engine_and_the_program(
     assert evaluation.one(SERVER).inputs["name"] == "node-persist-dev"
 
 
+@pytest.mark.skipif(toolchain_skip_reason() is not None, reason=str(toolchain_skip_reason()))
 def test_a_stack_made_by_new_stack_passes_the_engine_and_the_program(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """scripts/new-stack's config (netid and keyPair only) is a complete stack."""
-    pulumi = StandInPulumi.create(tmp_path)
-    key = pulumi.home / ".ssh" / "id_rsa_chameleon"
-    key.write_text(PRIVATE_KEY)
-    result = pulumi.run("new-stack", "ab1234", "--key-pair", "ab1234-key")
+    """scripts/new-stack's config (netid and keyPair only), as the real CLI stores it, is a
+    complete stack."""
+    machine = StudentMachine.create(tmp_path)
+    (machine.home / ".ssh" / "id_rsa_chameleon").write_text(PRIVATE_KEY)
+    result = machine.script("new-stack", "ab1234", "--key-pair", "ab1234-key")
     assert result.returncode == 0, result.stderr
-    config = pulumi.config("ab1234")
-    stack_config = {key: ConfigValue.of(value) for key, value in config.items()}
-    apply_project_config(project(), "ab1234", stack_config)
-    monkeypatch.setenv("HOME", str(pulumi.home))
-    evaluation = evaluate_program("ab1234", config)
+    path = machine.project / "Pulumi.ab1234.yaml"
+    apply_project_config(project(), "ab1234", stack_file_values(path, "chi-persist"))
+    monkeypatch.setenv("HOME", str(machine.home))
+    evaluation = evaluate_program("ab1234", yaml.safe_load(path.read_text())["config"])
     assert evaluation.one(VOLUME).inputs["name"] == "block-persist-ab1234"
 
 
@@ -142,8 +142,8 @@ def test_stacks_written_by_class_stacks_pass_the_engine_and_the_program(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every Pulumi.<netid>.yaml scripts/class-stacks writes is a complete stack."""
-    pulumi = StandInPulumi.create(tmp_path)
-    roster = pulumi.workdir / "roster.yaml"
+    machine = StudentMachine.create(tmp_path)
+    roster = machine.workdir / "roster.yaml"
     roster.write_text(
         "defaults:\n  reservation: 3f1c5b9e-0d3a-4c1e-9b7a-2f6d8e4a1c00\n"
         "students:\n  - {netid: ab1234, key_pair: ab1234-key}\n"
@@ -151,10 +151,10 @@ def test_stacks_written_by_class_stacks_pass_the_engine_and_the_program(
     )
     output = tmp_path / "stacks"
     output.mkdir()
-    result = pulumi.run("class-stacks", str(roster), "--output-dir", str(output))
+    result = machine.script("class-stacks", str(roster), "--output-dir", str(output))
     assert result.returncode == 0, result.stderr
-    monkeypatch.setenv("HOME", str(pulumi.home))
-    (pulumi.home / ".ssh" / "id_rsa_chameleon").write_text(PRIVATE_KEY)
+    monkeypatch.setenv("HOME", str(machine.home))
+    (machine.home / ".ssh" / "id_rsa_chameleon").write_text(PRIVATE_KEY)
     written = sorted(output.glob("Pulumi.*.yaml"))
     assert len(written) == 2
     for path in written:

@@ -1,4 +1,10 @@
-"""scripts/new-stack against the stand-in pulumi: exact calls, values checked before any call."""
+"""scripts/new-stack on the real Pulumi CLI: values checked before any call, then the stack
+made and configured as the CLI stores it (the state directory, Pulumi.<netid>.yaml).
+
+Each test has a student machine of its own (tests/engine/workspace.py): a copy of the
+project, a home, a local state directory and a passphrase; its pulumi calls are recorded
+on their way to the real CLI (tests/support/bin/pulumi).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine.workspace import StudentMachine, toolchain_skip_reason
 from tests.support.paths import REPO_ROOT
 from tests.support.ssh_keys import (
     make_key,
@@ -15,65 +22,101 @@ from tests.support.ssh_keys import (
     ssh_agent_skip_reason,
     stand_in_private_key,
 )
-from tests.support.stand_in_pulumi import SCRIPTS_DIR, StandInPulumi, import_tool
+from tests.support.tools import SCRIPTS_DIR
 
 SCOPE = ["--stack", "ab1234", "--non-interactive"]
 LIST = ["stack", "ls", "--json", "--non-interactive"]
 SELECT = ["stack", "select", "--create", "ab1234", "--non-interactive"]
 
+needs_cli = pytest.mark.skipif(
+    toolchain_skip_reason() is not None, reason=str(toolchain_skip_reason())
+)
+
 
 @pytest.fixture
-def pulumi(tmp_path: Path) -> StandInPulumi:
-    stand_in = StandInPulumi.create(tmp_path)
-    key = stand_in.home / ".ssh" / "id_rsa_chameleon"
+def machine(tmp_path: Path) -> StudentMachine:
+    """A student machine with the default private key file, ~/.ssh/id_rsa_chameleon."""
+    student = StudentMachine.create(tmp_path)
+    key = student.home / ".ssh" / "id_rsa_chameleon"
     key.write_text(stand_in_private_key())
     key.chmod(0o600)
-    return stand_in
+    student.record_pulumi_calls()
+    return student
 
 
-def test_help_explains_the_passphrase_and_gives_examples(pulumi):
+def new_stack(machine: StudentMachine, *arguments: str, **options) -> subprocess.CompletedProcess:
+    """scripts/new-stack as a student runs it, from a directory outside the project."""
+    return machine.script("new-stack", *arguments, cwd=machine.workdir, **options)
+
+
+def stack_config(machine: StudentMachine, stack: str = "ab1234") -> dict:
+    """The `config:` block of Pulumi.<stack>.yaml, as the real CLI wrote it."""
+    return (machine.stack_file(stack) or {}).get("config") or {}
+
+
+def assert_nothing_made(machine: StudentMachine) -> None:
+    """No pulumi call, no stack file; the state directory as the machine began."""
+    assert machine.calls() == []
+    assert list(machine.project.glob("Pulumi.*.yaml")) == [machine.project / "Pulumi.dev.yaml"]
+    assert list((machine.root / "state").iterdir()) == []
+
+
+def test_help_explains_the_passphrase_and_gives_examples(machine):
     """--help names PULUMI_CONFIG_PASSPHRASE and shows a full example."""
-    result = pulumi.run("new-stack", "--help")
+    result = new_stack(machine, "--help")
     assert result.returncode == 0
     assert "PULUMI_CONFIG_PASSPHRASE" in result.stdout
     assert "scripts/new-stack ab1234 --key-pair ab1234-key" in result.stdout
-    assert pulumi.calls() == []
+    assert machine.calls() == []
 
 
-def test_new_stack_is_created_and_configured_from_the_project_directory(pulumi):
-    """A new stack: select --create, then netid and keyPair, each run in the project directory."""
-    result = pulumi.run("new-stack", "ab1234", "--key-pair", "ab1234-key")
+@needs_cli
+def test_new_stack_is_created_and_configured_from_the_project_directory(machine):
+    """A new stack: created, then netid and keyPair set, in the project wherever new-stack ran;
+    the CLI keeps them with an encryption salt and lists the project's defaults beside them."""
+    result = new_stack(machine, "ab1234", "--key-pair", "ab1234-key")
 
     assert result.returncode == 0, result.stderr
-    assert pulumi.calls() == [
+    assert machine.calls() == [
         LIST,
         SELECT,
         ["config", "set", "chi-persist:netid", "ab1234", *SCOPE],
         ["config", "set", "chi-persist:keyPair", "ab1234-key", *SCOPE],
     ]
-    assert {record["cwd"] for record in pulumi.records()} == {str(REPO_ROOT)}
-    assert pulumi.stack_names() == ["ab1234"]
-    assert pulumi.config("ab1234") == {
+    assert {record["cwd"] for record in machine.records()} == {str(machine.project)}
+    assert machine.stack_names() == ["ab1234"]
+    stack_file = machine.stack_file("ab1234")
+    assert stack_file["encryptionsalt"].startswith("v1:")
+    assert stack_file["config"] == {
         "chi-persist:netid": "ab1234",
         "chi-persist:keyPair": "ab1234-key",
     }
+    config = machine.config("ab1234")
+    assert config["chi-persist:netid"] == "ab1234"
+    assert config["chi-persist:keyPair"] == "ab1234-key"
+    assert config["chi-persist:flavor"] == "m1.large"  # Pulumi.yaml's default
     assert "does not exist yet: creating it" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "next: pulumi up --stack ab1234"
 
 
-def test_every_option_is_set_and_the_cidr_list_replaces_the_old_one(pulumi):
-    """All options become config; a relative key path becomes absolute; old CIDRs are removed."""
-    pulumi.add_stack("ab1234", {"version": 3, "deployment": {}})
-    pulumi.set_config(
-        "ab1234",
-        {"chi-persist:allowedCidrs": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]},
-    )
-    key = pulumi.workdir / "keys" / "chameleon"
+@needs_cli
+def test_every_option_is_set_and_the_cidr_list_replaces_the_old_one(machine):
+    """All options become config; a relative key path becomes absolute; old CIDRs are gone."""
+    machine.pulumi("stack", "init", "ab1234", "--non-interactive", check=True)
+    machine.pulumi(
+        "config", "set-all", "--path", "--stack", "ab1234",
+        "--plaintext", "chi-persist:allowedCidrs[0]=10.0.0.0/8",
+        "--plaintext", "chi-persist:allowedCidrs[1]=172.16.0.0/12",
+        "--plaintext", "chi-persist:allowedCidrs[2]=192.168.0.0/16",
+        check=True,
+    )  # fmt: skip
+    assert len(machine.config("ab1234")["chi-persist:allowedCidrs"]) == 3
+    key = machine.workdir / "keys" / "chameleon"
     key.parent.mkdir()
     key.write_text(stand_in_private_key())
 
-    result = pulumi.run(
-        "new-stack", "ab1234",
+    result = new_stack(
+        machine, "ab1234",
         "--key-pair", "my key",
         "--private-key-path", "keys/chameleon",
         "--reservation", "3F1C5B9E-0D3A-4C1E-9B7A-2F6D8E4A1C00",
@@ -82,28 +125,17 @@ def test_every_option_is_set_and_the_cidr_list_replaces_the_old_one(pulumi):
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr
-    assert pulumi.calls() == [
-        LIST,
-        SELECT,
-        ["config", "set", "chi-persist:netid", "ab1234", *SCOPE],
-        ["config", "set", "chi-persist:keyPair", "my key", *SCOPE],
-        ["config", "set", "chi-persist:sshPrivateKeyPath", str(key), *SCOPE],
-        [
-            "config",
-            "set",
-            "chi-persist:reservation",
-            "3f1c5b9e-0d3a-4c1e-9b7a-2f6d8e4a1c00",
-            *SCOPE,
-        ],
-        ["config", "rm", "chi-persist:allowedCidrs", *SCOPE],
-        ["config", "set", "--path", "chi-persist:allowedCidrs[0]", "203.0.113.0/24", *SCOPE],
-        ["config", "set", "--path", "chi-persist:allowedCidrs[1]", "198.51.100.7/32", *SCOPE],
-    ]
-    assert pulumi.config("ab1234")["chi-persist:allowedCidrs"] == [
-        "203.0.113.0/24",
-        "198.51.100.7/32",
-    ]
     assert "stack ab1234 exists: selecting it" in result.stdout
+    expected = {
+        "chi-persist:netid": "ab1234",
+        "chi-persist:keyPair": "my key",
+        "chi-persist:sshPrivateKeyPath": str(key),
+        "chi-persist:reservation": "3f1c5b9e-0d3a-4c1e-9b7a-2f6d8e4a1c00",
+        "chi-persist:allowedCidrs": ["203.0.113.0/24", "198.51.100.7/32"],
+    }
+    assert stack_config(machine) == expected
+    config = machine.config("ab1234")
+    assert {key: config[key] for key in expected} == expected
 
 
 @pytest.mark.parametrize(
@@ -165,47 +197,47 @@ def test_every_option_is_set_and_the_cidr_list_replaces_the_old_one(pulumi):
         ),
     ],
 )
-def test_bad_value_is_refused_before_any_pulumi_call(pulumi, arguments, expected):
+def test_bad_value_is_refused_before_any_pulumi_call(machine, arguments, expected):
     """A wrong value exits 2 naming the flag, the value and the fix; pulumi is never called."""
-    result = pulumi.run("new-stack", *arguments)
+    result = new_stack(machine, *arguments)
 
     assert result.returncode == 2
     for fragment in expected:
         assert fragment in result.stderr
     assert "error: nothing was changed" in result.stderr
     assert "Traceback" not in result.stderr
-    assert pulumi.calls() == []
+    assert_nothing_made(machine)
 
 
-def test_existing_volume_id_is_set_so_up_takes_the_volume_over(pulumi):
+@needs_cli
+def test_existing_volume_id_is_set_so_up_takes_the_volume_over(machine):
     """--existing-volume-id stores the tutorial volume's id (lowercased) in the stack's config."""
-    result = pulumi.run(
-        "new-stack", "ab1234", "--key-pair", "ab1234-key",
+    result = new_stack(
+        machine, "ab1234", "--key-pair", "ab1234-key",
         "--existing-volume-id", "7C9E4B2A-1D3F-4A5B-8C6D-E7F8091A2B3C",
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr
-    assert pulumi.calls()[-1] == [
-        "config", "set", "chi-persist:existingVolumeId",
-        "7c9e4b2a-1d3f-4a5b-8c6d-e7f8091a2b3c", *SCOPE,
-    ]  # fmt: skip
-    assert pulumi.config("ab1234")["chi-persist:existingVolumeId"] == (
+    assert stack_config(machine)["chi-persist:existingVolumeId"] == (
+        "7c9e4b2a-1d3f-4a5b-8c6d-e7f8091a2b3c"
+    )
+    assert machine.config("ab1234")["chi-persist:existingVolumeId"] == (
         "7c9e4b2a-1d3f-4a5b-8c6d-e7f8091a2b3c"
     )
 
 
-def test_help_explains_how_to_take_over_the_tutorial_volume(pulumi):
+def test_help_explains_how_to_take_over_the_tutorial_volume(machine):
     """--help names the option and how to find the volume's id."""
-    result = pulumi.run("new-stack", "--help")
+    result = new_stack(machine, "--help")
     assert "--existing-volume-id" in result.stdout
     assert "openstack volume show block-persist-NETID -f value -c id" in result.stdout
     assert "Horizon: Volumes > Volumes" in result.stdout
 
 
-def test_every_bad_value_is_reported_at_once(pulumi):
+def test_every_bad_value_is_reported_at_once(machine):
     """Three wrong values give three error lines, not just the first."""
-    result = pulumi.run(
-        "new-stack", "AB", "--key-pair", "!", "--reservation", "x", "--allowed-cidr", "1.2.3.4"
+    result = new_stack(
+        machine, "AB", "--key-pair", "!", "--reservation", "x", "--allowed-cidr", "1.2.3.4"
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -215,95 +247,120 @@ def test_every_bad_value_is_reported_at_once(pulumi):
         "--reservation",
         "--allowed-cidr",
     ]
-    assert pulumi.calls() == []
+    assert_nothing_made(machine)
 
 
-def test_missing_key_pair_flag_is_a_usage_error(pulumi):
+def test_missing_key_pair_flag_is_a_usage_error(machine):
     """Without --key-pair, argparse says what is required."""
-    result = pulumi.run("new-stack", "ab1234")
+    result = new_stack(machine, "ab1234")
     assert result.returncode == 2
     assert "--key-pair" in result.stderr
-    assert pulumi.calls() == []
+    assert_nothing_made(machine)
 
 
-def test_no_private_key_anywhere_is_refused(pulumi):
+def test_no_private_key_anywhere_is_refused(machine):
     """No key file and no ssh agent: refused before pulumi, with the flag that fixes it."""
-    (pulumi.home / ".ssh" / "id_rsa_chameleon").unlink()
-    result = pulumi.run("new-stack", "ab1234", "--key-pair", "k")
+    (machine.home / ".ssh" / "id_rsa_chameleon").unlink()
+    result = new_stack(machine, "ab1234", "--key-pair", "k")
     assert result.returncode == 2
     assert "no private key" in result.stderr
     assert "--private-key-path PATH" in result.stderr
-    assert pulumi.calls() == []
+    assert_nothing_made(machine)
 
 
+@needs_cli
 @pytest.mark.skipif(ssh_agent_skip_reason() is not None, reason=str(ssh_agent_skip_reason()))
-def test_ssh_agent_is_accepted_with_a_warning(pulumi, tmp_path):
+def test_ssh_agent_is_accepted_with_a_warning(machine, tmp_path):
     """No key file but a running ssh agent holding a key: the stack is made, with a warning."""
-    (pulumi.home / ".ssh" / "id_rsa_chameleon").unlink()
+    (machine.home / ".ssh" / "id_rsa_chameleon").unlink()
     with ssh_agent() as agent:
         agent.add(make_key(tmp_path / "agent-key"))
-        env = dict(pulumi.env, SSH_AUTH_SOCK=str(agent.socket))
-        result = pulumi.run("new-stack", "ab1234", "--key-pair", "k", env=env)
+        env = dict(machine.env, SSH_AUTH_SOCK=str(agent.socket))
+        result = new_stack(machine, "ab1234", "--key-pair", "k", env=env)
     assert result.returncode == 0, result.stderr
     assert "warning: no private key file at ~/.ssh/id_rsa_chameleon" in result.stdout
     assert "ssh agent" in result.stdout
-    assert pulumi.stack_names() == ["ab1234"]
+    assert machine.stack_names() == ["ab1234"]
+    assert stack_config(machine)["chi-persist:keyPair"] == "k"
 
 
-def test_dead_agent_socket_with_a_key_file_is_a_warning(pulumi):
+@needs_cli
+def test_dead_agent_socket_with_a_key_file_is_a_warning(machine):
     """A key file and an SSH_AUTH_SOCK where nothing answers: the stack is made, with the fix."""
-    env = dict(pulumi.env, SSH_AUTH_SOCK=str(pulumi.root / "gone" / "agent.sock"))
-    result = pulumi.run("new-stack", "ab1234", "--key-pair", "k", env=env)
+    env = dict(machine.env, SSH_AUTH_SOCK=str(machine.root / "gone" / "agent.sock"))
+    result = new_stack(machine, "ab1234", "--key-pair", "k", env=env)
     assert result.returncode == 0, result.stderr
     assert "warning: SSH_AUTH_SOCK = " in result.stdout
     assert "unset SSH_AUTH_SOCK" in result.stdout
     assert "the private key file ~/.ssh/id_rsa_chameleon" in result.stdout
+    assert machine.stack_names() == ["ab1234"]
 
 
-def test_dead_agent_socket_without_a_key_file_is_refused(pulumi):
+def test_dead_agent_socket_without_a_key_file_is_refused(machine):
     """No key file and an SSH_AUTH_SOCK where nothing answers: no way to log in, nothing made."""
-    (pulumi.home / ".ssh" / "id_rsa_chameleon").unlink()
-    env = dict(pulumi.env, SSH_AUTH_SOCK=str(pulumi.root / "gone" / "agent.sock"))
-    result = pulumi.run("new-stack", "ab1234", "--key-pair", "k", env=env)
+    (machine.home / ".ssh" / "id_rsa_chameleon").unlink()
+    env = dict(machine.env, SSH_AUTH_SOCK=str(machine.root / "gone" / "agent.sock"))
+    result = new_stack(machine, "ab1234", "--key-pair", "k", env=env)
     assert result.returncode == 2
     assert "no ssh agent answers at this socket" in result.stderr
     assert "--private-key-path PATH" in result.stderr
-    assert pulumi.calls() == []
+    assert_nothing_made(machine)
 
 
-def test_secret_key_in_the_stack_file_is_enough(tmp_path, monkeypatch):
-    """A stack file holding the secret sshPrivateKey satisfies the key rule without a file."""
-    new_stack = import_tool("new_stack")
-    (tmp_path / "Pulumi.ab1234.yaml").write_text(
-        "config:\n  chi-persist:sshPrivateKey:\n    secure: v1:abc:def\n"
-    )
-    monkeypatch.setattr(new_stack, "PROJECT_DIR", tmp_path)
-    arguments = new_stack.build_parser().parse_args(["ab1234", "--key-pair", "k"])
-    plan = new_stack.check_arguments(arguments, {"HOME": str(tmp_path / "nobody")})
-    assert plan.key_source == "config"
+@needs_cli
+def test_secret_key_in_the_stack_is_enough(machine):
+    """A private key kept as the stack's secret (`pulumi config set --secret`) satisfies the key
+    rule without a file; new-stack leaves the secret as it was."""
+    machine.pulumi("stack", "init", "ab1234", "--non-interactive", check=True)
+    machine.pulumi(
+        "config", "set", "--secret", "chi-persist:sshPrivateKey", "--stack", "ab1234",
+        stdin=stand_in_private_key(), check=True,
+    )  # fmt: skip
+    secure = stack_config(machine)["chi-persist:sshPrivateKey"]["secure"]
+    (machine.home / ".ssh" / "id_rsa_chameleon").unlink()
+
+    result = new_stack(machine, "ab1234", "--key-pair", "k")
+
+    assert result.returncode == 0, result.stderr
+    assert "will log in with the stack's secret chi-persist:sshPrivateKey" in result.stdout
+    assert stack_config(machine)["chi-persist:sshPrivateKey"] == {"secure": secure}
+    secrets = machine.config("ab1234", show_secrets=True)
+    assert secrets["chi-persist:sshPrivateKey"] == stand_in_private_key().strip()
 
 
-def test_unset_passphrase_is_explained_when_pulumi_refuses(pulumi):
-    """Creating a stack without PULUMI_CONFIG_PASSPHRASE fails with pulumi's words and the fix."""
-    env = {key: value for key, value in pulumi.env.items() if key != "PULUMI_CONFIG_PASSPHRASE"}
-    result = pulumi.run("new-stack", "ab1234", "--key-pair", "k", env=env)
+@needs_cli
+def test_unset_passphrase_is_explained_when_pulumi_refuses(machine):
+    """Creating a stack without PULUMI_CONFIG_PASSPHRASE: the real CLI refuses; its words, the
+    fix, and no stack."""
+    env = {key: value for key, value in machine.env.items() if key != "PULUMI_CONFIG_PASSPHRASE"}
+    result = new_stack(machine, "ab1234", "--key-pair", "k", env=env)
     assert result.returncode == 1
     assert "note: PULUMI_CONFIG_PASSPHRASE is not set" in result.stdout
     assert "passphrase must be set with PULUMI_CONFIG_PASSPHRASE" in result.stderr
     assert "fix: export PULUMI_CONFIG_PASSPHRASE=" in result.stderr
-    assert pulumi.calls() == [LIST, SELECT]
+    assert machine.calls() == [LIST, SELECT]
+    assert machine.stack_names() == []
 
 
-def test_failed_config_call_shows_what_pulumi_said(pulumi):
-    """A failing `pulumi config set` stops the command with exit 1 and pulumi's message."""
-    pulumi.fail("config set", "error: could not write Pulumi.ab1234.yaml: disk full")
-    result = pulumi.run("new-stack", "ab1234", "--key-pair", "k")
+@needs_cli
+def test_failed_config_call_shows_what_pulumi_said(machine):
+    """A `pulumi config set` that fails stops the command with exit 1 and pulumi's message.
+
+    Here the stack file names a key twice (a hand edit): YAML readers that keep the last
+    value let it pass; the CLI refuses to read it."""
+    machine.pulumi("stack", "init", "ab1234", "--non-interactive", check=True)
+    stack_file = machine.project / "Pulumi.ab1234.yaml"
+    stack_file.write_text(
+        stack_file.read_text()
+        + "config:\n  chi-persist:keyPair: old-key\n  chi-persist:keyPair: older-key\n"
+    )
+    result = new_stack(machine, "ab1234", "--key-pair", "k")
     assert result.returncode == 1
     assert "`pulumi config set chi-persist:netid ab1234 --stack ab1234" in result.stderr
-    assert "could not write Pulumi.ab1234.yaml: disk full" in result.stderr
+    assert 'mapping key "chi-persist:keyPair" already defined' in result.stderr
     assert "run new-stack again" in result.stderr
     assert "Traceback" not in result.stderr
-    assert pulumi.calls()[-1][:3] == ["config", "set", "chi-persist:netid"]
+    assert machine.calls()[-1][:3] == ["config", "set", "chi-persist:netid"]
 
 
 def test_launcher_without_the_pulumi_sdk_says_how_to_fix():

@@ -1,7 +1,17 @@
-"""scripts/recycle with the stand-in pulumi: the server goes; volume, port and floating IP stay."""
+"""scripts/recycle on the real Pulumi CLI: the server goes; volume, port and floating IP stay.
+
+The stack's state is tests/fixtures/pulumi-state/ab1234.json, brought in with the real
+`pulumi stack import`. recycle lists and reads stacks with the real CLI and forgets the
+stop step with the real `pulumi state delete`. Only its targeted `pulumi destroy` meets a
+stand-in (tests/support/bin/pulumi, which records every call): destroying cloud resources
+needs the providers and a cloud. Two failures the real CLI cannot be made to show here are
+stand-ins as well, and say so where they are used.
+"""
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import socket
 import subprocess
@@ -10,15 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine.workspace import RECORDING_BIN, StudentMachine, toolchain_skip_reason
+from tests.support.pulumi_state import name_of, of_type, resources, state_fixture
 from tests.support.ssh_keys import stand_in_private_key
-from tests.support.stand_in_pulumi import (
-    StandInPulumi,
-    import_tool,
-    of_type,
-    resources,
-    ssh_port_is_closed,
-    state_fixture,
-)
+from tests.support.tools import import_tool
 
 VOLUME = "openstack:blockstorage/volume:Volume"
 PORT = "openstack:networking/port:Port"
@@ -32,6 +37,7 @@ SERVER_URN = (
     "urn:pulumi:ab1234::chi-persist::chi-persist:index:Node"
     "$openstack:compute/instance:Instance::node-server"
 )
+LIST = ["stack", "ls", "--json", "--non-interactive"]
 EXPORT = ["stack", "export", "--stack", "ab1234", "--non-interactive"]
 DESTROY = [
     "destroy", "--stack", "ab1234", "--target", SERVER_URN, "--target-dependents", "--yes",
@@ -50,16 +56,45 @@ RECYCLED = {
     "provisioning-start-stack",
 }
 
+needs_cli = pytest.mark.skipif(
+    toolchain_skip_reason() is not None, reason=str(toolchain_skip_reason())
+)
+
+
+def ssh_port_is_closed() -> bool:
+    """Whether a connection to 127.0.0.1:22 (the fixture's floating IP) is refused here."""
+    try:
+        with socket.create_connection(("127.0.0.1", 22), timeout=2):
+            return False
+    except OSError:
+        return True
+
+
 needs_closed_ssh_port = pytest.mark.skipif(
     not ssh_port_is_closed(), reason="something listens on 127.0.0.1:22 here"
 )
 
 
+@pytest.fixture(scope="session")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> StudentMachine:
+    """A machine whose stack ab1234 holds the fixture's state; tests change only clones."""
+    machine = StudentMachine.create(tmp_path_factory.mktemp("recycle-deployed"))
+    machine.import_state("ab1234", state_fixture())
+    return machine
+
+
+@pytest.fixture(scope="session")
+def deployed_state(deployed: StudentMachine) -> dict:
+    """The deployed stack's state as `pulumi stack export` prints it: each clone's, before."""
+    return deployed.stack_export("ab1234")
+
+
 @pytest.fixture
-def pulumi(tmp_path: Path) -> StandInPulumi:
-    stand_in = StandInPulumi.create(tmp_path)
-    stand_in.add_stack("ab1234")
-    return stand_in
+def machine(deployed: StudentMachine, tmp_path: Path) -> StudentMachine:
+    """A clone of the deployed machine, its pulumi calls recorded; no stack selected."""
+    clone = deployed.clone(tmp_path)
+    clone.record_pulumi_calls()
+    return clone
 
 
 @pytest.fixture
@@ -81,93 +116,162 @@ def server_answers_ssh() -> Iterator[None]:
         listener.close()
 
 
+def recycle(machine: StudentMachine, *arguments: str, **options) -> subprocess.CompletedProcess:
+    """scripts/recycle as a student runs it, from a directory outside the project."""
+    return machine.script("recycle", *arguments, cwd=machine.workdir, **options)
+
+
 def names(export: dict) -> set[str]:
-    return {resource["urn"].rsplit("::", 1)[-1] for resource in resources(export)}
+    return {name_of(resource) for resource in resources(export)}
 
 
 def kept_ids(export: dict) -> dict[str, list[str]]:
     return {kind: [r["id"] for r in of_type(export, kind)] for kind in (VOLUME, PORT, FLOATING_IP)}
 
 
-def volume_urn(export: dict) -> str:
-    return of_type(export, VOLUME)[0]["urn"]
-
-
-def assert_never_named_the_volume(pulumi: StandInPulumi, export: dict) -> None:
-    urn = volume_urn(export)
-    for call in pulumi.calls():
+def assert_never_named_the_volume(machine: StudentMachine, export: dict) -> None:
+    urn = of_type(export, VOLUME)[0]["urn"]
+    for call in machine.calls():
         assert not any(urn in argument for argument in call), call
 
 
-def test_help_says_what_is_kept_and_what_a_missed_clean_stop_means(pulumi):
+def assert_volume_kept(before: dict, after: dict) -> None:
+    """Volume, port and floating IP: same ids; the volume still protected, as the CLI holds it."""
+    assert kept_ids(after) == kept_ids(before)
+    assert [volume.get("protect") for volume in of_type(after, VOLUME)] == [True]
+
+
+def test_help_says_what_is_kept_and_what_a_missed_clean_stop_means(tmp_path):
     """--help explains the volume stays, and what skipping the clean stop costs."""
-    result = pulumi.run("recycle", "--help")
+    machine = StudentMachine.create(tmp_path)
+    machine.record_pulumi_calls()
+    result = recycle(machine, "--help")
     assert result.returncode == 0
     assert "The volume is never a target." in result.stdout
     assert "committed data is safe" in result.stdout
-    assert pulumi.calls() == []
+    assert machine.calls() == []
 
 
-def test_reachable_server_is_stopped_cleanly_and_the_data_stays(pulumi, server_answers_ssh):
+def test_the_fixture_state_is_shaped_like_the_programs():
+    """tests/fixtures/pulumi-state/ab1234.json holds what the program registers: the same
+    resources by type and name, the same dependencies, protect and delete-before-replace."""
+    program = pytest.importorskip("tests.support.program")
+    evaluation = program.evaluate_program(
+        "ab1234", {"keyPair": "ab1234-key"}, secrets={"sshPrivateKey": stand_in_private_key()}
+    )
+    # Under mocks a component's URN names its parent stack's type, which the engine leaves
+    # out (pkg/resource/deploy/source_eval.go): compare by name.
+    name_by_urn = {registration.urn: registration.name for registration in evaluation.registrations}
+
+    def shape_of_registration(registration) -> tuple:
+        depends = {name_by_urn[urn] for urn in evaluation.depends_on(registration)}
+        return (depends, registration.protect, registration.delete_before_replace)
+
+    fixture = state_fixture()
+    fixture_names = {resource["urn"]: name_of(resource) for resource in resources(fixture)}
+
+    def shape_of_state(resource: dict) -> tuple:
+        urns = set(resource.get("dependencies") or [])
+        for property_urns in (resource.get("propertyDependencies") or {}).values():
+            urns.update(property_urns)
+        depends = {fixture_names[urn] for urn in urns}
+        return (depends, bool(resource.get("protect")), bool(resource.get("deleteBeforeReplace")))
+
+    registered = {
+        (registration.type, registration.name): shape_of_registration(registration)
+        for registration in evaluation.registrations
+        if registration.custom
+    }
+    in_state = {
+        (resource["type"], name_of(resource)): shape_of_state(resource)
+        for resource in resources(fixture)
+        if resource["custom"] and not resource["type"].startswith("pulumi:providers:")
+    }
+    assert in_state == registered
+
+
+@needs_cli
+def test_the_imported_state_holds_the_secrets_encrypted(deployed_state):
+    """The real CLI encrypted the fixture's plaintext secrets with the stack's passphrase: the
+    state recycle reads is shaped as a deployed stack's, with no secret in the clear."""
+    text = json.dumps(deployed_state)
+    assert deployed_state["deployment"]["secrets_providers"]["type"] == "passphrase"
+    assert '"plaintext"' not in text
+    assert text.count('"ciphertext"') >= 10
+    assert "made up for the tests: not a key" not in text
+    assert "fixture-minio-password" not in text
+
+
+@needs_cli
+def test_reachable_server_is_stopped_cleanly_and_the_data_stays(
+    machine, deployed_state, server_answers_ssh
+):
     """Server answers SSH: one targeted destroy runs the stop; volume, port, IP keep their ids."""
-    before = pulumi.export("ab1234")
+    before = deployed_state
 
-    result = pulumi.run("recycle", "--stack", "ab1234", "--yes")
+    result = recycle(machine, "--stack", "ab1234", "--yes")
 
     assert result.returncode == 0, result.stderr
-    assert pulumi.calls() == [EXPORT, DESTROY, EXPORT]
-    after = pulumi.export("ab1234")
+    assert machine.calls() == [EXPORT, DESTROY, EXPORT]
+    after = machine.stack_export("ab1234")
     assert names(before) - names(after) == RECYCLED
-    assert kept_ids(after) == kept_ids(before)
+    assert names(after) <= names(before)
+    assert_volume_kept(before, after)
     assert "the platform will be stopped cleanly" in result.stdout
     assert "warning" not in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "next: pulumi up --stack ab1234"
-    assert_never_named_the_volume(pulumi, before)
-    assert {record["cwd"] for record in pulumi.records()} == {
-        str(Path(__file__).resolve().parents[1])
-    }
+    assert_never_named_the_volume(machine, before)
+    assert {record["cwd"] for record in machine.records()} == {str(machine.project)}
 
 
-def test_dead_agent_socket_is_refused_before_the_clean_stop(pulumi, server_answers_ssh):
+@needs_cli
+def test_dead_agent_socket_is_refused_before_the_clean_stop(machine, server_answers_ssh):
     """SSH_AUTH_SOCK where nothing answers would fail the stop's SSH login: refused, unchanged."""
-    gone = pulumi.root / "gone" / "agent.sock"
-    result = pulumi.run(
-        "recycle", "--stack", "ab1234", "--yes", env=dict(pulumi.env, SSH_AUTH_SOCK=str(gone))
+    gone = machine.root / "gone" / "agent.sock"
+    result = recycle(
+        machine, "--stack", "ab1234", "--yes", env=dict(machine.env, SSH_AUTH_SOCK=str(gone))
     )
     assert result.returncode == 2
     assert f"SSH_AUTH_SOCK={gone}: no ssh agent answers there (no such socket)" in result.stderr
     assert "fix: `unset SSH_AUTH_SOCK`" in result.stderr
-    assert pulumi.calls() == [EXPORT]
+    assert machine.calls() == [EXPORT]
 
 
+@needs_cli
 @needs_closed_ssh_port
-def test_unreachable_server_skips_the_clean_stop_with_a_warning(pulumi):
-    """Server gone: the stop step leaves the state first, so the destroy cannot get stuck."""
-    before = pulumi.export("ab1234")
+def test_unreachable_server_skips_the_clean_stop_with_a_warning(machine, deployed_state):
+    """Server gone: the real `pulumi state delete` forgets the stop step, then the destroy."""
+    before = deployed_state
 
-    result = pulumi.run("recycle", "--stack", "ab1234", "--yes")
+    result = recycle(machine, "--stack", "ab1234", "--yes")
 
     assert result.returncode == 0, result.stderr
-    assert pulumi.calls() == [EXPORT, FORGET_STOP, DESTROY, EXPORT]
-    after = pulumi.export("ab1234")
+    assert machine.calls() == [EXPORT, FORGET_STOP, DESTROY, EXPORT]
+    after = machine.stack_export("ab1234")
     assert names(before) - names(after) == RECYCLED
-    assert kept_ids(after) == kept_ids(before)
+    assert_volume_kept(before, after)
     assert "warning: the server does not answer on 127.0.0.1:22" in result.stdout
     assert "PostgreSQL will recover from its journal" in result.stdout
     assert "committed data is safe" in result.stdout
-    assert_never_named_the_volume(pulumi, before)
+    assert_never_named_the_volume(machine, before)
 
 
+@needs_cli
 @needs_closed_ssh_port
-def test_without_skipping_the_stop_the_stand_in_destroy_gets_stuck(pulumi):
-    """The stand-in fails a stop step on an unreachable server as Pulumi does, so the test bites."""
-    env = dict(pulumi.env)
+def test_without_skipping_the_stop_the_stand_in_destroy_gets_stuck(machine):
+    """The stand-in destroy fails a stop step on an unreachable server as Pulumi does, so the
+    test above bites; the real state keeps the server."""
     result = subprocess.run(
-        ["pulumi", *DESTROY], env=env, capture_output=True, text=True, check=False
+        [str(RECORDING_BIN / "pulumi"), *DESTROY],
+        cwd=machine.project,
+        env=machine.env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode != 0
     assert "dial tcp 127.0.0.1:22" in result.stderr
-    assert SERVER_URN in {r["urn"] for r in resources(pulumi.export("ab1234"))}
+    assert SERVER_URN in {r["urn"] for r in resources(machine.stack_export("ab1234"))}
 
 
 @pytest.mark.parametrize(
@@ -178,42 +282,49 @@ def test_without_skipping_the_stop_the_stand_in_destroy_gets_stuck(pulumi):
         pytest.param("", 2, False, "or pass --yes", id="no-input"),
     ],
 )
+@needs_cli
 @needs_closed_ssh_port
-def test_confirmation_is_asked_and_only_yes_destroys(pulumi, answer, status, destroyed, message):
+def test_confirmation_is_asked_and_only_yes_destroys(
+    machine, deployed_state, answer, status, destroyed, message
+):
     """Without --yes, only an explicit yes destroys; no answer at all is a no, naming --yes."""
-    before = pulumi.export("ab1234")
-    result = pulumi.run("recycle", "--stack", "ab1234", stdin=answer)
+    before = deployed_state
+    result = recycle(machine, "--stack", "ab1234", stdin=answer)
     assert result.returncode == status
     assert message in result.stdout + result.stderr
     assert "Recycle the server of stack ab1234? [y/N]" in result.stdout
     if destroyed:
-        assert DESTROY in pulumi.calls()
+        assert DESTROY in machine.calls()
+        assert SERVER_URN not in {r["urn"] for r in resources(machine.stack_export("ab1234"))}
     else:
-        assert pulumi.calls() == [EXPORT]
-        assert pulumi.export("ab1234") == before
+        assert machine.calls() == [EXPORT]
+        assert machine.stack_export("ab1234") == before
 
 
-def test_selected_stack_is_used_when_none_is_given(pulumi, server_answers_ssh):
-    """Without --stack, the selected stack (from `pulumi stack ls --json`) is recycled."""
-    pulumi.add_stack("ab1234", select=True)
-    result = pulumi.run("recycle", "--yes")
+@needs_cli
+def test_selected_stack_is_used_when_none_is_given(machine, server_answers_ssh):
+    """Without --stack, the stack `pulumi stack select` chose is recycled."""
+    machine.pulumi("stack", "select", "ab1234", "--non-interactive", check=True)
+    result = recycle(machine, "--yes")
     assert result.returncode == 0, result.stderr
-    assert pulumi.calls()[0] == ["stack", "ls", "--json", "--non-interactive"]
-    assert pulumi.calls()[1:] == [EXPORT, DESTROY, EXPORT]
+    assert machine.calls() == [LIST, EXPORT, DESTROY, EXPORT]
     assert "using the selected stack ab1234" in result.stdout
 
 
-def test_no_selected_stack_asks_for_one(pulumi):
+@needs_cli
+def test_no_selected_stack_asks_for_one(machine):
     """Without --stack and with no stack selected: exit 2, and how to name one."""
-    result = pulumi.run("recycle", "--yes")
+    result = recycle(machine, "--yes")
     assert result.returncode == 2
     assert "no stack is selected" in result.stderr
     assert "scripts/recycle --stack NETID" in result.stderr
+    assert machine.calls() == [LIST]
 
 
-def test_unknown_stack_names_the_fix(pulumi):
+@needs_cli
+def test_unknown_stack_names_the_fix(machine):
     """A stack that does not exist: pulumi's message, then how to list or create stacks."""
-    result = pulumi.run("recycle", "--stack", "zz9999", "--yes")
+    result = recycle(machine, "--stack", "zz9999", "--yes")
     assert result.returncode == 1
     assert "error: no stack named 'zz9999' found" in result.stderr
     assert "pulumi stack ls" in result.stderr
@@ -221,103 +332,147 @@ def test_unknown_stack_names_the_fix(pulumi):
     assert "Traceback" not in result.stderr
 
 
-def test_invalid_stack_name_is_refused_before_pulumi(pulumi):
+def test_invalid_stack_name_is_refused_before_pulumi(tmp_path):
     """--stack must look like a netID; pulumi is not called otherwise."""
-    result = pulumi.run("recycle", "--stack", "AB 12", "--yes")
+    machine = StudentMachine.create(tmp_path)
+    machine.record_pulumi_calls()
+    result = recycle(machine, "--stack", "AB 12", "--yes")
     assert result.returncode == 2
     assert "--stack 'AB 12'" in result.stderr
-    assert pulumi.calls() == []
+    assert machine.calls() == []
 
 
-@pytest.mark.parametrize(
-    "state",
-    [
-        pytest.param({"version": 3, "deployment": {"manifest": {}}}, id="never-deployed"),
-        pytest.param(
-            {
-                "version": 3,
-                "deployment": {
-                    "resources": [
-                        r
-                        for r in resources(state_fixture())
-                        if r["urn"].rsplit("::", 1)[-1] not in RECYCLED
-                    ]
-                },
-            },
-            id="already-recycled",
-        ),
-    ],
-)
-def test_stack_without_a_server_has_nothing_to_recycle(pulumi, state):
-    """No server in the state: exit 2, nothing destroyed, and `pulumi up` named as the way on."""
-    pulumi.add_stack("ab1234", state)
-    result = pulumi.run("recycle", "--stack", "ab1234", "--yes")
+@needs_cli
+def test_never_deployed_stack_has_nothing_to_recycle(tmp_path):
+    """A stack just made by `pulumi stack init`: exit 2, and `pulumi up` named as the way on."""
+    machine = StudentMachine.create(tmp_path)
+    machine.pulumi("stack", "init", "ab1234", "--non-interactive", check=True)
+    machine.record_pulumi_calls()
+    result = recycle(machine, "--stack", "ab1234", "--yes")
     assert result.returncode == 2
     assert "nothing to recycle: stack ab1234 has no server named node-persist-*" in result.stderr
     assert "pulumi up --stack ab1234" in result.stderr
-    assert pulumi.calls() == [EXPORT]
+    assert machine.calls() == [EXPORT]
 
 
-def test_volume_among_the_servers_dependents_is_refused(pulumi):
+@needs_cli
+def test_recycled_stack_has_nothing_to_recycle(machine):
+    """A stack whose server is already gone: exit 2, nothing destroyed, `pulumi up` named."""
+    state = state_fixture()
+    state["deployment"]["resources"] = [
+        resource for resource in resources(state) if name_of(resource) not in RECYCLED
+    ]
+    machine.import_state("ab1234", state)
+    result = recycle(machine, "--stack", "ab1234", "--yes")
+    assert result.returncode == 2
+    assert "nothing to recycle: stack ab1234 has no server named node-persist-*" in result.stderr
+    assert machine.calls() == [EXPORT]
+
+
+@needs_cli
+def test_volume_among_the_servers_dependents_is_refused(machine):
     """If destroying the server would take the volume along, nothing is done at all."""
     state = state_fixture()
-    for resource in resources(state):
-        if resource["type"] == VOLUME:
-            resource["dependencies"] = [SERVER_URN]
-            resource.pop("protect")
-    pulumi.add_stack("ab1234", state)
+    listed = resources(state)
+    volume = of_type(state, VOLUME)[0]
+    volume["dependencies"] = [SERVER_URN]
+    volume.pop("protect")
+    # A state lists what a resource depends on before it (the CLI refuses it otherwise).
+    listed.remove(volume)
+    listed.insert(listed.index(of_type(state, SERVER)[0]) + 1, volume)
+    machine.import_state("ab1234", state)
+    before = machine.stack_export("ab1234")
 
-    result = pulumi.run("recycle", "--stack", "ab1234", "--yes")
+    result = recycle(machine, "--stack", "ab1234", "--yes")
 
     assert result.returncode == 1
     assert "refusing: destroying the server with its dependents would also destroy volume" in (
         result.stderr
     )
-    assert pulumi.calls() == [EXPORT]
-    assert pulumi.export("ab1234") == state
+    assert machine.calls() == [EXPORT]
+    assert machine.stack_export("ab1234") == before
 
 
-def test_unset_passphrase_is_refused_before_anything_changes(pulumi):
-    """A passphrase-protected stack without PULUMI_CONFIG_PASSPHRASE: exit 2, nothing changed."""
-    env = {key: value for key, value in pulumi.env.items() if key != "PULUMI_CONFIG_PASSPHRASE"}
-    result = pulumi.run("recycle", "--stack", "ab1234", "--yes", env=env)
+@needs_cli
+def test_unset_passphrase_is_refused_before_anything_changes(machine, deployed_state):
+    """A passphrase-protected stack without PULUMI_CONFIG_PASSPHRASE: exit 2, nothing changed.
+
+    The real CLI exports the state without it, so recycle itself must notice."""
+    env = {key: value for key, value in machine.env.items() if key != "PULUMI_CONFIG_PASSPHRASE"}
+    before = deployed_state
+    result = recycle(machine, "--stack", "ab1234", "--yes", env=env)
     assert result.returncode == 2
     assert "PULUMI_CONFIG_PASSPHRASE is not set" in result.stderr
     assert "fix: export PULUMI_CONFIG_PASSPHRASE=" in result.stderr
-    assert pulumi.calls() == [EXPORT]
+    assert machine.calls() == [EXPORT]
+    assert machine.stack_export("ab1234") == before
 
 
-def test_failed_destroy_shows_pulumi_output_and_how_to_go_on(pulumi, server_answers_ssh):
-    """A failing destroy: exit 1, pulumi's own words, and what to run next."""
-    pulumi.fail("destroy", "error: 1 error occurred: compute quota service unavailable (HTTP 503)")
+@needs_cli
+@needs_closed_ssh_port
+def test_wrong_passphrase_stops_before_anything_is_destroyed(machine, deployed_state):
+    """A passphrase other than the stack's: the real `pulumi state delete` refuses to decrypt,
+    recycle stops with its words and the fix, and the state is as it was."""
+    before = deployed_state
+    env = dict(machine.env, PULUMI_CONFIG_PASSPHRASE="not the stack's passphrase")
+    result = recycle(machine, "--stack", "ab1234", "--yes", env=env)
+    assert result.returncode == 1
+    assert "incorrect passphrase" in result.stderr
+    assert "fix: export PULUMI_CONFIG_PASSPHRASE=" in result.stderr
+    assert "nothing was destroyed yet" in result.stderr
+    assert machine.calls() == [EXPORT, FORGET_STOP]
+    assert machine.stack_export("ab1234") == before
 
-    result = pulumi.run("recycle", "--stack", "ab1234", "--yes")
+
+@needs_cli
+def test_failed_destroy_shows_pulumi_output_and_how_to_go_on(machine, server_answers_ssh):
+    """A failing destroy: exit 1, pulumi's own words, and what to run next.
+
+    The cloud's error is a stand-in's (tests/support/bin/pulumi): there is no cloud here."""
+    machine.fail_pulumi(
+        "destroy", "error: 1 error occurred: compute quota service unavailable (HTTP 503)"
+    )
+
+    result = recycle(machine, "--stack", "ab1234", "--yes")
 
     assert result.returncode == 1
     assert "compute quota service unavailable (HTTP 503)" in result.stdout + result.stderr
     assert "the volume was not a target" in result.stderr
     assert "run `scripts/recycle --stack ab1234` again" in result.stderr
     assert "Traceback" not in result.stderr
-    assert pulumi.calls() == [EXPORT, DESTROY]
+    assert machine.calls() == [EXPORT, DESTROY]
+
+
+@needs_cli
+def test_export_refused_for_the_passphrase_names_the_variable(machine):
+    """If pulumi cannot read the state without the passphrase, the fix names the variable.
+
+    A stand-in failure (tests/support/bin/pulumi): CLI v3.274.1 exports a state without
+    decrypting it, so only an older CLI refuses here."""
+    machine.fail_pulumi(
+        "stack export",
+        "error: getting secrets manager: passphrase must be set with PULUMI_CONFIG_PASSPHRASE "
+        "or PULUMI_CONFIG_PASSPHRASE_FILE environment variables",
+    )
+    result = recycle(machine, "--stack", "ab1234", "--yes")
+    assert result.returncode == 1
+    assert "getting secrets manager: passphrase must be set" in result.stderr
+    assert "fix: export PULUMI_CONFIG_PASSPHRASE=" in result.stderr
+    assert machine.calls() == [EXPORT]
 
 
 def test_kept_resource_missing_afterwards_fails_loudly():
     """If the volume is gone after the destroy, recycle says so and warns against `pulumi up`."""
-    recycle = import_tool("recycle")
+    recycle_module = import_tool("recycle")
     command_line = import_tool("command_line")
     before = state_fixture()
-    plan = recycle.plan_recycle("ab1234", before)
-    after = {
-        "deployment": {
-            "resources": [
-                r
-                for r in resources(before)
-                if r["type"] != VOLUME and r["urn"].rsplit("::", 1)[-1] not in RECYCLED
-            ]
-        }
-    }
+    plan = recycle_module.plan_recycle("ab1234", before)
+    after = copy.deepcopy(before)
+    after["deployment"]["resources"] = [
+        r for r in resources(before) if r["type"] != VOLUME and name_of(r) not in RECYCLED
+    ]
     with pytest.raises(command_line.CommandError) as raised:
-        recycle.check_after(plan, after)
+        recycle_module.check_after(plan, after)
     text = "\n".join(raised.value.lines)
     assert "volume block-persist-ab1234 (data-volume)" in text
     assert "is NOT in the stack's state any more" in text
@@ -329,7 +484,7 @@ def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
     """On the resources the program really registers, the plan removes the server and the stop
     step, and keeps the volume, the port and the floating IP."""
     program = pytest.importorskip("tests.support.program")
-    recycle = import_tool("recycle")
+    recycle_module = import_tool("recycle")
     evaluation = program.evaluate_program(
         "ab1234",
         {"keyPair": "ab1234-key"},
@@ -354,24 +509,10 @@ def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
         }
     }
 
-    plan = recycle.plan_recycle("ab1234", export)
+    plan = recycle_module.plan_recycle("ab1234", export)
 
     assert plan.server.cloud_name == "node-persist-ab1234"
     assert sorted(resource.type for resource in plan.kept) == sorted([VOLUME, PORT, FLOATING_IP])
     assert [step.name for step in plan.stop_steps] == ["provisioning-start-stack"]
     assert all(resource.type != VOLUME for resource in plan.removed)
-    assert recycle.steps_to_forget(plan) == plan.stop_steps
-
-
-def test_export_refused_for_the_passphrase_names_the_variable(pulumi):
-    """If pulumi cannot read the state without the passphrase, the fix names the variable."""
-    pulumi.fail(
-        "stack export",
-        "error: getting secrets manager: passphrase must be set with PULUMI_CONFIG_PASSPHRASE "
-        "or PULUMI_CONFIG_PASSPHRASE_FILE environment variables",
-    )
-    result = pulumi.run("recycle", "--stack", "ab1234", "--yes")
-    assert result.returncode == 1
-    assert "getting secrets manager: passphrase must be set" in result.stderr
-    assert "fix: export PULUMI_CONFIG_PASSPHRASE=" in result.stderr
-    assert pulumi.calls() == [EXPORT]
+    assert recycle_module.steps_to_forget(plan) == plan.stop_steps

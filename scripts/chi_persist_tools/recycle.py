@@ -473,6 +473,8 @@ def run(stack: str | None, assume_yes: bool, environ: Mapping[str, str]) -> int:
         try:
             run_pulumi(arguments)
         except PulumiFailed as failure:
+            if failure.mentions("passphrase"):
+                failure.with_fix(f"fix: {HOW_TO_UNLOCK_SECRETS}")
             raise failure.with_fix(
                 "fix: nothing was destroyed yet; correct what pulumi reports and run recycle again"
             ) from None
@@ -492,6 +494,8 @@ def run(stack: str | None, assume_yes: bool, environ: Mapping[str, str]) -> int:
         stream_pulumi(destroy)
     except PulumiFailed as failure:
         address = plan.address or "the server's address"
+        if failure.mentions("passphrase"):
+            failure.with_fix(f"fix: {HOW_TO_UNLOCK_SECRETS}")
         raise failure.with_fix(
             "the volume was not a target and is not destroyed by this command",
             f"fix: if pulumi could not reach the server ({address}:{SSH_PORT}), run "

@@ -25,7 +25,7 @@ from tests.support.datapath import (
     jupyter_stand_in,
     mlflow_server,
 )
-from tests.support.stand_in_pulumi import import_tool
+from tests.support.tools import import_tool
 
 check_platform = import_tool("check_platform")
 

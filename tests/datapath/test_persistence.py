@@ -28,6 +28,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from tests.engine.workspace import StudentMachine, toolchain_skip_reason
 from tests.support.block_devices import (
     LoopVolume,
     LoopVolumes,
@@ -45,7 +46,7 @@ from tests.support.datapath import (
     s3_server,
 )
 from tests.support.paths import REMOTE_SCRIPTS, REPO_ROOT
-from tests.support.pulumi_outputs import StackOutputPulumi
+from tests.support.pulumi_state import outputs_deployment
 
 pytestmark = [
     pytest.mark.datapath,
@@ -54,6 +55,7 @@ pytestmark = [
         (block_device_skip_reason() or datapath_skip_reason()) is not None,
         reason=str(block_device_skip_reason() or datapath_skip_reason()),
     ),
+    pytest.mark.skipif(toolchain_skip_reason() is not None, reason=str(toolchain_skip_reason())),
 ]
 
 CHECK_PLATFORM = REPO_ROOT / "scripts" / "check-platform"
@@ -265,16 +267,24 @@ def platform_on(mount_point: Path, workspace: Path, label: str) -> Iterator[Runn
         assert postgres.shut_down_cleanly(), "PostgreSQL did not shut down cleanly"
 
 
-def check_platform(*arguments: str, workspace: Path, environ: dict[str, str] | None = None):
-    """scripts/check-platform as a student runs it, from the project's virtual environment."""
-    pulumi_dir = workspace / "pulumi" / "bin"
+def check_platform(
+    *arguments: str,
+    workspace: Path,
+    environ: dict[str, str] | None = None,
+    student: StudentMachine | None = None,
+):
+    """scripts/check-platform as a student runs it, from the project's virtual environment;
+    with `student`, from that machine's copy of the project, reading its stacks."""
+    base = student.env if student is not None else os.environ
     environment = {
-        key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "MLFLOW_"))
+        key: value for key, value in base.items() if not key.startswith(("AWS_", "MLFLOW_"))
     }
-    environment["PATH"] = f"{pulumi_dir}:{VENV_BIN}:{environment['PATH']}"
+    environment["PATH"] = f"{VENV_BIN}:{environment['PATH']}"
     environment.update(environ or {})
+    script = student.project / "scripts" if student is not None else CHECK_PLATFORM.parent
     return subprocess.run(
-        [str(CHECK_PLATFORM), *arguments],
+        [str(script / "check-platform"), *arguments],
+        cwd=workspace,
         env=environment,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -294,11 +304,19 @@ def table(stdout: str) -> dict[str, str]:
     return rows
 
 
-def stand_in_pulumi(workspace: Path) -> StackOutputPulumi:
+def student_with_stack(workspace: Path, platform: RunningPlatform) -> StudentMachine:
+    """A student machine whose stack NETID has the platform's outputs, as `pulumi up` leaves
+    them (credentials and Jupyter URL secret), brought in with the real `pulumi stack import`."""
     directory = workspace / "pulumi"
-    if not directory.exists():
-        directory.mkdir()
-    return StackOutputPulumi(directory)
+    directory.mkdir(exist_ok=True)
+    student = StudentMachine.create(directory)
+    student.import_state(
+        NETID,
+        outputs_deployment(
+            NETID, platform.stack_outputs(), ("jupyter_url", "platform_credentials")
+        ),
+    )
+    return student
 
 
 def reattach(loop_volumes: LoopVolumes, volume: LoopVolume) -> LoopVolume:
@@ -315,7 +333,6 @@ def test_marker_survives_a_recycle(workspace: Path, loop_volumes: LoopVolumes):
     """A run logged before the recycle is found after it: metric, artifact bytes, same UUID."""
     volume_id = "7d3e5f0a-1b2c-4d5e-8f90-a1b2c3d4e5f6"
     volume = loop_volumes.make(size_mib=2048, name="block-persist")
-    pulumi = stand_in_pulumi(workspace)
 
     first = new_server(workspace, "server-1")
     first_output = prepare_volume(first, volume_id, volume.device)
@@ -358,8 +375,10 @@ def test_marker_survives_a_recycle(workspace: Path, loop_volumes: LoopVolumes):
     assert uuid_after == uuid_before
 
     with platform_on(second.mount_point, workspace, "after") as platform:
-        pulumi.set(stacks={NETID: platform.stack_outputs()})
-        verified = check_platform("--stack", NETID, "--verify-marker", workspace=workspace)
+        student = student_with_stack(workspace, platform)
+        verified = check_platform(
+            "--stack", NETID, "--verify-marker", workspace=workspace, student=student
+        )
     assert verified.returncode == 0, verified.stdout + verified.stderr
     rows = table(verified.stdout)
     assert all(rows[name].startswith("✓") for name in CHECK_ROWS), verified.stdout
@@ -376,13 +395,14 @@ def test_fresh_volume_has_no_marker(workspace: Path, loop_volumes: LoopVolumes):
     """A new, empty volume: the services answer, and --verify-marker fails with a clear message."""
     volume_id = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b"
     volume = loop_volumes.make(size_mib=2048, name="block-persist-new")
-    pulumi = stand_in_pulumi(workspace)
     server = new_server(workspace, "server-new")
     assert "formatted=yes" in prepare_volume(server, volume_id, volume.device)
 
     with platform_on(server.mount_point, workspace, "fresh") as platform:
-        pulumi.set(stacks={NETID: platform.stack_outputs()})
-        verified = check_platform("--stack", NETID, "--verify-marker", workspace=workspace)
+        student = student_with_stack(workspace, platform)
+        verified = check_platform(
+            "--stack", NETID, "--verify-marker", workspace=workspace, student=student
+        )
         mlflow_url = platform.mlflow_url
     assert verified.returncode == 1, verified.stdout + verified.stderr
     rows = table(verified.stdout)

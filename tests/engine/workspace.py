@@ -8,11 +8,18 @@ the user database, not $HOME (pkg/backend/diy/backend.go, massageBlobPath), so t
 state directory is given with PULUMI_BACKEND_URL, which the CLI prefers to the
 project's backend (pkg/workspace/creds.go, GetCurrentCloudURLWithSource).
 `pulumi(...)` and `script(...)` run the real CLI and the project's commands there,
-with the toolchain of tests/engine/toolchain first on PATH.
+with the toolchain of tests/engine/toolchain first on PATH. The CLI's own home
+(PULUMI_HOME: the selected stack of each project, a log per command) is the
+machine's too; only the toolchain's resource plugins are shared with it.
+
+A machine set up once can be `clone`d for each test that changes it: the copy has
+the same stacks, config and state, and no stack selected (the CLI keeps the
+selection per project directory).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -22,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tests.support.paths import REPO_ROOT
 
@@ -35,15 +44,20 @@ PROJECT_FILES = (
     "docker",
 )
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+# tests/support/bin/pulumi: records each call and passes it to the real CLI (see its docstring).
+RECORDING_BIN = REPO_ROOT / "tests" / "support" / "bin"
+# Values of the environment that name places inside a machine, rewritten by `clone`.
+MACHINE_PATHS = ("HOME", "PULUMI_HOME", "PULUMI_BACKEND_URL", "STAND_IN_PULUMI_LOG")
 PASSPHRASE = "an engine test's own passphrase"
 # The developer's shell must not steer what the CLI or the provider do here.
-CLEARED_PREFIXES = ("PULUMI_", "OS_", "SSH_AUTH_SOCK", "CHI_PERSIST_REEXEC")
-TOOLCHAIN_VARIABLES = (
-    "PULUMI_HOME",
-    "PULUMI_SKIP_UPDATE_CHECK",
-    "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION",
-    "PULUMI_IGNORE_AMBIENT_PLUGINS",
-)
+CLEARED_PREFIXES = ("PULUMI_", "OS_", "SSH_AUTH_SOCK", "CHI_PERSIST_REEXEC", "STAND_IN_PULUMI_")
+# What tests/engine/toolchain --print-env sets, set here whatever the shell has: no update
+# check and no plugin download (no network), plugins only from PULUMI_HOME.
+TOOLCHAIN_SETTINGS = {
+    "PULUMI_SKIP_UPDATE_CHECK": "true",
+    "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+    "PULUMI_IGNORE_AMBIENT_PLUGINS": "1",
+}
 
 
 def toolchain_skip_reason() -> str | None:
@@ -79,20 +93,49 @@ class StudentMachine:
                 shutil.copy2(source, project / name)
         # What `pulumi install` makes: the project's own virtual environment.
         (project / "venv").symlink_to(Path(sys.prefix))
-        (root / "home" / ".ssh").mkdir(parents=True)
-        (root / "state").mkdir()
+        for directory in ("home/.ssh", "state", "pulumi-home", "elsewhere"):
+            (root / directory).mkdir(parents=True)
+        # The resource plugins the toolchain installed, read-only; all else is this machine's.
+        shared_home = os.environ.get("PULUMI_HOME")
+        if shared_home and (Path(shared_home) / "plugins").is_dir():
+            (root / "pulumi-home" / "plugins").symlink_to(Path(shared_home) / "plugins")
         env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(CLEARED_PREFIXES) or key in TOOLCHAIN_VARIABLES
+            key: value for key, value in os.environ.items() if not key.startswith(CLEARED_PREFIXES)
         }
+        # The toolchain's CLI first, then the test environment's Python (an activated venv).
+        path = [str(Path(sys.executable).parent), env.get("PATH", "")]
+        toolchain = os.environ.get("CHI_PERSIST_TOOLCHAIN_BIN")
+        if toolchain:
+            path.insert(0, toolchain)
+        env.update(TOOLCHAIN_SETTINGS)
         env.update(
+            PATH=os.pathsep.join(path),
             HOME=str(root / "home"),
+            PULUMI_HOME=str(root / "pulumi-home"),
             PULUMI_BACKEND_URL=f"file://{root / 'state'}",
             PULUMI_CONFIG_PASSPHRASE=PASSPHRASE,
         )
         env.update(extra_env or {})
         return cls(root=root, env=env)
+
+    def clone(self, tmp_path: Path) -> StudentMachine:
+        """A copy of this machine under tmp_path: same project files, stacks and state; no
+        stack selected, and no calls recorded yet."""
+        root = tmp_path / "student"
+        logs = self.root / "pulumi-home" / "logs"
+        shutil.copytree(
+            self.root,
+            root,
+            symlinks=True,
+            ignore=lambda directory, names: ["logs"] if Path(directory) == logs.parent else [],
+        )
+        env = dict(self.env)
+        for key in MACHINE_PATHS:
+            if key in env:
+                env[key] = env[key].replace(str(self.root), str(root))
+        clone = StudentMachine(root=root, env=env)
+        clone.calls_log.unlink(missing_ok=True)
+        return clone
 
     @property
     def project(self) -> Path:
@@ -102,22 +145,117 @@ class StudentMachine:
     def home(self) -> Path:
         return self.root / "home"
 
+    @property
+    def workdir(self) -> Path:
+        """A directory outside the project, where a student may well start a command."""
+        return self.root / "elsewhere"
+
+    @property
+    def calls_log(self) -> Path:
+        return self.root / "pulumi-calls.jsonl"
+
+    def record_pulumi_calls(self) -> None:
+        """Put tests/support/bin/pulumi first on PATH: it records each call, with its working
+        directory, and passes it to the real CLI (a targeted `destroy` excepted)."""
+        self.env["PATH"] = os.pathsep.join([str(RECORDING_BIN), self.env["PATH"]])
+        self.env["STAND_IN_PULUMI_LOG"] = str(self.calls_log)
+
+    def fail_pulumi(self, command: str, message: str) -> None:
+        """Make recorded calls of `command` (its first words) fail with `message`: only for the
+        failures tests/support/bin/pulumi names, which the real CLI cannot show here."""
+        failures = json.loads(self.env.get("STAND_IN_PULUMI_FAIL") or "{}")
+        failures[command] = message
+        self.env["STAND_IN_PULUMI_FAIL"] = json.dumps(failures)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The recorded calls, oldest first: {"argv": [...], "cwd": "..."}."""
+        if not self.calls_log.exists():
+            return []
+        lines = self.calls_log.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def calls(self) -> list[list[str]]:
+        """The argument lists of the recorded calls, oldest first."""
+        return [record["argv"] for record in self.records()]
+
     def pulumi(
         self, *arguments: str, timeout: float = 600, stdin: str = "", check: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        """`pulumi ARGUMENTS` in the project directory, with no terminal."""
-        return self._run(["pulumi", *arguments], timeout=timeout, stdin=stdin, check=check)
+        """`pulumi ARGUMENTS` in the project directory, with no terminal; never recorded."""
+        return self._run(
+            [self.pulumi_executable, *arguments], timeout=timeout, stdin=stdin, check=check
+        )
+
+    @property
+    def pulumi_executable(self) -> str:
+        """The real CLI: the toolchain's, else the first `pulumi` on PATH."""
+        toolchain = os.environ.get("CHI_PERSIST_TOOLCHAIN_BIN")
+        return str(Path(toolchain) / "pulumi") if toolchain else "pulumi"
 
     def script(
-        self, name: str, *arguments: str, timeout: float = 600, stdin: str = "", check: bool = False
+        self,
+        name: str,
+        *arguments: str,
+        timeout: float = 600,
+        stdin: str = "",
+        check: bool = False,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """The project's scripts/NAME, as a student runs it from the project directory."""
+        """The project's scripts/NAME, as a student runs it: from the project directory, or
+        from `cwd`; with the machine's environment, or `env`."""
         return self._run(
             [str(self.project / "scripts" / name), *arguments],
             timeout=timeout,
             stdin=stdin,
             check=check,
+            cwd=cwd,
+            env=env,
         )
+
+    def stack_names(self) -> list[str]:
+        listing = json.loads(self.pulumi("stack", "ls", "--json", check=True).stdout)
+        return sorted(entry["name"] for entry in listing)
+
+    def stack_file(self, stack: str) -> dict[str, Any] | None:
+        """Pulumi.<stack>.yaml of the project, as the CLI wrote it; None if there is none."""
+        path = self.project / f"Pulumi.{stack}.yaml"
+        return yaml.safe_load(path.read_text()) if path.exists() else None
+
+    def config(self, stack: str, *, show_secrets: bool = False) -> dict[str, Any]:
+        """`pulumi config --json`: every key of the stack, with the project's defaults, by name."""
+        arguments = ["config", "--json", "--stack", stack]
+        if show_secrets:
+            arguments.append("--show-secrets")
+        listing = json.loads(self.pulumi(*arguments, check=True).stdout)
+        return {key: entry.get("objectValue", entry.get("value")) for key, entry in listing.items()}
+
+    def import_state(self, stack: str, deployment: Mapping[str, Any]) -> None:
+        """Make `stack` (created if need be) hold `deployment`, with the real `pulumi stack
+        import`. Its secrets are plaintext, as `pulumi stack export --show-secrets` prints
+        them; the stack's own secrets provider is put in, so the CLI encrypts them with this
+        machine's passphrase (tests/support/pulumi_state.py)."""
+        created = self.pulumi("stack", "init", stack, "--non-interactive")
+        if created.returncode != 0 and "already exists" not in created.stderr:
+            raise AssertionError(f"pulumi stack init {stack} failed: {created.stderr}")
+        # The passphrase provider's state is the salt the CLI keeps in the stack file
+        # (pkg/secrets/passphrase/manager.go, localSecretsManagerState).
+        salt = (self.stack_file(stack) or {}).get("encryptionsalt")
+        assert salt, f"Pulumi.{stack}.yaml has no encryptionsalt"
+        document = copy.deepcopy(dict(deployment))
+        document["deployment"]["secrets_providers"] = {
+            "type": "passphrase",
+            "state": {"salt": salt},
+        }
+        path = self.root / f"import-{stack}.json"
+        path.write_text(json.dumps(document))
+        try:
+            self.pulumi(
+                "stack", "import", "--stack", stack, "--file", str(path), "--non-interactive",
+                check=True,
+            )  # fmt: skip
+        finally:
+            path.unlink()
 
     def stack_export(self, stack: str) -> dict[str, Any]:
         result = self.pulumi("stack", "export", "--stack", stack, check=True)
@@ -130,12 +268,19 @@ class StudentMachine:
         return json.loads(self.pulumi(*arguments, check=True).stdout)
 
     def _run(
-        self, command: list[str], *, timeout: float, stdin: str, check: bool
+        self,
+        command: list[str],
+        *,
+        timeout: float,
+        stdin: str,
+        check: bool,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             command,
-            cwd=self.project,
-            env=self.env,
+            cwd=cwd or self.project,
+            env=dict(env) if env is not None else self.env,
             input=stdin,
             capture_output=True,
             text=True,
