@@ -21,7 +21,8 @@ overlay, the config drive, the blank disk, the console and qemu logs), so a new
 driver on the same state dir knows every server; guests do not outlive the
 driver's process (the kernel kills qemu when it ends, even by SIGKILL), so after a
 restart every server is stopped until `start` is called. QMP sockets live in a
-short private directory under /tmp (a Unix socket path is limited to 107 bytes).
+short private directory under /tmp (a Unix socket path is limited to 107 bytes),
+named with the driver's pid so that a later driver removes what a killed one left.
 
 States: "building" from `boot` until qemu runs (seconds, or minutes when the
 guest image must be built first); "running" while qemu runs (the guest's own boot
@@ -93,6 +94,8 @@ SERVER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAC_PATTERN = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 RECORD = "machine.json"
+SOCKETS_PARENT = Path("/tmp")
+SOCKETS_PREFIX = "chi-twin-qmp-"
 LOG_TAIL_LINES = 30
 
 EventSink = Callable[[str, str, str], None]
@@ -429,7 +432,7 @@ class QemuMachines:
         self._lock = threading.Lock()
         self._closed = False
         self._machines: dict[str, _Machine] = {}
-        self._sockets = Path(tempfile.mkdtemp(prefix="chi-twin-qmp-", dir="/tmp"))
+        self._sockets = _socket_directory()
         self._spawner = _Spawner()
         self._load()
 
@@ -1089,6 +1092,15 @@ class QemuMachines:
         if machine.directory.parent != self.machines_dir:
             raise MachineError(f"refusing to remove {machine.directory}: not a machine directory")
         shutil.rmtree(machine.directory, ignore_errors=True)
+
+
+def _socket_directory() -> Path:
+    """A new private directory for this driver's QMP sockets; those of dead drivers go."""
+    for directory in SOCKETS_PARENT.glob(f"{SOCKETS_PREFIX}*"):
+        owner = directory.name[len(SOCKETS_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(directory, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{SOCKETS_PREFIX}{os.getpid()}-", dir=SOCKETS_PARENT))
 
 
 def _volume_node(attachment: Mapping[str, str]) -> dict[str, Any]:
