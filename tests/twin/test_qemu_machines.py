@@ -31,6 +31,8 @@ import pytest
 from components.access import PLATFORM_PORTS
 from components.project_files import FIRST_BOOT_DIR, PROJECT_ROOT, first_boot_user_data
 from tests.twin.qemu_machines import (
+    SOCKETS_PARENT,
+    SOCKETS_PREFIX,
     MachineError,
     QemuMachines,
     config_drive_files,
@@ -691,7 +693,8 @@ DRIVER_PROCESS = textwrap.dedent(
 @pytest.mark.vm
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
 def test_guest_dies_with_the_process_that_runs_the_driver(tmp_path: Path, how: int) -> None:
-    """Killed by SIGKILL or ended by SIGTERM without any cleanup, the driver leaves no qemu."""
+    """Killed by SIGKILL or ended by SIGTERM without any cleanup, the driver leaves no qemu;
+    the next driver removes the socket directory it left."""
     needs_machines()
     owner = subprocess.Popen(
         [sys.executable, "-c", DRIVER_PROCESS, str(tmp_path)],
@@ -714,3 +717,7 @@ def test_guest_dies_with_the_process_that_runs_the_driver(tmp_path: Path, how: i
         owner.kill()
         owner.wait()
     assert qemu_processes_of(tmp_path) == []
+    left = list(SOCKETS_PARENT.glob(f"{SOCKETS_PREFIX}{owner.pid}-*"))
+    assert left, "the killed driver's socket directory was expected to stay behind"
+    with QemuMachines(tmp_path / "next"):
+        assert not any(path.exists() for path in left)
