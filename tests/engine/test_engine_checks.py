@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from components.settings import CONFIG_KEYS
-from tests.engine.workspace import StudentMachine, toolchain_skip_reason
+from tests.engine.workspace import StudentMachine, explain, toolchain_skip_reason
 
 pytestmark = [
     pytest.mark.engine,
@@ -61,10 +61,6 @@ def student(tmp_path: Path) -> StudentMachine:
         check=True,
     )
     return machine
-
-
-def explain(result: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
 
 
 def preview(student: StudentMachine, stack: str) -> subprocess.CompletedProcess[str]:

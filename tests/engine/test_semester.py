@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine.workspace import StudentMachine, toolchain_skip_reason
+from tests.engine.workspace import StudentMachine, explain, toolchain_skip_reason
 from tests.twin.harness import Twin
 
 pytestmark = [pytest.mark.vm, pytest.mark.engine]
@@ -106,10 +106,6 @@ def _ready_line(stdout: str) -> dict[str, str]:
     lines = [line for line in stdout.splitlines() if "ready: device=" in line]
     assert lines, f"prepare-volume.sh printed no ready line:\n{stdout}"
     return dict(re.findall(r"(\w+)=(\S+)", lines[-1]))
-
-
-def _explain(result: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
 
 
 def _api_calls(twin: Twin, since: int) -> list[tuple[str, str]]:
@@ -189,9 +185,9 @@ def semester(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Semester]:
 def test_1_first_up_brings_the_platform_up_and_formats_the_volume_once(semester: Semester):
     """new-stack with only a key pair, then one `pulumi up`: the platform runs on the twin."""
     made = semester.student.script("new-stack", NETID, "--key-pair", KEY_PAIR)
-    assert made.returncode == 0, _explain(made)
+    assert made.returncode == 0, explain(made)
     up = semester.up()
-    assert up.returncode == 0, _explain(up)
+    assert up.returncode == 0, explain(up)
     outputs = semester.outputs()
     address = outputs["floating_ip"]
     assert address.startswith("127.") and address != "127.0.0.1", outputs
@@ -203,7 +199,7 @@ def test_1_first_up_brings_the_platform_up_and_formats_the_volume_once(semester:
     ready = _ready_line(semester.command_stdout(PREPARE))
     assert ready["formatted"] == "yes"
     running = semester.ssh(PLATFORM_RUNS)
-    assert running.returncode == 0, _explain(running)
+    assert running.returncode == 0, explain(running)
     semester.learned.update(
         address=address,
         server_id=outputs["server_id"],
@@ -219,7 +215,7 @@ def test_2_preview_right_after_up_expects_no_changes(semester: Semester):
     preview = semester.student.pulumi(
         "preview", "--expect-no-changes", "--stack", NETID, "--non-interactive", timeout=900
     )
-    assert preview.returncode == 0, _explain(preview)
+    assert preview.returncode == 0, explain(preview)
 
 
 def test_3_a_marker_is_written_on_the_volume(semester: Semester):
@@ -227,7 +223,7 @@ def test_3_a_marker_is_written_on_the_volume(semester: Semester):
     wrote = semester.ssh(
         f"echo {shlex.quote(MARKER)} | sudo tee /mnt/block/marker.txt >/dev/null && sync"
     )
-    assert wrote.returncode == 0, _explain(wrote)
+    assert wrote.returncode == 0, explain(wrote)
 
 
 def test_4_recycle_removes_the_server_and_keeps_everything_else(semester: Semester):
@@ -235,7 +231,7 @@ def test_4_recycle_removes_the_server_and_keeps_everything_else(semester: Semest
     and the volume, port, floating IP and group stay."""
     events_before = len(semester.twin.events())
     recycled = semester.student.script("recycle", "--stack", NETID, "--yes", timeout=UP_TIMEOUT)
-    assert recycled.returncode == 0, _explain(recycled)
+    assert recycled.returncode == 0, explain(recycled)
     state = semester.twin.state()
     assert state["servers"] == []
     (volume,) = state["volumes"]
@@ -266,7 +262,7 @@ def test_4_recycle_removes_the_server_and_keeps_everything_else(semester: Semest
 def test_5_up_after_recycle_brings_the_same_data_back_without_formatting(semester: Semester):
     """A new server on the same address with the same volume; the marker survived."""
     up = semester.up()
-    assert up.returncode == 0, _explain(up)
+    assert up.returncode == 0, explain(up)
     outputs = semester.outputs()
     assert outputs["server_id"] != semester.learned["server_id"]
     assert outputs["floating_ip"] == semester.learned["address"]
@@ -274,5 +270,5 @@ def test_5_up_after_recycle_brings_the_same_data_back_without_formatting(semeste
     ready = _ready_line(semester.command_stdout(PREPARE))
     assert ready["formatted"] == "no" and ready["uuid"] == semester.learned["uuid"], ready
     marker = semester.ssh("cat /mnt/block/marker.txt")
-    assert marker.stdout.strip() == MARKER, _explain(marker)
+    assert marker.stdout.strip() == MARKER, explain(marker)
     semester.learned["server_id"] = outputs["server_id"]

@@ -293,3 +293,8 @@ class StudentMachine:
                 f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
             )
         return result
+
+
+def explain(result: subprocess.CompletedProcess[str]) -> str:
+    """A finished command's exit status and output, for an assertion message."""
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
