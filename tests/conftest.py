@@ -4,7 +4,11 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.support.block_devices", "tests.support.other_user"]
+pytest_plugins = [
+    "tests.support.benchmarks",
+    "tests.support.block_devices",
+    "tests.support.other_user",
+]
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,0 +1,91 @@
+"""tests/engine/timeline.py: steps, the critical path and what waited, from an event log in
+the engine's format (sdk/go/common/apitype/events.go)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.engine.timeline import dependencies_of, read_events, timeline
+
+PREFIX = "urn:pulumi:ab1234::chi-persist::"
+SERVER = PREFIX + "chi-persist:index:Node$openstack:compute/instance:Instance::node-server"
+ATTACH = PREFIX + "chi-persist:index:Node$openstack:compute/volumeAttach:VolumeAttach::node-attach"
+VOLUME = PREFIX + "openstack:blockstorage/volume:Volume::data"
+PREPARE = PREFIX + "command:remote:Command::provisioning-prepare-volume"
+
+
+def event(sequence: int, stamp: int, kind: str, op: str, urn: str, planning: bool = False):
+    body = {"metadata": {"op": op, "urn": urn, "type": urn.split("::")[-2]}}
+    if kind == "resourcePreEvent":
+        body["planning"] = planning
+    return {"sequence": sequence, "timestamp": stamp, kind: body}
+
+
+def write_log(path: Path, events: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(item) + "\n" for item in events))
+    return path
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Path:
+    return write_log(
+        tmp_path / "events.jsonl",
+        [
+            {"sequence": 0, "timestamp": 100, "cancelEvent": {}},
+            # The preview's events are not steps.
+            event(1, 100, "resourcePreEvent", "create", SERVER, planning=True),
+            event(2, 101, "resourcePreEvent", "create", SERVER),
+            event(3, 101, "resourcePreEvent", "create", VOLUME),
+            event(4, 104, "resOutputsEvent", "create", VOLUME),
+            event(5, 105, "resourcePreEvent", "same", PREFIX + "pulumi:pulumi:Stack::x"),
+            event(6, 160, "resOutputsEvent", "create", SERVER),
+            event(7, 161, "resourcePreEvent", "create", ATTACH),
+            event(8, 170, "resOutputsEvent", "create", ATTACH),
+            event(9, 175, "resourcePreEvent", "create", PREPARE),
+            event(10, 190, "resOpFailedEvent", "create", PREPARE),
+            {"sequence": 11, "timestamp": 191, "summaryEvent": {}},
+        ],
+    )
+
+
+def test_steps_are_timed_from_pre_to_outputs_without_preview_or_same_steps(log: Path):
+    result = timeline(read_events(log))
+    assert [(s.name, s.start - result.started, s.seconds) for s in result.steps] == [
+        ("node-server (Instance)", 1, 59),
+        ("data (Volume)", 1, 3),
+        ("node-attach (VolumeAttach)", 61, 9),
+        ("provisioning-prepare-volume (Command)", 75, 15),
+    ]
+    assert result.seconds == 91 and result.steps[-1].failed
+
+
+def test_the_critical_path_follows_dependencies_and_counts_the_waits(log: Path):
+    export = {
+        "deployment": {
+            "resources": [
+                {"urn": ATTACH, "dependencies": [SERVER], "propertyDependencies": {"v": [VOLUME]}},
+                {"urn": PREPARE, "propertyDependencies": {"triggers": [ATTACH]}},
+            ]
+        }
+    }
+    summary = timeline(read_events(log), dependencies_of(export)).summary()
+    assert [(item["step"], item["waited"]) for item in summary["critical_path"]] == [
+        ("node-server (Instance)", 1),
+        ("node-attach (VolumeAttach)", 1),
+        ("provisioning-prepare-volume (Command)", 5),
+    ]
+    assert summary["waited_seconds"] == 7
+    assert summary["overlapped"] == ["data (Volume)"]
+
+
+def test_a_log_without_timed_events_is_refused(tmp_path: Path):
+    empty = write_log(tmp_path / "empty.jsonl", [{"sequence": 0}])
+    with pytest.raises(ValueError, match="no timed engine events"):
+        timeline(read_events(empty))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")
+    with pytest.raises(ValueError, match="broken.jsonl:1"):
+        read_events(broken)

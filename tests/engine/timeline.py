@@ -1,0 +1,191 @@
+"""What a `pulumi up` spent its time on, from the engine's own event log.
+
+`pulumi up --event-log FILE` writes one engine event per line (sdk/go/common/apitype
+events.go: `sequence`, `timestamp` in whole Unix seconds, and one event body). A step
+of a resource starts with its `resourcePreEvent` and ends with its `resOutputsEvent`
+(or `resOpFailedEvent`), both carrying the step's `op` and `urn`; preview events
+(`planning: true`) and `same` steps (nothing done) are left out.
+
+The critical path is walked back from the step that ended last: each step's
+predecessor is the step it depends on (from the stack's state, when given) that ended
+last before it started; without a known dependency, the step that ended last before
+it. Time between a predecessor's end and the step's start is waiting (the engine's
+own work, the program's callbacks); everything not on the path overlapped with it.
+
+    python -m tests.engine.timeline EVENT_LOG [STACK_EXPORT_JSON]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IGNORED_OPS = {"same", "read", "discard", "import"}
+
+
+@dataclass
+class Step:
+    urn: str
+    op: str
+    start: int
+    end: int | None = None
+    failed: bool = False
+
+    @property
+    def name(self) -> str:
+        """The resource's name, and its type's last part: `node-server (Instance)`."""
+        parts = self.urn.split("::")
+        kind = parts[-2].split("$")[-1].split(":")[-1] if len(parts) >= 2 else "?"
+        return f"{parts[-1]} ({kind})"
+
+    @property
+    def seconds(self) -> int:
+        return (self.end if self.end is not None else self.start) - self.start
+
+
+@dataclass
+class Timeline:
+    steps: list[Step]
+    started: int
+    ended: int
+    dependencies: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> int:
+        return self.ended - self.started
+
+    def critical_path(self) -> list[tuple[Step, int]]:
+        """(step, seconds waited before it), first step first."""
+        finished = [step for step in self.steps if step.end is not None]
+        if not finished:
+            return []
+        current = max(finished, key=lambda step: (step.end, step.start))
+        path: list[tuple[Step, int]] = []
+        while True:
+            before = [
+                step
+                for step in finished
+                if step is not current and step.end is not None and step.end <= current.start
+            ]
+            known = self.dependencies.get(current.urn, frozenset())
+            related = [step for step in before if step.urn in known or step.urn == current.urn]
+            candidates = related or before
+            if not candidates:
+                path.append((current, current.start - self.started))
+                break
+            previous = max(candidates, key=lambda step: (step.end, step.start))
+            assert previous.end is not None
+            path.append((current, current.start - previous.end))
+            current = previous
+        path.reverse()
+        return path
+
+    def table(self) -> str:
+        """Markdown: every step with its start, duration and whether it was on the path."""
+        on_path = {id(step) for step, _ in self.critical_path()}
+        lines = [
+            "| step | op | starts at (s) | seconds | critical path |",
+            "|---|---|---:|---:|---|",
+        ]
+        for step in sorted(self.steps, key=lambda step: (step.start, step.end or 0)):
+            mark = "yes" if id(step) in on_path else ""
+            if step.failed:
+                mark = (mark + " failed").strip()
+            lines.append(
+                f"| {step.name} | {step.op} | {step.start - self.started} | {step.seconds} "
+                f"| {mark} |"
+            )
+        return "\n".join(lines)
+
+    def summary(self) -> dict[str, Any]:
+        path = self.critical_path()
+        on_path = {id(step) for step, _ in path}
+        return {
+            "seconds": self.seconds,
+            "critical_path": [
+                {"step": step.name, "op": step.op, "seconds": step.seconds, "waited": waited}
+                for step, waited in path
+            ],
+            "waited_seconds": sum(waited for _, waited in path),
+            "overlapped": sorted(
+                {step.name for step in self.steps if id(step) not in on_path and step.seconds > 0}
+            ),
+        }
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    events = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not a JSON event: {error}") from None
+    return events
+
+
+def dependencies_of(export: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+    """URN -> the URNs it depends on, from `pulumi stack export`."""
+    result = {}
+    for resource in export.get("deployment", {}).get("resources") or []:
+        depends = set(resource.get("dependencies") or [])
+        for urns in (resource.get("propertyDependencies") or {}).values():
+            depends.update(urns or [])
+        result[resource["urn"]] = frozenset(depends)
+    return result
+
+
+def timeline(
+    events: Iterable[Mapping[str, Any]], dependencies: Mapping[str, frozenset[str]] | None = None
+) -> Timeline:
+    open_steps: dict[tuple[str, str], Step] = {}
+    steps: list[Step] = []
+    times = []
+    for event in events:
+        stamp = event.get("timestamp")
+        if not isinstance(stamp, int):
+            continue
+        times.append(stamp)
+        for key, failed in (
+            ("resourcePreEvent", None),
+            ("resOutputsEvent", False),
+            ("resOpFailedEvent", True),
+        ):
+            body = event.get(key)
+            if not body or body.get("planning"):
+                continue
+            metadata = body.get("metadata") or {}
+            op, urn = metadata.get("op"), metadata.get("urn")
+            if not op or not urn or op in IGNORED_OPS:
+                continue
+            if failed is None:
+                step = Step(urn=urn, op=op, start=stamp)
+                open_steps[(urn, op)] = step
+                steps.append(step)
+            elif (urn, op) in open_steps:
+                step = open_steps.pop((urn, op))
+                step.end, step.failed = stamp, failed
+    if not times:
+        raise ValueError("no timed engine events: was the log written by `pulumi up --event-log`?")
+    return Timeline(steps, min(times), max(times), dependencies or {})
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (1, 2):
+        print(__doc__.rsplit("\n\n", 1)[-1].strip(), file=sys.stderr)
+        return 2
+    dependencies = dependencies_of(json.loads(Path(argv[1]).read_text())) if len(argv) == 2 else {}
+    result = timeline(read_events(Path(argv[0])), dependencies)
+    print(result.table())
+    print()
+    print(json.dumps(result.summary(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
