@@ -317,7 +317,8 @@ def admin_blueprint(cloud: Cloud, faults: Faults) -> Blueprint:
 
 
 def create_app(cloud: Cloud) -> Flask:
-    app = Flask("tests.twin")
+    # No static folder: Flask would otherwise serve GET /static/<path> in Keystone's namespace.
+    app = Flask("tests.twin", static_folder=None)
     app.config["TWIN_CLOUD"] = cloud
     app.url_map.strict_slashes = False
     faults = Faults()

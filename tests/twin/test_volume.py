@@ -83,6 +83,24 @@ def test_list_filters_the_data_source_uses(shared_api: Api) -> None:
     assert [set(each) for each in summary] == [{"id", "name", "links"}]
 
 
+def test_next_link_keeps_the_filters(shared_api: Api) -> None:
+    """Cinder's volumes_links keep the request's parameters, only the marker replaced
+    (cinder/api/common.py _get_next_link): gophercloud follows the link as given, so a filter
+    dropped there would list other volumes on the next page."""
+    api = shared_api
+    for name in ("paged", "not-paged", "paged"):
+        steps.volume(api, name, 1)
+    seen: list[str] = []
+    url, params = f"{api.volume}/volumes/detail", {"name": "paged", "limit": "1"}
+    while url:
+        body = api.get(url, params=params).json()
+        seen += [volume["name"] for volume in body["volumes"]]
+        links = [link["href"] for link in body.get("volumes_links", []) if link["rel"] == "next"]
+        url, params = (links[0] if links else ""), {}
+        assert not url or ("name=paged" in url and "limit=1" in url), url
+    assert seen == ["paged", "paged"]
+
+
 def test_unknown_filter_is_dropped_before_3_34_and_refused_after(shared_api: Api) -> None:
     """Cinder drops filters a user may not use, and from 3.34 refuses them."""
     api = shared_api

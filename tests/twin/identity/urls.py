@@ -12,21 +12,19 @@ PREFIX = ""
 AUTHENTICATED = False
 
 blueprint = Blueprint(SERVICE, __name__)
-blueprint.add_url_rule("/", view_func=responses.versions, methods=["GET"])
-blueprint.add_url_rule("/v3", view_func=responses.version, methods=["GET"])
-blueprint.add_url_rule(
-    "/v3/", view_func=responses.version, methods=["GET"], endpoint="version_slash"
+ROUTES = (
+    ("/", "GET", responses.versions),
+    ("/v3", "GET", responses.version),
+    ("/v3/", "GET", responses.version),
+    ("/v3/auth/tokens", "POST", responses.create_token),
+    ("/v3/auth/tokens", "GET", responses.show_token),
+    ("/v3/auth/tokens", "HEAD", responses.show_token),
+    ("/v3/auth/tokens", "DELETE", responses.revoke_token),
 )
-blueprint.add_url_rule("/v3/auth/tokens", view_func=responses.create_token, methods=["POST"])
-blueprint.add_url_rule(
-    "/v3/auth/tokens",
-    view_func=responses.show_token,
-    methods=["GET", "HEAD"],
-    endpoint="show_token",
-)
-blueprint.add_url_rule(
-    "/v3/auth/tokens", view_func=responses.revoke_token, methods=["DELETE"], endpoint="revoke_token"
-)
+for rule, method, view in ROUTES:
+    blueprint.add_url_rule(
+        rule, endpoint=f"{view.__name__}_{method}", view_func=view, methods=[method]
+    )
 
 
 def unserved(status: int, message: str) -> IdentityError:

@@ -8,6 +8,7 @@ openstack/image/v2/images (GET /v2/images/{id}; `next` link pagination).
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Response, request
 
@@ -89,13 +90,17 @@ def list_images() -> Response:
         raise ImageError(400, "limit param must be an integer") from None
     if limit < 0:
         raise ImageError(400, "limit param must be positive")
+    # glance/api/v2/images.py ResponseSerializer.index: both links keep the request's
+    # parameters, the marker dropped from `first` and replaced in `next`.
+    params = [(key, value) for key, value in request.args.items(multi=True) if key != "marker"]
+    query = urlencode(params)
     body: dict[str, Any] = {
         "images": [render(image) for image in images[:limit]],
-        "first": "/v2/images",
+        "first": f"/v2/images?{query}" if query else "/v2/images",
         "schema": "/v2/schemas/images",
     }
     if len(images) > limit and limit > 0:
-        body["next"] = f"/v2/images?marker={images[limit - 1]['id']}&limit={limit}"
+        body["next"] = "/v2/images?" + urlencode([*params, ("marker", images[limit - 1]["id"])])
     return json_response(body)
 
 

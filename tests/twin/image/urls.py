@@ -13,9 +13,13 @@ AUTHENTICATED = True
 UNAUTHENTICATED_ENDPOINTS = ("image.versions",)
 
 blueprint = Blueprint(SERVICE, __name__)
-blueprint.add_url_rule("/", view_func=responses.versions, methods=["GET"])
-blueprint.add_url_rule("/v2/images", view_func=responses.list_images, methods=["GET"])
-blueprint.add_url_rule("/v2/images/<image_id>", view_func=responses.show_image, methods=["GET"])
+ROUTES = (
+    ("/", "GET", responses.versions),
+    ("/v2/images", "GET", responses.list_images),
+    ("/v2/images/<image_id>", "GET", responses.show_image),
+)
+for rule, method, view in ROUTES:
+    blueprint.add_url_rule(rule, endpoint=view.__name__, view_func=view, methods=[method])
 
 
 def unserved(status: int, message: str) -> ImageError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Response, request
 
@@ -314,7 +315,7 @@ def _listing(detail: bool) -> Response:
             body["volumes_links"] = [
                 {
                     "rel": "next",
-                    "href": f"{request.base_url}?limit={limit}&marker={volumes[-1]['id']}",
+                    "href": f"{request.base_url}?{next_query(volumes[-1]['id'])}",
                 }
             ]
     if detail:
@@ -325,6 +326,12 @@ def _listing(detail: bool) -> Response:
             for item in (render(volume, version) for volume in volumes)
         ]
     return _respond(body, version)
+
+
+def next_query(marker: str) -> str:
+    """The request's parameters with the marker replaced (cinder/api/common.py _get_next_link)."""
+    params = [(key, value) for key, value in request.args.items(multi=True) if key != "marker"]
+    return urlencode([*params, ("marker", marker)])
 
 
 def list_volumes(project_id: str) -> Response:
