@@ -7,23 +7,43 @@ disk, every floating IP is a loopback address that reaches the guest. The steps
 run in order on one twin and one student, as the semester does:
 
  1. new-stack, then `pulumi up`: the platform comes up and the volume is formatted once;
- 2. `pulumi preview --expect-no-changes` right after;
+ 2. `pulumi preview --expect-no-changes` right after, and a `pulumi up` that changes nothing;
  3. a marker written on the volume through the server;
  4. `scripts/recycle`: server, attachment and commands gone, the rest untouched,
     the volume cleanly unmounted before it was detached, detached before the delete;
- 5. `pulumi up`: a new server, same address and volume, nothing formatted, the marker there.
+ 5. `pulumi up`: a new server, same address and volume, nothing formatted, the marker there;
+ 6. a changed file under docker/: the volume is mounted and the stack runs afterwards;
+ 7. a new `reservation`: the server is replaced through the clean stop, never resized;
+ 8. a larger `volumeSize`: the filesystem grows, the marker intact;
+10. faults: the server vanishes out of band, and `scripts/recycle` then `pulumi up`
+    recover it; an API call fails with 503 mid-`up` and a second `up` converges with
+    nothing duplicated; the SSH session drops during the prepare step and a rerun
+    converges with nothing formatted twice;
+ 9. `pulumi destroy` stops at the protected volume; the README's "delete everything"
+    commands then leave the twin empty (the semester's end, so it runs after the faults);
+11. and 12. two more students at once on the same twin: one adopts a tutorial-formatted
+    volume pre-made in the twin with `existingVolumeId` (mounted as it is, data intact),
+    the other starts from nothing; no cloud name is shared.
 
-Each step's test names what it proves; a failure says which step broke and shows the
-CLI's output. The steps share state, so a failed step makes the later ones fail too
-(pytest -x stops at the first).
+The numbers are the steps of the semester as the project's issue lists them; the tests
+run in the order of this file. Each step's test names what it proves; a failure says
+which step broke and shows the CLI's output. The first `up`, the unchanged `up`, the
+recycle and the `up` after it are timed, each `up` with its critical path from the
+engine's event log (tests/engine/timeline.py), in the summary at the end of the run.
+The steps share state, so a failed step makes the later ones fail too (pytest -x stops
+at the first).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import datetime
+import functools
 import json
 import re
 import shlex
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +51,9 @@ from typing import Any
 
 import pytest
 
+from tests.engine.timeline import Timeline, dependencies_of, read_events, timeline
 from tests.engine.workspace import StudentMachine, explain, toolchain_skip_reason
+from tests.support.benchmarks import add_table
 from tests.twin.harness import Twin
 
 pytestmark = [pytest.mark.vm, pytest.mark.engine]
@@ -68,18 +90,61 @@ class Semester:
     twin: Twin
     student: StudentMachine
     key: Path
+    netid: str = NETID
     learned: dict[str, Any] = field(default_factory=dict)
+    # What the benchmark table shows: (what was run, wall seconds, its timeline or None).
+    measured: list[tuple[str, float, Timeline | None]] = field(default_factory=list)
 
-    def up(self, *extra: str) -> subprocess.CompletedProcess[str]:
-        return self.student.pulumi(
-            "up", "--yes", "--stack", NETID, "--non-interactive", *extra, timeout=UP_TIMEOUT
-        )
+    def up(self, *extra: str, measure: str = "") -> subprocess.CompletedProcess[str]:
+        """`pulumi up`; with `measure`, timed, and its steps read from the engine's event log."""
+        arguments = ["up", "--yes", "--stack", self.netid, "--non-interactive", *extra]
+        if not measure:
+            return self.student.pulumi(*arguments, timeout=UP_TIMEOUT)
+        log = self.student.root / f"events-{len(self.measured)}.jsonl"
+        began = time.monotonic()
+        result = self.student.pulumi(*arguments, "--event-log", str(log), timeout=UP_TIMEOUT)
+        seconds = time.monotonic() - began
+        steps = timeline(read_events(log), dependencies_of(self.student.stack_export(self.netid)))
+        self.measured.append((measure, seconds, steps))
+        return result
+
+    def script(self, measure: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+        """One of the project's scripts, timed."""
+        began = time.monotonic()
+        result = self.student.script(*arguments, timeout=UP_TIMEOUT)
+        self.measured.append((measure, time.monotonic() - began, None))
+        return result
+
+    def benchmark(self) -> str:
+        """The measured runs, then the critical path of each `up` (markdown)."""
+        lines = ["| run | wall seconds | engine steps | critical path (seconds, waited) |"]
+        lines.append("|---|---:|---:|---|")
+        for what, seconds, steps in self.measured:
+            path = (
+                ""
+                if steps is None
+                else ", ".join(
+                    f"{step.name} {step.seconds} (+{waited})"
+                    for step, waited in steps.critical_path()
+                )
+            )
+            count = "" if steps is None else str(len(steps.steps))
+            lines.append(f"| {what} | {seconds:.0f} | {count} | {path} |")
+        for what, _, steps in self.measured:
+            if steps is not None and steps.steps:
+                lines += ["", f"{what}: every step", "", steps.table()]
+        return "\n".join(lines)
+
+    @property
+    def student_env(self) -> dict[str, str]:
+        """What a student of this class sets: the cloud's credentials."""
+        return {key: self.student.env[key] for key in ("OS_CLOUD", "OS_CLIENT_CONFIG_FILE")}
 
     def outputs(self) -> dict[str, Any]:
-        return self.student.outputs(NETID)
+        return self.student.outputs(self.netid)
 
     def resources(self) -> list[dict[str, Any]]:
-        export = self.student.stack_export(NETID)
+        export = self.student.stack_export(self.netid)
         return export["deployment"].get("resources") or []
 
     def command_stdout(self, name: str) -> str:
@@ -159,7 +224,9 @@ def _filesystem_state(disk: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def semester(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Semester]:
+def semester(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[Semester]:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
@@ -176,7 +243,11 @@ def semester(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Semester]:
             check=True,
         )
         twin.add_keypair(KEY_PAIR, Path(f"{key}.pub").read_text().strip())
-        yield Semester(twin=twin, student=student, key=key)
+        semester = Semester(twin=twin, student=student, key=key)
+        try:
+            yield semester
+        finally:
+            add_table(pytestconfig, "semester on the twin: timings", semester.benchmark())
     finally:
         status = twin.stop()
         assert status == 0, f"the twin did not stop cleanly ({status}):\n{twin.log_text()}"
@@ -186,7 +257,7 @@ def test_1_first_up_brings_the_platform_up_and_formats_the_volume_once(semester:
     """new-stack with only a key pair, then one `pulumi up`: the platform runs on the twin."""
     made = semester.student.script("new-stack", NETID, "--key-pair", KEY_PAIR)
     assert made.returncode == 0, explain(made)
-    up = semester.up()
+    up = semester.up(measure="first `pulumi up`")
     assert up.returncode == 0, explain(up)
     outputs = semester.outputs()
     address = outputs["floating_ip"]
@@ -211,11 +282,14 @@ def test_1_first_up_brings_the_platform_up_and_formats_the_volume_once(semester:
 
 
 def test_2_preview_right_after_up_expects_no_changes(semester: Semester):
-    """The program is deterministic under the real engine: nothing to do right after an up."""
+    """The program is deterministic under the real engine: nothing to do right after an up,
+    for a preview and for an `up`."""
     preview = semester.student.pulumi(
         "preview", "--expect-no-changes", "--stack", NETID, "--non-interactive", timeout=900
     )
     assert preview.returncode == 0, explain(preview)
+    unchanged = semester.up("--expect-no-changes", measure="`pulumi up`, nothing changed")
+    assert unchanged.returncode == 0, explain(unchanged)
 
 
 def test_3_a_marker_is_written_on_the_volume(semester: Semester):
@@ -230,7 +304,7 @@ def test_4_recycle_removes_the_server_and_keeps_everything_else(semester: Semest
     """Data safety: the clean stop unmounts before the detach, the detach precedes the delete,
     and the volume, port, floating IP and group stay."""
     events_before = len(semester.twin.events())
-    recycled = semester.student.script("recycle", "--stack", NETID, "--yes", timeout=UP_TIMEOUT)
+    recycled = semester.script("`scripts/recycle`", "recycle", "--stack", NETID, "--yes")
     assert recycled.returncode == 0, explain(recycled)
     state = semester.twin.state()
     assert state["servers"] == []
@@ -261,7 +335,7 @@ def test_4_recycle_removes_the_server_and_keeps_everything_else(semester: Semest
 
 def test_5_up_after_recycle_brings_the_same_data_back_without_formatting(semester: Semester):
     """A new server on the same address with the same volume; the marker survived."""
-    up = semester.up()
+    up = semester.up(measure="`pulumi up` after the recycle")
     assert up.returncode == 0, explain(up)
     outputs = semester.outputs()
     assert outputs["server_id"] != semester.learned["server_id"]
@@ -272,3 +346,389 @@ def test_5_up_after_recycle_brings_the_same_data_back_without_formatting(semeste
     marker = semester.ssh("cat /mnt/block/marker.txt")
     assert marker.stdout.strip() == MARKER, explain(marker)
     semester.learned["server_id"] = outputs["server_id"]
+
+
+def test_6_a_changed_compose_file_leaves_the_volume_mounted_and_the_stack_running(
+    semester: Semester,
+):
+    """The stack step is stopped before the prepare step runs again, then started again."""
+    _touch_compose_file(semester, "a new line under docker/")
+    up = semester.up()
+    assert up.returncode == 0, explain(up)
+    assert semester.outputs()["server_id"] == semester.learned["server_id"]
+    ready = _ready_line(semester.command_stdout(PREPARE))
+    assert ready["formatted"] == "no" and ready["uuid"] == semester.learned["uuid"], ready
+    running = semester.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt")
+    assert running.returncode == 0 and running.stdout.strip() == MARKER, explain(running)
+
+
+def test_7_a_new_reservation_replaces_the_server_through_the_clean_stop(semester: Semester):
+    """Never a resize in place: the old server is detached, deleted, then a new one made."""
+    reservation = _reserve_by_hand(semester.twin, "m1.medium", f"by-hand-{NETID}")
+    events_before = len(semester.twin.events())
+    changed = semester.student.pulumi(
+        "config", "set", "chi-persist:reservation", reservation, "--stack", NETID
+    )
+    assert changed.returncode == 0, explain(changed)
+    up = semester.up()
+    assert up.returncode == 0, explain(up)
+    outputs = semester.outputs()
+    old = semester.learned["server_id"]
+    assert outputs["server_id"] != old
+    (server,) = semester.twin.state()["servers"]
+    assert server["flavor"]["id"] == reservation, server["flavor"]
+    calls = _api_calls(semester.twin, events_before)
+    detach = _first(calls, "DELETE", rf"/servers/{old}/os-volume_attachments/")
+    delete = _first(calls, "DELETE", rf"/servers/{old}$")
+    create = _first(calls, "POST", r"/servers$")
+    assert detach < delete < create, f"not the recycle path (detach, delete, create): {calls}"
+    actions = [call for call in calls if call[0] == "POST" and call[1].endswith(f"{old}/action")]
+    assert actions == [], f"the old server was changed in place: {actions}"
+    ready = _ready_line(semester.command_stdout(PREPARE))
+    assert ready["formatted"] == "no" and ready["uuid"] == semester.learned["uuid"], ready
+    marker = semester.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt")
+    assert marker.returncode == 0 and marker.stdout.strip() == MARKER, explain(marker)
+    semester.learned["server_id"] = outputs["server_id"]
+
+
+def test_8_a_larger_volume_grows_the_filesystem_and_keeps_the_marker(semester: Semester):
+    """volumeSize 2 → 3: Cinder extends the attached volume and ext4 fills it online."""
+    before = semester.ssh("df --output=size -B1M /mnt/block | tail -n1")
+    assert before.returncode == 0, explain(before)
+    changed = semester.student.pulumi(
+        "config", "set", "chi-persist:volumeSize", "3", "--stack", NETID
+    )
+    assert changed.returncode == 0, explain(changed)
+    up = semester.up()
+    assert up.returncode == 0, explain(up)
+    (volume,) = semester.twin.state()["volumes"]
+    assert volume["id"] == semester.learned["volume_id"] and volume["size"] == 3, volume
+    after = semester.ssh("df --output=size -B1M /mnt/block | tail -n1")
+    assert int(after.stdout) > int(before.stdout) + 900, (before.stdout, after.stdout)
+    ready = _ready_line(semester.command_stdout(PREPARE))
+    assert ready["formatted"] == "no" and ready["uuid"] == semester.learned["uuid"], ready
+    marker = semester.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt")
+    assert marker.returncode == 0 and marker.stdout.strip() == MARKER, explain(marker)
+
+
+def test_10a_a_vanished_server_is_recycled_without_the_clean_stop(semester: Semester):
+    """Out of band the server is gone; recycle warns, forgets the stop step, keeps the rest."""
+    old = semester.learned["server_id"]
+    vanished = semester.twin.admin("POST", f"/servers/{old}/vanish")
+    assert vanished.status_code == 200, vanished.text
+    recycled = semester.student.script("recycle", "--stack", NETID, "--yes", timeout=UP_TIMEOUT)
+    assert recycled.returncode == 0, explain(recycled)
+    assert "does not answer" in recycled.stdout and "PostgreSQL" in recycled.stdout, explain(
+        recycled
+    )
+    state = semester.twin.state()
+    assert state["servers"] == []
+    (volume,) = state["volumes"]
+    assert volume["id"] == semester.learned["volume_id"] and volume["status"] == "available"
+    assert [ip["floating_ip_address"] for ip in state["floatingips"]] == [
+        semester.learned["address"]
+    ]
+    left = [r["type"] for r in semester.resources() if r["type"] in (SERVER_TYPE, COMMAND_TYPE)]
+    assert left == [], f"left in state after the recycle: {left}"
+
+
+def test_10b_a_503_mid_up_fails_it_and_a_second_up_converges_with_nothing_duplicated(
+    semester: Semester,
+):
+    """The volume attach answers 503 once: the first `up` stops with the error after the
+    server exists; the second finishes the job with that same server and one attachment."""
+    fault = semester.twin.admin(
+        "POST",
+        "/faults",
+        json={
+            "method": "POST",
+            "path": r"/compute/v2\.1/servers/[^/]+/os-volume_attachments",
+            "status": 503,
+            "count": 1,
+        },
+    )
+    assert fault.status_code == 201, fault.text
+    failed = semester.up()
+    assert failed.returncode != 0, explain(failed)
+    assert "503" in failed.stdout + failed.stderr, explain(failed)
+    (server,) = semester.twin.state()["servers"]
+    up = semester.up()
+    assert up.returncode == 0, explain(up)
+    state = semester.twin.state()
+    assert [s["id"] for s in state["servers"]] == [server["id"]], state["servers"]
+    (volume,) = state["volumes"]
+    assert [a["server_id"] for a in volume["attachments"]] == [server["id"]], volume
+    assert len(state["floatingips"]) == 1 and len(state["ports"]) == 1, state["ports"]
+    outputs = semester.outputs()
+    assert outputs["server_id"] == server["id"]
+    assert outputs["floating_ip"] == semester.learned["address"]
+    ready = _ready_line(semester.command_stdout(PREPARE))
+    assert ready["formatted"] == "no" and ready["uuid"] == semester.learned["uuid"], ready
+    marker = semester.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt")
+    assert marker.returncode == 0 and marker.stdout.strip() == MARKER, explain(marker)
+    semester.learned["server_id"] = outputs["server_id"]
+
+
+# On the server: `blkid`, which prepare-volume.sh runs before it changes anything, waits
+# while /run/chi-persist-hold exists (sudo's secure_path puts /usr/local/sbin first).
+HOLD_BLKID = r"""
+sudo tee /usr/local/sbin/blkid >/dev/null <<'WRAPPER'
+#!/bin/sh
+if [ -e /run/chi-persist-hold ]; then
+    echo $$ > /run/chi-persist-held
+    for _ in $(seq 600); do [ -e /run/chi-persist-hold ] || break; sleep 0.5; done
+fi
+exec /usr/sbin/blkid "$@"
+WRAPPER
+sudo chmod 755 /usr/local/sbin/blkid && sudo touch /run/chi-persist-hold
+"""
+# Ends the SSH session the held blkid runs under: the first sshd among its ancestors.
+DROP_SESSION = r"""
+pid=$(sudo cat /run/chi-persist-held)
+while [ "$pid" -gt 1 ]; do
+    case $(cat /proc/$pid/comm) in
+        sshd | sshd-session) sudo kill -KILL "$pid"; echo "dropped $pid"; exit 0 ;;
+    esac
+    pid=$(awk '{print $4}' /proc/$pid/stat)
+done
+echo "no sshd above the held blkid" >&2; exit 1
+"""
+RELEASE_HOLD = "sudo rm -f /run/chi-persist-hold /usr/local/sbin/blkid /run/chi-persist-held"
+
+
+def test_10c_an_ssh_drop_during_the_prepare_step_is_healed_by_a_rerun_without_formatting(
+    semester: Semester,
+):
+    """The prepare step's SSH session dies mid-run: `up` fails; the rerun converges, and the
+    volume keeps its filesystem, its data and its UUID."""
+    held = semester.ssh(HOLD_BLKID)
+    assert held.returncode == 0, explain(held)
+    _touch_compose_file(semester, "another line, so that the volume step runs again")
+    log = semester.student.root / "up-with-a-dropped-session.log"
+    with open(log, "w") as output, subprocess.Popen(
+        [semester.student.pulumi_executable, "up", "--yes", "--stack", NETID,
+         "--non-interactive"],
+        cwd=semester.student.project, env=semester.student.env, text=True,
+        stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+    ) as running:  # fmt: skip
+
+        def held() -> bool:
+            if running.poll() is not None:
+                raise AssertionError(f"`up` ended before the prepare step:\n{log.read_text()}")
+            return semester.ssh("sudo test -s /run/chi-persist-held").returncode == 0
+
+        try:
+            _wait(held, timeout=UP_TIMEOUT, what="the prepare step reaching blkid")
+            dropped = semester.ssh(DROP_SESSION)
+            assert dropped.returncode == 0, explain(dropped)
+            running.wait(timeout=UP_TIMEOUT)
+        finally:
+            semester.ssh(RELEASE_HOLD)
+            if running.poll() is None:
+                running.kill()
+    assert running.returncode != 0, log.read_text()
+    up = semester.up()
+    assert up.returncode == 0, explain(up)
+    ready = _ready_line(semester.command_stdout(PREPARE))
+    assert ready["formatted"] == "no" and ready["uuid"] == semester.learned["uuid"], ready
+    marker = semester.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt")
+    assert marker.returncode == 0 and marker.stdout.strip() == MARKER, explain(marker)
+
+
+def test_9_destroy_stops_at_the_volume_and_the_readme_deletes_everything(semester: Semester):
+    """Protection holds against `pulumi destroy`; the documented way out empties the twin."""
+    destroy = semester.student.pulumi(
+        "destroy", "--yes", "--stack", NETID, "--non-interactive", timeout=UP_TIMEOUT
+    )
+    assert destroy.returncode != 0, explain(destroy)
+    assert "protected" in destroy.stdout + destroy.stderr, explain(destroy)
+    assert [volume["id"] for volume in semester.twin.state()["volumes"]] == [
+        semester.learned["volume_id"]
+    ]
+    for command in _readme_delete_everything_commands(NETID):
+        result = semester.student._run(
+            ["bash", "-c", command], timeout=UP_TIMEOUT, stdin="", check=False
+        )
+        assert result.returncode == 0, f"{command}\n{explain(result)}"
+    assert _leftovers(semester.twin.state()) == {}
+    assert NETID not in semester.student.stack_names()
+
+
+def test_11_and_12_two_students_at_once_one_adopting_a_tutorial_volume(
+    semester: Semester, tmp_path: Path
+):
+    """cd5678 made block-persist-cd5678 by hand in the tutorial (GPT, one partition, ext4,
+    data); ef9012 starts from nothing. Both run new-stack and `pulumi up` at the same time."""
+    adopter, newcomer = "cd5678", "ef9012"
+    tutorial_disk, tutorial_uuid = _tutorial_volume(tmp_path / "tutorial")
+    premade = semester.twin.admin(
+        "POST", "/volumes", json={"name": f"block-persist-{adopter}", "image": str(tutorial_disk)}
+    )
+    assert premade.status_code == 201, premade.text
+    volume_id = premade.json()["volume"]["id"]
+    students = {}
+    for netid, extra in ((adopter, ["--existing-volume-id", volume_id]), (newcomer, [])):
+        student = StudentMachine.create(tmp_path / netid, semester.student_env)
+        key = student.home / ".ssh" / "id_rsa_chameleon"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", netid, "-f", str(key)],
+            check=True,
+        )
+        semester.twin.add_keypair(f"key-{netid}", Path(f"{key}.pub").read_text().strip())
+        made = student.script("new-stack", netid, "--key-pair", f"key-{netid}", *extra)
+        assert made.returncode == 0, explain(made)
+        students[netid] = Semester(twin=semester.twin, student=student, key=key, netid=netid)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        ups = {netid: pool.submit(student.up) for netid, student in students.items()}
+        results = {netid: future.result() for netid, future in ups.items()}
+    for result in results.values():
+        assert result.returncode == 0, explain(result)
+
+    state = semester.twin.state()
+    for kind in ("servers", "volumes", "ports", "security_groups", "keypairs"):
+        names = [item["name"] for item in state[kind] if item.get("name") != "default"]
+        assert len(names) == len(set(names)), f"{kind} share a name: {names}"
+    assert sorted(server["name"] for server in state["servers"]) == [
+        f"node-persist-{adopter}",
+        f"node-persist-{newcomer}",
+    ]
+    addresses = {netid: s.outputs()["floating_ip"] for netid, s in students.items()}
+    assert len(set(addresses.values())) == 2, addresses
+
+    adopted = students[adopter]
+    assert adopted.outputs()["volume_id"] == volume_id
+    ready = _ready_line(adopted.command_stdout(PREPARE))
+    assert ready["formatted"] == "no" and ready["uuid"] == tutorial_uuid, ready
+    data = adopted.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/{TUTORIAL_FILE}")
+    assert data.returncode == 0 and data.stdout == TUTORIAL_DATA, explain(data)
+
+    fresh = students[newcomer]
+    assert _ready_line(fresh.command_stdout(PREPARE))["formatted"] == "yes"
+    running = fresh.ssh(PLATFORM_RUNS)
+    assert running.returncode == 0, explain(running)
+
+
+TUTORIAL_FILE = "tutorial/notes.txt"
+TUTORIAL_DATA = "made by hand in the tutorial, before chi-persist\n"
+
+
+def _tutorial_volume(directory: Path) -> tuple[Path, str]:
+    """A 2 GiB disk laid out as the tutorial's commands do, with a file on it; its UUID."""
+    directory.mkdir(parents=True)
+    disk = directory / "block-persist.img"
+    with open(disk, "wb") as handle:
+        handle.truncate(2 * 1024**3)
+    run = functools.partial(subprocess.run, check=True, capture_output=True, text=True)
+    device = run(["losetup", "--find", "--show", "--partscan", str(disk)]).stdout.strip()
+    mount = directory / "mnt"
+    mount.mkdir()
+    try:
+        run(["parted", "-s", device, "mklabel", "gpt"])
+        run(["parted", "-s", device, "mkpart", "primary", "ext4", "0%", "100%"])
+        run(["partx", "-u", device], check=False)
+        run(["udevadm", "settle"], check=False)
+        run(["mkfs.ext4", "-q", f"{device}p1"])
+        run(["mount", f"{device}p1", str(mount)])
+        try:
+            (mount / TUTORIAL_FILE).parent.mkdir(parents=True)
+            (mount / TUTORIAL_FILE).write_text(TUTORIAL_DATA)
+        finally:
+            run(["umount", str(mount)])
+        uuid = run(["blkid", "-p", "-s", "UUID", "-o", "value", f"{device}p1"]).stdout.strip()
+    finally:
+        run(["losetup", "-d", device], check=False)
+    assert uuid, "mkfs.ext4 made no UUID"
+    return disk, uuid
+
+
+def _touch_compose_file(semester: Semester, why: str) -> None:
+    compose = semester.student.project / "docker" / "docker-compose.yaml"
+    compose.write_text(compose.read_text() + f"# {why}\n")
+
+
+def _reserve_by_hand(twin: Twin, flavor_name: str, name: str) -> str:
+    """What a student who brings their own reservation does in Horizon: a lease for one
+    instance of a flavor, started now; the reservation's id once the lease is ACTIVE."""
+    api = twin.api()
+    catalog = {
+        entry["type"]: entry["endpoints"][0]["url"] for entry in api.body["token"]["catalog"]
+    }
+    flavors = api.get(f"{api.compute}/flavors").json()["flavors"]
+    (flavor_id,) = [flavor["id"] for flavor in flavors if flavor["name"] == flavor_name]
+    end = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+    made = api.post(
+        f"{catalog['reservation']}/leases",
+        json={
+            "name": name,
+            "start_date": "now",
+            "end_date": end.strftime("%Y-%m-%d %H:%M"),
+            "events": [],
+            "before_end_date": None,
+            "reservations": [
+                {
+                    "resource_type": "flavor:instance",
+                    "flavor_id": flavor_id,
+                    "amount": 1,
+                    "affinity": None,
+                }
+            ],
+        },
+    )
+    assert made.status_code == 201, made.text
+    lease_id = made.json()["lease"]["id"]
+
+    def active() -> dict[str, Any] | None:
+        lease = api.get(f"{catalog['reservation']}/leases/{lease_id}").json()["lease"]
+        return lease if lease["status"] == "ACTIVE" else None
+
+    lease = _wait(active, timeout=120, what=f"lease {lease_id} ACTIVE")
+    return lease["reservations"][0]["id"]
+
+
+def _wait(condition: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(2)
+
+
+def _leftovers(state: dict[str, Any]) -> dict[str, Any]:
+    """What the twin still holds for a student, by kind (the default group aside)."""
+    leftovers = {
+        kind: [item.get("name") or item.get("id") for item in state[kind]]
+        for kind in ("servers", "volumes", "ports", "floatingips")
+        if state[kind]
+    }
+    groups = [group["name"] for group in state["security_groups"] if group["name"] != "default"]
+    if groups:
+        leftovers["security_groups"] = groups
+    return leftovers
+
+
+def _readme_delete_everything_commands(netid: str) -> list[str]:
+    """The shell lines of the README's "Delete everything" section, for one stack.
+
+    `pulumi destroy` and `pulumi stack rm` ask for confirmation at a terminal; here,
+    without one, `--yes` is the student's answer.
+    """
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Delete everything", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert blocks, "the README's 'Delete everything' section has no sh block"
+    commands = []
+    for block in blocks:
+        for line in block.splitlines():
+            command = line.split("#", 1)[0].strip()
+            if not command:
+                continue
+            command = command.replace("ab1234", netid).replace("<netid>", netid)
+            if command.startswith(("pulumi destroy", "pulumi stack rm")):
+                command += " --yes"
+            commands.append(command)
+    assert any("unprotect" in command for command in commands), commands
+    return commands
