@@ -44,6 +44,11 @@ DESTROY = [
     "--non-interactive",
 ]  # fmt: skip
 FORGET_STOP = ["state", "delete", "--stack", "ab1234", STOP_STEP, "--yes", "--non-interactive"]
+LEASE = "pulumi-python:dynamic:Resource"
+LEASE_URN = "urn:pulumi:ab1234::chi-persist::pulumi-python:dynamic:Resource::lease"
+LEASE_ID = "8e3f1a2b-4c5d-4e6f-9a0b-1c2d3e4f5a6b"
+RESERVATION_ID = "2d4f6a8c-0e1b-4d3f-8a5c-7e9b1d3f5a70"
+END_LEASE = ["destroy", "--stack", "ab1234", "--target", LEASE_URN, "--yes", "--non-interactive"]
 # What a recycle removes from the fixture's state, by the program's resource names.
 RECYCLED = {
     "node-server",
@@ -127,6 +132,72 @@ def names(export: dict) -> set[str]:
 
 def kept_ids(export: dict) -> dict[str, list[str]]:
     return {kind: [r["id"] for r in of_type(export, kind)] for kind in (VOLUME, PORT, FLOATING_IP)}
+
+
+def state_with_lease() -> dict:
+    """The fixture's state as a stack that made its own lease holds it: the dynamic provider,
+    the lease (components/lease.py: name, flavor and duration in; ids and dates out), and the
+    server booting the lease's reservation id, which makes it depend on the lease."""
+    state = state_fixture()
+    listed = resources(state)
+    if not of_type(state, LEASE):
+        provider_urn = "urn:pulumi:ab1234::chi-persist::pulumi:providers:pulumi-python::default"
+        provider_id = "b1c2d3e4-f5a6-4b7c-8d9e-0f1a2b3c4d5e"
+        provider = {
+            "urn": provider_urn,
+            "custom": True,
+            "id": provider_id,
+            "type": "pulumi:providers:pulumi-python",
+        }
+        inputs = {
+            "__provider": "made up for the tests: a serialised dynamic provider",
+            "name": "lease-persist-ab1234",
+            "flavor_name": "m1.large",
+            "duration_seconds": 28800,
+            "lease_duration": "8h",
+        }
+        lease = {
+            "urn": LEASE_URN,
+            "custom": True,
+            "id": LEASE_ID,
+            "type": LEASE,
+            "inputs": inputs,
+            "outputs": {
+                **inputs,
+                "lease_id": LEASE_ID,
+                "reservation_id": RESERVATION_ID,
+                "status": "ACTIVE",
+                "start_date": "2026-11-20T15:02:00Z",
+                "end_date": "2026-11-20T23:02:00Z",
+            },
+            "provider": f"{provider_urn}::{provider_id}",
+        }
+        # A state lists what a resource depends on before it (the CLI refuses it otherwise).
+        at = listed.index(of_type(state, "pulumi:providers:command")[0]) + 1
+        listed[at:at] = [provider, lease]
+        server = of_type(state, SERVER)[0]
+        for values in (server["inputs"], server["outputs"]):
+            values.pop("flavorName", None)
+            values["flavorId"] = RESERVATION_ID
+        server["dependencies"] = [*server["dependencies"], LEASE_URN]
+        server["propertyDependencies"]["flavorId"] = [LEASE_URN]
+    return state
+
+
+def state_with_own_reservation() -> dict:
+    """The fixture's state as a stack whose student set `reservation`: no lease; the server
+    boots that reserved flavor."""
+    state = state_fixture()
+    state["deployment"]["resources"] = [r for r in resources(state) if r["type"] != LEASE]
+    server = of_type(state, SERVER)[0]
+    for values in (server["inputs"], server["outputs"]):
+        values.pop("flavorName", None)
+        values["flavorId"] = RESERVATION_ID
+    for urns in [server["dependencies"], *server["propertyDependencies"].values()]:
+        if LEASE_URN in urns:
+            urns.remove(LEASE_URN)
+    server["propertyDependencies"].pop("flavorId", None)
+    return state
 
 
 def assert_never_named_the_volume(machine: StudentMachine, export: dict) -> None:
@@ -516,3 +587,218 @@ def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
     assert [step.name for step in plan.stop_steps] == ["provisioning-start-stack"]
     assert all(resource.type != VOLUME for resource in plan.removed)
     assert recycle_module.steps_to_forget(plan) == plan.stop_steps
+
+
+# --- --end-lease ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def leased(tmp_path_factory: pytest.TempPathFactory) -> StudentMachine:
+    """A machine whose stack ab1234 made its own lease; tests change only clones."""
+    machine = StudentMachine.create(tmp_path_factory.mktemp("recycle-leased"))
+    machine.import_state("ab1234", state_with_lease())
+    return machine
+
+
+@pytest.fixture
+def leased_machine(leased: StudentMachine, tmp_path: Path) -> StudentMachine:
+    clone = leased.clone(tmp_path)
+    clone.record_pulumi_calls()
+    return clone
+
+
+def test_help_names_end_lease():
+    """--help offers --end-lease and says a reservation of the student's own is not ended."""
+    parser = import_tool("recycle").build_parser()
+    text = " ".join(parser.format_help().split())
+    assert "--end-lease" in text
+    assert "a reservation you set yourself (chi-persist:reservation) is not the stack's" in text
+
+
+@needs_cli
+def test_end_lease_destroys_the_server_then_the_lease_and_keeps_the_volume(
+    leased_machine, server_answers_ssh
+):
+    """--end-lease: the server's destroy (with the clean stop) first, then the lease alone; the
+    volume, port and floating IP keep their ids and the volume is never named."""
+    machine = leased_machine
+    before = machine.stack_export("ab1234")
+
+    result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
+
+    assert result.returncode == 0, result.stderr
+    assert machine.calls() == [EXPORT, DESTROY, EXPORT, END_LEASE, EXPORT]
+    after = machine.stack_export("ab1234")
+    assert names(before) - names(after) == RECYCLED | {"lease"}
+    assert_volume_kept(before, after)
+    assert "the platform will be stopped cleanly" in result.stdout
+    plan = result.stdout[: result.stdout.index("recycle: pulumi destroy")]
+    assert (
+        "recycle: then, once the server is gone, the lease ends, and with it the reservation:\n"
+        f"  - lease lease-persist-ab1234 (lease), id {LEASE_ID}, ends 2026-11-20T23:02:00Z\n"
+    ) in plan
+    assert "done: the server of stack ab1234 is gone and its lease has ended" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == (
+        "next: pulumi up --stack ab1234   (makes a new lease, then a new server)"
+    )
+    assert_never_named_the_volume(machine, before)
+
+
+@needs_cli
+@needs_closed_ssh_port
+def test_end_lease_of_an_unreachable_server_forgets_the_stop_then_ends_the_lease(leased_machine):
+    """The lease's own end took the server: the stop step is forgotten, the rest destroyed,
+    then the lease ended."""
+    machine = leased_machine
+    before = machine.stack_export("ab1234")
+    result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert machine.calls() == [EXPORT, FORGET_STOP, DESTROY, EXPORT, END_LEASE, EXPORT]
+    after = machine.stack_export("ab1234")
+    assert names(before) - names(after) == RECYCLED | {"lease"}
+    assert_volume_kept(before, after)
+    assert "PostgreSQL will recover from its journal" in result.stdout
+
+
+@needs_cli
+@needs_closed_ssh_port
+def test_plain_recycle_keeps_the_lease_and_says_how_to_end_it(leased_machine):
+    """Without --end-lease the lease stays (the plan says so, and names the flag)."""
+    machine = leased_machine
+    before = machine.stack_export("ab1234")
+    result = recycle(machine, "--stack", "ab1234", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert machine.calls() == [EXPORT, FORGET_STOP, DESTROY, EXPORT]
+    after = machine.stack_export("ab1234")
+    assert names(before) - names(after) == RECYCLED
+    assert LEASE_URN in {r["urn"] for r in resources(after)}
+    assert (
+        f"  + lease lease-persist-ab1234 (lease), id {LEASE_ID}, ends 2026-11-20T23:02:00Z "
+        "(still reserved: add --end-lease to release it too)"
+    ) in result.stdout
+
+
+@needs_cli
+def test_end_lease_after_the_server_is_gone_ends_only_the_lease(leased_machine):
+    """A stack already recycled: --end-lease ends the lease alone; a plain recycle has nothing
+    to do and names --end-lease."""
+    machine = leased_machine
+    state = state_with_lease()
+    state["deployment"]["resources"] = [
+        resource for resource in resources(state) if name_of(resource) not in RECYCLED
+    ]
+    machine.import_state("ab1234", state)
+    before = machine.stack_export("ab1234")
+
+    plain = recycle(machine, "--stack", "ab1234", "--yes")
+    assert plain.returncode == 2
+    assert "nothing to recycle" in plain.stderr
+    assert "end its lease: `scripts/recycle --stack ab1234 --end-lease`" in plain.stderr
+
+    result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert machine.calls() == [EXPORT, EXPORT, END_LEASE, EXPORT]
+    after = machine.stack_export("ab1234")
+    assert names(before) - names(after) == {"lease"}
+    assert_volume_kept(before, after)
+    assert "has no server any more" in result.stdout
+    assert "done: the lease of stack ab1234 has ended, nothing is reserved" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("make_state", "why"),
+    [
+        pytest.param(
+            state_with_own_reservation,
+            f"its server boots from the reserved flavor {RESERVATION_ID}: a reservation you "
+            "made yourself (chi-persist:reservation)",
+            id="own-reservation",
+        ),
+        pytest.param(
+            state_fixture,
+            "deployed with a reservation of its own (chi-persist:reservation) or before the "
+            "program made leases",
+            id="no-lease-no-reservation",
+        ),
+    ],
+)
+@needs_cli
+def test_end_lease_without_a_lease_of_its_own_is_refused(machine, make_state, why):
+    """A stack with no lease in its state: exit 2 before anything, saying why and where the
+    student's own lease is ended."""
+    machine.import_state("ab1234", make_state())
+    before = machine.stack_export("ab1234")
+    result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
+    assert result.returncode == 2
+    assert "--end-lease: stack ab1234 has no lease of its own in its state" in result.stderr
+    assert why in result.stderr
+    assert "recycle without --end-lease (`scripts/recycle --stack ab1234`)" in result.stderr
+    assert "Horizon (KVM@TACC, Reservations > Leases, Delete Lease)" in result.stderr
+    assert "pulumi config rm chi-persist:reservation --stack ab1234" in result.stderr
+    assert machine.calls() == [EXPORT]
+    assert machine.stack_export("ab1234") == before
+
+
+@needs_cli
+def test_end_lease_refuses_when_the_volume_depends_on_the_lease(leased_machine):
+    """Ending the lease must never take the volume along: refused, nothing changed."""
+    machine = leased_machine
+    state = state_with_lease()
+    volume = of_type(state, VOLUME)[0]
+    volume["dependencies"] = [LEASE_URN]
+    volume.pop("protect")
+    listed = resources(state)
+    # The state lists the lease before the volume, as a dependency must be.
+    assert listed.index(of_type(state, LEASE)[0]) < listed.index(volume)
+    machine.import_state("ab1234", state)
+    before = machine.stack_export("ab1234")
+
+    result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
+
+    assert result.returncode == 1
+    assert "refusing: ending the lease would also destroy volume block-persist-ab1234" in (
+        result.stderr
+    )
+    assert machine.calls() == [EXPORT]
+    assert machine.stack_export("ab1234") == before
+
+
+@needs_cli
+def test_failed_lease_end_says_the_reservation_is_still_held(leased_machine):
+    """The lease's destroy fails (the cloud's error is a stand-in's): exit 1, pulumi's words,
+    the reservation still held, and the command to run again."""
+    machine = leased_machine
+    state = state_with_lease()
+    state["deployment"]["resources"] = [
+        resource for resource in resources(state) if name_of(resource) not in RECYCLED
+    ]
+    machine.import_state("ab1234", state)
+    machine.fail_pulumi("destroy", "error: Blazar answered HTTP 503: service unavailable")
+
+    result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
+
+    assert result.returncode == 1
+    assert "Blazar answered HTTP 503" in result.stdout + result.stderr
+    assert "the lease was not ended and its reservation is still held" in result.stderr
+    assert "`scripts/recycle --stack ab1234 --end-lease` again" in result.stderr
+    assert machine.calls() == [EXPORT, END_LEASE]
+    assert LEASE_URN in {r["urn"] for r in resources(machine.stack_export("ab1234"))}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "question"),
+    [
+        (["--end-lease"], "Recycle the server of stack ab1234 and end its lease? [y/N]"),
+        ([], "Recycle the server of stack ab1234? [y/N]"),
+    ],
+    ids=["end-lease", "plain"],
+)
+@needs_cli
+def test_the_question_says_whether_the_lease_ends(leased_machine, arguments, question):
+    """Without --yes the question names the lease when it will end; a no changes nothing."""
+    before = leased_machine.stack_export("ab1234")
+    result = recycle(leased_machine, "--stack", "ab1234", *arguments, stdin="n\n")
+    assert result.returncode == 2
+    assert question in result.stdout
+    assert leased_machine.calls() == [EXPORT]
+    assert leased_machine.stack_export("ab1234") == before
