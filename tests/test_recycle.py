@@ -134,70 +134,28 @@ def kept_ids(export: dict) -> dict[str, list[str]]:
     return {kind: [r["id"] for r in of_type(export, kind)] for kind in (VOLUME, PORT, FLOATING_IP)}
 
 
-def state_with_lease() -> dict:
-    """The fixture's state as a stack that made its own lease holds it: the dynamic provider,
-    the lease (components/lease.py: name, flavor and duration in; ids and dates out), and the
-    server booting the lease's reservation id, which makes it depend on the lease."""
-    state = state_fixture()
-    listed = resources(state)
-    if not of_type(state, LEASE):
-        provider_urn = "urn:pulumi:ab1234::chi-persist::pulumi:providers:pulumi-python::default"
-        provider_id = "b1c2d3e4-f5a6-4b7c-8d9e-0f1a2b3c4d5e"
-        provider = {
-            "urn": provider_urn,
-            "custom": True,
-            "id": provider_id,
-            "type": "pulumi:providers:pulumi-python",
-        }
-        inputs = {
-            "__provider": "made up for the tests: a serialised dynamic provider",
-            "name": "lease-persist-ab1234",
-            "flavor_name": "m1.large",
-            "duration_seconds": 28800,
-            "lease_duration": "8h",
-        }
-        lease = {
-            "urn": LEASE_URN,
-            "custom": True,
-            "id": LEASE_ID,
-            "type": LEASE,
-            "inputs": inputs,
-            "outputs": {
-                **inputs,
-                "lease_id": LEASE_ID,
-                "reservation_id": RESERVATION_ID,
-                "status": "ACTIVE",
-                "start_date": "2026-11-20T15:02:00Z",
-                "end_date": "2026-11-20T23:02:00Z",
-            },
-            "provider": f"{provider_urn}::{provider_id}",
-        }
-        # A state lists what a resource depends on before it (the CLI refuses it otherwise).
-        at = listed.index(of_type(state, "pulumi:providers:command")[0]) + 1
-        listed[at:at] = [provider, lease]
-        server = of_type(state, SERVER)[0]
-        for values in (server["inputs"], server["outputs"]):
-            values.pop("flavorName", None)
-            values["flavorId"] = RESERVATION_ID
-        server["dependencies"] = [*server["dependencies"], LEASE_URN]
-        server["propertyDependencies"]["flavorId"] = [LEASE_URN]
+def without_lease(state: dict, flavor: dict) -> dict:
+    """`state` as a stack that made no lease: the server boots `flavor` (flavorId or
+    flavorName) and depends on nothing but its port."""
+    state["deployment"]["resources"] = [r for r in resources(state) if r["type"] != LEASE]
+    server = of_type(state, SERVER)[0]
+    for values in (server["inputs"], server["outputs"]):
+        values.pop("flavorId", None)
+        values.update(flavor)
+    server["dependencies"].remove(LEASE_URN)
+    server["propertyDependencies"].pop("flavorId")
     return state
 
 
 def state_with_own_reservation() -> dict:
-    """The fixture's state as a stack whose student set `reservation`: no lease; the server
-    boots that reserved flavor."""
-    state = state_fixture()
-    state["deployment"]["resources"] = [r for r in resources(state) if r["type"] != LEASE]
-    server = of_type(state, SERVER)[0]
-    for values in (server["inputs"], server["outputs"]):
-        values.pop("flavorName", None)
-        values["flavorId"] = RESERVATION_ID
-    for urns in [server["dependencies"], *server["propertyDependencies"].values()]:
-        if LEASE_URN in urns:
-            urns.remove(LEASE_URN)
-    server["propertyDependencies"].pop("flavorId", None)
-    return state
+    """A stack whose student set `reservation`: no lease; the server boots that flavor."""
+    return without_lease(state_fixture(), {"flavorId": RESERVATION_ID})
+
+
+def state_before_leases() -> dict:
+    """A stack deployed before the program made leases: no lease, the server boots a flavor
+    by name."""
+    return without_lease(state_fixture(), {"flavorName": "m1.large"})
 
 
 def assert_never_named_the_volume(machine: StudentMachine, export: dict) -> None:
@@ -551,17 +509,13 @@ def test_kept_resource_missing_afterwards_fails_loudly():
     assert raised.value.exit_code == 1
 
 
-def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
-    """On the resources the program really registers, the plan removes the server and the stop
-    step, and keeps the volume, the port and the floating IP."""
+def program_export(config: dict) -> dict:
+    """A state built from what the program registers under mocks for `config`."""
     program = pytest.importorskip("tests.support.program")
-    recycle_module = import_tool("recycle")
     evaluation = program.evaluate_program(
-        "ab1234",
-        {"keyPair": "ab1234-key"},
-        secrets={"sshPrivateKey": stand_in_private_key()},
+        "ab1234", config, secrets={"sshPrivateKey": stand_in_private_key()}
     )
-    export = {
+    return {
         "deployment": {
             "resources": [
                 {
@@ -580,6 +534,14 @@ def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
         }
     }
 
+
+def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
+    """On the resources the program really registers, the plan removes the server and the stop
+    step, and keeps the volume, the port and the floating IP; --end-lease ends the lease the
+    program made, and nothing else besides."""
+    recycle_module = import_tool("recycle")
+    export = program_export({"keyPair": "ab1234-key"})
+
     plan = recycle_module.plan_recycle("ab1234", export)
 
     assert plan.server.cloud_name == "node-persist-ab1234"
@@ -587,24 +549,27 @@ def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
     assert [step.name for step in plan.stop_steps] == ["provisioning-start-stack"]
     assert all(resource.type != VOLUME for resource in plan.removed)
     assert recycle_module.steps_to_forget(plan) == plan.stop_steps
+    assert plan.lease is None
+    assert plan.lease_kept.cloud_name == "lease-persist-ab1234"
+
+    ending = recycle_module.plan_recycle("ab1234", export, end_lease=True)
+    assert (ending.lease.type, ending.lease.name) == (LEASE, "lease")
+    assert ending.removed == plan.removed
+    assert ending.kept == plan.kept
+
+
+def test_end_lease_of_the_programs_stack_with_a_reservation_is_refused():
+    """With `reservation` set the program makes no lease, and --end-lease says so."""
+    recycle_module = import_tool("recycle")
+    command_line = import_tool("command_line")
+    export = program_export({"keyPair": "ab1234-key", "reservation": RESERVATION_ID})
+    with pytest.raises(command_line.CommandError) as raised:
+        recycle_module.plan_recycle("ab1234", export, end_lease=True)
+    assert raised.value.exit_code == 2
+    assert f"its server boots from the reserved flavor {RESERVATION_ID}" in raised.value.lines[0]
 
 
 # --- --end-lease ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def leased(tmp_path_factory: pytest.TempPathFactory) -> StudentMachine:
-    """A machine whose stack ab1234 made its own lease; tests change only clones."""
-    machine = StudentMachine.create(tmp_path_factory.mktemp("recycle-leased"))
-    machine.import_state("ab1234", state_with_lease())
-    return machine
-
-
-@pytest.fixture
-def leased_machine(leased: StudentMachine, tmp_path: Path) -> StudentMachine:
-    clone = leased.clone(tmp_path)
-    clone.record_pulumi_calls()
-    return clone
 
 
 def test_help_names_end_lease():
@@ -617,11 +582,10 @@ def test_help_names_end_lease():
 
 @needs_cli
 def test_end_lease_destroys_the_server_then_the_lease_and_keeps_the_volume(
-    leased_machine, server_answers_ssh
+    machine, server_answers_ssh
 ):
     """--end-lease: the server's destroy (with the clean stop) first, then the lease alone; the
     volume, port and floating IP keep their ids and the volume is never named."""
-    machine = leased_machine
     before = machine.stack_export("ab1234")
 
     result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
@@ -646,10 +610,9 @@ def test_end_lease_destroys_the_server_then_the_lease_and_keeps_the_volume(
 
 @needs_cli
 @needs_closed_ssh_port
-def test_end_lease_of_an_unreachable_server_forgets_the_stop_then_ends_the_lease(leased_machine):
+def test_end_lease_of_an_unreachable_server_forgets_the_stop_then_ends_the_lease(machine):
     """The lease's own end took the server: the stop step is forgotten, the rest destroyed,
     then the lease ended."""
-    machine = leased_machine
     before = machine.stack_export("ab1234")
     result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
     assert result.returncode == 0, result.stderr
@@ -662,9 +625,8 @@ def test_end_lease_of_an_unreachable_server_forgets_the_stop_then_ends_the_lease
 
 @needs_cli
 @needs_closed_ssh_port
-def test_plain_recycle_keeps_the_lease_and_says_how_to_end_it(leased_machine):
+def test_plain_recycle_keeps_the_lease_and_says_how_to_end_it(machine):
     """Without --end-lease the lease stays (the plan says so, and names the flag)."""
-    machine = leased_machine
     before = machine.stack_export("ab1234")
     result = recycle(machine, "--stack", "ab1234", "--yes")
     assert result.returncode == 0, result.stderr
@@ -679,11 +641,10 @@ def test_plain_recycle_keeps_the_lease_and_says_how_to_end_it(leased_machine):
 
 
 @needs_cli
-def test_end_lease_after_the_server_is_gone_ends_only_the_lease(leased_machine):
+def test_end_lease_after_the_server_is_gone_ends_only_the_lease(machine):
     """A stack already recycled: --end-lease ends the lease alone; a plain recycle has nothing
     to do and names --end-lease."""
-    machine = leased_machine
-    state = state_with_lease()
+    state = state_fixture()
     state["deployment"]["resources"] = [
         resource for resource in resources(state) if name_of(resource) not in RECYCLED
     ]
@@ -715,7 +676,7 @@ def test_end_lease_after_the_server_is_gone_ends_only_the_lease(leased_machine):
             id="own-reservation",
         ),
         pytest.param(
-            state_fixture,
+            state_before_leases,
             "deployed with a reservation of its own (chi-persist:reservation) or before the "
             "program made leases",
             id="no-lease-no-reservation",
@@ -740,10 +701,9 @@ def test_end_lease_without_a_lease_of_its_own_is_refused(machine, make_state, wh
 
 
 @needs_cli
-def test_end_lease_refuses_when_the_volume_depends_on_the_lease(leased_machine):
+def test_end_lease_refuses_when_the_volume_depends_on_the_lease(machine):
     """Ending the lease must never take the volume along: refused, nothing changed."""
-    machine = leased_machine
-    state = state_with_lease()
+    state = state_fixture()
     volume = of_type(state, VOLUME)[0]
     volume["dependencies"] = [LEASE_URN]
     volume.pop("protect")
@@ -764,11 +724,10 @@ def test_end_lease_refuses_when_the_volume_depends_on_the_lease(leased_machine):
 
 
 @needs_cli
-def test_failed_lease_end_says_the_reservation_is_still_held(leased_machine):
+def test_failed_lease_end_says_the_reservation_is_still_held(machine):
     """The lease's destroy fails (the cloud's error is a stand-in's): exit 1, pulumi's words,
     the reservation still held, and the command to run again."""
-    machine = leased_machine
-    state = state_with_lease()
+    state = state_fixture()
     state["deployment"]["resources"] = [
         resource for resource in resources(state) if name_of(resource) not in RECYCLED
     ]
@@ -794,11 +753,11 @@ def test_failed_lease_end_says_the_reservation_is_still_held(leased_machine):
     ids=["end-lease", "plain"],
 )
 @needs_cli
-def test_the_question_says_whether_the_lease_ends(leased_machine, arguments, question):
+def test_the_question_says_whether_the_lease_ends(machine, arguments, question):
     """Without --yes the question names the lease when it will end; a no changes nothing."""
-    before = leased_machine.stack_export("ab1234")
-    result = recycle(leased_machine, "--stack", "ab1234", *arguments, stdin="n\n")
+    before = machine.stack_export("ab1234")
+    result = recycle(machine, "--stack", "ab1234", *arguments, stdin="n\n")
     assert result.returncode == 2
     assert question in result.stdout
-    assert leased_machine.calls() == [EXPORT]
-    assert leased_machine.stack_export("ab1234") == before
+    assert machine.calls() == [EXPORT]
+    assert machine.stack_export("ab1234") == before
