@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -143,8 +144,12 @@ class Cloud:
         from keystoneauth1 import adapter
 
         try:
-            region = openstack.config.get_cloud_region()
-            self.session = region.get_session()
+            with warnings.catch_warnings():
+                # openstacksdk 4.22 warns of its InfluxDB support whenever it builds a
+                # config; this program uses none of it.
+                warnings.simplefilter("ignore", PendingDeprecationWarning)
+                region = openstack.config.get_cloud_region()
+                self.session = region.get_session()
             interface = region.get_interface() or "public"
             region_name = region.region_name or None
         except Exception as error:
