@@ -13,10 +13,12 @@ import dataclasses
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import boto3
@@ -242,6 +244,8 @@ def test_help_documents_sources_markers_and_exit_status():
         "--verify-marker",
         "--wait SECONDS",
         "chi-persist-check",
+        "lease_id and lease_end",
+        "OS_CLOUD",
         "exit status:",
     ):
         assert text in completed.stdout
@@ -734,3 +738,205 @@ def test_platform_repr_hides_credentials():
     platform = platform_at("http://a:1", "http://a:2", "http://a:3")
     assert MINIO_PASSWORD not in repr(platform)
     assert JUPYTER_TOKEN not in repr(platform)
+
+
+# --- the lease ------------------------------------------------------------------
+
+
+LEASE_ID = "8e3f1a2b-4c5d-4e6f-9a0b-1c2d3e4f5a6b"
+
+
+def lease_end_in(delta: timedelta) -> str:
+    """A lease end `delta` from now, as the lease resource stores it (ISO 8601, UTC)."""
+    return (datetime.now(timezone.utc) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def leased_stack(pulumi: StudentMachine, lease_end: str, lease_id: str = LEASE_ID) -> None:
+    """Stack ab1234 made its own lease; its services are on loopback ports nobody listens on."""
+    outputs = stack_outputs(
+        host="127.0.0.1",
+        mlflow_url=closed_port_url(),
+        minio_api_url=closed_port_url(),
+        jupyter_url=f"{closed_port_url()}/lab?token={JUPYTER_TOKEN}",
+        lease_id=lease_id,
+        lease_end=lease_end,
+    )
+    pulumi.import_state("ab1234", outputs_deployment("ab1234", outputs, SECRET_OUTPUTS))
+
+
+def lease_row(stdout: str) -> str:
+    return rows(stdout)["Lease is active"]
+
+
+@needs_cli
+def test_a_lease_far_from_its_end_is_shown_without_a_warning(pulumi: StudentMachine):
+    """The stack's lease ends in days: a ✓ row first, with its end from the outputs, and a note
+    saying how to read it live; no warning."""
+    end = lease_end_in(timedelta(days=2, minutes=30))
+    leased_stack(pulumi, end)
+    status, stdout, stderr = run_main("--stack", "ab1234")
+    assert status == check_platform.EXIT_CHECK_FAILED  # the services are not there
+    shown = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    assert lease_row(stdout) == (
+        f"✓ lease {LEASE_ID}, ends {shown:%Y-%m-%d %H:%M} UTC, in 2 d 0 h (from the stack's "
+        "outputs)"
+    )
+    assert stdout.splitlines()[0].strip().startswith("✓ Lease is active")
+    assert "warning" not in stderr
+    assert "to read it live from KVM@TACC, set OS_CLOUD" in stderr
+
+
+@needs_cli
+def test_a_lease_near_its_end_warns_what_happens_and_what_to_do(pulumi: StudentMachine):
+    """Within the hour: the row says soon, and a warning says the server will be deleted, the
+    data stays, and how to extend, renew cleanly, or carry on after the end."""
+    leased_stack(pulumi, lease_end_in(timedelta(minutes=40)))
+    status, stdout, stderr = run_main("--stack", "ab1234")
+    assert lease_row(stdout).startswith(f"✓ lease {LEASE_ID}, ends ")
+    assert lease_row(stdout).endswith("(from the stack's outputs): soon")
+    warning = " ".join(line for line in stderr.splitlines() if "warning:" in line)
+    assert re.search(r"check-platform: warning: the lease ends in 3\d min, at ", warning)
+    for text in (
+        "KVM@TACC deletes the server at the lease's end",
+        "the volume and all its data stay",
+        "`pulumi config set chi-persist:leaseDuration 1d --stack ab1234`, then "
+        "`pulumi up --stack ab1234`",
+        "`scripts/recycle --stack ab1234 --end-lease`, then `pulumi up --stack ab1234`",
+        "let it end and run `pulumi up --stack ab1234` afterwards",
+    ):
+        assert text in warning
+
+
+@needs_cli
+def test_an_ended_lease_fails_its_row_and_names_pulumi_up(pulumi: StudentMachine):
+    """The end is past: ✗, the server was deleted, the data stays, `pulumi up` renews both."""
+    leased_stack(pulumi, lease_end_in(timedelta(hours=-2)))
+    status, stdout, _ = run_main("--stack", "ab1234")
+    assert status == check_platform.EXIT_CHECK_FAILED
+    row = lease_row(stdout)
+    assert row.startswith(f"✗ lease {LEASE_ID}: it ended at ")
+    assert "KVM@TACC deletes the server at the lease's end" in row
+    assert "the volume and all its data stay" in row
+    assert "fix: `pulumi up --stack ab1234` makes a new lease and a new server" in row
+
+
+@needs_cli
+def test_a_stack_without_its_own_lease_points_at_horizon(pulumi: StudentMachine):
+    """A stack that boots a reservation of the student's own: no lease row, and a note on
+    where that lease's end is shown."""
+    outputs = stack_outputs(
+        host="127.0.0.1",
+        mlflow_url=closed_port_url(),
+        minio_api_url=closed_port_url(),
+        jupyter_url=f"{closed_port_url()}/lab?token={JUPYTER_TOKEN}",
+    )
+    pulumi.import_state("ab1234", outputs_deployment("ab1234", outputs, SECRET_OUTPUTS))
+    _, stdout, stderr = run_main("--stack", "ab1234")
+    assert "Lease is active" not in rows(stdout)
+    assert "has no lease of its own (no output lease_end)" in stderr
+    assert "(KVM@TACC, Reservations > Leases)" in stderr
+
+
+@needs_cli
+def test_unreadable_live_lease_falls_back_to_the_outputs(
+    pulumi: StudentMachine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """OS_CLOUD names a cloud clouds.yaml lacks: a note says why the live lease was not read,
+    and the row comes from the outputs."""
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text("clouds: {}\n")
+    monkeypatch.setenv("OS_CLOUD", "kvm-tacc")
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    leased_stack(pulumi, lease_end_in(timedelta(hours=5)))
+    _, stdout, stderr = run_main(
+        "--stack", "ab1234", environ={"OS_CLOUD": "kvm-tacc", "OS_CLIENT_CONFIG_FILE": str(clouds)}
+    )
+    assert "check-platform: note: the live lease was not read: the lease needs the stack's " in (
+        stderr
+    )
+    assert lease_row(stdout).endswith("(from the stack's outputs)")
+
+
+@pytest.fixture
+def twin_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A stand-in KVM@TACC (tests/twin/serve, no VMs) and the shell a student runs pulumi in:
+    OS_CLOUD and its clouds.yaml, read by openstacksdk's config loader."""
+    from tests.twin.harness import Twin
+
+    twin = Twin(tmp_path / "twin").start()
+    environ = {
+        "OS_CLOUD": "twin",
+        "OS_CLIENT_CONFIG_FILE": str(twin.state_dir / "clouds.yaml"),
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield twin, environ
+    finally:
+        assert twin.stop() == 0, twin.log_text()
+
+
+def twin_lease(twin) -> dict:
+    """An ACTIVE lease of m1.large on the twin, made as the lease resource makes it."""
+    api = twin.api()
+    end = (datetime.now(timezone.utc) + timedelta(days=1)).strftime("%Y-%m-%d %H:%M")
+    body = {
+        "name": "lease-persist-ab1234",
+        "start_date": "now",
+        "end_date": end,
+        "events": [],
+        "before_end_date": None,
+        "reservations": [
+            {"resource_type": "flavor:instance", "flavor_id": "4", "amount": 1, "affinity": None}
+        ],
+    }
+    created = api.post(f"{api.reservation}/leases", json=body)
+    assert created.status_code == 201, created.text
+    lease_id = created.json()["lease"]["id"]
+    deadline = time.monotonic() + 60
+    while True:
+        lease = api.get(f"{api.reservation}/leases/{lease_id}").json()["lease"]
+        if lease["status"] == "ACTIVE" or time.monotonic() > deadline:
+            assert lease["status"] == "ACTIVE", lease
+            return lease
+
+
+@needs_cli
+def test_the_lease_is_read_live_from_blazar_when_credentials_are_set(
+    pulumi: StudentMachine, twin_shell
+):
+    """With OS_CLOUD set, the row shows Blazar's status and end date, not the outputs' stale
+    one; once the lease has ended at the site, and once it is gone, the row fails and says
+    `pulumi up` renews it."""
+    twin, environ = twin_shell
+    lease = twin_lease(twin)
+    stale = lease_end_in(timedelta(minutes=20))
+    leased_stack(pulumi, stale, lease_id=lease["id"])
+    live_end = datetime.fromisoformat(lease["end_date"]).replace(tzinfo=timezone.utc)
+
+    _, stdout, stderr = run_main("--stack", "ab1234", environ=environ)
+    assert re.fullmatch(
+        rf"✓ lease {lease['id']} ACTIVE, ends {live_end:%Y-%m-%d %H:%M} UTC, in 2?\d h \d+ min",
+        lease_row(stdout),
+    ), lease_row(stdout)
+    assert "warning" not in stderr
+    assert "note" not in stderr
+
+    twin.end_lease(lease["id"])
+    api = twin.api()
+    deadline = time.monotonic() + 60
+    while api.get(f"{api.reservation}/leases/{lease['id']}").json()["lease"]["status"] != (
+        "TERMINATED"
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    _, stdout, _ = run_main("--stack", "ab1234", environ=environ)
+    assert lease_row(stdout).startswith(f"✗ lease {lease['id']} is TERMINATED: it ended at ")
+    assert "fix: `pulumi up --stack ab1234` makes a new lease" in lease_row(stdout)
+
+    assert api.delete(f"{api.reservation}/leases/{lease['id']}").status_code == 204
+    _, stdout, _ = run_main("--stack", "ab1234", environ=environ)
+    assert lease_row(stdout).startswith(
+        f"✗ lease {lease['id']} no longer exists at KVM@TACC: it ended or was deleted."
+    )

@@ -237,6 +237,49 @@ def test_a_roster_then_new_stack_gives_the_student_a_configured_stack(machine):
     assert config["chi-persist:flavor"] == "m1.large"  # Pulumi.yaml's default
 
 
+LEASE_ROSTER = """\
+defaults:
+  lease_duration: 1d
+students:
+  - netid: ab1234
+    key_pair: ab1234-key
+  - netid: cd5678
+    key_pair: cd5678-key
+    leaseDuration: 1d12h
+  - netid: ef9012
+    key_pair: ef9012-key
+    reservation: 3f1c5b9e-0d3a-4c1e-9b7a-2f6d8e4a1c00
+"""
+
+
+def test_lease_duration_is_set_per_class_or_per_student(machine, output_dir):
+    """leaseDuration from the defaults, or a student's own, written as given and read by the
+    program as that many seconds; a student with their own reservation is told it is unused."""
+    settings_module = __import__(
+        import_tool("class_stacks").check_value.__module__, fromlist=["validate"]
+    )
+    roster = write_roster(machine, LEASE_ROSTER)
+
+    result = class_stacks(machine, str(roster), "--output-dir", str(output_dir))
+
+    assert result.returncode == 0, result.stderr
+    expected = {"ab1234": ("1d", 86400), "cd5678": ("1d12h", 129600), "ef9012": ("1d", 86400)}
+    for netid, (written, seconds) in expected.items():
+        config = read_yaml(output_dir / f"Pulumi.{netid}.yaml")["config"]
+        assert config["chi-persist:leaseDuration"] == written
+        raw = {key.split(":", 1)[1]: value for key, value in config.items()}
+        settings = settings_module.validate(raw, netid, private_key_set=True, environment={})
+        assert settings.lease_duration_seconds == seconds
+        assert settings.makes_lease == (netid != "ef9012")
+    assert (
+        "note: student 3 (ef9012) has a reservation of their own: their stack makes no lease, "
+        "so leaseDuration (1d) is not used for it"
+    ) in result.stdout
+    assert "ab1234" not in "".join(
+        line for line in result.stdout.splitlines() if line.startswith("note:")
+    )
+
+
 def test_dry_run_prints_the_files_and_writes_nothing(machine, output_dir):
     """--dry-run shows each would-be file (valid YAML) and leaves the directory as it was."""
     (output_dir / "Pulumi.ab1234.yaml").write_text(EXISTING)
@@ -465,6 +508,41 @@ BAD_ROSTERS = [
         """,
         ["roster.yaml:4: not valid YAML (line 4, column 10:"],
         id="bad-yaml",
+    ),
+    pytest.param(
+        """\
+        students:
+          - netid: ab1234
+            key_pair: k
+            lease_duration: 8
+        """,
+        [
+            "roster.yaml:4: student 1 (ab1234): lease_duration = 8: must be a duration in "
+            "days, hours and minutes, in that order, like 8h, 3d, 90m or 1d12h, from 1h to 7d "
+            "(YAML read it as int: put it in quotes); fix: correct it, e.g. lease_duration: 8h"
+        ],
+        id="lease-duration-without-unit",
+    ),
+    pytest.param(
+        """\
+        defaults:
+          leaseDuration: 30d
+        students:
+          - {netid: ab1234, key_pair: k}
+        """,
+        [
+            "roster.yaml:2: defaults: leaseDuration = '30d': is longer than 7d, the longest "
+            "lease this project asks KVM@TACC for"
+        ],
+        id="lease-duration-beyond-the-maximum",
+    ),
+    pytest.param(
+        """\
+        students:
+          - {netid: ab1234, key_pair: k, lease_duration: 30m}
+        """,
+        ["roster.yaml:2: student 1 (ab1234): lease_duration = '30m': is shorter than 1h"],
+        id="lease-duration-too-short",
     ),
 ]
 

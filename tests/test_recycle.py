@@ -44,6 +44,11 @@ DESTROY = [
     "--non-interactive",
 ]  # fmt: skip
 FORGET_STOP = ["state", "delete", "--stack", "ab1234", STOP_STEP, "--yes", "--non-interactive"]
+LEASE = "pulumi-python:dynamic:Resource"
+LEASE_URN = "urn:pulumi:ab1234::chi-persist::pulumi-python:dynamic:Resource::lease"
+LEASE_ID = "8e3f1a2b-4c5d-4e6f-9a0b-1c2d3e4f5a6b"
+RESERVATION_ID = "2d4f6a8c-0e1b-4d3f-8a5c-7e9b1d3f5a70"
+END_LEASE = ["destroy", "--stack", "ab1234", "--target", LEASE_URN, "--yes", "--non-interactive"]
 # What a recycle removes from the fixture's state, by the program's resource names.
 RECYCLED = {
     "node-server",
@@ -127,6 +132,30 @@ def names(export: dict) -> set[str]:
 
 def kept_ids(export: dict) -> dict[str, list[str]]:
     return {kind: [r["id"] for r in of_type(export, kind)] for kind in (VOLUME, PORT, FLOATING_IP)}
+
+
+def without_lease(state: dict, flavor: dict) -> dict:
+    """`state` as a stack that made no lease: the server boots `flavor` (flavorId or
+    flavorName) and depends on nothing but its port."""
+    state["deployment"]["resources"] = [r for r in resources(state) if r["type"] != LEASE]
+    server = of_type(state, SERVER)[0]
+    for values in (server["inputs"], server["outputs"]):
+        values.pop("flavorId", None)
+        values.update(flavor)
+    server["dependencies"].remove(LEASE_URN)
+    server["propertyDependencies"].pop("flavorId")
+    return state
+
+
+def state_with_own_reservation() -> dict:
+    """A stack whose student set `reservation`: no lease; the server boots that flavor."""
+    return without_lease(state_fixture(), {"flavorId": RESERVATION_ID})
+
+
+def state_before_leases() -> dict:
+    """A stack deployed before the program made leases: no lease, the server boots a flavor
+    by name."""
+    return without_lease(state_fixture(), {"flavorName": "m1.large"})
 
 
 def assert_never_named_the_volume(machine: StudentMachine, export: dict) -> None:
@@ -480,17 +509,13 @@ def test_kept_resource_missing_afterwards_fails_loudly():
     assert raised.value.exit_code == 1
 
 
-def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
-    """On the resources the program really registers, the plan removes the server and the stop
-    step, and keeps the volume, the port and the floating IP."""
+def program_export(config: dict) -> dict:
+    """A state built from what the program registers under mocks for `config`."""
     program = pytest.importorskip("tests.support.program")
-    recycle_module = import_tool("recycle")
     evaluation = program.evaluate_program(
-        "ab1234",
-        {"keyPair": "ab1234-key"},
-        secrets={"sshPrivateKey": stand_in_private_key()},
+        "ab1234", config, secrets={"sshPrivateKey": stand_in_private_key()}
     )
-    export = {
+    return {
         "deployment": {
             "resources": [
                 {
@@ -509,6 +534,14 @@ def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
         }
     }
 
+
+def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
+    """On the resources the program really registers, the plan removes the server and the stop
+    step, and keeps the volume, the port and the floating IP; --end-lease ends the lease the
+    program made, and nothing else besides."""
+    recycle_module = import_tool("recycle")
+    export = program_export({"keyPair": "ab1234-key"})
+
     plan = recycle_module.plan_recycle("ab1234", export)
 
     assert plan.server.cloud_name == "node-persist-ab1234"
@@ -516,3 +549,215 @@ def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
     assert [step.name for step in plan.stop_steps] == ["provisioning-start-stack"]
     assert all(resource.type != VOLUME for resource in plan.removed)
     assert recycle_module.steps_to_forget(plan) == plan.stop_steps
+    assert plan.lease is None
+    assert plan.lease_kept.cloud_name == "lease-persist-ab1234"
+
+    ending = recycle_module.plan_recycle("ab1234", export, end_lease=True)
+    assert (ending.lease.type, ending.lease.name) == (LEASE, "lease")
+    assert ending.removed == plan.removed
+    assert ending.kept == plan.kept
+
+
+def test_end_lease_of_the_programs_stack_with_a_reservation_is_refused():
+    """With `reservation` set the program makes no lease, and --end-lease says so."""
+    recycle_module = import_tool("recycle")
+    command_line = import_tool("command_line")
+    export = program_export({"keyPair": "ab1234-key", "reservation": RESERVATION_ID})
+    with pytest.raises(command_line.CommandError) as raised:
+        recycle_module.plan_recycle("ab1234", export, end_lease=True)
+    assert raised.value.exit_code == 2
+    assert f"its server boots from the reserved flavor {RESERVATION_ID}" in raised.value.lines[0]
+
+
+# --- --end-lease ----------------------------------------------------------------------
+
+
+def test_help_names_end_lease():
+    """--help offers --end-lease and says a reservation of the student's own is not ended."""
+    parser = import_tool("recycle").build_parser()
+    text = " ".join(parser.format_help().split())
+    assert "--end-lease" in text
+    assert "a reservation you set yourself (chi-persist:reservation) is not the stack's" in text
+
+
+@needs_cli
+def test_end_lease_destroys_the_server_then_the_lease_and_keeps_the_volume(
+    machine, server_answers_ssh
+):
+    """--end-lease: the server's destroy (with the clean stop) first, then the lease alone; the
+    volume, port and floating IP keep their ids and the volume is never named."""
+    before = machine.stack_export("ab1234")
+
+    result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
+
+    assert result.returncode == 0, result.stderr
+    assert machine.calls() == [EXPORT, DESTROY, EXPORT, END_LEASE, EXPORT]
+    after = machine.stack_export("ab1234")
+    assert names(before) - names(after) == RECYCLED | {"lease"}
+    assert_volume_kept(before, after)
+    assert "the platform will be stopped cleanly" in result.stdout
+    plan = result.stdout[: result.stdout.index("recycle: pulumi destroy")]
+    assert (
+        "recycle: then, once the server is gone, the lease ends, and with it the reservation:\n"
+        f"  - lease lease-persist-ab1234 (lease), id {LEASE_ID}, ends 2026-11-20T23:02:00Z\n"
+    ) in plan
+    assert "done: the server of stack ab1234 is gone and its lease has ended" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == (
+        "next: pulumi up --stack ab1234   (makes a new lease, then a new server)"
+    )
+    assert_never_named_the_volume(machine, before)
+
+
+@needs_cli
+@needs_closed_ssh_port
+def test_end_lease_of_an_unreachable_server_forgets_the_stop_then_ends_the_lease(machine):
+    """The lease's own end took the server: the stop step is forgotten, the rest destroyed,
+    then the lease ended."""
+    before = machine.stack_export("ab1234")
+    result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert machine.calls() == [EXPORT, FORGET_STOP, DESTROY, EXPORT, END_LEASE, EXPORT]
+    after = machine.stack_export("ab1234")
+    assert names(before) - names(after) == RECYCLED | {"lease"}
+    assert_volume_kept(before, after)
+    assert "PostgreSQL will recover from its journal" in result.stdout
+
+
+@needs_cli
+@needs_closed_ssh_port
+def test_plain_recycle_keeps_the_lease_and_says_how_to_end_it(machine):
+    """Without --end-lease the lease stays (the plan says so, and names the flag)."""
+    before = machine.stack_export("ab1234")
+    result = recycle(machine, "--stack", "ab1234", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert machine.calls() == [EXPORT, FORGET_STOP, DESTROY, EXPORT]
+    after = machine.stack_export("ab1234")
+    assert names(before) - names(after) == RECYCLED
+    assert LEASE_URN in {r["urn"] for r in resources(after)}
+    assert (
+        f"  + lease lease-persist-ab1234 (lease), id {LEASE_ID}, ends 2026-11-20T23:02:00Z "
+        "(still reserved: add --end-lease to release it too)"
+    ) in result.stdout
+
+
+@needs_cli
+def test_end_lease_after_the_server_is_gone_ends_only_the_lease(machine):
+    """A stack already recycled: --end-lease ends the lease alone; a plain recycle has nothing
+    to do and names --end-lease."""
+    state = state_fixture()
+    state["deployment"]["resources"] = [
+        resource for resource in resources(state) if name_of(resource) not in RECYCLED
+    ]
+    machine.import_state("ab1234", state)
+    before = machine.stack_export("ab1234")
+
+    plain = recycle(machine, "--stack", "ab1234", "--yes")
+    assert plain.returncode == 2
+    assert "nothing to recycle" in plain.stderr
+    assert "end its lease: `scripts/recycle --stack ab1234 --end-lease`" in plain.stderr
+
+    result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert machine.calls() == [EXPORT, EXPORT, END_LEASE, EXPORT]
+    after = machine.stack_export("ab1234")
+    assert names(before) - names(after) == {"lease"}
+    assert_volume_kept(before, after)
+    assert "has no server any more" in result.stdout
+    assert "done: the lease of stack ab1234 has ended, nothing is reserved" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("make_state", "why"),
+    [
+        pytest.param(
+            state_with_own_reservation,
+            f"its server boots from the reserved flavor {RESERVATION_ID}: a reservation you "
+            "made yourself (chi-persist:reservation)",
+            id="own-reservation",
+        ),
+        pytest.param(
+            state_before_leases,
+            "deployed with a reservation of its own (chi-persist:reservation) or before the "
+            "program made leases",
+            id="no-lease-no-reservation",
+        ),
+    ],
+)
+@needs_cli
+def test_end_lease_without_a_lease_of_its_own_is_refused(machine, make_state, why):
+    """A stack with no lease in its state: exit 2 before anything, saying why and where the
+    student's own lease is ended."""
+    machine.import_state("ab1234", make_state())
+    before = machine.stack_export("ab1234")
+    result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
+    assert result.returncode == 2
+    assert "--end-lease: stack ab1234 has no lease of its own in its state" in result.stderr
+    assert why in result.stderr
+    assert "recycle without --end-lease (`scripts/recycle --stack ab1234`)" in result.stderr
+    assert "Horizon (KVM@TACC, Reservations > Leases, Delete Lease)" in result.stderr
+    assert "pulumi config rm chi-persist:reservation --stack ab1234" in result.stderr
+    assert machine.calls() == [EXPORT]
+    assert machine.stack_export("ab1234") == before
+
+
+@needs_cli
+def test_end_lease_refuses_when_the_volume_depends_on_the_lease(machine):
+    """Ending the lease must never take the volume along: refused, nothing changed."""
+    state = state_fixture()
+    volume = of_type(state, VOLUME)[0]
+    volume["dependencies"] = [LEASE_URN]
+    volume.pop("protect")
+    listed = resources(state)
+    # The state lists the lease before the volume, as a dependency must be.
+    assert listed.index(of_type(state, LEASE)[0]) < listed.index(volume)
+    machine.import_state("ab1234", state)
+    before = machine.stack_export("ab1234")
+
+    result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
+
+    assert result.returncode == 1
+    assert "refusing: ending the lease would also destroy volume block-persist-ab1234" in (
+        result.stderr
+    )
+    assert machine.calls() == [EXPORT]
+    assert machine.stack_export("ab1234") == before
+
+
+@needs_cli
+def test_failed_lease_end_says_the_reservation_is_still_held(machine):
+    """The lease's destroy fails (the cloud's error is a stand-in's): exit 1, pulumi's words,
+    the reservation still held, and the command to run again."""
+    state = state_fixture()
+    state["deployment"]["resources"] = [
+        resource for resource in resources(state) if name_of(resource) not in RECYCLED
+    ]
+    machine.import_state("ab1234", state)
+    machine.fail_pulumi("destroy", "error: Blazar answered HTTP 503: service unavailable")
+
+    result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
+
+    assert result.returncode == 1
+    assert "Blazar answered HTTP 503" in result.stdout + result.stderr
+    assert "the lease was not ended and its reservation is still held" in result.stderr
+    assert "`scripts/recycle --stack ab1234 --end-lease` again" in result.stderr
+    assert machine.calls() == [EXPORT, END_LEASE]
+    assert LEASE_URN in {r["urn"] for r in resources(machine.stack_export("ab1234"))}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "question"),
+    [
+        (["--end-lease"], "Recycle the server of stack ab1234 and end its lease? [y/N]"),
+        ([], "Recycle the server of stack ab1234? [y/N]"),
+    ],
+    ids=["end-lease", "plain"],
+)
+@needs_cli
+def test_the_question_says_whether_the_lease_ends(machine, arguments, question):
+    """Without --yes the question names the lease when it will end; a no changes nothing."""
+    before = machine.stack_export("ab1234")
+    result = recycle(machine, "--stack", "ab1234", *arguments, stdin="n\n")
+    assert result.returncode == 2
+    assert question in result.stdout
+    assert machine.calls() == [EXPORT]
+    assert machine.stack_export("ab1234") == before

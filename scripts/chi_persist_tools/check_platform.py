@@ -2,14 +2,18 @@
 
 Reads the service URLs and credentials from a Pulumi stack's outputs (or from
 flags and environment variables), checks MLflow, MinIO and Jupyter, and prints
-one row per check. `--write-marker` logs a small run through MLflow;
-`--verify-marker` finds it again after the compute was recycled.
+one row per check. A stack that made its own KVM@TACC lease gets a row for the
+lease too: when it ends (read live from Blazar when the OpenStack credentials are
+in the environment), and a warning when that is near. `--write-marker` logs a
+small run through MLflow; `--verify-marker` finds it again after the compute was
+recycled.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -20,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import parse_qs, urlsplit
@@ -37,6 +41,7 @@ from chi_persist_tools.command_line import (
     pulumi_command_text,
     run_pulumi,
 )
+from components.lease import ACTIVE, ENDED_STATUSES, Cloud, LeaseError, parse_blazar_date
 
 # Missing packages fail the import (the launcher then switches to the project's
 # virtual environment); the MLflow client is slow to import, so it is only
@@ -57,6 +62,12 @@ REQUIRED_OUTPUTS = ("mlflow_url", "minio_api_url", "jupyter_url", "platform_cred
 RETRY_INTERVAL_SECONDS = 3.0
 HTTP_TIMEOUT_SECONDS = 10.0
 MAX_WAIT_SECONDS = 3600.0
+# A lease that ends within this is near its end: time enough to save work and choose
+# between extending it and letting it end.
+LEASE_WARNING_SECONDS = 3600
+# The environment that holds the OpenStack credentials pulumi uses (OS_CLOUD with
+# clouds.yaml, or an openrc's OS_AUTH_URL and the rest): the live lease is read only then.
+OPENSTACK_CREDENTIAL_VARIABLES = ("OS_CLOUD", "OS_AUTH_URL")
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -80,6 +91,13 @@ Where the URLs and credentials come from:
                     one service's URL, overriding the others (e.g. an SSH tunnel on
                     localhost). Given all three, no stack is read and the credentials
                     come from the environment, as with --url-base.
+
+The lease (a stack that makes its own KVM@TACC lease): a first row says when it
+ends, from the stack's outputs lease_id and lease_end, or live from KVM@TACC's
+reservation service when OS_CLOUD (or an openrc's OS_AUTH_URL) is set as for
+`pulumi up`. Within an hour of the end it warns: at the end KVM@TACC deletes the
+server (the volume and its data stay), and says what to do. An ended lease fails
+the row: `pulumi up` then makes a new lease and server.
 """
 
 EPILOG = """\
@@ -129,6 +147,11 @@ class Platform:
     minio_user: str
     minio_password: str = ""
     jupyter_token: str = ""
+    # The stack the platform came from ("" for the selected stack or none), and its lease
+    # as its outputs describe it ("" when it made none).
+    stack: str | None = None
+    lease_id: str = ""
+    lease_end: str = ""
 
     def __repr__(self) -> str:
         return (
@@ -305,6 +328,9 @@ def platform_from_outputs(outputs: dict, stack_label: str) -> Platform:
         minio_user=str(credentials["minio_root_user"]),
         minio_password=str(credentials["minio_root_password"]),
         jupyter_token=str(credentials["jupyter_token"]),
+        stack=stack_label,
+        lease_id=str(outputs.get("lease_id") or ""),
+        lease_end=str(outputs.get("lease_end") or ""),
     )
 
 
@@ -351,14 +377,11 @@ def resolve_platform(arguments: argparse.Namespace, environ: dict[str, str]) -> 
         )
     outputs = read_stack_outputs(arguments.stack)
     platform = platform_from_outputs(outputs, arguments.stack or "")
-    return Platform(
-        source=platform.source,
+    return dataclasses.replace(
+        platform,
         mlflow_url=flags["mlflow"] or platform.mlflow_url,
         minio_url=flags["minio"] or platform.minio_url,
         jupyter_url=_without_query(flags["jupyter"]) if flags["jupyter"] else platform.jupyter_url,
-        minio_user=platform.minio_user,
-        minio_password=platform.minio_password,
-        jupyter_token=platform.jupyter_token,
     )
 
 
@@ -537,6 +560,139 @@ def check_jupyter(platform: Platform) -> str:
             retryable=False,
         )
     return f"{platform.jupyter_url} (/api/status with the token; refused without it)"
+
+
+# --- the lease -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """What is known of the stack's lease: from its outputs, or live from KVM@TACC."""
+
+    lease_id: str
+    end: datetime | None
+    status: str | None = None
+    """Blazar's status of the lease, when it was read live."""
+    gone: bool = False
+    """Blazar has no such lease any more."""
+    live: bool = False
+    note: str = ""
+    """Why the live lease was not read, or what is wrong with the outputs."""
+
+
+def openstack_credentials_set(environ: dict[str, str]) -> bool:
+    return any(environ.get(name) for name in OPENSTACK_CREDENTIAL_VARIABLES)
+
+
+def read_lease(platform: Platform, environ: dict[str, str]) -> LeaseView:
+    """The lease as the stack's outputs describe it, and as KVM@TACC's reservation service
+    (Blazar) has it now when the OpenStack credentials are in the environment."""
+    end = None
+    note = ""
+    if platform.lease_end:
+        try:
+            end = parse_blazar_date(platform.lease_end)
+        except ValueError:
+            note = f"the stack's output lease_end {platform.lease_end!r} is not a date"
+    if not platform.lease_id:
+        return LeaseView("", end, note=note or "the stack has no output lease_id")
+    if not openstack_credentials_set(environ):
+        return LeaseView(
+            platform.lease_id,
+            end,
+            note=note
+            or "the lease's end is the one the stack saw at its last `pulumi up`; to read it "
+            "live from KVM@TACC, set OS_CLOUD (or source your openrc file) as for `pulumi up`",
+        )
+    try:
+        # Blazar through a keystoneauth1 session of openstacksdk's config loader: the
+        # credentials and calls of the stack's lease resource (components/lease.py).
+        lease = Cloud().get_lease(platform.lease_id)
+    except LeaseError as error:
+        return LeaseView(platform.lease_id, end, note=f"the live lease was not read: {error}")
+    except ImportError as error:
+        return LeaseView(
+            platform.lease_id,
+            end,
+            note=f"the live lease was not read: {error}; fix: `pip install -r "
+            "requirements.txt` in the project's virtual environment",
+        )
+    if lease is None:
+        return LeaseView(platform.lease_id, end, gone=True, live=True)
+    try:
+        live_end = parse_blazar_date(str(lease.get("end_date")))
+    except ValueError:
+        live_end = end
+    return LeaseView(platform.lease_id, live_end, status=str(lease.get("status") or ""), live=True)
+
+
+def format_moment(moment: datetime) -> str:
+    return f"{moment.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+
+def format_time_left(left: timedelta) -> str:
+    minutes = max(0, int(left.total_seconds()) // 60)
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min"
+
+
+def lease_check(
+    platform: Platform, lease: LeaseView, now: datetime
+) -> tuple[CheckResult, list[str]]:
+    """The lease's row, and the warnings that go with it (its end is near)."""
+    name = "Lease is active"
+    stack = f" --stack {platform.stack}" if platform.stack else ""
+    up = f"pulumi up{stack}"
+    after_the_end = (
+        "KVM@TACC deletes the server at the lease's end (the platform stops without a clean "
+        "stop); the volume and all its data stay"
+    )
+    new_lease = (
+        f"fix: `{up}` makes a new lease and a new server, which mounts the same volume and "
+        "starts the platform"
+    )
+    where = "" if lease.live else " (from the stack's outputs)"
+    label = f"lease {lease.lease_id}" if lease.lease_id else "the lease"
+    if lease.gone:
+        detail = (
+            f"{label} no longer exists at KVM@TACC: it ended or was deleted. {after_the_end}; "
+            + new_lease
+        )
+        return CheckResult(name, False, detail), []
+    if lease.end is None:
+        detail = f"{lease.note or 'the stack has no output lease_end'}; fix: run `{up}`"
+        return CheckResult(name, False, detail), []
+    ends = format_moment(lease.end)
+    if lease.status in ENDED_STATUSES or lease.end <= now:
+        state = f" is {lease.status}" if lease.status else ""
+        detail = f"{label}{state}: it ended at {ends}{where}. {after_the_end}; {new_lease}"
+        return CheckResult(name, False, detail), []
+    if lease.status and lease.status != ACTIVE:
+        detail = (
+            f"{label} is {lease.status}, not ACTIVE: no server can boot from it until it is; "
+            f"fix: wait a minute and run `{up}`"
+        )
+        return CheckResult(name, False, detail), []
+    left = lease.end - now
+    status = f" {lease.status}" if lease.status else ""
+    detail = f"{label}{status}, ends {ends}, in {format_time_left(left)}{where}"
+    warnings = []
+    if left.total_seconds() <= LEASE_WARNING_SECONDS:
+        detail += ": soon"
+        warnings.append(
+            f"the lease ends in {format_time_left(left)}, at {ends}. {after_the_end}. To keep "
+            "working past it, extend the lease with a longer leaseDuration (counted from its "
+            f"start; e.g. `pulumi config set chi-persist:leaseDuration 1d{stack}`, then "
+            f"`{up}`), if the site allows; or stop cleanly now and take a new lease: "
+            f"`scripts/recycle{stack} --end-lease`, then `{up}`; or let it end and run "
+            f"`{up}` afterwards"
+        )
+    return CheckResult(name, True, detail), warnings
 
 
 # --- markers -----------------------------------------------------------------
@@ -779,7 +935,24 @@ def main(
     try:
         platform = resolve_platform(arguments, environ)
         print(f"check-platform: checking the platform of {platform.source}", file=stderr)
-        results = run_checks(
+        results = []
+        if platform.lease_id or platform.lease_end:
+            lease = read_lease(platform, environ)
+            if lease.note:
+                print(f"check-platform: note: {lease.note}", file=stderr)
+            row, warnings = lease_check(platform, lease, datetime.now(timezone.utc))
+            for warning in warnings:
+                print(f"check-platform: warning: {warning}", file=stderr, flush=True)
+            results.append(row)
+        elif platform.stack is not None:
+            print(
+                f"check-platform: note: {platform.source} has no lease of its own (no output "
+                "lease_end): its server boots from a reservation you made (chi-persist:"
+                "reservation). Horizon shows when that lease ends (KVM@TACC, Reservations > "
+                "Leases); at its end the server is deleted and the volume and its data stay",
+                file=stderr,
+            )
+        results += run_checks(
             platform,
             wait_seconds=arguments.wait,
             write=arguments.write_marker,

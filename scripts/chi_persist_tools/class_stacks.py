@@ -42,7 +42,7 @@ for _name in CONFIG_KEYS:
 ROSTER_EXAMPLE = """\
 # Optional: settings every student gets unless their own row sets them.
 defaults:
-  reservation: 3f1c5b9e-0d3a-4c1e-9b7a-2f6d8e4a1c00
+  lease_duration: 1d
   allowed_cidrs: [203.0.113.0/24]
 students:
   - netid: ab1234
@@ -50,6 +50,7 @@ students:
   - netid: cd5678
     key_pair: cd5678-key
     volume_size: 4
+    lease_duration: 3d
 """
 
 _OTHER_SETTINGS = textwrap.fill(
@@ -82,6 +83,10 @@ roster format (YAML):
 {_OTHER_SETTINGS}
   defaults:   optional mapping of settings every student gets unless their row sets them
               (anything but netid).
+  lease_duration (leaseDuration) sets how long each stack's own KVM@TACC lease lasts
+  (8h, 3d, 90m, 1d12h; at most a week), for the class in defaults or per student. A
+  student with a reservation of their own (reservation) gets no lease: for them it is
+  not used, and a note says so.
   A bare list of students is accepted too. Secrets (sshPrivateKey) are refused: a
   roster is shared; each student sets their own with `pulumi config set --secret`.
 
@@ -441,6 +446,13 @@ def run(arguments: argparse.Namespace) -> int:
             exit_code=EXIT_USAGE,
         )
 
+    for student in students:
+        if student.values.get("reservation") and "leaseDuration" in student.values:
+            print(
+                f"note: student {student.index} ({student.netid}) has a reservation of their "
+                f"own: their stack makes no lease, so leaseDuration "
+                f"({student.values['leaseDuration']}) is not used for it"
+            )
     counts = {status: 0 for status in ("created", "updated", "unchanged")}
     for outcome in outcomes:
         counts[outcome.status] += 1

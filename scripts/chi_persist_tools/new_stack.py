@@ -40,9 +40,10 @@ from components.settings import (
 DESCRIPTION = """\
 Create the Pulumi stack NETID (or select it, if it exists) and set its config:
 your netID, the name of your key pair at KVM@TACC, and optionally the private key
-file, a reservation, the networks allowed to reach the server, and the volume you
-already have from the tutorial. Every value is checked with the same rules
-`pulumi up` applies, before anything is changed.
+file, the networks allowed to reach the server, the volume you already have from
+the tutorial, and a reservation of your own. Every value is checked with the same
+rules `pulumi up` applies, before anything is changed. No reservation is needed:
+the stack makes its own KVM@TACC lease when you run `pulumi up`.
 """
 
 EPILOG = f"""\
@@ -74,7 +75,6 @@ examples:
   export PULUMI_CONFIG_PASSPHRASE='a passphrase you will remember'
   scripts/new-stack ab1234 --key-pair ab1234-key
   scripts/new-stack ab1234 --key-pair ab1234-key --private-key-path ~/.ssh/id_rsa_chameleon \\
-      --reservation 3f1c5b9e-0d3a-4c1e-9b7a-2f6d8e4a1c00 \\
       --allowed-cidr 203.0.113.0/24 --allowed-cidr 198.51.100.7/32
   scripts/new-stack ab1234 --key-pair ab1234-key \\
       --existing-volume-id "$(openstack volume show block-persist-ab1234 -f value -c id)"
@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reservation",
         metavar="ID",
-        help="flavor id of your KVM@TACC lease (a UUID); without it, flavor m1.large is used",
+        help="only for a KVM@TACC lease you made yourself: its flavor id (a UUID); without "
+        "it the stack makes its own lease of chi-persist:flavor",
     )
     parser.add_argument(
         "--allowed-cidr",

@@ -5,6 +5,8 @@ typed by hand. Before anything is destroyed, the plan is checked: nothing that
 must stay may be among the server's dependents. When the server no longer
 answers on SSH, the remote stop step (whose delete would wait on it forever) is
 removed from the state first, with a warning about what that means for the data.
+With --end-lease, the stack's lease (found the same way) is destroyed too, in a
+destroy of its own once the server is gone, so no reservation is held.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ REMOTE_COMMAND = "command:remote:Command"
 COPY_TO_REMOTE = "command:remote:CopyToRemote"
 LOCAL_COMMAND = "command:local:Command"
 SERVER_NAME_PREFIX = "node-persist-"
+# The program's lease (components/lease.py): a dynamic provider's resource, named "lease".
+LEASE = "pulumi-python:dynamic:Resource"
+LEASE_NAME = "lease"
 
 # What a recycle must leave in place: the data, and the address students know.
 KEPT = {VOLUME: "volume", PORT: "port", FLOATING_IP: "floating IP"}
@@ -62,7 +67,8 @@ Recycle the compute of a stack: destroy its server (node-persist-NETID) and what
 depends on it (the volume attachment and the provisioning steps), and keep the
 volume with all its data, the port and the floating IP. Then `pulumi up` makes a
 new server, which attaches the same volume and finds every experiment, model and
-notebook where it was.
+notebook where it was. With --end-lease, the stack's KVM@TACC lease ends too, so
+nothing is reserved while nobody works; the next `pulumi up` makes a new lease.
 """
 
 EPILOG = """\
@@ -71,7 +77,10 @@ what it does:
   2. shows what will be destroyed and what stays, and asks (unless --yes);
   3. runs `pulumi destroy --target <server> --target-dependents`: before the volume is
      detached, the server stops the platform cleanly (docker compose down, sync, unmount);
-  4. reads the state again and checks the volume, port and floating IP are still there.
+  4. reads the state again and checks the volume, port and floating IP are still there;
+  5. with --end-lease: `pulumi destroy --target <lease>`, once the server is gone, and
+     checks again. The lease is the stack's own (lease-persist-NETID); a reservation you
+     set yourself (chi-persist:reservation) is not the stack's, and is refused.
   The volume is never a target.
 
 when the server is already gone or does not answer on SSH (deleted by hand, an
@@ -83,14 +92,16 @@ be lost. You are warned before anything happens.
 examples:
   scripts/recycle --stack ab1234
   scripts/recycle --stack ab1234 --yes && pulumi up --stack ab1234
+  scripts/recycle --stack ab1234 --end-lease   # done for the day: release the reservation
   scripts/recycle                   # the selected stack (`pulumi stack select NETID`)
 
 exit status:
-  0  the server is gone and the volume, port and floating IP are still in the stack
+  0  the server (and with --end-lease the lease) is gone and the volume, port and
+     floating IP are still in the stack
   1  a pulumi command failed, the stack's state is not safe to recycle, or something
      that must stay is missing afterwards (what to do is printed)
-  2  wrong arguments, no stack selected, no server to recycle, or not confirmed:
-     nothing was changed
+  2  wrong arguments, no stack selected, no server to recycle, --end-lease on a stack
+     without a lease of its own, or not confirmed: nothing was changed
 
 PULUMI_CONFIG_PASSPHRASE must be set (as for `pulumi up`) when the stack's secrets
 are protected by a passphrase, the default of this project's local state backend.
@@ -141,8 +152,14 @@ class Resource:
                 return value
         return None
 
+    @property
+    def is_lease(self) -> bool:
+        return self.type == LEASE and self.name == LEASE_NAME
+
     def describe(self) -> str:
         label = LABELS.get(self.type) or KEPT.get(self.type) or self.type
+        if self.is_lease:
+            label = "lease"
         if self.type == FLOATING_IP and self.outputs.get("address"):
             shown = f"{self.outputs['address']} ({self.name})"
         elif self.cloud_name and self.cloud_name != self.name:
@@ -161,15 +178,21 @@ class Resource:
 
 @dataclass
 class Plan:
-    """What a recycle of one stack destroys, what it keeps, and how the stop can run."""
+    """What a recycle of one stack destroys, what it keeps, and how the stop can run.
+
+    `server` is None only when the lease is ended on its own (the server is already gone);
+    `lease` is the lease to end after the server, `lease_kept` the one a plain recycle keeps.
+    """
 
     stack: str
-    server: Resource
+    server: Resource | None
     removed: list[Resource]
     kept: list[Resource]
     secrets_provider: str | None
     address: str | None = None
     stop_steps: list[Resource] = field(default_factory=list)
+    lease: Resource | None = None
+    lease_kept: Resource | None = None
 
 
 def resources_in(export: Mapping[str, Any]) -> list[Resource]:
@@ -192,7 +215,9 @@ def dependents(resources: Sequence[Resource], urns: Iterable[str]) -> list[Resou
     return [resource for resource in resources if resource.urn in found]
 
 
-def _server_of(stack: str, resources: Sequence[Resource]) -> Resource:
+def _server_of(
+    stack: str, resources: Sequence[Resource], lease: Resource | None = None
+) -> Resource:
     servers = [resource for resource in resources if resource.type == SERVER]
     ours = [
         server
@@ -202,10 +227,16 @@ def _server_of(stack: str, resources: Sequence[Resource]) -> Resource:
     ]
     if not ours:
         others = ", ".join(server.describe() for server in servers)
+        fix = f"fix: bring one up with `pulumi up --stack {stack}`"
+        if lease is not None:
+            fix += (
+                f"; or, to release the stack's reservation until then, end its lease: "
+                f"`scripts/recycle --stack {stack} --end-lease`"
+            )
         raise CommandError(
             f"nothing to recycle: stack {stack} has no server named {SERVER_NAME_PREFIX}* in its "
             "state" + (f" (it has: {others})" if others else ""),
-            f"fix: bring one up with `pulumi up --stack {stack}`",
+            fix,
             exit_code=EXIT_USAGE,
         )
     if len(ours) > 1:
@@ -219,10 +250,106 @@ def _server_of(stack: str, resources: Sequence[Resource]) -> Resource:
     return ours[0]
 
 
-def plan_recycle(stack: str, export: Mapping[str, Any]) -> Plan:
-    """What destroying the server with its dependents removes; refuses anything unsafe."""
+def _leases_in(resources: Sequence[Resource]) -> list[Resource]:
+    return [resource for resource in resources if resource.is_lease]
+
+
+def _lease_to_end(
+    stack: str, resources: Sequence[Resource], servers: Sequence[Resource]
+) -> Resource:
+    """The stack's own lease, or why --end-lease cannot end one."""
+    leases = _leases_in(resources)
+    if len(leases) > 1:
+        raise CommandError(
+            f"stack {stack} has {len(leases)} leases in its state: "
+            + ", ".join(lease.describe() for lease in leases)
+            + "; nothing was changed",
+            "fix: this is not a stack of this project's program; end its leases by hand "
+            "with `pulumi destroy --target URN`",
+            exit_code=EXIT_FAILED,
+        )
+    if leases:
+        return leases[0]
+    reservations = sorted(
+        {
+            str(server.inputs.get("flavorId") or server.outputs.get("flavorId"))
+            for server in servers
+            if server.inputs.get("flavorId") or server.outputs.get("flavorId")
+        }
+    )
+    if reservations:
+        why = (
+            f"its server boots from the reserved flavor {', '.join(reservations)}: a "
+            "reservation you made yourself (chi-persist:reservation), which the stack did "
+            "not make and does not end"
+        )
+    else:
+        why = (
+            "the stack was deployed with a reservation of its own (chi-persist:reservation) "
+            "or before the program made leases"
+        )
+    raise CommandError(
+        f"--end-lease: stack {stack} has no lease of its own in its state (a {LEASE} named "
+        f"{LEASE_NAME!r}): {why}; nothing was changed",
+        f"fix: recycle without --end-lease (`scripts/recycle --stack {stack}`), and end your "
+        "own lease where you made it: Horizon (KVM@TACC, Reservations > Leases, Delete Lease) "
+        "or `openstack reservation lease delete LEASE`. To have the stack make and end its "
+        f"own leases instead: `pulumi config rm chi-persist:reservation --stack {stack}`, "
+        f"then `pulumi up --stack {stack}`",
+        exit_code=EXIT_USAGE,
+    )
+
+
+def _check_lease_goes_alone(
+    stack: str, resources: Sequence[Resource], lease: Resource, removed: Sequence[Resource]
+) -> None:
+    """Ending the lease may destroy nothing but the lease once the server's side is gone."""
+    going = {resource.urn for resource in removed}
+    dragged = [
+        resource
+        for resource in dependents(resources, [lease.urn])
+        if resource.urn != lease.urn and resource.urn not in going
+    ]
+    if dragged:
+        raise CommandError(
+            "refusing: ending the lease would also destroy "
+            + ", ".join(resource.describe() for resource in dragged)
+            + ", which depend on it and do not go with the server; nothing was changed",
+            f"fix: the stack's program must not make these depend on the lease; recycle "
+            f"without --end-lease (`scripts/recycle --stack {stack}`) and ask your instructor",
+            exit_code=EXIT_FAILED,
+        )
+    if lease.protect:
+        raise CommandError(
+            f"refusing: the lease is protected: {lease.describe()}; nothing was changed",
+            f"fix: if it may really end, `pulumi state unprotect --stack {stack} {lease.urn}`, "
+            "then run recycle again",
+            exit_code=EXIT_FAILED,
+        )
+
+
+def plan_recycle(stack: str, export: Mapping[str, Any], end_lease: bool = False) -> Plan:
+    """What destroying the server with its dependents (and with `end_lease`, then the lease)
+    removes; refuses anything unsafe."""
     resources = resources_in(export)
-    server = _server_of(stack, resources)
+    deployment = export.get("deployment") or {}
+    provider = (deployment.get("secrets_providers") or {}).get("type")
+    leases = _leases_in(resources)
+    if end_lease:
+        servers = [resource for resource in resources if resource.type == SERVER]
+        lease = _lease_to_end(stack, resources, servers)
+        if not servers:
+            # The server is gone already (an earlier recycle): only the lease is left to end.
+            _check_lease_goes_alone(stack, resources, lease, [])
+            return Plan(
+                stack=stack,
+                server=None,
+                removed=[],
+                kept=[resource for resource in resources if resource.type in KEPT],
+                secrets_provider=provider,
+                lease=lease,
+            )
+    server = _server_of(stack, resources, leases[0] if len(leases) == 1 else None)
     removed = dependents(resources, [server.urn])
     must_stay = [resource for resource in removed if resource.type in KEPT]
     if must_stay:
@@ -252,8 +379,10 @@ def plan_recycle(stack: str, export: Mapping[str, Any]) -> Plan:
     ]
     floating_ips = [resource for resource in kept if resource.type == FLOATING_IP]
     address = floating_ips[0].outputs.get("address") if len(floating_ips) == 1 else None
-    deployment = export.get("deployment") or {}
-    provider = (deployment.get("secrets_providers") or {}).get("type")
+    lease = None
+    if end_lease:
+        lease = _lease_to_end(stack, resources, [server])
+        _check_lease_goes_alone(stack, resources, lease, removed)
     return Plan(
         stack=stack,
         server=server,
@@ -262,6 +391,8 @@ def plan_recycle(stack: str, export: Mapping[str, Any]) -> Plan:
         secrets_provider=provider,
         address=address if isinstance(address, str) and address else None,
         stop_steps=[resource for resource in removed if resource.stops_on_delete],
+        lease=lease,
+        lease_kept=leases[0] if not end_lease and len(leases) == 1 else None,
     )
 
 
@@ -354,23 +485,52 @@ def selected_stack() -> str:
     )
 
 
+def describe_lease(lease: Resource) -> str:
+    """The lease, with when it ends as the stack last saw it."""
+    end = lease.outputs.get("end_date")
+    return lease.describe() + (f", ends {end}" if isinstance(end, str) and end else "")
+
+
 def show_plan(plan: Plan) -> None:
-    print(f"recycle: stack {plan.stack}: these will be destroyed (the server and its dependents):")
+    if plan.server is None:
+        print(
+            f"recycle: stack {plan.stack} has no server any more (an earlier recycle or the "
+            "lease's end removed it): only its lease will be ended"
+        )
+    else:
+        print(
+            f"recycle: stack {plan.stack}: these will be destroyed (the server and its dependents):"
+        )
     for resource in plan.removed:
         extra = ""
         if resource.stops_on_delete:
             extra = " (its delete step stops the platform cleanly and unmounts the volume)"
         print(f"  - {resource.describe()}{extra}")
+    if plan.lease is not None:
+        then = "then, once the server is gone, " if plan.server is not None else ""
+        print(f"recycle: {then}the lease ends, and with it the reservation:")
+        print(f"  - {describe_lease(plan.lease)}")
     print("recycle: these stay:")
     for resource in plan.kept:
         print(f"  + {resource.describe()}")
+    if plan.lease_kept is not None:
+        print(
+            f"  + {describe_lease(plan.lease_kept)} (still reserved: add --end-lease to "
+            "release it too)"
+        )
     for kind, label in KEPT.items():
         if not any(resource.type == kind for resource in plan.kept):
             print(f"warning: the stack has no {label} in its state, so none can be kept")
 
 
 def confirm(plan: Plan) -> bool:
-    print(f"Recycle the server of stack {plan.stack}? [y/N] ", end="", flush=True)
+    if plan.server is None:
+        question = f"End the lease of stack {plan.stack}?"
+    elif plan.lease is not None:
+        question = f"Recycle the server of stack {plan.stack} and end its lease?"
+    else:
+        question = f"Recycle the server of stack {plan.stack}?"
+    print(f"{question} [y/N] ", end="", flush=True)
     answer = sys.stdin.readline()
     if not answer:
         print()
@@ -382,12 +542,28 @@ def confirm(plan: Plan) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def check_after(plan: Plan, export: Mapping[str, Any]) -> None:
-    """The server is gone, and everything that had to stay is still there, same ids."""
+def check_after(
+    plan: Plan, export: Mapping[str, Any], *, lease_ended: bool = False, quiet: bool = False
+) -> None:
+    """The server (and, once ended, the lease) is gone, and everything that had to stay is
+    still there, same ids."""
     resources = {resource.urn: resource for resource in resources_in(export)}
     problems = []
-    if plan.server.urn in resources:
+    if plan.server is not None and plan.server.urn in resources:
         problems.append(f"the server is still in the state: {plan.server.describe()}")
+    if lease_ended and plan.lease is not None and plan.lease.urn in resources:
+        if not any(
+            before.urn not in resources or resources[before.urn].id != before.id
+            for before in plan.kept
+        ):
+            raise CommandError(
+                f"the lease is still in the state after its destroy: {plan.lease.describe()}",
+                f"fix: `pulumi stack --stack {plan.stack}` shows it; run `scripts/recycle "
+                f"--stack {plan.stack} --end-lease` again, or end it in Horizon (KVM@TACC, "
+                f"Reservations > Leases) and run `pulumi refresh --stack {plan.stack}`",
+                exit_code=EXIT_FAILED,
+            )
+        problems.append(f"the lease is still in the state: {plan.lease.describe()}")
     for before in plan.kept:
         after = resources.get(before.urn)
         if after is None:
@@ -405,11 +581,69 @@ def check_after(plan: Plan, export: Mapping[str, Any]) -> None:
             "(`pulumi import`)",
             exit_code=EXIT_FAILED,
         )
-    for resource in plan.kept:
-        print(f"recycle: still there: {resource.describe()}")
+    if not quiet:
+        for resource in plan.kept:
+            print(f"recycle: still there: {resource.describe()}")
 
 
-def run(stack: str | None, assume_yes: bool, environ: Mapping[str, str]) -> int:
+def destroy_server(plan: Plan, again: str) -> None:
+    """The targeted destroy of the server and its dependents; the volume is never a target."""
+    assert plan.server is not None
+    stack = plan.stack
+    destroy = [
+        "destroy",
+        "--stack",
+        stack,
+        "--target",
+        plan.server.urn,
+        "--target-dependents",
+        "--yes",
+        "--non-interactive",
+    ]
+    print(f"recycle: {pulumi_command_text(destroy)}", flush=True)
+    try:
+        stream_pulumi(destroy)
+    except PulumiFailed as failure:
+        address = plan.address or "the server's address"
+        if failure.mentions("passphrase"):
+            failure.with_fix(f"fix: {HOW_TO_UNLOCK_SECRETS}")
+        raise failure.with_fix(
+            "the volume was not a target and is not destroyed by this command",
+            f"fix: if pulumi could not reach the server ({address}:{SSH_PORT}), run "
+            f"`{again}` again: it skips the clean stop of a server that "
+            "does not answer. If a step on the server failed, log in (ssh cc@"
+            f"{plan.address or 'IP'}) to see why, then run recycle again. "
+            f"`pulumi stack --stack {stack}` shows what is left",
+        ) from None
+
+
+def end_lease(plan: Plan) -> None:
+    """The targeted destroy of the lease alone: without --target-dependents, so the engine
+    refuses (error 2014) rather than take along anything that still depends on it."""
+    assert plan.lease is not None
+    stack = plan.stack
+    destroy = [
+        "destroy", "--stack", stack, "--target", plan.lease.urn, "--yes", "--non-interactive",
+    ]  # fmt: skip
+    print(f"recycle: ending the lease: {pulumi_command_text(destroy)}", flush=True)
+    try:
+        stream_pulumi(destroy)
+    except PulumiFailed as failure:
+        if failure.mentions("passphrase"):
+            failure.with_fix(f"fix: {HOW_TO_UNLOCK_SECRETS}")
+        gone = "the server is gone; " if plan.server is not None else ""
+        raise failure.with_fix(
+            f"{gone}the lease was not ended and its reservation is still held; the volume was "
+            "not a target and is not destroyed by this command",
+            f"fix: correct what pulumi reports, then `scripts/recycle --stack {stack} "
+            "--end-lease` again (it ends only the lease now); or delete the lease in Horizon "
+            f"(KVM@TACC, Reservations > Leases) and run `pulumi refresh --stack {stack}`",
+        ) from None
+
+
+def run(
+    stack: str | None, assume_yes: bool, environ: Mapping[str, str], end_lease_too: bool = False
+) -> int:
     if stack is not None:
         problem = check_value("netid", stack)[1]
         if problem is not None:
@@ -421,7 +655,7 @@ def run(stack: str | None, assume_yes: bool, environ: Mapping[str, str]) -> int:
         stack = selected_stack()
         print(f"recycle: using the selected stack {stack}")
 
-    plan = plan_recycle(stack, export_state(stack))
+    plan = plan_recycle(stack, export_state(stack), end_lease=end_lease_too)
     if plan.secrets_provider == "passphrase" and not passphrase_is_set(dict(environ)):
         raise CommandError(
             f"stack {stack}'s secrets are protected by a passphrase, and "
@@ -479,38 +713,32 @@ def run(stack: str | None, assume_yes: bool, environ: Mapping[str, str]) -> int:
                 "fix: nothing was destroyed yet; correct what pulumi reports and run recycle again"
             ) from None
 
-    destroy = [
-        "destroy",
-        "--stack",
-        stack,
-        "--target",
-        plan.server.urn,
-        "--target-dependents",
-        "--yes",
-        "--non-interactive",
-    ]
-    print(f"recycle: {pulumi_command_text(destroy)}", flush=True)
-    try:
-        stream_pulumi(destroy)
-    except PulumiFailed as failure:
-        address = plan.address or "the server's address"
-        if failure.mentions("passphrase"):
-            failure.with_fix(f"fix: {HOW_TO_UNLOCK_SECRETS}")
-        raise failure.with_fix(
-            "the volume was not a target and is not destroyed by this command",
-            f"fix: if pulumi could not reach the server ({address}:{SSH_PORT}), run "
-            f"`scripts/recycle --stack {stack}` again: it skips the clean stop of a server that "
-            "does not answer. If a step on the server failed, log in (ssh cc@"
-            f"{plan.address or 'IP'}) to see why, then run recycle again. "
-            f"`pulumi stack --stack {stack}` shows what is left",
-        ) from None
-
-    check_after(plan, export_state(stack))
-    print(
-        f"recycle: done: the server of stack {stack} is gone; its volume and data, port and "
-        "floating IP are unchanged"
-    )
-    print(f"next: pulumi up --stack {stack}")
+    again = f"scripts/recycle --stack {stack}" + (" --end-lease" if plan.lease else "")
+    if plan.server is not None:
+        destroy_server(plan, again)
+        check_after(plan, export_state(stack), quiet=plan.lease is not None)
+    if plan.lease is not None:
+        end_lease(plan)
+        check_after(plan, export_state(stack), lease_ended=True)
+    if plan.server is None:
+        print(
+            f"recycle: done: the lease of stack {stack} has ended, nothing is reserved; its "
+            "volume and data, port and floating IP are unchanged"
+        )
+    elif plan.lease is not None:
+        print(
+            f"recycle: done: the server of stack {stack} is gone and its lease has ended, "
+            "nothing is reserved; its volume and data, port and floating IP are unchanged"
+        )
+    else:
+        print(
+            f"recycle: done: the server of stack {stack} is gone; its volume and data, port "
+            "and floating IP are unchanged"
+        )
+    if plan.lease is not None:
+        print(f"next: pulumi up --stack {stack}   (makes a new lease, then a new server)")
+    else:
+        print(f"next: pulumi up --stack {stack}")
     return EXIT_OK
 
 
@@ -527,9 +755,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--yes", action="store_true", help="do not ask for confirmation before destroying"
     )
+    parser.add_argument(
+        "--end-lease",
+        action="store_true",
+        help="also end the stack's KVM@TACC lease, after the server, so nothing is reserved "
+        "(the next `pulumi up` makes a new one)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    return run_main(lambda: run(arguments.stack, arguments.yes, os.environ))
+    return run_main(lambda: run(arguments.stack, arguments.yes, os.environ, arguments.end_lease))
