@@ -6,6 +6,8 @@ from components import (
     PLATFORM_PORTS,
     AccessRules,
     AccessRulesArgs,
+    Lease,
+    LeaseArgs,
     Node,
     NodeArgs,
     PersistentVolume,
@@ -34,6 +36,8 @@ except VolumeLookupFailed as error:
     raise pulumi.RunError(str(error)) from None
 for note in settings.ssh_notes:
     pulumi.log.warn(note)
+for note in settings.lease_notes:
+    pulumi.log.info(note)
 
 access = AccessRules(
     "access",
@@ -44,12 +48,29 @@ access = AccessRules(
     ),
 )
 volume = PersistentVolume("data", volume_args)
+# KVM@TACC boots servers only from a reserved flavor: the stack's own lease, unless the
+# student brings a reservation. The server boots the lease's reservation id, so a new lease
+# (the old one ended, or another flavor) replaces the server.
+lease = None
+if settings.makes_lease:
+    lease = Lease(
+        "lease",
+        LeaseArgs(
+            name=settings.lease_name,
+            flavor_name=settings.flavor,
+            duration_seconds=settings.lease_duration_seconds,
+            lease_duration=settings.lease_duration,
+        ),
+    )
+    flavor = ("id", lease.reservation_id)
+else:
+    flavor = settings.flavor_id_or_name
 node = Node(
     "node",
     NodeArgs(
         server_name=settings.server_name,
         image=settings.image,
-        flavor=settings.flavor_id_or_name,
+        flavor=flavor,
         key_pair=settings.key_pair,
         network=settings.network,
         floating_ip_pool=settings.floating_ip_pool,
@@ -93,3 +114,6 @@ pulumi.export(
 pulumi.export("volume_id", volume.volume_id)
 pulumi.export("server_id", node.server_id)
 pulumi.export("platform_credentials", provisioning.credentials)
+if lease is not None:
+    pulumi.export("lease_id", lease.lease_id)
+    pulumi.export("lease_end", lease.end_date)

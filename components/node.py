@@ -17,8 +17,9 @@ class NodeArgs:
     """Nova name of the server, node-persist-<netid>."""
     image: str
     """Image name."""
-    flavor: tuple[str, str]
-    """("name", flavor name) or ("id", reserved flavor id)."""
+    flavor: tuple[str, pulumi.Input[str]]
+    """("name", flavor name) or ("id", reserved flavor id: the stack's lease's reservation
+    id, or the student's own reservation)."""
     key_pair: str
     """Key pair registered at the site."""
     network: str

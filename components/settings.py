@@ -36,6 +36,23 @@ SYSTEM_DIRECTORIES = {
 
 DEFAULT_PRIVATE_KEY_PATH = "~/.ssh/id_rsa_chameleon"
 
+# How long the stack's own lease lasts when leaseDuration is not set: a day's work.
+DEFAULT_LEASE_DURATION = "8h"
+# The longest lease the program asks for. KVM@TACC's own limit for a flavor reservation
+# could not be read (Chameleon's notes speak of KVM leases of up to months, and of a policy
+# against stacking leases to get around limits); a week serves a class's working week
+# without holding a reservation for long, and the next `pulumi up` after a lease's end makes
+# a new one. A site whose limit is lower refuses the lease itself: Blazar's
+# MaxLeaseDurationFilter (blazar/enforcement/filters/max_lease_duration_filter.py) answers
+# "Lease duration of N seconds must be less than or equal to the maximum lease duration
+# of M seconds.", which the lease reports with the fix.
+MAX_LEASE_DURATION_SECONDS = 7 * 24 * 3600
+# The shortest: a new server waits up to 15 minutes for SSH, then prepares the volume and
+# starts the platform; a lease that ends within the hour leaves no time to work.
+MIN_LEASE_DURATION_SECONDS = 3600
+# "8h", "3d", "90m", "1d12h": days, hours and minutes, in that order, each at most once.
+LEASE_DURATION_PATTERN = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")
+
 
 class SettingsError(Exception):
     """One or more settings are invalid; the message lists each with its fix."""
@@ -155,17 +172,28 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey(
             "flavor",
             "string",
-            "Server flavor, used when no reservation is set.",
+            "Server flavor: the flavor the stack's own lease reserves (when no reservation "
+            "is set).",
             default="m1.large",
             example="m1.large",
         ),
         ConfigKey(
             "reservation",
             "string",
-            "Id of a reserved flavor (a KVM@TACC lease's flavor UUID). When set, the server "
-            "boots that flavor instead of `flavor`. Empty: no reservation.",
+            "Id of a reserved flavor (the flavor UUID of a KVM@TACC lease you made yourself). "
+            "When set, the server boots that flavor and the stack makes no lease. Empty: the "
+            "stack makes its own lease of `flavor`.",
             default="",
             example="00000000-0000-0000-0000-000000000000",
+        ),
+        ConfigKey(
+            "leaseDuration",
+            "string",
+            "How long the stack's own KVM@TACC lease lasts, from the `pulumi up` that makes "
+            "it: days, hours and minutes such as 8h, 3d, 90m, 1d12h (at most 7d). Not used "
+            "when reservation is set.",
+            default=DEFAULT_LEASE_DURATION,
+            example="8h",
         ),
         ConfigKey("network", "string", "Network the server's port is on.", default="sharednet1"),
         ConfigKey("floatingIpPool", "string", "Pool the floating IP comes from.", default="public"),
@@ -245,6 +273,9 @@ class Settings:
     ssh_send_password: bool = False
     # What the choice of login is worth telling (printed by `pulumi up`).
     ssh_notes: tuple[str, ...] = ()
+    # How long the stack's own lease lasts: as written (for messages), and in seconds.
+    lease_duration: str = DEFAULT_LEASE_DURATION
+    lease_duration_seconds: int = 8 * 3600
 
     @property
     def server_name(self) -> str:
@@ -257,6 +288,28 @@ class Settings:
     @property
     def security_group_name(self) -> str:
         return f"persist-{self.netid}"
+
+    @property
+    def lease_name(self) -> str:
+        return f"lease-persist-{self.netid}"
+
+    @property
+    def makes_lease(self) -> bool:
+        """The stack reserves its own flavor: no reservation of the student's is set."""
+        return self.reservation is None
+
+    @property
+    def lease_notes(self) -> tuple[str, ...]:
+        """What `pulumi up` says about the lease when the student brings their own."""
+        if self.makes_lease:
+            return ()
+        return (
+            f"{NAMESPACE}:reservation is set: the server boots the reserved flavor "
+            f"{self.reservation} and the stack makes no lease of its own, so "
+            f"{NAMESPACE}:leaseDuration ({self.lease_duration}) is not used. When that lease "
+            f"ends, make a new one and set its flavor id, or `pulumi config rm "
+            f"{NAMESPACE}:reservation` to let the stack make its own lease.",
+        )
 
     def ssh_command(self, address: str) -> str:
         """How the student logs in to the server."""
@@ -319,6 +372,51 @@ def _reservation(value: Any) -> tuple[Any, str | None]:
     if str(parsed) != value.lower() or len(value) != 36:
         return None, rule
     return value.lower(), None
+
+
+def parse_duration(text: str) -> int | None:
+    """Seconds in a duration such as "8h", "3d", "90m" or "1d12h"; None if it is not one."""
+    match = LEASE_DURATION_PATTERN.fullmatch(text)
+    if not text or match is None:
+        return None
+    days, hours, minutes = (int(part) if part else 0 for part in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60
+
+
+def format_duration(seconds: int) -> str:
+    """The shortest duration text for `seconds` (whole minutes): 86400 -> "1d"."""
+    minutes = seconds // 60
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [
+        f"{days}d" if days else "",
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+    ]
+    return "".join(parts) or "0m"
+
+
+def _lease_duration(value: Any) -> tuple[Any, str | None]:
+    longest = format_duration(MAX_LEASE_DURATION_SECONDS)
+    shortest = format_duration(MIN_LEASE_DURATION_SECONDS)
+    rule = (
+        "must be a duration in days, hours and minutes, in that order, like 8h, 3d, 90m or "
+        f"1d12h, from {shortest} to {longest}"
+    )
+    seconds = parse_duration(value) if isinstance(value, str) else None
+    if seconds is None:
+        return None, rule
+    if seconds > MAX_LEASE_DURATION_SECONDS:
+        return None, (
+            f"is longer than {longest}, the longest lease this project asks KVM@TACC for; ask "
+            f"for at most {longest} (the next `pulumi up` after a lease's end makes a new one)"
+        )
+    if seconds < MIN_LEASE_DURATION_SECONDS:
+        return None, (
+            f"is shorter than {shortest}: a new server needs up to half an hour before the "
+            "platform runs"
+        )
+    return value, None
 
 
 def _existing_volume_id(value: Any) -> tuple[Any, str | None]:
@@ -430,6 +528,7 @@ RULES: dict[str, Rule] = {
     "image": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
     "flavor": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
     "reservation": _reservation,
+    "leaseDuration": _lease_duration,
     "network": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
     "floatingIpPool": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
     "volumeSize": _volume_size,
@@ -582,6 +681,8 @@ def validate(
         ssh_send_password=login.send_password,
         ssh_notes=login.notes,
         existing_volume_id=values["existingVolumeId"],
+        lease_duration=values["leaseDuration"],
+        lease_duration_seconds=parse_duration(values["leaseDuration"]) or 0,
     )
 
 

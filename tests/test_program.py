@@ -17,8 +17,10 @@ from tests.support.program import (
     ATTACHMENT,
     COPY_TO_REMOTE,
     FLOATING_IP,
+    LEASE,
     LOCAL_COMMAND,
     MOCK_CREDENTIALS,
+    MOCK_RESERVATION_ID,
     PORT,
     REMOTE_COMMAND,
     SECURITY_GROUP,
@@ -61,13 +63,14 @@ def student() -> Evaluation:
 
 
 def test_server_is_named_by_netid_and_boots_the_configured_image(student: Evaluation) -> None:
-    """The server is node-persist-<netid> on CC-Ubuntu24.04, m1.large, the key pair, its port."""
+    """The server is node-persist-<netid> on CC-Ubuntu24.04, the lease's flavor, the key pair,
+    its port."""
     server = student.one(SERVER).inputs
     port = student.one(PORT)
     assert server["name"] == "node-persist-ab1234"
     assert server["imageName"] == "CC-Ubuntu24.04"
-    assert server["flavorName"] == "m1.large"
-    assert "flavorId" not in server
+    assert server["flavorId"] == MOCK_RESERVATION_ID
+    assert "flavorName" not in server
     assert server["keyPair"] == "ab1234-key"
     assert server["stopBeforeDestroy"] is True
     assert server["networks"] == [{"port": f"{port.name}-id"}]
@@ -171,11 +174,68 @@ def test_reservation_boots_the_reserved_flavor_id() -> None:
     assert "flavorName" not in server
 
 
+def test_the_stack_makes_its_own_lease_of_the_flavor(student: Evaluation) -> None:
+    """No reservation: one lease lease-persist-<netid> of `flavor` for 8h (the default)."""
+    lease = student.one(LEASE)
+    assert lease.name == "lease"
+    assert lease.custom and not lease.protect
+    assert {key: lease.inputs[key] for key in ("name", "flavor_name", "duration_seconds")} == {
+        "name": "lease-persist-ab1234",
+        "flavor_name": "m1.large",
+        "duration_seconds": 8 * 3600,
+    }
+    assert lease.inputs["lease_duration"] == "8h"
+    # The provider is serialised with the program: the engine's Python host runs it.
+    assert lease.raw_inputs["__provider"]
+
+
+def test_the_server_boots_the_leases_reservation(student: Evaluation) -> None:
+    """The server's flavor id is the lease's reservation id, taken as a property, so a new
+    lease (one that ended, or of another flavor) replaces the server."""
+    server = student.one(SERVER)
+    lease = student.one(LEASE)
+    assert server.inputs["flavorId"] == MOCK_RESERVATION_ID
+    assert server.property_dependencies["flavorId"] == [lease.urn]
+    assert "flavorId" in server.replace_on_changes
+
+
+def test_a_replaced_lease_goes_before_its_successor_comes(student: Evaluation) -> None:
+    """Delete-before-replace: one reservation at a time, and the server on it goes first."""
+    assert student.one(LEASE).delete_before_replace
+
+
+def test_the_lease_and_its_end_are_exported(student: Evaluation) -> None:
+    """lease_id and lease_end (ISO 8601 UTC) are stack outputs when the stack makes its lease."""
+    assert student.outputs["lease_id"] == "lease-id-lease-persist-ab1234"
+    assert student.outputs["lease_end"] == "2026-11-10T17:00:00Z"
+
+
+def test_no_lease_when_the_student_brings_a_reservation() -> None:
+    """`reservation` set: no lease, the server boots it, and a note says leaseDuration is
+    not used."""
+    reservation = "3f1c5b9e-0d3a-4c1e-9b7a-2f6d8e4a1c00"
+    evaluation = evaluate(config={"reservation": reservation, "leaseDuration": "2d"})
+    assert evaluation.of_type(LEASE) == []
+    assert evaluation.one(SERVER).inputs["flavorId"] == reservation
+    assert "lease_id" not in evaluation.outputs and "lease_end" not in evaluation.outputs
+    assert any(
+        "chi-persist:reservation is set" in note and "leaseDuration (2d) is not used" in note
+        for note in evaluation.notes
+    ), evaluation.notes
+
+
+def test_no_note_about_leases_when_the_stack_makes_its_own(student: Evaluation) -> None:
+    """The reservation note is only for students who bring their own."""
+    assert not [note for note in student.notes if "reservation" in note]
+
+
 @pytest.mark.parametrize(
     ("key", "value", "resource", "field", "expected"),
     [
         ("image", "CC-Ubuntu22.04", SERVER, "imageName", "CC-Ubuntu22.04"),
-        ("flavor", "m1.xlarge", SERVER, "flavorName", "m1.xlarge"),
+        ("flavor", "m1.xlarge", LEASE, "flavor_name", "m1.xlarge"),
+        ("leaseDuration", "1d12h", LEASE, "duration_seconds", 36 * 3600),
+        ("leaseDuration", "90m", LEASE, "lease_duration", "90m"),
         ("network", "sharednet2", PORT, "networkId", "network-sharednet2"),
         ("floatingIpPool", "public2", FLOATING_IP, "pool", "public2"),
         ("volumeSize", 20, VOLUME, "size", 20),
@@ -465,6 +525,24 @@ BAD_SETTINGS = [
      "pulumi config set --path"),
     ("reservation not a UUID", "ab1234", {"reservation": "my-lease"}, None, "reservation",
      "'my-lease'", "pulumi config set chi-persist:reservation"),
+    ("lease duration without a unit", "ab1234", {"leaseDuration": "8"}, None, "leaseDuration",
+     "'8'", "pulumi config set chi-persist:leaseDuration 8h"),
+    ("lease duration with a space", "ab1234", {"leaseDuration": "8 h"}, None, "leaseDuration",
+     "'8 h'", "pulumi config set chi-persist:leaseDuration"),
+    ("lease duration units out of order", "ab1234", {"leaseDuration": "12h1d"}, None,
+     "leaseDuration", "'12h1d'", "pulumi config set chi-persist:leaseDuration"),
+    ("lease duration in seconds", "ab1234", {"leaseDuration": "3600s"}, None, "leaseDuration",
+     "'3600s'", "pulumi config set chi-persist:leaseDuration"),
+    ("empty lease duration", "ab1234", {"leaseDuration": ""}, None, "leaseDuration",
+     "''", "pulumi config set chi-persist:leaseDuration"),
+    ("lease duration of nothing", "ab1234", {"leaseDuration": "0h"}, None, "leaseDuration",
+     "'0h'", "pulumi config set chi-persist:leaseDuration"),
+    ("lease shorter than an hour", "ab1234", {"leaseDuration": "30m"}, None, "leaseDuration",
+     "'30m'", "pulumi config set chi-persist:leaseDuration"),
+    ("lease longer than the site allows", "ab1234", {"leaseDuration": "7d1m"}, None,
+     "leaseDuration", "'7d1m'", "pulumi config set chi-persist:leaseDuration"),
+    ("lease of a month", "ab1234", {"leaseDuration": "30d"}, None, "leaseDuration",
+     "longer than 7d", "pulumi config set chi-persist:leaseDuration"),
     ("relative mount point", "ab1234", {"mountPoint": "mnt/block"}, None, "mountPoint",
      "'mnt/block'", "pulumi config set chi-persist:mountPoint"),
     ("mount point over a system directory", "ab1234", {"mountPoint": "/etc"}, None,

@@ -21,6 +21,7 @@ from tests.support.program import (
     ATTACHMENT,
     COPY_TO_REMOTE,
     FLOATING_IP,
+    LEASE,
     LOCAL_COMMAND,
     PORT,
     REMOTE_COMMAND,
@@ -222,18 +223,21 @@ def test_a_new_mount_point_releases_the_old_one_first(student: Evaluation) -> No
     assert "--mount-point /mnt/data" in steps[2].registration.inputs["create"]
 
 
+# The lease's part: "replaced" (a new lease of the new flavor, deleted after the server and
+# made before the new one), "dropped" (the student's own reservation: the stack's lease is
+# deleted once the new server runs on the reservation), or None (untouched).
 SERVER_CHANGES = [
-    pytest.param({}, {"flavor": "m1.xlarge"}, id="flavor"),
-    pytest.param({}, {"reservation": RESERVATION}, id="first-reservation"),
-    pytest.param({"reservation": RESERVATION}, {"reservation": OTHER_RESERVATION},
+    pytest.param({}, {"flavor": "m1.xlarge"}, "replaced", id="flavor"),
+    pytest.param({}, {"reservation": RESERVATION}, "dropped", id="first-reservation"),
+    pytest.param({"reservation": RESERVATION}, {"reservation": OTHER_RESERVATION}, None,
                  id="new-reservation"),
-    pytest.param({}, {"image": "CC-Ubuntu24.04-CUDA"}, id="image"),
+    pytest.param({}, {"image": "CC-Ubuntu24.04-CUDA"}, None, id="image"),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("before", "after"), SERVER_CHANGES)
+@pytest.mark.parametrize(("before", "after", "lease"), SERVER_CHANGES)
 def test_a_new_flavor_reservation_or_image_takes_the_recycle_path(
-    before: dict[str, str], after: dict[str, str]
+    before: dict[str, str], after: dict[str, str], lease: str | None
 ) -> None:
     """Clean stop, detach, delete, new server, re-attach, prepare, start: what a recycle does."""
     old = evaluate(before)
@@ -244,6 +248,15 @@ def test_a_new_flavor_reservation_or_image_takes_the_recycle_path(
         old.by_urn()[urn].name for urn in old.dependents_closure(server.urn)
         if old.by_urn()[urn].custom
     } | {server.name}  # fmt: skip
+    if lease == "dropped":
+        assert order[-1] == "delete lease", "the old lease goes once the new server runs"
+        steps, order = steps[:-1], order[:-1]
+    elif lease == "replaced":
+        # The server boots the lease's flavor: it goes first, the lease after it; the new
+        # lease comes before the new server.
+        assert order.index("delete node-server") < order.index("delete lease")
+        assert order.index("create lease") < order.index("create node-server")
+        recycled.add("lease")
     deleted = [step.name for step in steps if step.kind == "delete"]
     created = [step.name for step in steps if step.kind == "create"]
     assert order[0] == "delete provisioning-start-stack", "the clean stop comes first"
@@ -259,3 +272,30 @@ def test_a_new_flavor_reservation_or_image_takes_the_recycle_path(
         assert order.index(first) < order.index(then), (first, then)
     untouched = {VOLUME, PORT, FLOATING_IP}
     assert not [step for step in steps if step.registration.type in untouched]
+
+
+def test_an_ended_lease_takes_the_recycle_path(student: Evaluation) -> None:
+    """A lease replaced because it ended first deletes, by property dependencies, the server
+    that boots its flavor and everything on that server, the clean stop first; the volume,
+    port and floating IP stay."""
+    lease = student.one(LEASE)
+    assert lease.delete_before_replace
+    cascade = [r.name for r in dependent_replacements(student, lease, set())]
+    server = student.one(SERVER)
+    on_the_server = {
+        student.by_urn()[urn].name
+        for urn in student.dependents_closure(server.urn)
+        if student.by_urn()[urn].custom
+    }
+    assert set(cascade) == on_the_server | {server.name}
+    assert cascade[0] == server.name and cascade[-1] == "provisioning-start-stack"
+    kept = {r.name for r in student.registrations if r.type in (VOLUME, PORT, FLOATING_IP)}
+    assert not kept & set(cascade)
+
+
+def test_a_new_lease_duration_changes_only_the_lease_in_place(student: Evaluation) -> None:
+    """leaseDuration moves the lease's end (an update); no server step, no new lease."""
+    steps = plan_update(student, evaluate({"leaseDuration": "1d"}))
+    assert names(steps) == ["update lease"]
+    assert steps[0].registration.inputs["duration_seconds"] == 86400
+    assert steps[0].old is not None and steps[0].old.inputs["duration_seconds"] == 8 * 3600

@@ -13,6 +13,7 @@ so evaluations never share state.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import os
@@ -58,6 +59,13 @@ REMOTE_COMMAND = "command:remote:Command"
 COPY_TO_REMOTE = "command:remote:CopyToRemote"
 LOCAL_COMMAND = "command:local:Command"
 GET_VOLUME = "openstack:blockstorage/getVolumeV3:getVolumeV3"
+# components/lease.py's Lease: a dynamic resource, registered under the SDK's dynamic type.
+LEASE = "pulumi-python:dynamic:Resource"
+
+# What the pretend Blazar answers for the stack's lease: its reservation id is the flavor
+# the server boots.
+MOCK_RESERVATION_ID = "7c2e4a90-1b3d-4f5e-8a6b-9d0c1e2f3a4b"
+MOCK_LEASE_START = "2026-11-10T09:00:00Z"
 
 
 @dataclass
@@ -112,6 +120,8 @@ class Evaluation:
     secret_outputs: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
     """What the program logged as warnings (pulumi.log.warn), in order."""
+    notes: list[str] = field(default_factory=list)
+    """What the program logged as information (pulumi.log.info), in order."""
 
     def of_type(self, resource_type: str) -> list[Registration]:
         return [r for r in self.registrations if r.type == resource_type]
@@ -317,6 +327,15 @@ class ChiPersistMocks(pulumi.runtime.Mocks):
             state["accessIpV4"] = "10.52.0.10"
         elif args.typ == ATTACHMENT:
             state["device"] = "/dev/vdb"
+        elif args.typ == LEASE:
+            resource_id = f"lease-id-{args.inputs.get('name')}"
+            state.update(
+                lease_id=resource_id,
+                reservation_id=MOCK_RESERVATION_ID,
+                status="ACTIVE",
+                start_date=MOCK_LEASE_START,
+                end_date=_after(MOCK_LEASE_START, int(args.inputs["duration_seconds"])),
+            )
         elif args.typ == REMOTE_COMMAND and args.name.endswith("start-stack"):
             state["stdout"] = json.dumps(self.credentials)
             state["stderr"] = ""
@@ -358,19 +377,29 @@ class ChiPersistMocks(pulumi.runtime.Mocks):
         return matches[0].as_data_source()
 
 
+def _after(start: str, seconds: int) -> str:
+    moment = datetime.datetime.fromisoformat(start.replace("Z", "+00:00"))
+    return (moment + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class WarningRecorder(logging.Handler):
-    """Keeps the warnings the program logs through the mocked engine."""
+    """Keeps the warnings (and, apart, the notes) the program logs through the mocked engine."""
 
     def __init__(self) -> None:
-        super().__init__(level=logging.WARNING)
+        super().__init__(level=logging.INFO)
         self.messages: list[str] = []
+        self.notes: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        if record.levelno >= logging.WARNING:
+            self.messages.append(record.getMessage())
+        else:
+            self.notes.append(record.getMessage())
 
     def logger(self) -> logging.Logger:
         logger = logging.getLogger(f"chi-persist.program.{id(self)}")
         logger.propagate = False
+        logger.setLevel(logging.INFO)
         logger.addHandler(self)
         return logger
 
@@ -445,7 +474,9 @@ def evaluate_program(
         except BaseException as error:
             error.registrations = monitor.registrations  # type: ignore[attr-defined]
             raise
-        return Evaluation(monitor.registrations, outputs, secret_outputs, warnings.messages)
+        return Evaluation(
+            monitor.registrations, outputs, secret_outputs, warnings.messages, warnings.notes
+        )
 
     return _in_child_process(evaluate)
 

@@ -48,6 +48,7 @@ from components.project_files import tree_digest
 from tests.support.program import (
     ATTACHMENT,
     COPY_TO_REMOTE,
+    LEASE,
     LOCAL_COMMAND,
     REMOTE_COMMAND,
     SERVER,
@@ -67,6 +68,10 @@ PROVIDER_REPLACE_KEYS: dict[str, frozenset[str]] = {
     # terraform-provider-openstack v3.4.0, resource_openstack_compute_volume_attach_v2.go:
     # instance_id and volume_id are ForceNew.
     ATTACHMENT: frozenset({"instanceId", "volumeId"}),
+    # components/lease.py, LeaseProvider.diff: a new name or flavor is a new lease; a new
+    # duration moves the end in place. (A lease that has ended is replaced too, whatever
+    # its inputs: that is the provider's reading of Blazar, not an input change.)
+    LEASE: frozenset({"name", "flavor_name"}),
     # resource_openstack_compute_instance_v2.go: these are ForceNew; flavor_id and
     # flavor_name resize in place, image_id and image_name rebuild in place, name and
     # metadata update in place.

@@ -4,7 +4,9 @@ Paths (one port; the catalog points each service at its own prefix):
   /                  Keystone (/v3, /v3/auth/tokens)
   /compute           Nova v2.1          /network   Neutron v2.0
   /image             Glance v2          /volume    Cinder v3
-  /_twin             the admin API for tests (state, faults, pre-made volumes, key pairs)
+  /v1                Blazar v1 (its catalog entry ends in the version, as KVM@TACC's)
+  /_twin             the admin API for tests (state, faults, pre-made volumes, key pairs,
+                     settings, ending a lease now)
 Every service call but the version documents needs a valid X-Auth-Token, as
 keystonemiddleware demands. A call the twin does not serve is answered 404 (or
 405) in the service's own error format, with the method and path named. Every
@@ -31,10 +33,18 @@ from tests.twin.core import RawError, ServiceError, Unauthenticated, base_url, j
 from tests.twin.identity import urls as identity_urls
 from tests.twin.image import urls as image_urls
 from tests.twin.network import urls as network_urls
+from tests.twin.reservation import urls as reservation_urls
 from tests.twin.volume import urls as volume_urls
 
 LOG = logging.getLogger(__name__)
-SERVICES = (compute_urls, network_urls, image_urls, volume_urls, identity_urls)
+SERVICES = (
+    compute_urls,
+    network_urls,
+    image_urls,
+    volume_urls,
+    reservation_urls,
+    identity_urls,
+)
 ADMIN_PREFIX = "/_twin"
 
 
@@ -157,6 +167,7 @@ def admin_blueprint(cloud: Cloud, faults: Faults) -> Blueprint:
                 ],
                 "networks": list(network.networks.values()),
                 "keypairs": list(cloud.compute.keypairs.values()),
+                "leases": list(cloud.reservation.leases.values()),
                 "exposures": dict(network.exposures),
                 "config": dict(cloud.config),
                 "project_id": cloud.identity.project_id,
@@ -187,6 +198,27 @@ def admin_blueprint(cloud: Cloud, faults: Faults) -> Blueprint:
         if not gone:
             return _admin_error(500, f"server {server_id} could not be removed: see the event log")
         return json_response({"vanished": server_id})
+
+    @admin.post("/leases/<lease_id>/end")
+    def end_lease(lease_id: str) -> Response:
+        from tests.twin.reservation.models import SERVER_DELETION_SECONDS
+
+        with cloud.state.lock:
+            lease = cloud.reservation.leases.get(lease_id)
+            if lease is None:
+                return _admin_error(404, f"no lease {lease_id}")
+            ended = cloud.reservation.event(lease, "end_lease")["status"] != "UNDONE"
+            if lease["status"] not in ("PENDING", "ACTIVE", "ERROR") or ended:
+                return _admin_error(
+                    409, f"lease {lease_id} is {lease['status']}: it has ended or is ending"
+                )
+            cloud.record("admin", action="end_lease", lease_id=lease_id)
+            key = cloud.reservation.end(lease, reason="ended through the admin API")
+            cloud.save()
+        if not cloud.jobs.wait(key, timeout=SERVER_DELETION_SECONDS + 60):
+            return _admin_error(504, f"lease {lease_id} was still ending after the timeout")
+        with cloud.state.lock:
+            return json_response({"lease": lease})
 
     @admin.route("/faults", methods=["GET", "POST", "DELETE"])
     def fault_list() -> Response:

@@ -1,13 +1,13 @@
 """One twin: the services' backends over one state, the machine driver, and what moves in time.
 
 Like moto's backends, each service's model (identity, image, network, volume,
-compute) is a plain object reached as `cloud.<service>`; they call each other
+compute, reservation) is a plain object reached as `cloud.<service>`; they call each other
 directly, never over HTTP. Work that waits on the machine driver (boot, stop,
 attach, detach, resize, delete, port forwarding) runs in `Jobs`, one queue per
 key so a server's actions happen in the order they were asked; a job calls the
 driver outside the state lock and takes the lock only to record the outcome.
 `Clock` advances what changes over time (BUILD to ACTIVE when the guest runs,
-power state sync) a few times a second.
+power state sync, leases that start or end) a few times a second.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tests.twin.identity.models import IdentityBackend
 from tests.twin.image.models import ImageBackend
 from tests.twin.machines import MachineDriver, create_machines
 from tests.twin.network.models import NetworkBackend
+from tests.twin.reservation.models import ReservationBackend
 from tests.twin.state import State
 from tests.twin.volume.models import VolumeBackend
 
@@ -48,8 +49,25 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "client_address": "127.0.0.1",
     # Keystone's [token] expiration.
     "token_seconds": 3600,
+    # Whether the application credential in DIR/clouds.yaml is unrestricted: Keystone lets
+    # only such a credential make the trust Blazar needs to create a lease.
+    "application_credential_unrestricted": True,
+    # Changing a flavor:instance lease's dates: "refused" (upstream Blazar's 409) or
+    # "allowed" (a site that extends such leases).
+    "lease_extension": "refused",
+    # How many instances of one flavor can be reserved at any one time; beyond it Blazar
+    # answers "Not enough hosts available".
+    "lease_capacity": 4,
+    # How long after its start date a lease becomes ACTIVE (Blazar's event loop and the
+    # reservation's start).
+    "lease_start_seconds": 0.5,
+    # The next lease created goes to ERROR at its start (then this turns false again).
+    "next_lease_error": False,
 }
-CONFIG_CHOICES = {"online_extend": ("allowed", "forbidden", "unsupported")}
+CONFIG_CHOICES = {
+    "online_extend": ("allowed", "forbidden", "unsupported"),
+    "lease_extension": ("allowed", "refused"),
+}
 TICK_SECONDS = 0.1
 
 
@@ -76,6 +94,12 @@ def checked_config(current: dict[str, Any], changes: dict[str, Any]) -> dict[str
                 ipaddress.IPv4Address(value)
             except (ipaddress.AddressValueError, ValueError, TypeError):
                 raise ConfigError(f"{key} must be an IPv4 address, not {value!r}") from None
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key} must be true or false, not {value!r}")
+        elif key == "lease_capacity":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{key} must be a whole number of instances >= 0, not {value!r}")
         elif isinstance(default, list):
             if not isinstance(value, list) or not all(
                 isinstance(port, int) and 0 < port < 65536 for port in value
@@ -163,6 +187,7 @@ class Cloud:
         self.network = NetworkBackend(self)
         self.volume = VolumeBackend(self)
         self.compute = ComputeBackend(self)
+        self.reservation = ReservationBackend(self)
         with state.lock:
             if state.fresh:
                 for backend in self.backends:
@@ -176,7 +201,14 @@ class Cloud:
 
     @property
     def backends(self) -> tuple[Any, ...]:
-        return (self.identity, self.image, self.network, self.volume, self.compute)
+        return (
+            self.identity,
+            self.image,
+            self.network,
+            self.volume,
+            self.compute,
+            self.reservation,
+        )
 
     @property
     def directory(self) -> Path:
@@ -255,6 +287,7 @@ class Cloud:
 
     def tick(self) -> None:
         self.compute.tick()
+        self.reservation.tick()
 
     def save(self) -> None:
         with self.state.lock:

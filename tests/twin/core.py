@@ -6,6 +6,8 @@ the same one (checked against the services' sources):
   Neutron        {"NeutronError": {"type": <exception class>, "message": ..., "detail": ""}}
   Glance         webob's JSON error page {"message", "code": "404 Not Found", "title"}
   Keystone       {"error": {"code", "message", "title"}}
+  Blazar         {"error_code": N, "error_message": ..., "error_name": ...}; werkzeug's own
+                 aborts (unknown path, microversion) {"error": N, "error_message": ...}
 A request without a valid token is refused by keystonemiddleware before any of
 them sees it: 401 in Keystone's shape, with WWW-Authenticate.
 """
@@ -103,6 +105,28 @@ class IdentityError(ServiceError):
     def body(self) -> Any:
         title = HTTPStatus(self.status).phrase
         return {"error": {"code": self.status, "message": self.message, "title": title}}
+
+
+class ReservationError(ServiceError):
+    """Blazar's render_error_message (blazar/api/v1/utils.py).
+
+    A Blazar exception, raised in the API or in the manager and passed back over RPC,
+    is named by its numeric code; anything else is obfuscated as INTERNAL_SERVER_ERROR.
+    """
+
+    def __init__(self, status: int, message: str, name: int | str | None = None) -> None:
+        super().__init__(status, message)
+        self.name = status if name is None else name
+
+    def body(self) -> Any:
+        return {"error_code": self.status, "error_message": self.message, "error_name": self.name}
+
+
+class ReservationHttpError(ServiceError):
+    """Blazar's make_json_error (blazar/api/v1/app.py) for werkzeug's aborts: 404, 405, 400."""
+
+    def body(self) -> Any:
+        return {"error": self.status, "error_message": self.message}
 
 
 class Unauthenticated(IdentityError):

@@ -45,6 +45,7 @@ class Api:
         self.network = catalog["network"] + "/v2.0"
         self.image = catalog["image"] + "/v2"
         self.volume = catalog["volumev3"]
+        self.reservation = catalog["reservation"]
         self.project_id = body["token"]["project"]["id"]
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
@@ -177,6 +178,20 @@ class Twin:
         response = self.admin("GET", "/events", params={"since": since})
         response.raise_for_status()
         return response.json()["events"]
+
+    def configure(self, **settings: Any) -> dict[str, Any]:
+        """Change twin settings (POST /_twin/config); the settings after the change."""
+        response = self.admin("POST", "/config", json=settings)
+        if response.status_code != 200:
+            raise TwinError(f"settings {settings}: {response.status_code} {response.text}")
+        return response.json()["config"]
+
+    def end_lease(self, lease_id: str) -> dict[str, Any]:
+        """End a lease now, as its end date would (its servers, then its flavor, go away)."""
+        response = self.admin("POST", f"/leases/{lease_id}/end")
+        if response.status_code != 200:
+            raise TwinError(f"end lease {lease_id}: {response.status_code} {response.text}")
+        return response.json()["lease"]
 
     def add_keypair(self, name: str, public_key: str) -> dict[str, Any]:
         response = self.admin("POST", "/keypairs", json={"name": name, "public_key": public_key})

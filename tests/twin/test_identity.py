@@ -27,15 +27,17 @@ def test_application_credential_token_is_created_with_catalog(shared_twin: Twin)
     assert expires > datetime.now(timezone.utc)
     assert token["project"]["name"] == "CHI-twin"
     assert token["user"]["name"] == "student"
-    assert token["application_credential"]["restricted"] is True
+    # Unrestricted by default (the twin setting application_credential_unrestricted).
+    assert token["application_credential"]["restricted"] is False
     catalog = {entry["type"]: entry for entry in token["catalog"]}
-    assert set(catalog) == {"identity", "compute", "network", "image", "volumev3"}
+    assert set(catalog) == {"identity", "compute", "network", "image", "volumev3", "reservation"}
     for entry in catalog.values():
         (endpoint,) = entry["endpoints"]
         assert endpoint["interface"] == "public"
         assert endpoint["region"] == endpoint["region_id"] == "KVM@TACC"
         assert endpoint["url"].startswith(shared_twin.url)
     assert catalog["compute"]["endpoints"][0]["url"].endswith("/v2.1")
+    assert catalog["reservation"]["endpoints"][0]["url"] == f"{shared_twin.url}/v1"
     assert catalog["volumev3"]["endpoints"][0]["url"].endswith(f"/v3/{token['project']['id']}")
     for unversioned in ("network", "image"):
         assert not re.search(r"/v\d", catalog[unversioned]["endpoints"][0]["url"])

@@ -21,13 +21,14 @@ if TYPE_CHECKING:
 
 REGION = "KVM@TACC"
 # The catalog: (type, name, path under the twin's address). Every endpoint is public.
-# A reservation service (Blazar, type "reservation") is one more row here.
 SERVICES: tuple[tuple[str, str, str], ...] = (
     ("identity", "keystone", "/v3"),
     ("compute", "nova", "/compute/v2.1"),
     ("network", "neutron", "/network"),
     ("image", "glance", "/image"),
     ("volumev3", "cinderv3", "/volume/v3/{project_id}"),
+    # Blazar's catalog entry ends in its API version, as KVM@TACC's does.
+    ("reservation", "blazar", "/v1"),
 )
 UNAUTHORIZED = "The request you have made requires authentication."
 
@@ -61,7 +62,6 @@ class IdentityBackend:
                 "id": new_hex_id(),
                 "name": "twin",
                 "secret": new_secret(32),
-                "unrestricted": False,
             },
             "services": {kind: new_hex_id() for kind, _, _ in SERVICES},
             "endpoints": {kind: new_hex_id() for kind, _, _ in SERVICES},
@@ -104,6 +104,11 @@ class IdentityBackend:
     @property
     def admin_project_id(self) -> str:
         return self.data["admin_project_id"]
+
+    @property
+    def application_credential_unrestricted(self) -> bool:
+        """A twin setting, so tests can refuse or allow what only unrestricted ones may do."""
+        return bool(self.cloud.config["application_credential_unrestricted"])
 
     def credentials(self) -> dict[str, Any]:
         """What DIR/clouds.yaml carries."""

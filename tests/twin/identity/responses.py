@@ -152,7 +152,7 @@ def render_token(token: dict[str, Any]) -> dict[str, Any]:
         body["application_credential"] = {
             "id": credential["id"],
             "name": credential["name"],
-            "restricted": not credential["unrestricted"],
+            "restricted": not identity.application_credential_unrestricted,
         }
     return {"token": body}
 

@@ -1,0 +1,1 @@
+"""The twin's reservation service (Blazar)."""
