@@ -38,6 +38,7 @@ from tests.support.program import (
     REMOTE_COMMAND,
     CommandStep,
     CopyStep,
+    clean_stop_remote_command,
     evaluate_program,
 )
 from tests.support.update_plan import Step, changed_copy, plan_update
@@ -92,7 +93,7 @@ def provision(
         with benchmark.phase(phase):
             if isinstance(step, CopyStep):
                 vm.copy_into(step.source, step.remote_path, phase)
-            else:
+            elif step.create is not None:
                 results[step.name] = vm.run(step.create, phase)
     return results
 
@@ -105,7 +106,8 @@ def replay_update(
     A Command's delete runs the delete of its old state; its create (and an update
     without an `update` command) runs `create`; a CopyToRemote copies on create and
     update and does nothing on delete (pulumi-command 1.2.1). The local wait for SSH
-    has nothing to do on a server that answers.
+    has nothing to do on a server that answers; the local clean stop, deleted, finds the
+    server in Nova and runs its remote part over SSH.
     """
     results: dict[str, CommandResult] = {}
     for step in plan:
@@ -125,7 +127,11 @@ def replay_update(
                 )
                 if command:
                     results[str(step)] = vm.run(command, phase)
-            elif registration.type != LOCAL_COMMAND:
+            elif registration.type == LOCAL_COMMAND:
+                if step.kind == "delete" and registration.inputs.get("delete"):
+                    remote = clean_stop_remote_command(registration.inputs["delete"])
+                    results[str(step)] = vm.run(remote, phase)
+            else:
                 raise RehearsalError(
                     phase, f"the rehearsal has no server-side way to {step} ({registration.type})"
                 )
@@ -328,7 +334,7 @@ def test_volume_data_survives_recycling_an_update_and_a_boot_without_the_volume(
             with benchmark.phase("update: check the order and the platform"):
                 phase = "update: check"
                 for first, then in [
-                    ("delete provisioning-start-stack", "create provisioning-copy-docker"),
+                    ("delete provisioning-clean-stop", "create provisioning-copy-docker"),
                     ("create provisioning-copy-docker", "create provisioning-prepare-volume"),
                     ("create provisioning-prepare-volume", "create provisioning-start-stack"),
                 ]:
