@@ -163,8 +163,8 @@ class Provisioning(pulumi.ComponentResource):
                 delete_before_replace=True,
             ),
         )
-        # The clean stop (compose down, sync, unmount) is this step's delete. It is a local
-        # command because a remote command's delete dials SSH before anything else, and a
+        # The clean stop (compose down, sync, unmount) is the delete of the step below, a local
+        # command: a remote command's delete dials SSH before anything else, and a
         # server that vanished (a lease's end, a delete by hand) would fail every update that
         # replaces or deletes these steps; scripts/clean-stop asks Nova first and skips the
         # stop, with a warning, only when the server is gone. The stack step's id in its
