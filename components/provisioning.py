@@ -1,5 +1,5 @@
 """What runs on the server over SSH: wait for it, copy the project's files, prepare the volume,
-start the platform, and stop it cleanly before the volume is detached."""
+start the platform, and stop it cleanly before the volume is detached, unless the server is gone."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ class Provisioning(pulumi.ComponentResource):
 
     credentials: pulumi.Output[dict[str, str]]
     start_stack: command.remote.Command
+    clean_stop: command.local.Command
 
     def __init__(
         self, name: str, args: ProvisioningArgs, opts: pulumi.ResourceOptions | None = None
@@ -87,8 +88,9 @@ class Provisioning(pulumi.ComponentResource):
         # engine deletes first, in reverse order, exactly the dependents that take a property
         # of the replaced resource (step_generator.go, calculateDependentReplacements); a
         # depends_on edge is not followed. So a replaced copy, or a replaced prepare step,
-        # takes the stack step with it, and the stack step's delete (clean stop, sync,
-        # unmount) runs before the copy is made again and before the volume is prepared again.
+        # takes the stack step and its clean-stop step with it, and the clean stop (compose
+        # down, sync, unmount) runs before the copy is made again and before the volume is
+        # prepared again.
         copy_scripts = command.remote.CopyToRemote(
             f"{name}-copy-scripts",
             connection=connection,
@@ -116,8 +118,8 @@ class Provisioning(pulumi.ComponentResource):
             ),
         )
         # Whatever replaces the stack step must also replace this step, and order it after
-        # the stack step's delete: that delete unmounts the volume, and only this step
-        # mounts it again. The mount point is here so that a new one unmounts the old first.
+        # the clean stop: that unmounts the volume, and only this step mounts it again. The
+        # mount point is here so that a new one unmounts the old first.
         prepare_volume = command.remote.Command(
             f"{name}-prepare-volume",
             connection=connection,
@@ -142,7 +144,6 @@ class Provisioning(pulumi.ComponentResource):
             create=pulumi.Output.from_input(args.host).apply(
                 lambda host: start_stack_command(args.mount_point, host)
             ),
-            delete=release_volume_command(args.mount_point),
             triggers=[
                 args.server_id,
                 args.attachment_id,
@@ -157,8 +158,31 @@ class Provisioning(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self,
                 additional_secret_outputs=["stdout"],
-                # The delete stops the stack and unmounts the volume; a replacement must
-                # run it before starting again.
+                # Its replacement is deleted first, so the clean stop below (its dependent
+                # through triggers) runs before the stack starts again.
+                delete_before_replace=True,
+            ),
+        )
+        # The clean stop (compose down, sync, unmount) is the delete of the step below, a local
+        # command: a remote command's delete dials SSH before anything else, and a
+        # server that vanished (a lease's end, a delete by hand) would fail every update that
+        # replaces or deletes these steps; scripts/clean-stop asks Nova first and skips the
+        # stop, with a warning, only when the server is gone. The stack step's id in its
+        # triggers puts it in every replacement cascade of the stack step, and after it in
+        # the state's order: it is deleted first, before the prepare step runs again and
+        # before the attachment is deleted.
+        login = _login_method(args.private_key)
+        self.clean_stop = command.local.Command(
+            f"{name}-clean-stop",
+            delete=pulumi.Output.all(args.server_id, args.host).apply(
+                lambda values: clean_stop_command(values[0], values[1], login, args.mount_point)
+            ),
+            environment=ssh_environment(args.private_key, args.private_key_password),
+            triggers=[args.server_id, args.attachment_id, self.start_stack.id],
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # The old server's stop runs before anything of the new one exists.
                 delete_before_replace=True,
             ),
         )
@@ -224,6 +248,44 @@ def release_volume_command(mount_point: str) -> str:
             "--compose-file", REMOTE_COMPOSE_FILE,
         ]
     )  # fmt: skip
+
+
+# The local command that runs the clean stop, from the project's root directory: the engine
+# starts its providers there (pkg/engine/project.go, getPwdMain), and a delete runs with the
+# inputs in the state, so no path of this checkout is kept in them.
+CLEAN_STOP_SCRIPT = "scripts/clean-stop"
+SSH_KEY_VARIABLE = "CHI_PERSIST_SSH_PRIVATE_KEY"
+SSH_PASSPHRASE_VARIABLE = "CHI_PERSIST_SSH_KEY_PASSPHRASE"  # noqa: S105 (a name)
+
+
+def _login_method(private_key: pulumi.Input[str] | None) -> str:
+    return "agent" if private_key is None else "key"
+
+
+def clean_stop_command(server_id: str, host: str, login: str, mount_point: str) -> str:
+    """Ask Nova whether the server is still there; if so, release the volume over SSH."""
+    return shlex.join(
+        [
+            "python3", CLEAN_STOP_SCRIPT,
+            "--server-id", server_id,
+            "--host", host,
+            "--user", SSH_USER,
+            "--login", login,
+            "--", *shlex.split(release_volume_command(mount_point)),
+        ]
+    )  # fmt: skip
+
+
+def ssh_environment(
+    private_key: pulumi.Input[str] | None, private_key_password: pulumi.Input[str] | None
+) -> dict[str, pulumi.Input[str]]:
+    """The key and its passphrase for the clean stop's ssh, as secrets; nothing for the agent."""
+    environment: dict[str, pulumi.Input[str]] = {}
+    if private_key is not None:
+        environment[SSH_KEY_VARIABLE] = pulumi.Output.secret(private_key)
+        if private_key_password is not None:
+            environment[SSH_PASSPHRASE_VARIABLE] = pulumi.Output.secret(private_key_password)
+    return environment
 
 
 def parse_credentials(stdout: str | None) -> dict[str, str]:

@@ -280,7 +280,11 @@ def test_provisioning_runs_in_order(student: Evaluation) -> None:
     names = [step.name for step in steps]
     assert names[0] == "provisioning-wait-for-boot"
     assert names.index("provisioning-copy-scripts") < names.index("provisioning-prepare-volume")
-    assert names[-2:] == ["provisioning-prepare-volume", "provisioning-start-stack"]
+    assert names[-3:] == [
+        "provisioning-prepare-volume",
+        "provisioning-start-stack",
+        "provisioning-clean-stop",
+    ]
     copies = {step.name: step for step in steps if isinstance(step, CopyStep)}
     assert copies["provisioning-copy-scripts"].source == REPO_ROOT / "scripts" / "remote"
     assert copies["provisioning-copy-scripts"].remote_path == "/home/cc/chi-persist/scripts"
@@ -300,10 +304,10 @@ def test_prepare_volume_finds_the_volume_by_its_id(student: Evaluation) -> None:
     assert "/dev/vdb" not in step.create
 
 
-def test_start_stack_prints_only_credentials_and_its_delete_releases_the_volume(
+def test_start_stack_prints_only_credentials_and_undoes_nothing_itself(
     student: Evaluation,
 ) -> None:
-    """The stack starts on the mount point with the floating IP; destroy stops it and unmounts."""
+    """The stack starts on the mount point with the floating IP; its clean stop is a step apart."""
     start = student.named("start-stack")
     create = start.inputs["create"]
     assert "install-docker.sh --user cc >&2 &&" in create
@@ -311,13 +315,33 @@ def test_start_stack_prints_only_credentials_and_its_delete_releases_the_volume(
         "start-stack.sh --mount-point /mnt/block --host-ip 129.114.26.77 --compose-file "
         "/home/cc/chi-persist/docker/docker-compose.yaml --print-credentials"
     ) in create
-    assert start.inputs["delete"] == (
+    # A remote delete dials SSH first: a server that is gone would block every update.
+    assert "delete" not in start.inputs
+    assert start.delete_before_replace, "the clean stop must run before a new create"
+    assert "stdout" in start.additional_secret_outputs
+    assert start.inputs["logging"] == "stderr"
+
+
+def test_the_clean_stop_asks_nova_then_releases_the_volume_over_ssh(student: Evaluation) -> None:
+    """A local step whose delete runs scripts/clean-stop for this server, with release-volume.sh."""
+    stop = student.named("clean-stop")
+    assert stop.type == LOCAL_COMMAND
+    assert "create" not in stop.inputs and "update" not in stop.inputs
+    assert stop.inputs["delete"] == (
+        "python3 scripts/clean-stop --server-id server-node-persist-ab1234 "
+        f"--host {FLOATING} --user cc --login key -- "
         "sudo bash /home/cc/chi-persist/scripts/remote/release-volume.sh "
         "--mount-point /mnt/block --compose-file /home/cc/chi-persist/docker/docker-compose.yaml"
     )
-    assert start.delete_before_replace, "its delete unmounts: it must run before a new create"
-    assert "stdout" in start.additional_secret_outputs
-    assert start.inputs["logging"] == "stderr"
+    # It runs from the directory the engine starts providers in (the project's root): no path
+    # of this checkout is kept in the state, where a later delete reads its command.
+    assert "dir" not in stop.inputs
+    assert str(REPO_ROOT) not in stop.inputs["delete"]
+    assert (REPO_ROOT / "scripts" / "clean-stop").stat().st_mode & 0o111
+    assert stop.inputs["environment"] == {"CHI_PERSIST_SSH_PRIVATE_KEY": PRIVATE_KEY}
+    assert _is_secret(stop.raw_inputs["environment"], "CHI_PERSIST_SSH_PRIVATE_KEY")
+    assert stop.inputs["addPreviousOutputInEnv"] is False
+    assert stop.delete_before_replace, "the old server's stop runs before anything new"
 
 
 def test_mount_point_setting_reaches_every_volume_command() -> None:
@@ -326,7 +350,7 @@ def test_mount_point_setting_reaches_every_volume_command() -> None:
     commands = [evaluation.named("prepare-volume"), evaluation.named("start-stack")]
     for registration in commands:
         assert "--mount-point /mnt/data" in registration.inputs["create"]
-    assert "--mount-point /mnt/data" in evaluation.named("start-stack").inputs["delete"]
+    assert "--mount-point /mnt/data" in evaluation.named("clean-stop").inputs["delete"]
 
 
 def test_every_remote_step_connects_as_cc_to_the_floating_ip_with_a_secret_key(
@@ -355,10 +379,10 @@ def test_every_step_reruns_on_a_new_server(student: Evaluation) -> None:
         *student.of_type(COPY_TO_REMOTE),
         *student.of_type(LOCAL_COMMAND),
     ]
-    assert len(steps) == 6
+    assert len(steps) == 7
     for registration in steps:
         assert server_id in registration.inputs["triggers"], registration.name
-    for suffix in ("prepare-volume", "start-stack"):
+    for suffix in ("prepare-volume", "start-stack", "clean-stop"):
         assert student.one(ATTACHMENT).name + "-id" in student.named(suffix).inputs["triggers"]
 
 
@@ -381,7 +405,7 @@ def test_changed_files_rerun_the_steps_that_use_them(monkeypatch: pytest.MonkeyP
 
 def test_wait_for_ssh_runs_locally_before_any_remote_step(student: Evaluation) -> None:
     """A local, bounded wait for sshd precedes the first remote command."""
-    wait = student.one(LOCAL_COMMAND)
+    wait = student.named("wait-for-ssh")
     assert wait.inputs["create"] == f"python3 scripts/wait-for-ssh --timeout 900 {FLOATING}"
     assert Path(wait.inputs["dir"]) == REPO_ROOT
     assert wait.urn in student.depends_on(student.named("wait-for-boot"))
@@ -396,7 +420,7 @@ def test_recycle_removes_only_the_server_its_attachment_and_the_commands(
     by_urn = student.by_urn()
     removed_types = sorted(by_urn[urn].type for urn in removed)
     assert removed_types == sorted(
-        [ATTACHMENT, LOCAL_COMMAND] + [REMOTE_COMMAND] * 3 + [COPY_TO_REMOTE] * 2
+        [ATTACHMENT] + [LOCAL_COMMAND] * 2 + [REMOTE_COMMAND] * 3 + [COPY_TO_REMOTE] * 2
     )
     kept = {VOLUME, PORT, FLOATING_IP, SECURITY_GROUP, SECURITY_GROUP_RULE}
     for registration in student.registrations:

@@ -101,22 +101,45 @@ def test_whatever_replaces_the_stack_step_replaces_the_prepare_step_too(
     assert "/mnt/block" in prepare.inputs["triggers"], "a new mount point must release the old"
 
 
+def test_the_clean_stop_takes_a_property_of_the_stack_step(student: Evaluation) -> None:
+    """Its triggers hold the stack step's id: every replacement of the stack step replaces it,
+    and it follows the stack step in the state, so the engine deletes it first."""
+    stop = student.named("clean-stop")
+    start = student.named("start-stack")
+    assert {start.urn, student.one(ATTACHMENT).urn, student.one(SERVER).urn} <= (
+        trigger_sources(stop)
+    ), "a depends_on edge is not followed by the engine"
+    order = [registration.urn for registration in student.registrations]
+    assert order.index(start.urn) < order.index(stop.urn)
+
+
+def test_the_clean_stop_is_deleted_before_the_stack_step_and_the_attachment(
+    student: Evaluation,
+) -> None:
+    """A destroy deletes dependents first: the clean stop depends on both, so it runs first."""
+    stop = student.named("clean-stop")
+    assert {student.named("start-stack").urn, student.one(ATTACHMENT).urn} <= set(
+        student.depends_on(stop)
+    )
+
+
 def test_copies_and_volume_steps_are_deleted_before_they_are_replaced(
     student: Evaluation,
 ) -> None:
     """Delete-before-replace, so the engine deletes (stops) their dependents first."""
-    for suffix in ("copy-scripts", "copy-docker", "prepare-volume", "start-stack"):
+    for suffix in ("copy-scripts", "copy-docker", "prepare-volume", "start-stack", "clean-stop"):
         assert student.named(suffix).delete_before_replace, suffix
 
 
-def test_only_the_stack_step_has_a_delete_command(student: Evaluation) -> None:
-    """The stack step's delete is the clean stop and unmount; no other step undoes anything."""
+def test_only_the_clean_stop_has_a_delete_command(student: Evaluation) -> None:
+    """The clean stop's delete releases the volume; no other step undoes anything, and no
+    remote step has a delete, which would dial a server that may be gone."""
     with_delete = [
         r.name for r in student.of_type(REMOTE_COMMAND) + student.of_type(LOCAL_COMMAND)
         if r.inputs.get("delete")
     ]  # fmt: skip
-    assert with_delete == ["provisioning-start-stack"]
-    assert "release-volume.sh" in student.named("start-stack").inputs["delete"]
+    assert with_delete == ["provisioning-clean-stop"]
+    assert "release-volume.sh" in student.named("clean-stop").inputs["delete"]
 
 
 def test_each_file_tree_replaces_its_own_copy(
@@ -164,7 +187,11 @@ def test_the_model_follows_property_dependencies_and_not_depends_on(student: Eva
     assert cascade == []
     copy_docker = student.named("copy-docker")
     cascade = [r.name for r in dependent_replacements(student, copy_docker, set())]
-    assert cascade == ["provisioning-prepare-volume", "provisioning-start-stack"]
+    assert cascade == [
+        "provisioning-prepare-volume",
+        "provisioning-start-stack",
+        "provisioning-clean-stop",
+    ]
 
 
 def changed_tree(
@@ -188,15 +215,17 @@ def changed_tree(
 def test_a_changed_file_stops_the_stack_first_then_copies_mounts_and_starts(
     student: Evaluation, tree: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Stack step's delete (stop, unmount) before the copy and the prepare step run again."""
+    """The clean stop (stop, unmount) before the copy and the prepare step run again."""
     changed, copy = changed_tree(tree, tmp_path, monkeypatch)
     assert names(plan_update(student, changed)) == [
+        "delete provisioning-clean-stop",
         "delete provisioning-start-stack",
         "delete provisioning-prepare-volume",
         f"delete {copy}",
         f"create {copy}",
         "create provisioning-prepare-volume",
         "create provisioning-start-stack",
+        "create provisioning-clean-stop",
     ]
 
 
@@ -207,20 +236,23 @@ def test_a_changed_docker_file_leaves_the_server_alone(
     changed, _ = changed_tree("docker", tmp_path, monkeypatch)
     assert changed.one(SERVER).inputs["userData"] != student.one(SERVER).inputs["userData"]
     touched = {step.registration.type for step in plan_update(student, changed)}
-    assert touched == {COPY_TO_REMOTE, REMOTE_COMMAND}
+    assert touched == {COPY_TO_REMOTE, REMOTE_COMMAND, LOCAL_COMMAND}
 
 
 def test_a_new_mount_point_releases_the_old_one_first(student: Evaluation) -> None:
-    """The stack step's old delete (release at the old mount point) runs before the new mount."""
+    """The old clean stop (release at the old mount point) runs before the new mount."""
     steps = plan_update(student, evaluate({"mountPoint": "/mnt/data"}))
     assert names(steps) == [
+        "delete provisioning-clean-stop",
         "delete provisioning-start-stack",
         "delete provisioning-prepare-volume",
         "create provisioning-prepare-volume",
         "create provisioning-start-stack",
+        "create provisioning-clean-stop",
     ]
     assert "--mount-point /mnt/block" in steps[0].registration.inputs["delete"]
-    assert "--mount-point /mnt/data" in steps[2].registration.inputs["create"]
+    assert "--mount-point /mnt/data" in steps[3].registration.inputs["create"]
+    assert "--mount-point /mnt/data" in steps[5].registration.inputs["delete"]
 
 
 # The lease's part: "replaced" (a new lease of the new flavor, deleted after the server and
@@ -259,11 +291,12 @@ def test_a_new_flavor_reservation_or_image_takes_the_recycle_path(
         recycled.add("lease")
     deleted = [step.name for step in steps if step.kind == "delete"]
     created = [step.name for step in steps if step.kind == "create"]
-    assert order[0] == "delete provisioning-start-stack", "the clean stop comes first"
+    assert order[0] == "delete provisioning-clean-stop", "the clean stop comes first"
     assert set(deleted) == recycled == set(created)
     assert len(deleted) == len(set(deleted))
     assert [step.kind for step in steps] == ["delete"] * len(deleted) + ["create"] * len(created)
     for first, then in [
+        ("delete provisioning-clean-stop", "delete node-volume-attachment"),
         ("delete node-volume-attachment", "delete node-server"),
         ("create node-server", "create node-volume-attachment"),
         ("create node-volume-attachment", "create provisioning-prepare-volume"),
@@ -288,7 +321,7 @@ def test_an_ended_lease_takes_the_recycle_path(student: Evaluation) -> None:
         if student.by_urn()[urn].custom
     }
     assert set(cascade) == on_the_server | {server.name}
-    assert cascade[0] == server.name and cascade[-1] == "provisioning-start-stack"
+    assert cascade[0] == server.name and cascade[-1] == "provisioning-clean-stop"
     kept = {r.name for r in student.registrations if r.type in (VOLUME, PORT, FLOATING_IP)}
     assert not kept & set(cascade)
 

@@ -31,7 +31,7 @@ FLOATING_IP = "openstack:networking/floatingIp:FloatingIp"
 SERVER = "openstack:compute/instance:Instance"
 STOP_STEP = (
     "urn:pulumi:ab1234::chi-persist::chi-persist:index:Provisioning"
-    "$command:remote:Command::provisioning-start-stack"
+    "$command:local:Command::provisioning-clean-stop"
 )
 SERVER_URN = (
     "urn:pulumi:ab1234::chi-persist::chi-persist:index:Node"
@@ -59,6 +59,7 @@ RECYCLED = {
     "provisioning-copy-docker",
     "provisioning-prepare-volume",
     "provisioning-start-stack",
+    "provisioning-clean-stop",
 }
 
 needs_cli = pytest.mark.skipif(
@@ -253,17 +254,45 @@ def test_reachable_server_is_stopped_cleanly_and_the_data_stays(
     assert {record["cwd"] for record in machine.records()} == {str(machine.project)}
 
 
+def with_stop_login(state: dict, login: str) -> dict:
+    """The state with its clean stop logging in by `login` (key or agent)."""
+    (stop,) = [r for r in resources(state) if r["urn"] == STOP_STEP]
+    for part in ("inputs", "outputs"):
+        stop[part]["delete"] = stop[part]["delete"].replace("--login key", f"--login {login}")
+        if login == "agent":
+            stop[part].pop("environment", None)
+    return state
+
+
 @needs_cli
-def test_dead_agent_socket_is_refused_before_the_clean_stop(machine, server_answers_ssh):
-    """SSH_AUTH_SOCK where nothing answers would fail the stop's SSH login: refused, unchanged."""
+def test_dead_agent_socket_is_refused_before_a_clean_stop_through_the_agent(
+    machine, server_answers_ssh
+):
+    """The stop logs in through the agent, and SSH_AUTH_SOCK answers nothing: refused, unchanged."""
+    machine.import_state("ab1234", with_stop_login(state_fixture(), "agent"))
     gone = machine.root / "gone" / "agent.sock"
     result = recycle(
         machine, "--stack", "ab1234", "--yes", env=dict(machine.env, SSH_AUTH_SOCK=str(gone))
     )
     assert result.returncode == 2
     assert f"SSH_AUTH_SOCK={gone}: no ssh agent answers there (no such socket)" in result.stderr
-    assert "fix: `unset SSH_AUTH_SOCK`" in result.stderr
+    assert 'fix: start an agent in this shell: eval "$(ssh-agent)"' in result.stderr
     assert machine.calls() == [EXPORT]
+
+
+@needs_cli
+def test_a_dead_agent_does_not_stop_a_clean_stop_with_the_key(
+    machine, deployed_state, server_answers_ssh
+):
+    """The stop logs in with the stack's key alone (scripts/clean-stop does not dial the agent):
+    a stale SSH_AUTH_SOCK changes nothing."""
+    gone = machine.root / "gone" / "agent.sock"
+    result = recycle(
+        machine, "--stack", "ab1234", "--yes", env=dict(machine.env, SSH_AUTH_SOCK=str(gone))
+    )
+    assert result.returncode == 0, result.stderr
+    assert machine.calls() == [EXPORT, DESTROY, EXPORT]
+    assert names(deployed_state) - names(machine.stack_export("ab1234")) == RECYCLED
 
 
 @needs_cli
@@ -299,7 +328,7 @@ def test_without_skipping_the_stop_the_stand_in_destroy_gets_stuck(machine):
         check=False,
     )
     assert result.returncode != 0
-    assert "dial tcp 127.0.0.1:22" in result.stderr
+    assert "the clean stop could not run over SSH on cc@127.0.0.1:22" in result.stderr
     assert SERVER_URN in {r["urn"] for r in resources(machine.stack_export("ab1234"))}
 
 
@@ -546,7 +575,7 @@ def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
 
     assert plan.server.cloud_name == "node-persist-ab1234"
     assert sorted(resource.type for resource in plan.kept) == sorted([VOLUME, PORT, FLOATING_IP])
-    assert [step.name for step in plan.stop_steps] == ["provisioning-start-stack"]
+    assert [step.name for step in plan.stop_steps] == ["provisioning-clean-stop"]
     assert all(resource.type != VOLUME for resource in plan.removed)
     assert recycle_module.steps_to_forget(plan) == plan.stop_steps
     assert plan.lease is None
@@ -761,3 +790,31 @@ def test_the_question_says_whether_the_lease_ends(machine, arguments, question):
     assert question in result.stdout
     assert machine.calls() == [EXPORT]
     assert machine.stack_export("ab1234") == before
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "delete", "stops", "dials"),
+    [
+        pytest.param("command:local:Command", "python3 scripts/clean-stop --server-id s "
+                     "--host h --user cc --login key -- sudo bash release-volume.sh",
+                     True, False, id="clean-stop-key"),
+        pytest.param("command:local:Command", "python3 scripts/clean-stop --server-id s "
+                     "--host h --user cc --login agent -- sudo bash release-volume.sh",
+                     True, True, id="clean-stop-agent"),
+        pytest.param("command:local:Command", "python3 scripts/clean-stop --server-id s -- "
+                     "x --login key", True, True, id="login-only-in-the-remote-part"),
+        pytest.param("command:remote:Command", "sudo bash release-volume.sh", True, True,
+                     id="remote-stop-of-an-older-state"),
+        pytest.param("command:local:Command", None, False, False, id="wait-for-ssh"),
+        pytest.param("command:remote:Command", None, False, False, id="remote-without-delete"),
+    ],
+)  # fmt: skip
+def test_which_steps_stop_and_which_dial_the_agent(resource_type, delete, stops, dials):
+    """A stop step is a command with a delete; only a remote one or one with --login agent
+    (before the remote part) dials SSH_AUTH_SOCK."""
+    recycle_module = import_tool("recycle")
+    inputs = {"delete": delete} if delete else {}
+    resource = recycle_module.Resource.from_state(
+        {"urn": "urn:x::step", "type": resource_type, "inputs": inputs, "outputs": inputs}
+    )
+    assert (resource.stops_on_delete, resource.dials_the_agent) == (stops, dials)

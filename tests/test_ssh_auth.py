@@ -32,7 +32,13 @@ from components.ssh_auth import (
     passphrase_opens,
     probe_agent,
 )
-from tests.support.program import COPY_TO_REMOTE, REMOTE_COMMAND, Evaluation, evaluate_program
+from tests.support.program import (
+    COPY_TO_REMOTE,
+    LOCAL_COMMAND,
+    REMOTE_COMMAND,
+    Evaluation,
+    evaluate_program,
+)
 from tests.support.ssh_keys import (
     STAND_IN_PUBLIC_KEY,
     make_key,
@@ -398,6 +404,18 @@ def connections(evaluation: Evaluation) -> list[dict[str, Any]]:
     return [registration.inputs["connection"] for registration in remote]
 
 
+def clean_stop_login(evaluation: Evaluation) -> tuple[str, dict[str, str]]:
+    """The clean stop's --login, and what it gets in its environment (secrets, checked so)."""
+    (stop,) = [r for r in evaluation.of_type(LOCAL_COMMAND) if r.inputs.get("delete")]
+    words = stop.inputs["delete"].split()
+    environment = stop.inputs.get("environment") or {}
+    if environment:
+        serialised = stop.raw_inputs["environment"]
+        # The SDK marks the whole map secret when any value of it is.
+        assert is_secret(serialised) or all(is_secret(serialised[name]) for name in environment)
+    return words[words.index("--login") + 1], environment
+
+
 def evaluate_with_home(
     home: Path,
     config: dict[str, Any] | None = None,
@@ -488,6 +506,7 @@ def test_a_key_is_used_alone_while_a_live_agent_runs(
         assert connection["privateKey"] == PLAIN
         assert "agentSocketPath" not in connection
         assert "privateKeyPassword" not in connection
+    assert clean_stop_login(evaluation) == (KEY, {"CHI_PERSIST_SSH_PRIVATE_KEY": PLAIN})
     assert evaluation.outputs["ssh_command"].startswith("ssh -i ~/.ssh/id_rsa_chameleon cc@")
 
 
@@ -503,6 +522,7 @@ def test_the_agent_logs_in_when_no_key_exists(
         )
     for connection in connections(evaluation):
         assert "privateKey" not in connection
+    assert clean_stop_login(evaluation) == (AGENT, {})
     assert evaluation.outputs["ssh_command"] == "ssh cc@129.114.27.10"
 
 
@@ -522,6 +542,7 @@ def test_the_agent_logs_in_when_chosen_even_beside_a_key(
         )
     for connection in connections(evaluation):
         assert "privateKey" not in connection
+    assert clean_stop_login(evaluation) == (AGENT, {})
 
 
 @needs_ssh_agent
@@ -551,6 +572,13 @@ def test_a_protected_key_goes_with_its_passphrase(
     for connection in connections(evaluation):
         assert connection["privateKey"] == key.read_text()
         assert connection["privateKeyPassword"] == PASSPHRASE
+    assert clean_stop_login(evaluation) == (
+        KEY,
+        {
+            "CHI_PERSIST_SSH_PRIVATE_KEY": key.read_text(),
+            "CHI_PERSIST_SSH_KEY_PASSPHRASE": PASSPHRASE,
+        },
+    )
     for registration in evaluation.of_type(REMOTE_COMMAND):
         # The SDK marks the whole connection secret when any field of it is.
         assert is_secret(registration.raw_inputs["connection"]), registration.name
@@ -604,6 +632,7 @@ def test_a_protected_key_is_used_through_the_agent_holding_it(
         )
     for connection in connections(evaluation):
         assert "privateKey" not in connection
+    assert clean_stop_login(evaluation) == (AGENT, {})
     assert "is protected by a passphrase" in with_key_chosen
 
 

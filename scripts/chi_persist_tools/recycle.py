@@ -2,9 +2,11 @@
 
 The server is found by type and name in `pulumi stack export`, never by a URN
 typed by hand. Before anything is destroyed, the plan is checked: nothing that
-must stay may be among the server's dependents. When the server no longer
-answers on SSH, the remote stop step (whose delete would wait on it forever) is
-removed from the state first, with a warning about what that means for the data.
+must stay may be among the server's dependents. The clean-stop step's delete skips
+the stop by itself when Nova says the server is gone, but fails when the server
+exists and does not answer on SSH; so when the server does not answer, the stop
+step is removed from the state first, with a warning about what that means for
+the data.
 With --end-lease, the stack's lease (found the same way) is destroyed too, in a
 destroy of its own once the server is gone, so no reservation is held.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import socket
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -169,11 +172,30 @@ class Resource:
         return f"{label} {shown}" + (f", id {self.id}" if self.id else "")
 
     @property
+    def delete_command(self) -> str | None:
+        value = self.outputs.get("delete") or self.inputs.get("delete")
+        return value if isinstance(value, str) and value else None
+
+    @property
     def stops_on_delete(self) -> bool:
-        """A remote command with a `delete` step: destroying it runs that step over SSH."""
-        if self.type != REMOTE_COMMAND:
+        """A command with a `delete` step: the clean stop (scripts/clean-stop, run locally, or
+        release-volume.sh run remotely by a stack deployed before it), which logs in over SSH."""
+        return self.type in (REMOTE_COMMAND, LOCAL_COMMAND) and self.delete_command is not None
+
+    @property
+    def dials_the_agent(self) -> bool:
+        """Whether its delete dials SSH_AUTH_SOCK: pulumi-command's remote delete always does
+        when it is set; scripts/clean-stop only with --login agent."""
+        if not self.stops_on_delete:
             return False
-        return bool(self.outputs.get("delete") or self.inputs.get("delete"))
+        if self.type == REMOTE_COMMAND:
+            return True
+        try:
+            words = shlex.split(self.delete_command or "")
+        except ValueError:
+            return True
+        words = words[: words.index("--")] if "--" in words else words
+        return "--login" not in words or words[words.index("--login") + 1 :][:1] != ["key"]
 
 
 @dataclass
@@ -401,7 +423,9 @@ def steps_to_forget(plan: Plan) -> list[Resource]:
     resources = plan.removed
     forget = dependents(resources, [step.urn for step in plan.stop_steps])
     not_remote = [
-        resource for resource in forget if not resource.type.startswith("command:remote:")
+        resource
+        for resource in forget
+        if not resource.type.startswith(("command:remote:", "command:local:"))
     ]
     if not_remote:
         raise CommandError(
@@ -427,17 +451,21 @@ def ssh_unreachable_reason(address: str, port: int = SSH_PORT) -> str | None:
         return error.strerror or str(error)
 
 
-def refuse_a_dead_agent(environ: Mapping[str, str]) -> None:
-    """The clean stop runs over SSH, and pulumi-command dials SSH_AUTH_SOCK whenever it is set:
-    a socket where no agent answers would fail the destroy after it began."""
+def refuse_a_dead_agent(environ: Mapping[str, str], stop_steps: Sequence[Resource]) -> None:
+    """A clean stop that logs in through the agent (or a remote one: pulumi-command dials
+    SSH_AUTH_SOCK whenever it is set) would fail the destroy after it began on a socket where
+    no agent answers. A stop that logs in with the stack's key does not dial it."""
+    if not any(step.dials_the_agent for step in stop_steps):
+        return
     agent = probe_agent(environ.get("SSH_AUTH_SOCK") or None)
     if agent.socket is not None and not agent.answers:
         raise CommandError(
             f"SSH_AUTH_SOCK={agent.socket}: no ssh agent answers there ({agent.reason}); the "
-            "clean stop logs in over SSH, and pulumi-command dials SSH_AUTH_SOCK whenever it "
-            "is set, so the destroy would fail on it; nothing was changed",
-            "fix: `unset SSH_AUTH_SOCK` (the stack's key is then used alone), or start an agent "
-            'in this shell: eval "$(ssh-agent)" && ssh-add <your key>; then scripts/recycle again',
+            "clean stop logs in over SSH through the agent, so the destroy would fail on it; "
+            "nothing was changed",
+            'fix: start an agent in this shell: eval "$(ssh-agent)" && ssh-add <your key>, '
+            "or `unset SSH_AUTH_SOCK` and give the stack its key (pulumi config set "
+            "chi-persist:sshAuth key, then pulumi up); then scripts/recycle again",
         )
 
 
@@ -695,7 +723,7 @@ def run(
                 )
 
     if plan.stop_steps and not forget:
-        refuse_a_dead_agent(environ)
+        refuse_a_dead_agent(environ, plan.stop_steps)
 
     if not assume_yes and not confirm(plan):
         print("recycle: not confirmed; nothing was changed")

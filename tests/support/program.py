@@ -19,6 +19,7 @@ import logging
 import os
 import pickle
 import runpy
+import shlex
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,8 +108,17 @@ class CommandStep:
     """A command pulumi-command runs as the SSH user, without a terminal."""
 
     name: str
-    create: str
+    create: str | None
+    """None for the clean stop, which runs only when it is deleted."""
     delete: str | None
+    """What runs on the server when the step is deleted."""
+
+
+def clean_stop_remote_command(delete: str) -> str:
+    """What scripts/clean-stop runs on the server (after its `--`) when the server answers."""
+    parts = shlex.split(delete)
+    assert parts[:2] == ["python3", "scripts/clean-stop"] and "--" in parts, delete
+    return shlex.join(parts[parts.index("--") + 1 :])
 
 
 @dataclass
@@ -176,6 +186,13 @@ class Evaluation:
                     name=registration.name,
                     create=registration.inputs["create"],
                     delete=registration.inputs.get("delete"),
+                )
+            elif registration.type == LOCAL_COMMAND and registration.inputs.get("delete"):
+                # The clean stop: on a server that answers, it runs its remote part over SSH.
+                steps_by_urn[registration.urn] = CommandStep(
+                    name=registration.name,
+                    create=None,
+                    delete=clean_stop_remote_command(registration.inputs["delete"]),
                 )
         ordered: list[str] = []
         remaining = dict(steps_by_urn)

@@ -87,7 +87,7 @@ def provision(
         with benchmark.phase(phase):
             if isinstance(step, CopyStep):
                 vm.copy_into(step.source, step.remote_path, phase)
-            else:
+            elif step.create is not None:
                 results[step.name] = vm.run(step.create, phase)
     return results
 
