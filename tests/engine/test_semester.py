@@ -6,13 +6,16 @@ runs the program's own first-boot user data, every volume attach hot-plugs a
 disk, every floating IP is a loopback address that reaches the guest. The steps
 run in order on one twin and one student, as the semester does:
 
- 1. new-stack, then `pulumi up`: the platform comes up and the volume is formatted once;
+ 1. new-stack, then `pulumi up`: the stack makes its lease, the platform comes up, and the
+    volume is formatted once;
  2. `pulumi preview --expect-no-changes` right after, and a `pulumi up` that changes nothing;
  3. a marker written on the volume through the server;
  4. `scripts/recycle`: server, attachment and commands gone, the rest untouched,
     the volume cleanly unmounted before it was detached, detached before the delete;
  5. `pulumi up`: a new server, same address and volume, nothing formatted, the marker there;
  6. a changed file under docker/: the volume is mounted and the stack runs afterwards;
+    then the stack's lease ends (the server is deleted with it): the next `pulumi up`
+    makes a new lease and server, same volume and address, nothing formatted;
  7. a new `reservation`: the server is replaced through the clean stop, never resized;
  8. a larger `volumeSize`: the filesystem grows, the marker intact;
 10. faults: the server vanishes out of band, and `scripts/recycle` then `pulumi up`
@@ -271,6 +274,11 @@ def test_1_first_up_brings_the_platform_up_and_formats_the_volume_once(semester:
     assert ready["formatted"] == "yes"
     running = semester.ssh(PLATFORM_RUNS)
     assert running.returncode == 0, explain(running)
+    # No reservation was set: the stack made its own lease, and the server boots its flavor.
+    lease = _active_lease(state, f"lease-persist-{NETID}")
+    assert outputs["lease_id"] == lease["id"]
+    (server,) = state["servers"]
+    assert server["flavor"]["id"] == lease["reservations"][0]["id"], (server["flavor"], lease)
     semester.learned.update(
         address=address,
         server_id=outputs["server_id"],
@@ -362,6 +370,36 @@ def test_6_a_changed_compose_file_leaves_the_volume_mounted_and_the_stack_runnin
     assert running.returncode == 0 and running.stdout.strip() == MARKER, explain(running)
 
 
+def test_lease_end_is_repaired_by_the_next_up_with_the_same_volume_unformatted(
+    semester: Semester,
+):
+    """The lease ends (Blazar deletes the server, then the flavor): one `pulumi up` makes a
+    new lease and a new server on the same address with the same volume, formats nothing,
+    and says that the clean stop could not run."""
+    old_lease = semester.outputs()["lease_id"]
+    ended = semester.twin.end_lease(old_lease)
+    assert ended["status"] == "TERMINATED", ended
+    assert semester.twin.state()["servers"] == []
+    up = semester.up()
+    assert up.returncode == 0, explain(up)
+    assert "PostgreSQL" in up.stdout + up.stderr, explain(up)
+    outputs = semester.outputs()
+    assert outputs["lease_id"] != old_lease
+    assert outputs["server_id"] != semester.learned["server_id"]
+    assert outputs["floating_ip"] == semester.learned["address"]
+    assert outputs["volume_id"] == semester.learned["volume_id"]
+    state = semester.twin.state()
+    lease = _active_lease(state, f"lease-persist-{NETID}")
+    assert lease["id"] == outputs["lease_id"]
+    (server,) = state["servers"]
+    assert server["flavor"]["id"] == lease["reservations"][0]["id"]
+    ready = _ready_line(semester.command_stdout(PREPARE))
+    assert ready["formatted"] == "no" and ready["uuid"] == semester.learned["uuid"], ready
+    marker = semester.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt")
+    assert marker.returncode == 0 and marker.stdout.strip() == MARKER, explain(marker)
+    semester.learned["server_id"] = outputs["server_id"]
+
+
 def test_7_a_new_reservation_replaces_the_server_through_the_clean_stop(semester: Semester):
     """Never a resize in place: the old server is detached, deleted, then a new one made."""
     reservation = _reserve_by_hand(semester.twin, "m1.medium", f"by-hand-{NETID}")
@@ -388,6 +426,12 @@ def test_7_a_new_reservation_replaces_the_server_through_the_clean_stop(semester
     assert ready["formatted"] == "no" and ready["uuid"] == semester.learned["uuid"], ready
     marker = semester.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt")
     assert marker.returncode == 0 and marker.stdout.strip() == MARKER, explain(marker)
+    # A reservation of the student's own: the stack's lease is deleted, after the server.
+    assert "lease_id" not in outputs, outputs
+    own = [lease for lease in semester.twin.state()["leases"] if lease["name"].endswith(NETID)]
+    assert [lease["name"] for lease in own if lease["status"] == "ACTIVE"] == [
+        f"by-hand-{NETID}"
+    ], own
     semester.learned["server_id"] = outputs["server_id"]
 
 
@@ -595,6 +639,10 @@ def test_11_and_12_two_students_at_once_one_adopting_a_tutorial_volume(
     ]
     addresses = {netid: s.outputs()["floating_ip"] for netid, s in students.items()}
     assert len(set(addresses.values())) == 2, addresses
+    for netid in students:
+        lease = _active_lease(state, f"lease-persist-{netid}")
+        (server,) = [s for s in state["servers"] if s["name"] == f"node-persist-{netid}"]
+        assert server["flavor"]["id"] == lease["reservations"][0]["id"], netid
 
     adopted = students[adopter]
     assert adopted.outputs()["volume_id"] == volume_id
@@ -640,6 +688,14 @@ def _tutorial_volume(directory: Path) -> tuple[Path, str]:
         run(["losetup", "-d", device], check=False)
     assert uuid, "mkfs.ext4 made no UUID"
     return disk, uuid
+
+
+def _active_lease(state: dict[str, Any], name: str) -> dict[str, Any]:
+    """The one ACTIVE lease of that name in the twin."""
+    leases = [lease for lease in state["leases"] if lease["name"] == name]
+    active = [lease for lease in leases if lease["status"] == "ACTIVE"]
+    assert len(active) == 1, f"not one ACTIVE lease named {name}: {leases}"
+    return active[0]
 
 
 def _touch_compose_file(semester: Semester, why: str) -> None:
