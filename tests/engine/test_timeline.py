@@ -18,7 +18,9 @@ PREPARE = PREFIX + "command:remote:Command::provisioning-prepare-volume"
 
 
 def event(sequence: int, stamp: int, kind: str, op: str, urn: str, planning: bool = False):
-    body = {"metadata": {"op": op, "urn": urn, "type": urn.split("::")[-2]}}
+    kind_ = urn.split("::")[-2]
+    provider = "" if kind_.startswith("pulumi:") else PREFIX + "pulumi:providers:x::default"
+    body = {"metadata": {"op": op, "urn": urn, "type": kind_, "provider": provider}}
     if kind == "resourcePreEvent":
         body["planning"] = planning
     return {"sequence": sequence, "timestamp": stamp, kind: body}
@@ -41,6 +43,9 @@ def log(tmp_path: Path) -> Path:
             event(3, 101, "resourcePreEvent", "create", VOLUME),
             event(4, 104, "resOutputsEvent", "create", VOLUME),
             event(5, 105, "resourcePreEvent", "same", PREFIX + "pulumi:pulumi:Stack::x"),
+            # The stack (a component) starts and ends with the update: not a step.
+            event(5, 101, "resourcePreEvent", "create", PREFIX + "pulumi:pulumi:Stack::x"),
+            event(5, 191, "resOutputsEvent", "create", PREFIX + "pulumi:pulumi:Stack::x"),
             event(6, 160, "resOutputsEvent", "create", SERVER),
             event(7, 161, "resourcePreEvent", "create", ATTACH),
             event(8, 170, "resOutputsEvent", "create", ATTACH),
@@ -51,7 +56,9 @@ def log(tmp_path: Path) -> Path:
     )
 
 
-def test_steps_are_timed_from_pre_to_outputs_without_preview_or_same_steps(log: Path):
+def test_steps_are_timed_from_pre_to_outputs_without_preview_same_or_component_steps(
+    log: Path,
+):
     result = timeline(read_events(log))
     assert [(s.name, s.start - result.started, s.seconds) for s in result.steps] == [
         ("node-server (Instance)", 1, 59),
@@ -89,3 +96,19 @@ def test_a_log_without_timed_events_is_refused(tmp_path: Path):
     broken.write_text("{not json\n")
     with pytest.raises(ValueError, match="broken.jsonl:1"):
         read_events(broken)
+
+
+def test_steps_of_no_length_in_the_same_second_end_the_walk(tmp_path: Path):
+    """Two steps that start and end in one second each end "before" the other: the walk
+    still ends, with each step at most once."""
+    log = write_log(
+        tmp_path / "same-second.jsonl",
+        [
+            event(1, 200, "resourcePreEvent", "update", SERVER),
+            event(2, 200, "resOutputsEvent", "update", SERVER),
+            event(3, 200, "resourcePreEvent", "update", VOLUME),
+            event(4, 200, "resOutputsEvent", "update", VOLUME),
+        ],
+    )
+    path = timeline(read_events(log)).critical_path()
+    assert sorted(step.name for step, _ in path) == ["data (Volume)", "node-server (Instance)"]

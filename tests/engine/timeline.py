@@ -4,7 +4,8 @@
 events.go: `sequence`, `timestamp` in whole Unix seconds, and one event body). A step
 of a resource starts with its `resourcePreEvent` and ends with its `resOutputsEvent`
 (or `resOpFailedEvent`), both carrying the step's `op` and `urn`; preview events
-(`planning: true`) and `same` steps (nothing done) are left out.
+(`planning: true`), `same` steps (nothing done) and what has no provider (components,
+the stack, the providers themselves) are left out.
 
 The critical path is walked back from the step that ended last: each step's
 predecessor is the step it depends on (from the stack's state, when given) that ended
@@ -65,11 +66,13 @@ class Timeline:
             return []
         current = max(finished, key=lambda step: (step.end, step.start))
         path: list[tuple[Step, int]] = []
+        # Whole seconds: steps of no length at the same second end "before" each other.
+        seen = {id(current)}
         while True:
             before = [
                 step
                 for step in finished
-                if step is not current and step.end is not None and step.end <= current.start
+                if id(step) not in seen and step.end is not None and step.end <= current.start
             ]
             known = self.dependencies.get(current.urn, frozenset())
             related = [step for step in before if step.urn in known or step.urn == current.urn]
@@ -79,6 +82,7 @@ class Timeline:
                 break
             previous = max(candidates, key=lambda step: (step.end, step.start))
             assert previous.end is not None
+            seen.add(id(previous))
             path.append((current, current.start - previous.end))
             current = previous
         path.reverse()
@@ -161,7 +165,8 @@ def timeline(
                 continue
             metadata = body.get("metadata") or {}
             op, urn = metadata.get("op"), metadata.get("urn")
-            if not op or not urn or op in IGNORED_OPS:
+            # Components, the stack and providers have no provider: no work of their own.
+            if not op or not urn or op in IGNORED_OPS or not metadata.get("provider"):
                 continue
             if failed is None:
                 step = Step(urn=urn, op=op, start=stamp)

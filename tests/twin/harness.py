@@ -200,8 +200,13 @@ class Twin:
         return response.json()["keypair"]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    """Poll until `condition()` is truthy; its value."""
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 30,
+    what: str = "condition",
+    interval: float = 0.05,
+) -> Any:
+    """Poll every `interval` seconds until `condition()` is truthy; its value."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -209,4 +214,4 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "con
             return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
+        time.sleep(interval)
