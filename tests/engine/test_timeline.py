@@ -73,6 +73,9 @@ def test_the_critical_path_follows_dependencies_and_counts_the_waits(log: Path):
     export = {
         "deployment": {
             "resources": [
+                # The server depends on nothing that ran: the path begins there, although
+                # nothing ended before it here either.
+                {"urn": SERVER, "dependencies": []},
                 {"urn": ATTACH, "dependencies": [SERVER], "propertyDependencies": {"v": [VOLUME]}},
                 {"urn": PREPARE, "propertyDependencies": {"triggers": [ATTACH]}},
             ]
@@ -112,3 +115,22 @@ def test_steps_of_no_length_in_the_same_second_end_the_walk(tmp_path: Path):
     )
     path = timeline(read_events(log)).critical_path()
     assert sorted(step.name for step, _ in path) == ["data (Volume)", "node-server (Instance)"]
+
+
+def test_a_step_with_known_dependencies_that_did_not_run_begins_the_path(tmp_path: Path):
+    """Something ended before the server started, but the server does not depend on it."""
+    log = write_log(
+        tmp_path / "root.jsonl",
+        [
+            event(1, 10, "resourcePreEvent", "create", VOLUME),
+            event(2, 12, "resOutputsEvent", "create", VOLUME),
+            event(3, 13, "resourcePreEvent", "create", SERVER),
+            event(4, 40, "resOutputsEvent", "create", SERVER),
+        ],
+    )
+    export = {"deployment": {"resources": [{"urn": SERVER, "dependencies": []}]}}
+    path = timeline(read_events(log), dependencies_of(export)).critical_path()
+    assert [(step.name, waited) for step, waited in path] == [("node-server (Instance)", 3)]
+    # Without the state, the volume that ended before it is taken as its predecessor.
+    path = timeline(read_events(log)).critical_path()
+    assert [step.name for step, _ in path] == ["data (Volume)", "node-server (Instance)"]

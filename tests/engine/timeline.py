@@ -9,9 +9,10 @@ the stack, the providers themselves) are left out.
 
 The critical path is walked back from the step that ended last: each step's
 predecessor is the step it depends on (from the stack's state, when given) that ended
-last before it started; without a known dependency, the step that ended last before
-it. Time between a predecessor's end and the step's start is waiting (the engine's
-own work, the program's callbacks); everything not on the path overlapped with it.
+last before it started, and a step none of whose dependencies ran is where the path
+begins; for a resource the state does not list, the step that ended last before it.
+Time between a predecessor's end and the step's start is waiting (the engine's own
+work, the program's callbacks); everything not on the path overlapped with it.
 
     python -m tests.engine.timeline EVENT_LOG [STACK_EXPORT_JSON]
 """
@@ -74,9 +75,12 @@ class Timeline:
                 for step in finished
                 if id(step) not in seen and step.end is not None and step.end <= current.start
             ]
-            known = self.dependencies.get(current.urn, frozenset())
-            related = [step for step in before if step.urn in known or step.urn == current.urn]
-            candidates = related or before
+            if current.urn in self.dependencies:
+                # Its dependencies are known: a step with none among these is where it began.
+                known = self.dependencies[current.urn]
+                candidates = [s for s in before if s.urn in known or s.urn == current.urn]
+            else:
+                candidates = before
             if not candidates:
                 path.append((current, current.start - self.started))
                 break
