@@ -21,7 +21,6 @@ import contextlib
 import datetime
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,12 +28,17 @@ from typing import Any, TypeVar
 import pulumi
 import pulumi.dynamic
 
+from components.openstack_api import CloudUnavailable, OpenStack, Response
+
 # A lease asked to start "now" is started by Blazar's periodic event task, usually within a
 # minute or two; this is how long `pulumi up` waits for ACTIVE before giving up.
 ACTIVE_TIMEOUT_SECONDS = 600
 # How long a deleted lease may take to disappear (Blazar ends it first: servers, flavor).
 DELETE_TIMEOUT_SECONDS = 300
 POLL_SECONDS = 5.0
+# Service types in the catalog.
+BLAZAR = "reservation"
+NOVA = "compute"
 
 # Lease statuses, blazar/status.py (LeaseStatus).
 ACTIVE = "ACTIVE"
@@ -114,112 +118,29 @@ def _duration_text(seconds: int) -> str:
 # --- the cloud -----------------------------------------------------------------------------
 
 
-@dataclass
-class Response:
-    """An HTTP answer: status, parsed JSON body (or {}), and Blazar's error text if any."""
-
-    status: int
-    body: dict[str, Any]
-    text: str
-
-    @property
-    def error_message(self) -> str:
-        """Blazar's `error_message`, Nova's `badRequest.message`, or the raw text."""
-        body = self.body
-        if isinstance(body.get("error_message"), str):
-            return body["error_message"]
-        for value in body.values():
-            if isinstance(value, dict) and isinstance(value.get("message"), str):
-                return value["message"]
-        return self.text.strip()[:300]
-
-
 class Cloud:
-    """Blazar and Nova through one keystoneauth1 session of the stack's credentials."""
+    """Blazar and Nova through one session of the stack's credentials (openstack_api)."""
 
     def __init__(self) -> None:
-        # Imported here: the provider is serialised with the program, and these are
-        # only needed where it runs.
-        import openstack.config
-        from keystoneauth1 import adapter
-
         try:
-            with warnings.catch_warnings():
-                # openstacksdk 4.22 warns of its InfluxDB support whenever it builds a
-                # config; this program uses none of it.
-                warnings.simplefilter("ignore", PendingDeprecationWarning)
-                region = openstack.config.get_cloud_region()
-                self.session = region.get_session()
-            interface = region.get_interface() or "public"
-            region_name = region.region_name or None
-        except Exception as error:
-            raise LeaseError(
-                f"the lease needs the stack's OpenStack credentials, which could not be "
-                f"loaded: {error}. Fix: `export OS_CLOUD=<your cloud in clouds.yaml>`, or "
-                f"`source` your openrc file, in the shell that runs pulumi"
-            ) from None
-        self.blazar = adapter.Adapter(
-            session=self.session,
-            service_type="reservation",
-            interface=interface,
-            region_name=region_name,
-            raise_exc=False,
-        )
-        self.nova = adapter.Adapter(
-            session=self.session,
-            service_type="compute",
-            interface=interface,
-            region_name=region_name,
-            raise_exc=False,
-        )
+            self.api = OpenStack()
+        except CloudUnavailable as error:
+            raise LeaseError(f"the lease cannot reach the cloud: {error}") from None
 
-    def call(self, service: Any, method: str, path: str, **kwargs: Any) -> Response:
-        from keystoneauth1 import exceptions as ks
-
+    def call(self, service_type: str, method: str, path: str, **kwargs: Any) -> Response:
         try:
-            answer = service.request(path, method, **kwargs)
-        except ks.EndpointNotFound as error:
-            raise LeaseError(
-                f"the cloud's service catalog has no {service.service_type} endpoint "
-                f"({error}). Fix: use KVM@TACC's credentials (region KVM@TACC), which list "
-                f"the reservation service (Blazar)"
-            ) from None
-        except ks.Unauthorized as error:
-            raise LeaseError(
-                f"the cloud refused the stack's credentials ({error}). Fix: check the "
-                f"application credential in clouds.yaml or the openrc file (it may have "
-                f"expired or been deleted)"
-            ) from None
-        except ks.AuthPluginException as error:
-            raise LeaseError(
-                f"the stack's OpenStack credentials are incomplete: {error}. Fix: "
-                f"`export OS_CLOUD=<your cloud in clouds.yaml>`, or `source` your openrc "
-                f"file, in the shell that runs pulumi"
-            ) from None
-        except ks.ClientException as error:
-            raise LeaseError(
-                f"could not reach the {service.service_type} service: {error}. Fix: check "
-                f"the network and the credentials' auth_url, then run `pulumi up` again"
-            ) from None
-        try:
-            body = answer.json() if answer.content else {}
-        except ValueError:
-            body = {}
-        return Response(answer.status_code, body if isinstance(body, dict) else {}, answer.text)
+            return self.api.call(service_type, method, path, **kwargs)
+        except CloudUnavailable as error:
+            raise LeaseError(str(error)) from None
 
     def application_credential(self) -> dict[str, Any]:
-        """The token's application credential ({} for a password login): its id, name and
-        whether it is restricted (Keystone's token body)."""
-        try:
-            return dict(self.session.auth.get_access(self.session).application_credential)
-        except Exception:  # a password login has none; any failure here was reported first
-            return {}
+        return self.api.application_credential()
 
     # --- Nova ------------------------------------------------------------------------------
 
     def flavor_id(self, name: str) -> str:
         """The id of the flavor called `name` (Nova lists flavors; names are matched here)."""
-        answer = self.call(self.nova, "GET", "/flavors/detail")
+        answer = self.call(NOVA, "GET", "/flavors/detail")
         if answer.status != 200:
             raise LeaseError(
                 f"could not list the cloud's flavors to find {name!r} (HTTP {answer.status}: "
@@ -246,7 +167,7 @@ class Cloud:
 
     def get_lease(self, lease_id: str) -> dict[str, Any] | None:
         """The lease, or None when Blazar no longer has it (404)."""
-        answer = self.call(self.blazar, "GET", f"/leases/{lease_id}")
+        answer = self.call(BLAZAR, "GET", f"/leases/{lease_id}")
         if answer.status == 404:
             return None
         if answer.status != 200 or "lease" not in answer.body:
@@ -308,7 +229,7 @@ class LeaseProvider(pulumi.dynamic.ResourceProvider):
                 }
             ],
         }
-        answer = cloud.call(cloud.blazar, "POST", "/leases", json=body)
+        answer = cloud.call(BLAZAR, "POST", "/leases", json=body)
         if answer.status not in (200, 201) or "lease" not in answer.body:
             raise self._create_refused(cloud, answer, props)
         lease = answer.body["lease"]
@@ -394,7 +315,7 @@ class LeaseProvider(pulumi.dynamic.ResourceProvider):
     def _discard(self, cloud: Cloud, lease_id: str) -> None:
         """Delete a lease that will not serve (best effort: the error that follows matters)."""
         with contextlib.suppress(LeaseError):
-            cloud.call(cloud.blazar, "DELETE", f"/leases/{lease_id}")
+            cloud.call(BLAZAR, "DELETE", f"/leases/{lease_id}")
 
     def _outputs(self, lease: dict[str, Any], props: dict[str, Any]) -> dict[str, Any]:
         reservations = [
@@ -506,9 +427,7 @@ class LeaseProvider(pulumi.dynamic.ResourceProvider):
                 f"or end it now: {recycle}"
             )
         # blazar/manager/service.py, update_lease: a new end_date in Blazar's format.
-        answer = cloud.call(
-            cloud.blazar, "PUT", f"/leases/{id_}", json={"end_date": request_date(end)}
-        )
+        answer = cloud.call(BLAZAR, "PUT", f"/leases/{id_}", json={"end_date": request_date(end)})
         if answer.status != 200 or "lease" not in answer.body:
             raise LeaseError(
                 f"KVM@TACC refused to move the end of lease {id_} ({olds.get('name')}) from "
@@ -529,7 +448,7 @@ class LeaseProvider(pulumi.dynamic.ResourceProvider):
     @_user_errors
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         cloud = self.cloud()
-        answer = cloud.call(cloud.blazar, "DELETE", f"/leases/{id_}")
+        answer = cloud.call(BLAZAR, "DELETE", f"/leases/{id_}")
         if answer.status == 404:
             return
         if answer.status not in (200, 202, 204):

@@ -7,6 +7,7 @@ one is accepted by all.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -20,6 +21,15 @@ from typing import Any
 from components import ssh_auth
 
 NAMESPACE = "chi-persist"
+
+# Every cloud resource the stack makes carries this key, valued "<netid>/<stack>" (the
+# owner): Cinder and Nova metadata, Neutron tags and descriptions, the lease's name. It
+# tells the stack's own resources from a classmate's, another stack's, or the tutorial's.
+OWNER_KEY = "chi-persist-stack"
+# Neutron limits a tag to 60 characters (neutron/extensions/tagging.py, MAX_TAG_LEN), Blazar
+# a lease name to 80 (blazar/db/sqlalchemy/models.py, Lease.name).
+MAX_TAG_LENGTH = 60
+MAX_LEASE_NAME_LENGTH = 80
 
 NETID_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
 # Absolute, no "..", no spaces or shell metacharacters: the path is passed to
@@ -276,6 +286,18 @@ class Settings:
     # How long the stack's own lease lasts: as written (for messages), and in seconds.
     lease_duration: str = DEFAULT_LEASE_DURATION
     lease_duration_seconds: int = 8 * 3600
+    # The Pulumi stack these settings are of; empty means the netid's own stack.
+    stack: str = ""
+
+    @property
+    def owner(self) -> str:
+        """The value of the owner key on every cloud resource of this stack: <netid>/<stack>."""
+        return f"{self.netid}/{self.stack or self.netid}"
+
+    @property
+    def owner_tag(self) -> str:
+        """The owner as one Neutron tag, `chi-persist-stack=<netid>/<stack>`."""
+        return bounded(f"{OWNER_KEY}={self.owner}", MAX_TAG_LENGTH)
 
     @property
     def server_name(self) -> str:
@@ -291,7 +313,11 @@ class Settings:
 
     @property
     def lease_name(self) -> str:
-        return f"lease-persist-{self.netid}"
+        """Blazar keeps no metadata, so the name carries the owner: lease-persist-<netid> for
+        the netid's own stack, lease-persist-<netid>.<stack> for another (a netid has no dot)."""
+        stack = self.stack or self.netid
+        name = f"lease-persist-{self.netid}"
+        return name if stack == self.netid else bounded(f"{name}.{stack}", MAX_LEASE_NAME_LENGTH)
 
     @property
     def makes_lease(self) -> bool:
@@ -323,6 +349,14 @@ class Settings:
         if self.reservation:
             return ("id", self.reservation)
         return ("name", self.flavor)
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text`, or when longer than `limit` its start and a digest of the whole: still unique."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"{text[: limit - 13]}~{digest}"
 
 
 # --- rules -------------------------------------------------------------------------------
@@ -683,6 +717,7 @@ def validate(
         existing_volume_id=values["existingVolumeId"],
         lease_duration=values["leaseDuration"],
         lease_duration_seconds=parse_duration(values["leaseDuration"]) or 0,
+        stack=stack,
     )
 
 

@@ -16,11 +16,8 @@ from typing import Any
 import pulumi
 import pulumi_openstack as openstack
 
-from components.settings import NAMESPACE, Problem, Settings, SettingsError
+from components.settings import NAMESPACE, OWNER_KEY, Problem, Settings, SettingsError
 
-# Every volume this program manages carries this metadata key, valued "<netid>/<stack>":
-# it tells the stack's own volume from one it must not take without being asked.
-OWNER_KEY = "chi-persist-stack"
 DESCRIPTION = "chi-persist data volume: PostgreSQL, MinIO and notebooks. Protected."
 # The provider's data source fails when its query matches no volume or several
 # (terraform-provider-openstack v3.4.0, data_source_openstack_blockstorage_volume_v3.go).
@@ -104,13 +101,9 @@ class PersistentVolumeArgs:
     """The stack's name, for the messages that name commands."""
 
 
-def owner_value(settings: Settings, stack: str) -> str:
-    return f"{settings.netid}/{stack}"
-
-
 def look_up_volumes(settings: Settings, stack: str) -> VolumeLookup:
     """Ask the cloud, once by name and once by this stack's owner key, before anything changes."""
-    owner = owner_value(settings, stack)
+    owner = settings.owner
     named = _look_up(name=settings.volume_name)
     owned = _look_up(metadata={OWNER_KEY: owner})
     # A cloud that ignored a filter would answer with some other volume: never act on it.
@@ -164,7 +157,7 @@ def plan_volume(settings: Settings, stack: str, lookup: VolumeLookup) -> Persist
     Raises SettingsError (key, value seen, rule, fix) for every request that would
     shrink, retype, duplicate, or take over the wrong volume.
     """
-    owner = owner_value(settings, stack)
+    owner = settings.owner
     wanted_id = settings.existing_volume_id
     base = PersistentVolumeArgs(
         volume_name=settings.volume_name,
