@@ -17,8 +17,12 @@ after every call that is not a read.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import os
 import re
+import signal
 import threading
 import time
 import traceback
@@ -60,7 +64,10 @@ def service_of(path: str) -> Any:
 
 
 class Faults:
-    """Failures and delays to inject into the next calls matching a method and a path."""
+    """Failures and delays to inject into the next calls matching a method and a path, and
+    kills: a process group (a `pulumi` CLI and its plugins, started in a session of its own)
+    sent a signal right after the call it matches was answered with success, as a closed
+    laptop ends a `pulumi up` after the cloud accepted a request."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -70,7 +77,8 @@ class Faults:
     def add(self, spec: Any) -> dict[str, Any]:
         if not isinstance(spec, dict):
             raise ValueError("a fault is a JSON object")
-        unknown = set(spec) - {"method", "path", "count", "status", "body", "headers", "delay"}
+        known = {"method", "path", "count", "status", "body", "headers", "delay", "kill", "signal"}
+        unknown = set(spec) - known
         if unknown:
             raise ValueError(f"unknown fault fields {sorted(unknown)}")
         method = str(spec.get("method", "*")).upper()
@@ -88,8 +96,19 @@ class Faults:
             raise ValueError(f"count must be a whole number >= 1, not {count!r}")
         status = spec.get("status")
         delay = spec.get("delay", 0)
-        if status is None and not delay:
-            raise ValueError("a fault needs `status` (a failure), `delay` (seconds), or both")
+        kill = spec.get("kill")
+        signum = spec.get("signal", signal.SIGKILL)
+        if kill is not None:
+            if status is not None or delay:
+                raise ValueError("a kill answers the call as usual: no `status` or `delay`")
+            if not isinstance(kill, int) or isinstance(kill, bool) or kill <= 1:
+                raise ValueError(f"kill must be a process group id (> 1), not {kill!r}")
+            if signum not in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+                raise ValueError(f"signal must be 9, 15 or 2, not {signum!r}")
+        elif status is None and not delay:
+            raise ValueError(
+                "a fault needs `status` (a failure), `delay` (seconds), both, or `kill`"
+            )
         if status is not None and (not isinstance(status, int) or not 400 <= status <= 599):
             raise ValueError(f"status must be an HTTP error status (400-599), not {status!r}")
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= 600:
@@ -108,13 +127,19 @@ class Faults:
                 "body": spec.get("body"),
                 "headers": {str(key): str(value) for key, value in headers.items()},
                 "delay": delay,
+                "kill": kill,
+                "signal": int(signum) if kill is not None else None,
             }
             self._faults.append(fault)
             return dict(fault)
 
-    def take(self, method: str, path: str) -> dict[str, Any] | None:
+    def take(self, method: str, path: str, *, kills: bool = False) -> dict[str, Any] | None:
+        """The next fault for this call: a failure or delay before it is served, or (with
+        `kills`) a kill after it was answered."""
         with self._lock:
             for fault in self._faults:
+                if (fault["kill"] is not None) != kills:
+                    continue
                 if fault["method"] in ("*", method) and re.fullmatch(fault["path"], path):
                     fault["count"] -= 1
                     if fault["count"] == 0:
@@ -129,6 +154,11 @@ class Faults:
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()
+
+
+def _kill(process_group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process_group, signum)
 
 
 # --- the admin API --------------------------------------------------------------------------
@@ -370,6 +400,15 @@ def create_app(cloud: Cloud) -> Flask:
             )
             if request.method not in ("GET", "HEAD") and g.get("twin_locked"):
                 cloud.state.save()
+            kill = None
+            if response.status_code < 400:
+                kill = faults.take(request.method, request.path, kills=True)
+            if kill is not None:
+                cloud.record(
+                    "fault", method=request.method, path=request.path, kill=kill["kill"]
+                )
+                # After the whole answer has gone out: the caller saw the cloud accept.
+                response.call_on_close(functools.partial(_kill, kill["kill"], kill["signal"]))
         return response
 
     @app.teardown_request

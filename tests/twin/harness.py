@@ -186,6 +186,14 @@ class Twin:
             raise TwinError(f"settings {settings}: {response.status_code} {response.text}")
         return response.json()["config"]
 
+    def kill_after(self, method: str, path: str, process_group: int, count: int = 1) -> None:
+        """SIGKILL `process_group` right after the next successful call matching method and
+        path (a regular expression over the whole path) has been answered."""
+        fault = {"method": method, "path": path, "kill": process_group, "count": count}
+        response = self.admin("POST", "/faults", json=fault)
+        if response.status_code != 201:
+            raise TwinError(f"kill fault {fault}: {response.status_code} {response.text}")
+
     def end_lease(self, lease_id: str) -> dict[str, Any]:
         """End a lease now, as its end date would (its servers, then its flavor, go away)."""
         response = self.admin("POST", f"/leases/{lease_id}/end")

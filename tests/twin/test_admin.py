@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -131,9 +133,37 @@ def test_fault_can_delay_a_call_that_then_succeeds(twin: Twin, api: Api) -> None
     assert time.monotonic() - started < 1.0
 
 
+def test_kill_fault_ends_a_process_group_after_a_call_succeeded(twin: Twin, api: Api) -> None:
+    """A kill waits for a matching call that succeeds (a refused one does not count), answers
+    it as usual, then signals the process group: the resource exists, the caller is gone."""
+    victim = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        fault = {"method": "POST", "path": r"/network/v2\.0/ports", "kill": victim.pid}
+        assert twin.admin("POST", "/faults", json=fault).status_code == 201
+        refused = api.post(f"{api.network}/ports", json={"port": {"network_id": "nope"}})
+        assert refused.status_code == 400
+        assert victim.poll() is None, "a refused call must not trigger the kill"
+        body = {"port": {"name": "accepted", "network_id": steps.network_id(api, "sharednet1")}}
+        created = api.post(f"{api.network}/ports", json=body)
+        assert created.status_code == 201, created.text
+        assert victim.wait(timeout=10) == -signal.SIGKILL
+        port_id = created.json()["port"]["id"]
+        assert api.get(f"{api.network}/ports/{port_id}").status_code == 200
+        assert twin.admin("GET", "/faults").json() == {"faults": []}
+        kills = [event for event in twin.events() if event.get("kill")]
+        assert [(event["method"], event["kill"]) for event in kills] == [("POST", victim.pid)]
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+
+
 @pytest.mark.parametrize(
     "fault",
     [
+        {"path": "/x", "kill": 1},
+        {"path": "/x", "kill": 12345, "status": 500},
+        {"path": "/x", "kill": 12345, "signal": 19},
         {"status": 500},
         {"path": "(", "status": 500},
         {"path": "/x", "status": 200},
@@ -141,7 +171,7 @@ def test_fault_can_delay_a_call_that_then_succeeds(twin: Twin, api: Api) -> None
         {"path": "/x", "status": 500, "count": 0},
         {"path": "/x", "status": 500, "colour": "blue"},
     ],
-    ids=["no-path", "bad-regex", "not-an-error", "nothing-to-do", "count", "unknown-field"],
+    ids=["kill-init", "kill-and-fail", "kill-signal", "no-path", "bad-regex", "not-an-error", "nothing-to-do", "count", "unknown-field"],
 )
 def test_bad_faults_are_refused(shared_twin: Twin, fault: dict) -> None:
     response = shared_twin.admin("POST", "/faults", json=fault)

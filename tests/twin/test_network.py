@@ -346,3 +346,37 @@ def test_list_limit_and_fields(shared_api: Api) -> None:
         f"{api.network}/security-groups", params=[("fields", "id"), ("fields", "name")]
     ).json()
     assert all(set(group) == {"id", "name"} for group in narrow["security_groups"])
+
+
+@pytest.mark.parametrize("collection", ["ports", "floatingips", "security-groups"])
+def test_tags_are_replaced_whole_and_filter_lists(shared_api: Api, collection: str) -> None:
+    """PUT .../tags answers the new set and replaces the old one; `tags=` lists only what
+    carries every tag named; a duplicate tag or an over-long one is a 400 that changes nothing."""
+    api = shared_api
+    if collection == "ports":
+        record = steps.port(api, f"tagged-{collection}", [])
+    elif collection == "floatingips":
+        created = api.post(
+            f"{api.network}/floatingips",
+            json={"floatingip": {"floating_network_id": steps.network_id(api, "public")}},
+        )
+        record = created.json()["floatingip"]
+    else:
+        record = steps.security_group(api, f"tagged-{collection}", ports=())
+    url = f"{api.network}/{collection}/{record['id']}/tags"
+    first = api.put(url, json={"tags": ["chi-persist-stack=ab1234/ab1234", "course"]})
+    assert first.status_code == 200, first.text
+    assert first.json() == {"tags": ["chi-persist-stack=ab1234/ab1234", "course"]}
+    second = api.put(url, json={"tags": ["chi-persist-stack=ab1234/ab1234"]})
+    assert second.json() == {"tags": ["chi-persist-stack=ab1234/ab1234"]}
+    assert api.get(url).json() == {"tags": ["chi-persist-stack=ab1234/ab1234"]}
+    listed = api.get(
+        f"{api.network}/{collection}", params={"tags": "chi-persist-stack=ab1234/ab1234"}
+    ).json()[collection.replace("-", "_")]
+    assert [each["id"] for each in listed] == [record["id"]]
+    assert listed[0]["tags"] == ["chi-persist-stack=ab1234/ab1234"]
+    for bad in (["twice", "twice"], ["x" * 256], "not-a-list"):
+        refused = api.put(url, json={"tags": bad})
+        assert refused.status_code == 400, (bad, refused.text)
+        assert neutron_error(refused)["type"] == "InvalidInput"
+    assert api.get(url).json() == {"tags": ["chi-persist-stack=ab1234/ab1234"]}

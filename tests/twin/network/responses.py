@@ -593,3 +593,28 @@ def delete_rule(rule_id: str) -> Response:
     twin().network.delete_rule(rule_id)
     _changed()
     return Response(status=204)
+
+
+# --- tags (the tag extension: neutron/extensions/tagging.py, TaggingController) -----------
+
+
+def _tags_route(collection: str) -> tuple[Callable[[str], Response], Callable[[str], Response]]:
+    def list_tags(resource_id: str) -> Response:
+        # TaggingController.index: {"tags": [...]}
+        return json_response({"tags": list(twin().network.tagged(collection, resource_id)["tags"])})
+
+    def replace_tags(resource_id: str) -> Response:
+        network = twin().network
+        record = network.tagged(collection, resource_id)
+        tags = network.replace_tags(record, request_json(bad_request))
+        return json_response({"tags": tags})
+
+    slug = collection.replace("-", "_")
+    list_tags.__name__ = f"list_{slug}_tags"
+    replace_tags.__name__ = f"replace_{slug}_tags"
+    return list_tags, replace_tags
+
+
+list_port_tags, replace_port_tags = _tags_route("ports")
+list_floatingip_tags, replace_floatingip_tags = _tags_route("floatingips")
+list_security_group_tags, replace_security_group_tags = _tags_route("security-groups")

@@ -39,6 +39,12 @@ ROUTES = (
     ("/v2.0/security-group-rules", "POST", responses.create_rule),
     ("/v2.0/security-group-rules/<rule_id>", "GET", responses.show_rule),
     ("/v2.0/security-group-rules/<rule_id>", "DELETE", responses.delete_rule),
+    ("/v2.0/ports/<resource_id>/tags", "GET", responses.list_port_tags),
+    ("/v2.0/ports/<resource_id>/tags", "PUT", responses.replace_port_tags),
+    ("/v2.0/floatingips/<resource_id>/tags", "GET", responses.list_floatingip_tags),
+    ("/v2.0/floatingips/<resource_id>/tags", "PUT", responses.replace_floatingip_tags),
+    ("/v2.0/security-groups/<resource_id>/tags", "GET", responses.list_security_group_tags),
+    ("/v2.0/security-groups/<resource_id>/tags", "PUT", responses.replace_security_group_tags),
 )
 for rule, method, view in ROUTES:
     blueprint.add_url_rule(rule, endpoint=view.__name__, view_func=view, methods=[method])
