@@ -404,9 +404,7 @@ def create_app(cloud: Cloud) -> Flask:
             if response.status_code < 400:
                 kill = faults.take(request.method, request.path, kills=True)
             if kill is not None:
-                cloud.record(
-                    "fault", method=request.method, path=request.path, kill=kill["kill"]
-                )
+                cloud.record("fault", method=request.method, path=request.path, kill=kill["kill"])
                 # After the whole answer has gone out: the caller saw the cloud accept.
                 response.call_on_close(functools.partial(_kill, kill["kill"], kill["signal"]))
         return response

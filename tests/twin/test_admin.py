@@ -171,7 +171,17 @@ def test_kill_fault_ends_a_process_group_after_a_call_succeeded(twin: Twin, api:
         {"path": "/x", "status": 500, "count": 0},
         {"path": "/x", "status": 500, "colour": "blue"},
     ],
-    ids=["kill-init", "kill-and-fail", "kill-signal", "no-path", "bad-regex", "not-an-error", "nothing-to-do", "count", "unknown-field"],
+    ids=[
+        "kill-init",
+        "kill-and-fail",
+        "kill-signal",
+        "no-path",
+        "bad-regex",
+        "not-an-error",
+        "nothing-to-do",
+        "count",
+        "unknown-field",
+    ],  # fmt: skip
 )
 def test_bad_faults_are_refused(shared_twin: Twin, fault: dict) -> None:
     response = shared_twin.admin("POST", "/faults", json=fault)

@@ -816,9 +816,7 @@ class NetworkBackend:
             if not isinstance(tag, str):
                 raise invalid_input(f"'{tag}' is not a valid string")
             if len(tag) > self.MAX_TAG_LENGTH:
-                raise invalid_input(
-                    f"'{tag}' exceeds maximum length of {self.MAX_TAG_LENGTH}"
-                )
+                raise invalid_input(f"'{tag}' exceeds maximum length of {self.MAX_TAG_LENGTH}")
         if len(set(tags)) != len(tags):
             raise invalid_input(f"Duplicate items in the list: '{', '.join(tags)}'")
         if len(tags) > self.MAX_TAGS:
