@@ -14,7 +14,9 @@ from components import (
     Provisioning,
     ProvisioningArgs,
 )
-from components.project_files import first_boot_user_data
+from components.access import opened_ports
+from components.adoption import pending_create_notes, plan_adoption
+from components.project_files import PROJECT_ROOT, first_boot_user_data
 from components.settings import (
     NAMESPACE,
     SettingsError,
@@ -22,31 +24,50 @@ from components.settings import (
     private_key,
     private_key_password,
 )
-from components.volume import VolumeLookupFailed, look_up_volumes, plan_volume
+from components.survey import SurveyFailed, survey_stack
+from components.volume import VolumeRefused, plan_volume
 
-# Every setting, and what the cloud already holds, is checked before any resource exists.
+stack = pulumi.get_stack()
+# Every setting, what the state holds and what the cloud already holds are checked before any
+# resource exists: a resource of this stack that the state lacks (an interrupted run, another
+# machine) is adopted, never made twice.
 try:
-    settings = load(pulumi.Config(NAMESPACE), pulumi.get_stack())
-    volume_args = plan_volume(
-        settings, pulumi.get_stack(), look_up_volumes(settings, pulumi.get_stack())
+    settings = load(pulumi.Config(NAMESPACE), stack)
+    access_args = AccessRulesArgs(
+        group_name=settings.security_group_name,
+        allowed_cidrs=settings.allowed_cidrs,
+        existing_groups=settings.existing_security_groups,
+        owner_tag=settings.owner_tag,
+        owner_description=settings.owner_suffix,
     )
+    survey = survey_stack(settings, stack, opened_ports(access_args), PROJECT_ROOT, pulumi.log.info)
+    adoption = plan_adoption(survey.observations, stack)
+    volume_args = plan_volume(settings, stack, survey.volume)
 except SettingsError as error:
     raise pulumi.RunError(error.report()) from None
-except VolumeLookupFailed as error:
+except (SurveyFailed, VolumeRefused) as error:
     raise pulumi.RunError(str(error)) from None
+if adoption.problems:
+    count = len(adoption.problems)
+    raise pulumi.RunError(
+        f"{count} resource{'s' if count != 1 else ''} of this stack cannot be reconciled with "
+        "what the cloud holds:\n" + "\n".join(f"  - {problem}" for problem in adoption.problems)
+    )
 for note in settings.ssh_notes:
     pulumi.log.warn(note)
 for note in settings.lease_notes:
     pulumi.log.info(note)
+for note in adoption.notes:
+    pulumi.log.info(note)
+for note in [
+    *survey.notes,
+    *adoption.warnings,
+    *pending_create_notes(survey.state, adoption, stack),
+]:
+    pulumi.log.warn(note)
 
-access = AccessRules(
-    "access",
-    AccessRulesArgs(
-        group_name=settings.security_group_name,
-        allowed_cidrs=settings.allowed_cidrs,
-        existing_groups=settings.existing_security_groups,
-    ),
-)
+access_args.adoption = adoption
+access = AccessRules("access", access_args)
 volume = PersistentVolume("data", volume_args)
 # KVM@TACC boots servers only from a reserved flavor: the stack's own lease, unless the
 # student brings a reservation. The server boots the lease's reservation id, so a new lease
@@ -60,6 +81,9 @@ if settings.makes_lease:
             flavor_name=settings.flavor,
             duration_seconds=settings.lease_duration_seconds,
             lease_duration=settings.lease_duration,
+            adopt_id=adoption.adoptions["lease"].import_id
+            if "lease" in adoption.adoptions
+            else None,
         ),
     )
     flavor = ("id", lease.reservation_id)
@@ -77,6 +101,9 @@ node = Node(
         security_group_ids=access.security_group_ids,
         volume_id=volume.volume_id,
         user_data=first_boot_user_data(),
+        owner=settings.owner,
+        owner_tag=settings.owner_tag,
+        adoption=adoption,
     ),
 )
 provisioning = Provisioning(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_openstack as openstack
+
+from components.adoption import AdoptionPlan, rule
 
 # The ports the platform answers on, by what listens there.
 PLATFORM_PORTS: dict[str, int] = {
@@ -28,6 +30,21 @@ class AccessRulesArgs:
     """Names of groups that already exist; when given, they are used and none is created."""
     ports: dict[str, int] | None = None
     """Ports to open, by service; PLATFORM_PORTS when None."""
+    owner_tag: str = ""
+    """The stack's owner key as a Neutron tag, on the group."""
+    owner_description: str = ""
+    """The stack's owner key as it ends every description: " (chi-persist-stack=<owner>)"."""
+    adoption: AdoptionPlan = field(default_factory=lambda: AdoptionPlan({}))
+    """What to adopt (import) or make again, from the state and the cloud."""
+
+
+def opened_ports(args: AccessRulesArgs) -> list[tuple[str, int, str]]:
+    """(service, port, cidr) of every rule the group holds."""
+    return [
+        (service, port, cidr)
+        for service, port in sorted((args.ports or PLATFORM_PORTS).items())
+        for cidr in args.allowed_cidrs
+    ]
 
 
 class AccessRules(pulumi.ComponentResource):
@@ -39,7 +56,6 @@ class AccessRules(pulumi.ComponentResource):
         self, name: str, args: AccessRulesArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("chi-persist:index:AccessRules", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         if args.existing_groups:
             ids = [
                 openstack.networking.get_sec_group_output(name=group, opts=_invoke(self)).id
@@ -50,23 +66,30 @@ class AccessRules(pulumi.ComponentResource):
             group = openstack.networking.SecGroup(
                 f"{name}-group",
                 name=args.group_name,
-                description="chi-persist: SSH, Jupyter, MLflow and MinIO",
-                opts=child,
+                description="chi-persist: SSH, Jupyter, MLflow and MinIO" + args.owner_description,
+                tags=[args.owner_tag] if args.owner_tag else None,
+                opts=pulumi.ResourceOptions(parent=self, **args.adoption.options("group")),
             )
-            for service, port in sorted((args.ports or PLATFORM_PORTS).items()):
-                for cidr in args.allowed_cidrs:
-                    openstack.networking.SecGroupRule(
-                        f"{name}-{service}-{cidr.replace('/', '-')}",
-                        security_group_id=group.id,
-                        direction="ingress",
-                        ethertype="IPv4",
-                        protocol="tcp",
-                        port_range_min=port,
-                        port_range_max=port,
-                        remote_ip_prefix=cidr,
-                        description=f"{service} (TCP {port}) from {cidr}",
-                        opts=child,
-                    )
+            for service, port, cidr in opened_ports(args):
+                openstack.networking.SecGroupRule(
+                    f"{name}-{service}-{cidr.replace('/', '-')}",
+                    security_group_id=group.id,
+                    direction="ingress",
+                    ethertype="IPv4",
+                    protocol="tcp",
+                    port_range_min=port,
+                    port_range_max=port,
+                    remote_ip_prefix=cidr,
+                    description=f"{service} (TCP {port}) from {cidr}{args.owner_description}",
+                    opts=pulumi.ResourceOptions(
+                        parent=self,
+                        **args.adoption.options(rule(service, cidr).key),
+                        # Neutron has no update for a rule: a new description would replace
+                        # every rule a stack made before rules named their owner (the group,
+                        # which carries the key, is what tells whose they are).
+                        ignore_changes=["description"],
+                    ),
+                )
             self.security_group_ids = group.id.apply(lambda group_id: [group_id])
         self.register_outputs({"security_group_ids": self.security_group_ids})
 

@@ -207,6 +207,9 @@ class LeaseProvider(pulumi.dynamic.ResourceProvider):
     @_user_errors
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
         cloud = self.cloud()
+        adopted = self._adopt(cloud, props)
+        if adopted is not None:
+            return pulumi.dynamic.CreateResult(adopted["id"], self._outputs(adopted, props))
         flavor_name = props["flavor_name"]
         duration = int(props["duration_seconds"])
         flavor_id = cloud.flavor_id(flavor_name)
@@ -235,6 +238,24 @@ class LeaseProvider(pulumi.dynamic.ResourceProvider):
         lease = answer.body["lease"]
         lease = self._wait_until_active(cloud, lease, props)
         return pulumi.dynamic.CreateResult(lease["id"], self._outputs(lease, props))
+
+    def _adopt(self, cloud: Cloud, props: dict[str, Any]) -> dict[str, Any] | None:
+        """The lease the program found with this stack's name (an interrupted `pulumi up`, or
+        another machine, made it), once ACTIVE; None to make a new one."""
+        lease_id = props.get("adopt_id")
+        if not lease_id:
+            return None
+        lease = cloud.get_lease(lease_id)
+        if lease is None or lease.get("name") != props["name"]:
+            return None
+        from components.cloud_inventory import LEASE_STARTING, lease_serves
+
+        if not lease_serves(lease):
+            return None
+        pulumi.log.info(f"lease {props['name']} ({lease_id}): adopted, {lease.get('status')}")
+        if lease.get("status") in LEASE_STARTING:
+            return self._wait_until_active(cloud, lease, props)
+        return lease
 
     def _create_refused(self, cloud: Cloud, answer: Response, props: dict[str, Any]) -> LeaseError:
         message = answer.error_message
@@ -484,6 +505,8 @@ class LeaseArgs:
     """How long the lease lasts from its start."""
     lease_duration: str
     """The same duration as the student wrote it (leaseDuration), for messages."""
+    adopt_id: str | None = None
+    """A lease of this stack's name that the state does not hold: the create takes it."""
 
 
 class Lease(pulumi.dynamic.Resource):
@@ -511,6 +534,8 @@ class Lease(pulumi.dynamic.Resource):
                 "flavor_name": args.flavor_name,
                 "duration_seconds": int(args.duration_seconds),
                 "lease_duration": args.lease_duration,
+                # Read by create only; a new value is no change (it is not in INPUTS).
+                "adopt_id": args.adopt_id,
                 "lease_id": None,
                 "reservation_id": None,
                 "status": None,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_openstack as openstack
+
+from components.adoption import AdoptionPlan
+from components.settings import OWNER_KEY
 
 # Server inputs whose change replaces the server instead of resizing or rebuilding it.
 REPLACED_ON_CHANGE = ["flavor_name", "flavor_id", "image_name", "image_id"]
@@ -32,6 +35,12 @@ class NodeArgs:
     """The persistent volume to attach."""
     user_data: str
     """cloud-init user data run at the server's first boot."""
+    owner: str = ""
+    """The stack's owner key's value, <netid>/<stack>: server metadata, Neutron descriptions."""
+    owner_tag: str = ""
+    """The same as one Neutron tag."""
+    adoption: AdoptionPlan = field(default_factory=lambda: AdoptionPlan({}))
+    """What to adopt (import) or make again, from the state and the cloud."""
 
 
 class Node(pulumi.ComponentResource):
@@ -52,20 +61,25 @@ class Node(pulumi.ComponentResource):
         network = openstack.networking.get_network_output(
             name=args.network, opts=pulumi.InvokeOptions(parent=self)
         )
+        owned = f" ({OWNER_KEY}={args.owner})" if args.owner else ""
+        tags = [args.owner_tag] if args.owner_tag else None
         port = openstack.networking.Port(
             f"{name}-port",
             name=args.server_name,
+            description=f"chi-persist: {args.server_name}{owned}",
             network_id=network.id,
             security_group_ids=args.security_group_ids,
             admin_state_up=True,
-            opts=pulumi.ResourceOptions(parent=self),
+            tags=tags,
+            opts=pulumi.ResourceOptions(parent=self, **args.adoption.options("port")),
         )
         floating_ip = openstack.networking.FloatingIp(
             f"{name}-floating-ip",
             pool=args.floating_ip_pool,
             port_id=port.id,
-            description=f"chi-persist: {args.server_name}",
-            opts=pulumi.ResourceOptions(parent=self),
+            description=f"chi-persist: {args.server_name}{owned}",
+            tags=tags,
+            opts=pulumi.ResourceOptions(parent=self, **args.adoption.options("floating_ip")),
         )
         flavor_kind, flavor = args.flavor
         self.server = openstack.compute.Instance(
@@ -78,9 +92,10 @@ class Node(pulumi.ComponentResource):
             networks=[openstack.compute.InstanceNetworkArgs(port=port.id)],
             user_data=args.user_data,
             stop_before_destroy=True,
-            metadata={"chi-persist": "node"},
+            metadata={"chi-persist": "node", **({OWNER_KEY: args.owner} if args.owner else {})},
             opts=pulumi.ResourceOptions(
                 parent=self,
+                **args.adoption.options("server"),
                 # The port (and so the floating IP) can belong to one server at a time, and
                 # the volume must be released by the old server before the new one takes it.
                 # The engine deletes first every dependent that takes a property of the
@@ -104,8 +119,12 @@ class Node(pulumi.ComponentResource):
             f"{name}-volume-attachment",
             instance_id=self.server.id,
             volume_id=args.volume_id,
-            # A volume can be attached to one server at a time: detach, then attach.
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                # A volume can be attached to one server at a time: detach, then attach.
+                delete_before_replace=True,
+                **args.adoption.options("attachment"),
+            ),
         )
         self.floating_ip = floating_ip.address
         self.server_id = self.server.id

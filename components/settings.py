@@ -295,6 +295,12 @@ class Settings:
         return f"{self.netid}/{self.stack or self.netid}"
 
     @property
+    def owner_suffix(self) -> str:
+        """What ends the description of each Neutron resource: it names the owner from the
+        create call on (terraform-provider-openstack sets tags with a second call)."""
+        return f" ({OWNER_KEY}={self.owner})"
+
+    @property
     def owner_tag(self) -> str:
         """The owner as one Neutron tag, `chi-persist-stack=<netid>/<stack>`."""
         return bounded(f"{OWNER_KEY}={self.owner}", MAX_TAG_LENGTH)

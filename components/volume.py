@@ -1,17 +1,16 @@
 """The block volume that holds every experiment, model and notebook, and outlives every server.
 
-Before any resource is registered, the program looks the volume up in the cloud
-(`look_up_volumes`) and decides from what it finds (`plan_volume`): create it on
-the first `pulumi up`, keep managing the one this stack made, take over (import)
-the tutorial's volume named in `existingVolumeId`, grow it, or refuse with the
-setting to change. Nothing in the cloud changes before that decision.
+Before any resource is registered, the program asks the state and the cloud what they hold
+(components/survey.py) and decides from it (`plan_volume`): create the volume on the first
+`pulumi up`, keep managing the one this stack holds, adopt the one that carries this stack's
+key, take over (import) the tutorial's volume named in `existingVolumeId`, grow it, or refuse
+with the setting to change. Nothing in the cloud changes before that decision.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import pulumi
 import pulumi_openstack as openstack
@@ -19,10 +18,8 @@ import pulumi_openstack as openstack
 from components.settings import NAMESPACE, OWNER_KEY, Problem, Settings, SettingsError
 
 DESCRIPTION = "chi-persist data volume: PostgreSQL, MinIO and notebooks. Protected."
-# The provider's data source fails when its query matches no volume or several
-# (terraform-provider-openstack v3.4.0, data_source_openstack_blockstorage_volume_v3.go).
-NO_MATCH = "query returned no results"
-SEVERAL_MATCH = "query returned multiple results"
+# The volume's name in the program (components/adoption.py names the others).
+VOLUME_NAME = "data-volume"
 # Properties fixed when a volume is created; an adopted volume keeps its own, which
 # the program does not know and must not try to change (a change would mean a replacement).
 ADOPTED_VOLUME_IGNORED = ["description", "snapshot_id", "source_vol_id", "backup_id", "image_id"]
@@ -66,19 +63,24 @@ class SeveralVolumes:
 
 
 SEVERAL = SeveralVolumes()
-Found = CloudVolume | SeveralVolumes | None
+VolumeMatch = CloudVolume | SeveralVolumes | None
 
 
-class VolumeLookupFailed(Exception):
-    """The cloud could not be asked; nothing may be decided (or created) without its answer."""
+class VolumeRefused(Exception):
+    """What the cloud holds makes every plan unsafe; the message says what, and the way out."""
 
 
 @dataclass(frozen=True)
 class VolumeLookup:
-    """What the cloud holds: the volumes named block-persist-<netid>, and the stack's own."""
+    """What the cloud holds (components/survey.py): the volumes named block-persist-<netid>,
+    the stack's own, and the one this stack's state holds."""
 
-    named: Found
-    owned: Found
+    named: VolumeMatch
+    owned: VolumeMatch
+    held_id: str | None = None
+    """The volume this stack's state holds."""
+    held: CloudVolume | None = None
+    """That volume as the cloud reports it; None when the cloud no longer has it."""
 
 
 @dataclass
@@ -101,56 +103,6 @@ class PersistentVolumeArgs:
     """The stack's name, for the messages that name commands."""
 
 
-def look_up_volumes(settings: Settings, stack: str) -> VolumeLookup:
-    """Ask the cloud, once by name and once by this stack's owner key, before anything changes."""
-    owner = settings.owner
-    named = _look_up(name=settings.volume_name)
-    owned = _look_up(metadata={OWNER_KEY: owner})
-    # A cloud that ignored a filter would answer with some other volume: never act on it.
-    if isinstance(named, CloudVolume) and named.name != settings.volume_name:
-        raise _inconsistent(f"name={settings.volume_name}", named)
-    if isinstance(owned, CloudVolume) and owned.owner != owner:
-        raise _inconsistent(f"metadata {OWNER_KEY}={owner}", owned)
-    return VolumeLookup(named=named, owned=owned)
-
-
-def _inconsistent(query: str, volume: CloudVolume) -> VolumeLookupFailed:
-    return VolumeLookupFailed(
-        f"asked for the volume with {query}, the cloud answered with {volume.described()}, "
-        "which does not match: the cloud seems to ignore that filter. Nothing was created or "
-        "changed. Report this to the site's operators; the program cannot tell safely which "
-        "volume is yours."
-    )
-
-
-def _look_up(**query: Any) -> Found:
-    described = ", ".join(f"{key}={value}" for key, value in query.items())
-    try:
-        found = openstack.blockstorage.get_volume_v3(**query)
-    except Exception as error:  # noqa: BLE001 (every failure is reported the same way)
-        text = str(error)
-        if NO_MATCH in text:
-            return None
-        if SEVERAL_MATCH in text:
-            return SEVERAL
-        raise VolumeLookupFailed(
-            f"could not look up the data volume ({described}) before changing anything: "
-            f"{text.strip()}\nNothing was created or changed: without the cloud's answer the "
-            "program cannot tell a first deployment from one whose volume already holds data. "
-            "Check the cloud credentials (OS_CLOUD, or the OS_* variables of your openrc file) "
-            "and the network, then run pulumi up again."
-        ) from None
-    return CloudVolume(
-        id=found.id,
-        name=found.name or "",
-        size_gib=int(found.size or 0),
-        volume_type=found.volume_type or "",
-        status=found.status or "",
-        metadata=dict(found.metadata or {}),
-        attached_to=tuple(attachment.instance_id for attachment in found.attachments or []),
-    )
-
-
 def plan_volume(settings: Settings, stack: str, lookup: VolumeLookup) -> PersistentVolumeArgs:
     """Decide what the volume resource is, from the settings and what the cloud holds.
 
@@ -166,6 +118,16 @@ def plan_volume(settings: Settings, stack: str, lookup: VolumeLookup) -> Persist
         metadata={OWNER_KEY: owner},
         stack=stack,
     )
+    if lookup.held_id is not None:
+        # The state's volume is the stack's, whatever else carries its key: never import
+        # another over it (an import-replacement deletes the old one, protected or not).
+        if lookup.held is None:
+            raise VolumeRefused(_held_volume_gone(settings, stack, lookup.held_id))
+        problems = _owned_problems(settings, lookup.held)
+        problems += _size_and_type_problems(settings, lookup.held)
+        if problems:
+            raise SettingsError(problems)
+        return _managing(base, lookup.held, adopted=wanted_id is not None)
     if isinstance(lookup.owned, SeveralVolumes):
         raise SettingsError([_several_owned(settings, owner)])
     if lookup.owned is not None:
@@ -200,6 +162,18 @@ def _managing(
     return base
 
 
+def _held_volume_gone(settings: Settings, stack: str, volume_id: str) -> str:
+    return (
+        f"this stack's data volume {settings.volume_name} (id {volume_id}) no longer exists in "
+        "the cloud (deleted in Horizon or with the openstack CLI; Pulumi never deletes it): its "
+        "data is gone with it, unless you have a copy. Nothing was created or changed. Fix: to "
+        "go on with a new, empty volume, let Pulumi forget the old one: `pulumi state "
+        f"unprotect --stack {stack} '<URN>'` and `pulumi state delete --stack {stack} '<URN>'` "
+        f"(`pulumi stack --stack {stack} --show-urns` shows the URN of {VOLUME_NAME}), then "
+        "`pulumi up`"
+    )
+
+
 def _show_id_command(settings: Settings) -> str:
     return f"openstack volume show {settings.volume_name} -f value -c id"
 
@@ -232,7 +206,7 @@ def _owned_problems(settings: Settings, volume: CloudVolume) -> list[Problem]:
     ]
 
 
-def _unowned_problems(settings: Settings, owner: str, named: Found) -> list[Problem]:
+def _unowned_problems(settings: Settings, owner: str, named: VolumeMatch) -> list[Problem]:
     """No volume is the stack's yet: create one, or take over the one existingVolumeId names."""
     wanted_id = settings.existing_volume_id
     name = settings.volume_name

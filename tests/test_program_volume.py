@@ -170,7 +170,7 @@ def test_failed_lookup_stops_before_any_resource() -> None:
     message = refused(
         volume_lookup_error="Authentication failed: the request requires authentication"
     )
-    assert "could not look up the data volume" in message
+    assert "could not ask the cloud what it holds of this stack" in message
     assert "Authentication failed" in message
     assert "Nothing was created or changed" in message
     assert "OS_CLOUD" in message

@@ -26,15 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 from pulumi.runtime.stack import wait_for_rpcs
 
+import components.survey as survey_module
+from components.stack_state import StackState
 from tests.support.engine_config import ConfigValue, apply_project_config, load_project
 from tests.support.paths import REPO_ROOT
+from tests.support.pretend_cloud import PretendCloud, PretendOpenStack
 
 PROJECT = "chi-persist"
 NAMESPACE = "chi-persist"
@@ -59,7 +61,6 @@ SECURITY_GROUP_RULE = "openstack:networking/secGroupRule:SecGroupRule"
 REMOTE_COMMAND = "command:remote:Command"
 COPY_TO_REMOTE = "command:remote:CopyToRemote"
 LOCAL_COMMAND = "command:local:Command"
-GET_VOLUME = "openstack:blockstorage/getVolumeV3:getVolumeV3"
 # components/lease.py's Lease: a dynamic resource, registered under the SDK's dynamic type.
 LEASE = "pulumi-python:dynamic:Resource"
 
@@ -272,64 +273,36 @@ class CloudVolume:
     metadata: Mapping[str, str] = field(default_factory=dict)
     attached_to: tuple[str, ...] = ()
 
-    def as_data_source(self) -> dict[str, Any]:
-        """The getVolumeV3 result, with the provider's camelCase names."""
+    def as_cinder(self) -> dict[str, Any]:
+        """The volume as Cinder's GET /volumes/detail lists it."""
         return {
             "id": self.id,
             "name": self.name,
             "size": self.size,
-            "volumeType": self.volume_type,
+            "volume_type": self.volume_type,
             "status": self.status,
             "metadata": dict(self.metadata),
             "attachments": [
-                {"id": f"attachment-{server}", "instanceId": server, "device": "/dev/vdb"}
+                {
+                    "id": self.id,
+                    "attachment_id": f"attachment-{server}",
+                    "volume_id": self.id,
+                    "server_id": server,
+                    "device": "/dev/vdb",
+                }
                 for server in self.attached_to
-            ],
+            ],  # fmt: skip
             "bootable": "false",
-            "host": "",
-            "region": "KVM@TACC",
-            "sourceVolumeId": "",
         }
-
-
-class InvokeError(grpc.RpcError):
-    """A failed invoke as the engine reports it to the SDK: a gRPC error with details."""
-
-    def __init__(self, details: str) -> None:
-        super().__init__(details)
-        self._details = details
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNKNOWN
-
-    def details(self) -> str:
-        return self._details
-
-
-def data_source_error(token: str, message: str) -> InvokeError:
-    """How the engine wraps a bridged data source's error (resource/deploy/source_eval.go)."""
-    return InvokeError(
-        f"invocation of {token} returned an error: invoking {token}: "
-        f"1 error occurred:\n\t* {message}\n\n"
-    )
 
 
 class ChiPersistMocks(pulumi.runtime.Mocks):
     """Cloud answers shaped like the providers' real outputs (camelCase names)."""
 
-    def __init__(
-        self,
-        volume_id: str,
-        floating_ip: str,
-        credentials: Mapping[str, str],
-        cloud_volumes: Sequence[CloudVolume] = (),
-        volume_lookup_error: str | None = None,
-    ) -> None:
+    def __init__(self, volume_id: str, floating_ip: str, credentials: Mapping[str, str]) -> None:
         self.volume_id = volume_id
         self.floating_ip = floating_ip
         self.credentials = dict(credentials)
-        self.cloud_volumes = list(cloud_volumes)
-        self.volume_lookup_error = volume_lookup_error
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         state = dict(args.inputs)
@@ -366,32 +339,7 @@ class ChiPersistMocks(pulumi.runtime.Mocks):
             return {"id": f"network-{args.args.get('name')}", "name": args.args.get("name")}
         if args.token == "openstack:networking/getSecGroup:getSecGroup":
             return {"id": f"secgroup-{args.args.get('name')}", "name": args.args.get("name")}
-        if args.token == GET_VOLUME:
-            return self.get_volume(args.args)
         raise NotImplementedError(f"no mock for invoke {args.token}")
-
-    def get_volume(self, query: Mapping[str, Any]) -> dict[str, Any]:
-        """The volume data source: Cinder's list filtered by name and metadata, exactly one."""
-        if self.volume_lookup_error is not None:
-            raise data_source_error(GET_VOLUME, self.volume_lookup_error)
-        name = query.get("name")
-        metadata = query.get("metadata") or {}
-        matches = [
-            volume
-            for volume in self.cloud_volumes
-            if (name is None or volume.name == name)
-            and all(volume.metadata.get(key) == value for key, value in metadata.items())
-        ]
-        # terraform-provider-openstack v3.4.0, data_source_openstack_blockstorage_volume_v3.go
-        if len(matches) > 1:
-            raise data_source_error(
-                GET_VOLUME, "Your openstack_blockstorage_volume_v3 query returned multiple results"
-            )
-        if not matches:
-            raise data_source_error(
-                GET_VOLUME, "Your openstack_blockstorage_volume_v3 query returned no results"
-            )
-        return matches[0].as_data_source()
 
 
 def _after(start: str, seconds: int) -> str:
@@ -444,11 +392,15 @@ def evaluate_program(
     cloud_volumes: Sequence[CloudVolume] = (),
     volume_lookup_error: str | None = None,
     ssh_auth_sock: str | None = None,
+    cloud: PretendCloud | None = None,
+    state: StackState | None = None,
 ) -> Evaluation:
     """Run __main__.py for `stack` with `config` and `secrets` under mocks.
 
     `cloud_volumes` are the volumes that already exist in the pretend cloud (none: a
-    first deployment); `volume_lookup_error` makes every volume lookup fail with it.
+    first deployment), `cloud` the whole pretend cloud (tests/support/pretend_cloud.py) and
+    `state` the stack's state as `pulumi stack export` would give it (empty by default);
+    `volume_lookup_error` makes every call of the program's survey fail with it.
     Keys without a namespace are the project's. The program sees SSH_AUTH_SOCK as
     `ssh_auth_sock` (unset by default), never the agent of whoever runs the tests.
     Raises EngineConfigError, before the program starts, where the engine would refuse
@@ -470,9 +422,14 @@ def evaluate_program(
             os.environ["SSH_AUTH_SOCK"] = ssh_auth_sock
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        mocks = ChiPersistMocks(
-            volume_id, floating_ip, credentials, cloud_volumes, volume_lookup_error
-        )
+        mocks = ChiPersistMocks(volume_id, floating_ip, credentials)
+        pretend = cloud or PretendCloud()
+        pretend.volumes = [*pretend.volumes, *(volume.as_cinder() for volume in cloud_volumes)]
+        if volume_lookup_error is not None:
+            pretend.error = volume_lookup_error
+        # The program's survey asks the pretend cloud, and reads the given state.
+        survey_module.OpenStack = lambda: PretendOpenStack(pretend)
+        survey_module.read_state = lambda _stack, cwd: state or StackState()
         monitor = RecordingMonitor(mocks)
         warnings = WarningRecorder()
         pulumi.runtime.set_all_config(all_config, secret_keys)
