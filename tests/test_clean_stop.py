@@ -26,7 +26,7 @@ from components.project_files import PROJECT_ROOT
 from tests.support.loopback_sshd import LoopbackSshd, loopback_sshd, sshd_skip_reason
 from tests.support.ssh_keys import make_key, ssh_agent
 from tests.twin import steps
-from tests.twin.harness import Api, Twin
+from tests.twin.harness import Api, Twin, wait_for
 
 SCRIPT = PROJECT_ROOT / "scripts" / "clean-stop"
 PASSPHRASE = "correct horse battery"
@@ -188,6 +188,25 @@ def test_a_server_deleted_from_nova_is_skipped_with_a_warning(
     assert not marker.exists()
 
 
+def test_a_server_shut_off_is_skipped_with_a_warning(
+    twin: Twin, api: Api, server: str, sshd: LoopbackSshd, keys: Keys, home: Path, tmp_path: Path
+) -> None:
+    """SHUTOFF (`openstack server stop`, recycle --stop-through-nova): nothing runs there and
+    its shutdown unmounted the volume, so nothing is run over SSH, though sshd answers."""
+    stopped = api.post(f"{api.compute}/servers/{server}/action", json={"os-stop": None})
+    assert stopped.status_code == 202, stopped.text
+    wait_for(
+        lambda: api.get(f"{api.compute}/servers/{server}").json()["server"]["status"] == "SHUTOFF",
+        timeout=60,
+    )
+    marker, remote = stop_marker(tmp_path)
+    environment = with_key(cloud_environment(twin, home), keys.plain)
+    result = run_clean_stop(server, sshd.port, "key", environment, remote, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"server {server} is SHUTOFF" in result.stderr
+    assert not marker.exists(), "the stop ran against a server that is shut off"
+
+
 def test_a_server_that_exists_is_stopped_over_ssh_with_the_key(
     twin: Twin, server: str, sshd: LoopbackSshd, keys: Keys, home: Path, tmp_path: Path
 ) -> None:
@@ -237,7 +256,7 @@ def test_when_nova_cannot_say_the_stop_still_runs(
     environment = with_key(cloud_environment(twin, home), keys.plain)
     if breakage == "secret":
         environment["OS_CLIENT_CONFIG_FILE"] = str(wrong_secret_clouds(twin, tmp_path))
-        reason = "credentials were refused (401)"
+        reason = "the cloud refused the stack's credentials"
     elif breakage == "nova-500":
         fault = {"method": "GET", "path": f".*/servers/{server}", "status": 500, "count": 1}
         assert twin.admin("POST", "/faults", json=fault).status_code == 201

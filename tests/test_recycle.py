@@ -1,8 +1,10 @@
 """scripts/recycle on the real Pulumi CLI: the server goes; volume, port and floating IP stay.
 
 The stack's state is tests/fixtures/pulumi-state/ab1234.json, brought in with the real
-`pulumi stack import`. recycle lists and reads stacks with the real CLI and forgets the
-stop step with the real `pulumi state delete`. Only its targeted `pulumi destroy` meets a
+`pulumi stack import`, its server one that the twin's Nova runs (`--machines null`):
+recycle asks Nova whether the server still exists before it decides about the clean stop.
+recycle lists and reads stacks with the real CLI and forgets the stop step with the real
+`pulumi state delete`. Only its targeted `pulumi destroy` meets a
 stand-in (tests/support/bin/pulumi, which records every call): destroying cloud resources
 needs the providers and a cloud. Two failures the real CLI cannot be made to show here are
 stand-ins as well, and say so where they are used.
@@ -15,6 +17,7 @@ import json
 import os
 import socket
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +27,8 @@ from tests.engine.workspace import RECORDING_BIN, StudentMachine, toolchain_skip
 from tests.support.pulumi_state import name_of, of_type, resources, state_fixture
 from tests.support.ssh_keys import stand_in_private_key
 from tests.support.tools import import_tool
+from tests.twin import steps
+from tests.twin.harness import Twin
 
 VOLUME = "openstack:blockstorage/volume:Volume"
 PORT = "openstack:networking/port:Port"
@@ -82,10 +87,40 @@ needs_closed_ssh_port = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="session")
-def deployed(tmp_path_factory: pytest.TempPathFactory) -> StudentMachine:
-    """A machine whose stack ab1234 holds the fixture's state; tests change only clones."""
-    machine = StudentMachine.create(tmp_path_factory.mktemp("recycle-deployed"))
-    machine.import_state("ab1234", state_fixture())
+def nova(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
+    """The twin, for its Nova: the state's server is one it runs."""
+    started = Twin(tmp_path_factory.mktemp("recycle-twin") / "state").start()
+    yield started
+    assert started.stop() == 0, started.log_text()
+
+
+def running_server(nova: Twin) -> str:
+    """A new ACTIVE server in the twin's Nova; its id."""
+    api = nova.api()
+    netid = uuid.uuid4().hex[:6]
+    port = steps.port(api, f"node-persist-{netid}", [])
+    return steps.boot(api, f"node-persist-{netid}", port["id"])["id"]
+
+
+def with_server(state: dict, server_id: str) -> dict:
+    """The state with its server's id (everywhere it appears) replaced by `server_id`."""
+    (server,) = of_type(state, SERVER)
+    return json.loads(json.dumps(state).replace(server["id"], server_id))
+
+
+@pytest.fixture(scope="session")
+def deployed(tmp_path_factory: pytest.TempPathFactory, nova: Twin) -> StudentMachine:
+    """A machine whose stack ab1234 holds the fixture's state, its server running in the
+    twin's Nova, and whose shell holds the twin's credentials; tests change only clones."""
+    machine = StudentMachine.create(
+        tmp_path_factory.mktemp("recycle-deployed"),
+        {
+            "OS_CLOUD": "twin",
+            "OS_CLIENT_CONFIG_FILE": str(nova.state_dir / "clouds.yaml"),
+            "NO_PROXY": "127.0.0.1,localhost",
+        },
+    )
+    machine.import_state("ab1234", with_server(state_fixture(), running_server(nova)))
     return machine
 
 
@@ -101,6 +136,13 @@ def machine(deployed: StudentMachine, tmp_path: Path) -> StudentMachine:
     clone = deployed.clone(tmp_path)
     clone.record_pulumi_calls()
     return clone
+
+
+@pytest.fixture
+def gone(machine: StudentMachine) -> StudentMachine:
+    """The machine's stack, its server one Nova no longer has (a lease's end, a delete)."""
+    machine.import_state("ab1234", with_server(machine.stack_export("ab1234"), str(uuid.uuid4())))
+    return machine
 
 
 @pytest.fixture
@@ -269,7 +311,7 @@ def test_dead_agent_socket_is_refused_before_a_clean_stop_through_the_agent(
     machine, server_answers_ssh
 ):
     """The stop logs in through the agent, and SSH_AUTH_SOCK answers nothing: refused, unchanged."""
-    machine.import_state("ab1234", with_stop_login(state_fixture(), "agent"))
+    machine.import_state("ab1234", with_stop_login(machine.stack_export("ab1234"), "agent"))
     gone = machine.root / "gone" / "agent.sock"
     result = recycle(
         machine, "--stack", "ab1234", "--yes", env=dict(machine.env, SSH_AUTH_SOCK=str(gone))
@@ -297,9 +339,11 @@ def test_a_dead_agent_does_not_stop_a_clean_stop_with_the_key(
 
 @needs_cli
 @needs_closed_ssh_port
-def test_unreachable_server_skips_the_clean_stop_with_a_warning(machine, deployed_state):
-    """Server gone: the real `pulumi state delete` forgets the stop step, then the destroy."""
-    before = deployed_state
+def test_a_server_nova_no_longer_has_loses_its_clean_stop_with_a_warning(gone):
+    """Server gone from Nova: the real `pulumi state delete` forgets the stop step, then the
+    destroy."""
+    machine = gone
+    before = machine.stack_export("ab1234")
 
     result = recycle(machine, "--stack", "ab1234", "--yes")
 
@@ -308,10 +352,65 @@ def test_unreachable_server_skips_the_clean_stop_with_a_warning(machine, deploye
     after = machine.stack_export("ab1234")
     assert names(before) - names(after) == RECYCLED
     assert_volume_kept(before, after)
-    assert "warning: the server does not answer on 127.0.0.1:22" in result.stdout
+    assert "warning: Nova no longer has the server" in result.stdout
     assert "PostgreSQL will recover from its journal" in result.stdout
     assert "committed data is safe" in result.stdout
     assert_never_named_the_volume(machine, before)
+
+
+@needs_cli
+@needs_closed_ssh_port
+def test_a_running_server_unreachable_from_here_keeps_its_volume(machine, deployed_state):
+    """Data safety: Nova says ACTIVE and port 22 does not answer from here (a narrow
+    allowedCidrs, a VPN): nothing is destroyed or forgotten, and both ways out are named."""
+    result = recycle(machine, "--stack", "ab1234", "--yes")
+    assert result.returncode == 1
+    assert machine.calls() == [EXPORT]
+    assert machine.stack_export("ab1234") == deployed_state
+    assert (
+        "does not answer on SSH from here" in result.stderr and "Nova says ACTIVE" in result.stderr
+    )
+    assert "the volume is not detached without its clean stop" in result.stderr
+    assert "chi-persist:allowedCidrs" in result.stderr
+    assert "scripts/recycle --stack ab1234 --stop-through-nova" in result.stderr
+
+
+@needs_cli
+@needs_closed_ssh_port
+def test_without_nova_an_unreachable_server_keeps_its_volume(machine, deployed_state):
+    """No credentials in the shell: existence unknown is never taken for gone."""
+    env = {key: value for key, value in machine.env.items() if not key.startswith("OS_")}
+    result = recycle(machine, "--stack", "ab1234", "--yes", env=env)
+    assert result.returncode == 1
+    assert machine.calls() == [EXPORT]
+    assert machine.stack_export("ab1234") == deployed_state
+    assert "Nova could not be asked" in result.stderr and "OS_CLOUD" in result.stderr
+
+
+@needs_cli
+@needs_closed_ssh_port
+def test_stop_through_nova_shuts_the_server_down_before_the_detach(machine, nova):
+    """--stop-through-nova: Nova's os-stop, SHUTOFF, then the stop step is forgotten (the
+    shutdown unmounted the volume) and the destroy runs; the volume is kept."""
+    machine.import_state(
+        "ab1234", with_server(machine.stack_export("ab1234"), running_server(nova))
+    )
+    before = machine.stack_export("ab1234")
+    (server,) = of_type(before, SERVER)
+    since = len(nova.events())
+    result = recycle(machine, "--stack", "ab1234", "--yes", "--stop-through-nova")
+    assert result.returncode == 0, result.stderr
+    assert machine.calls() == [EXPORT, FORGET_STOP, DESTROY, EXPORT]
+    assert f"server {server['id']} is shut off" in result.stdout
+    api = nova.api()
+    shown = api.get(f"{api.compute}/servers/{server['id']}").json()["server"]
+    assert shown["status"] == "SHUTOFF"
+    stops = [
+        event for event in nova.events(since)
+        if event.get("method") == "POST" and event.get("path", "").endswith("/action")
+    ]  # fmt: skip
+    assert stops, "Nova was never asked to stop the server"
+    assert_volume_kept(before, machine.stack_export("ab1234"))
 
 
 @needs_cli
@@ -342,11 +441,10 @@ def test_without_skipping_the_stop_the_stand_in_destroy_gets_stuck(machine):
 )
 @needs_cli
 @needs_closed_ssh_port
-def test_confirmation_is_asked_and_only_yes_destroys(
-    machine, deployed_state, answer, status, destroyed, message
-):
+def test_confirmation_is_asked_and_only_yes_destroys(gone, answer, status, destroyed, message):
     """Without --yes, only an explicit yes destroys; no answer at all is a no, naming --yes."""
-    before = deployed_state
+    machine = gone
+    before = machine.stack_export("ab1234")
     result = recycle(machine, "--stack", "ab1234", stdin=answer)
     assert result.returncode == status
     assert message in result.stdout + result.stderr
@@ -468,10 +566,11 @@ def test_unset_passphrase_is_refused_before_anything_changes(machine, deployed_s
 
 @needs_cli
 @needs_closed_ssh_port
-def test_wrong_passphrase_stops_before_anything_is_destroyed(machine, deployed_state):
+def test_wrong_passphrase_stops_before_anything_is_destroyed(gone):
     """A passphrase other than the stack's: the real `pulumi state delete` refuses to decrypt,
     recycle stops with its words and the fix, and the state is as it was."""
-    before = deployed_state
+    machine = gone
+    before = machine.stack_export("ab1234")
     env = dict(machine.env, PULUMI_CONFIG_PASSPHRASE="not the stack's passphrase")
     result = recycle(machine, "--stack", "ab1234", "--yes", env=env)
     assert result.returncode == 1
@@ -639,9 +738,10 @@ def test_end_lease_destroys_the_server_then_the_lease_and_keeps_the_volume(
 
 @needs_cli
 @needs_closed_ssh_port
-def test_end_lease_of_an_unreachable_server_forgets_the_stop_then_ends_the_lease(machine):
+def test_end_lease_of_a_server_gone_forgets_the_stop_then_ends_the_lease(gone):
     """The lease's own end took the server: the stop step is forgotten, the rest destroyed,
     then the lease ended."""
+    machine = gone
     before = machine.stack_export("ab1234")
     result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
     assert result.returncode == 0, result.stderr
@@ -654,8 +754,9 @@ def test_end_lease_of_an_unreachable_server_forgets_the_stop_then_ends_the_lease
 
 @needs_cli
 @needs_closed_ssh_port
-def test_plain_recycle_keeps_the_lease_and_says_how_to_end_it(machine):
+def test_plain_recycle_keeps_the_lease_and_says_how_to_end_it(gone):
     """Without --end-lease the lease stays (the plan says so, and names the flag)."""
+    machine = gone
     before = machine.stack_export("ab1234")
     result = recycle(machine, "--stack", "ab1234", "--yes")
     assert result.returncode == 0, result.stderr
@@ -782,8 +883,9 @@ def test_failed_lease_end_says_the_reservation_is_still_held(machine):
     ids=["end-lease", "plain"],
 )
 @needs_cli
-def test_the_question_says_whether_the_lease_ends(machine, arguments, question):
+def test_the_question_says_whether_the_lease_ends(gone, arguments, question):
     """Without --yes the question names the lease when it will end; a no changes nothing."""
+    machine = gone
     before = machine.stack_export("ab1234")
     result = recycle(machine, "--stack", "ab1234", *arguments, stdin="n\n")
     assert result.returncode == 2

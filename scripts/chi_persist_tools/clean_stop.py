@@ -30,6 +30,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 EXIT_OK = 0  # the platform was stopped and the volume released, or the server is gone
 EXIT_FAILED = 1  # the clean stop could not run or failed: do not detach the volume
@@ -41,7 +42,10 @@ KEY, AGENT = "key", "agent"
 
 NOVA_TIMEOUT_SECONDS = 30
 # Nova's answer for a server that is deleted but still listed to an administrator.
-GONE_STATUSES = ("DELETED",)
+GONE_STATUSES = ("DELETED", "SOFT_DELETED")
+# A server shut off (a shutdown from inside, `openstack server stop`, recycle's
+# --stop-through-nova) runs nothing: its volume was unmounted when it shut down.
+SHUT_OFF = ("SHUTOFF",)
 SSH_CONNECT_TIMEOUT_SECONDS = 30
 SSH_ATTEMPTS = 3
 SSH_PAUSE_SECONDS = 10
@@ -54,7 +58,8 @@ ASKPASS_REQUIRE_VERSION = (8, 4)
 
 DESCRIPTION = """\
 Stop a server's platform cleanly (docker compose down, sync, unmount) before its
-volume is detached; if Nova says the server no longer exists, warn and succeed.
+volume is detached; if Nova says the server no longer exists, or is shut off, warn
+and succeed.
 Run by `pulumi up` / `pulumi destroy` as the delete of the clean-stop step."""
 
 EPILOG = """\
@@ -65,6 +70,7 @@ login (--login):
 
 exit status:
   0  the platform was stopped and the volume unmounted, or the server no longer exists
+     or is shut off
   1  the clean stop could not run, or failed: the volume must not be detached yet
   2  wrong arguments"""
 
@@ -92,62 +98,65 @@ class Failure(Exception):
         self.lines = list(lines)
 
 
-def look_up_server(server_id: str) -> ServerLookup:
-    """Ask Nova for the server, with the credentials the OpenStack provider reads."""
+def _compute() -> tuple[Any, str | None]:
+    """The stack's OpenStack session (components/openstack_api.py), or why there is none."""
     try:
-        import openstack.config
-        import openstack.exceptions
-        from keystoneauth1 import adapter
-        from keystoneauth1 import exceptions as keystone_errors
+        from components.openstack_api import CloudUnavailable, OpenStack
     except ModuleNotFoundError as error:
-        return ServerLookup(
-            problem=f"the Python module {error.name!r} is not installed for {sys.executable} "
+        return None, (
+            f"the Python module {error.name!r} is not installed for {sys.executable} "
             "(`pulumi install` installs requirements.txt into the project's venv)"
         )
     try:
-        region = openstack.config.get_cloud_region()
-        compute = adapter.Adapter(
-            session=region.get_session(),
-            service_type="compute",
-            interface=region.get_interface("compute"),
-            region_name=region.get_region_name("compute"),
-            endpoint_override=region.get_endpoint("compute"),
-        )
-        response = compute.get(
-            f"/servers/{server_id}", raise_exc=False, timeout=NOVA_TIMEOUT_SECONDS
-        )
-    except openstack.exceptions.ConfigException as error:
-        return ServerLookup(problem=f"no usable OpenStack credentials: {error}")
-    except keystone_errors.MissingRequiredOptions as error:
-        return ServerLookup(problem=f"incomplete OpenStack credentials: {error}")
-    except keystone_errors.Unauthorized:
-        return ServerLookup(problem="the OpenStack credentials were refused (401)")
-    except keystone_errors.EndpointNotFound as error:
-        return ServerLookup(problem=f"no compute endpoint in the catalog: {error}")
-    except keystone_errors.ClientException as error:
-        return ServerLookup(problem=f"{type(error).__name__}: {error}")
-    if response.status_code == 404:
-        return ServerLookup(gone=True)
-    if response.status_code != 200:
-        return ServerLookup(
-            problem=f"Nova answered {response.status_code}: {_nova_message(response)}"
-        )
+        return OpenStack(), None
+    except ModuleNotFoundError as error:
+        return None, f"the Python module {error.name!r} is not installed for {sys.executable}"
+    except CloudUnavailable as error:
+        return None, f"no usable OpenStack credentials: {error}"
+
+
+def look_up_server(server_id: str) -> ServerLookup:
+    """Ask Nova for the server, with the credentials the OpenStack provider reads."""
+    from components.openstack_api import CloudUnavailable
+
+    api, problem = _compute()
+    if api is None:
+        return ServerLookup(problem=problem)
     try:
-        status = str(response.json()["server"].get("status") or "unknown")
-    except (ValueError, KeyError, TypeError, AttributeError):
+        answer = api.call("compute", "GET", f"/servers/{server_id}", timeout=NOVA_TIMEOUT_SECONDS)
+    except CloudUnavailable as error:
+        return ServerLookup(problem=str(error))
+    if answer.status == 404:
+        return ServerLookup(gone=True)
+    if answer.status != 200:
+        return ServerLookup(problem=f"Nova answered {answer.status}: {answer.error_message}")
+    server = answer.body.get("server")
+    if not isinstance(server, dict):
         return ServerLookup(problem="Nova answered 200 with a body that is not a server")
-    if status.upper() in GONE_STATUSES:
+    status = str(server.get("status") or "unknown")
+    if status.upper() in GONE_STATUSES or server.get("OS-EXT-STS:task_state") == "deleting":
         return ServerLookup(gone=True, status=status)
     return ServerLookup(status=status)
 
 
-def _nova_message(response) -> str:
+def request_server_stop(server_id: str) -> str | None:
+    """POST os-stop (nova/api/openstack/compute/servers.py, ServersController._stop_server):
+    202, or 409 when the server is already stopped; None on success, else why not."""
+    from components.openstack_api import CloudUnavailable
+
+    api, problem = _compute()
+    if api is None:
+        return problem
     try:
-        body = response.json()
-        (detail,) = body.values()
-        return str(detail.get("message"))
-    except (ValueError, AttributeError, TypeError):
-        return (response.text or "").strip()[:200] or "(no message)"
+        answer = api.call(
+            "compute", "POST", f"/servers/{server_id}/action", json={"os-stop": None},
+            timeout=NOVA_TIMEOUT_SECONDS,
+        )  # fmt: skip
+    except CloudUnavailable as error:
+        return str(error)
+    if answer.status in (202, 409):
+        return None
+    return f"Nova answered {answer.status}: {answer.error_message}"
 
 
 # --- ssh ------------------------------------------------------------------------------------
@@ -336,6 +345,16 @@ def clean_stop(
     """Skip the stop only when Nova says the server is gone; otherwise run it or fail."""
     sys.stdout.flush()
     lookup = look_up_server(server_id)
+    if lookup.exists and (lookup.status or "").upper() in SHUT_OFF:
+        print(
+            f"warning: server {server_id} is {lookup.status}: nothing runs on it, and its "
+            "shutdown stopped the platform and unmounted the volume (a shutdown that Nova had "
+            "to force leaves PostgreSQL to recover from its journal on the next start), so "
+            "there is nothing to stop.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_OK
     if lookup.gone:
         print(
             f"warning: server {server_id} no longer exists (Nova: not found): its platform "

@@ -2,11 +2,11 @@
 
 The server is found by type and name in `pulumi stack export`, never by a URN
 typed by hand. Before anything is destroyed, the plan is checked: nothing that
-must stay may be among the server's dependents. The clean-stop step's delete skips
-the stop by itself when Nova says the server is gone, but fails when the server
-exists and does not answer on SSH; so when the server does not answer, the stop
-step is removed from the state first, with a warning about what that means for
-the data.
+must stay may be among the server's dependents. Nova, not the network, says
+whether the server is gone: only then (or when it is shut off) is the clean stop's
+step removed from the state, with a warning about what that means for the data.
+A server that runs but does not answer on SSH from here keeps its volume, unless
+--stop-through-nova shuts it down first.
 With --end-lease, the stack's lease (found the same way) is destroyed too, in a
 destroy of its own once the server is gone, so no reservation is held.
 """
@@ -19,10 +19,12 @@ import os
 import shlex
 import socket
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from chi_persist_tools.clean_stop import ServerLookup, look_up_server, request_server_stop
 from chi_persist_tools.command_line import (
     EXIT_FAILED,
     EXIT_OK,
@@ -64,6 +66,9 @@ LABELS = {
 }
 SSH_PORT = 22
 PROBE_TIMEOUT_SECONDS = 5.0
+# Nova's graceful stop waits up to its shutdown_timeout (60 s by default) before it powers off.
+NOVA_STOP_SECONDS = 300
+NOVA_POLL_SECONDS = 5.0
 
 DESCRIPTION = """\
 Recycle the compute of a stack: destroy its server (node-persist-NETID) and what
@@ -86,16 +91,22 @@ what it does:
      set yourself (chi-persist:reservation) is not the stack's, and is refused.
   The volume is never a target.
 
-when the server is already gone or does not answer on SSH (deleted by hand, an
-expired lease): the clean stop cannot run, so its step is removed from the state
-and the destroy goes on. PostgreSQL then recovers from its journal on the next start:
-committed data is safe; writes of the last seconds before the server went away may
-be lost. You are warned before anything happens.
+Nova is asked first (with the OS_CLOUD / openrc credentials of `pulumi up`):
+  - the server is gone (deleted by hand, a lease's end): the clean stop cannot run, so
+    its step is removed from the state and the destroy goes on. PostgreSQL then
+    recovers from its journal on the next start: committed data is safe; writes of the
+    last seconds before the server went away may be lost. You are warned first.
+  - the server is shut off: its shutdown unmounted the volume; the step is removed.
+  - the server runs and answers on SSH: the clean stop runs in the destroy.
+  - the server runs (or Nova cannot say) and SSH does not answer from here (your address
+    not in allowedCidrs, a VPN): refused, nothing changes. --stop-through-nova shuts it
+    down through Nova (a clean shutdown unmounts the volume), then recycles it.
 
 examples:
   scripts/recycle --stack ab1234
   scripts/recycle --stack ab1234 --yes && pulumi up --stack ab1234
   scripts/recycle --stack ab1234 --end-lease   # done for the day: release the reservation
+  scripts/recycle --stack ab1234 --stop-through-nova   # SSH is closed to you here
   scripts/recycle                   # the selected stack (`pulumi stack select NETID`)
 
 exit status:
@@ -451,6 +462,114 @@ def ssh_unreachable_reason(address: str, port: int = SSH_PORT) -> str | None:
         return error.strerror or str(error)
 
 
+# What a recycle does about the clean stop, from what Nova says and whether SSH answers.
+STOP_OVER_SSH = "stop over ssh"
+FORGET = "forget the stop"
+STOP_THROUGH_NOVA = "stop through nova"
+REFUSE = "refuse"
+# A server in one of these runs nothing: its platform cannot be stopped, and needs not be.
+SERVER_OFF = ("SHUTOFF",)
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    action: str
+    lines: tuple[str, ...] = ()
+    """What is printed before the plan is confirmed."""
+    refusal: tuple[str, ...] = ()
+    """For REFUSE: the cause, then the fix."""
+
+
+def decide_stop(
+    lookup: ServerLookup, unreachable: str | None, *, stop_through_nova: bool, stack: str
+) -> StopDecision:
+    """Ask Nova, not the network: only a server Nova no longer has (or one that is shut off)
+    loses its clean stop; one that runs but does not answer here keeps its volume attached."""
+    lost_writes = (
+        "PostgreSQL will recover from its journal on the next start: committed data is safe, "
+        "but writes of the last seconds before the server went away may be lost"
+    )
+    if lookup.gone:
+        return StopDecision(
+            FORGET,
+            (
+                "warning: Nova no longer has the server: the clean stop (docker compose down, "
+                f"sync, unmount) cannot run, so its step is removed from the state. {lost_writes}",
+            ),
+        )
+    status = (lookup.status or "").upper()
+    if lookup.exists and status in SERVER_OFF:
+        return StopDecision(
+            FORGET,
+            (
+                f"recycle: the server is {status}: nothing runs on it and its shutdown unmounted "
+                "the volume, so the clean stop's step is removed from the state",
+            ),
+        )
+    if unreachable is None:
+        return StopDecision(
+            STOP_OVER_SSH,
+            (
+                "recycle: the server answers on SSH: the platform will be stopped cleanly before "
+                "the volume is detached",
+            ),
+        )
+    seen = f"Nova says {status}" if lookup.exists else f"Nova could not be asked ({lookup.problem})"
+    if lookup.exists and stop_through_nova:
+        return StopDecision(
+            STOP_THROUGH_NOVA,
+            (
+                f"recycle: the server does not answer on SSH from here ({unreachable}) and {seen}: "
+                "it will be shut down through Nova (a clean shutdown stops the platform and "
+                "unmounts the volume) before the volume is detached",
+            ),
+        )
+    nova_fix = (
+        f"or shut it down through Nova first: `scripts/recycle --stack {stack} --stop-through-nova`"
+        if lookup.exists
+        else "or make Nova reachable (`export OS_CLOUD=...` with clouds.yaml, or `source` your "
+        "openrc file) so recycle can tell whether the server still exists"
+    )
+    return StopDecision(
+        REFUSE,
+        refusal=(
+            f"the server does not answer on SSH from here ({unreachable}) and {seen}: it may be "
+            "running PostgreSQL on the volume, so the volume is not detached without its clean "
+            "stop; nothing was changed",
+            "fix: recycle from a network the server lets in (your address must be in "
+            f"chi-persist:allowedCidrs: `pulumi config get --stack {stack} chi-persist:"
+            f"allowedCidrs`; a VPN or campus network may block port 22), {nova_fix}",
+        ),
+    )
+
+
+def stop_server_through_nova(server_id: str) -> None:
+    """os-stop (Nova's graceful shutdown: ACPI, then power off), then wait for SHUTOFF."""
+    print(f"recycle: shutting server {server_id} down through Nova (os-stop)", flush=True)
+    problem = request_server_stop(server_id)
+    if problem is not None:
+        raise CommandError(
+            f"Nova did not stop server {server_id}: {problem}; nothing was destroyed",
+            "fix: stop it in Horizon (Compute > Instances > Shut Off Instance), then run "
+            "recycle again",
+            exit_code=EXIT_FAILED,
+        )
+    deadline = time.monotonic() + NOVA_STOP_SECONDS
+    while True:
+        lookup = look_up_server(server_id)
+        if lookup.gone or (lookup.status or "").upper() in SERVER_OFF:
+            print(f"recycle: server {server_id} is shut off", flush=True)
+            return
+        if time.monotonic() > deadline:
+            raise CommandError(
+                f"server {server_id} was still {lookup.status or lookup.problem} "
+                f"{NOVA_STOP_SECONDS} s after Nova was asked to stop it; nothing was destroyed",
+                "fix: look at it in Horizon (Compute > Instances), then run recycle again",
+                exit_code=EXIT_FAILED,
+            )
+        time.sleep(NOVA_POLL_SECONDS)
+
+
 def refuse_a_dead_agent(environ: Mapping[str, str], stop_steps: Sequence[Resource]) -> None:
     """A clean stop that logs in through the agent (or a remote one: pulumi-command dials
     SSH_AUTH_SOCK whenever it is set) would fail the destroy after it began on a socket where
@@ -670,7 +789,11 @@ def end_lease(plan: Plan) -> None:
 
 
 def run(
-    stack: str | None, assume_yes: bool, environ: Mapping[str, str], end_lease_too: bool = False
+    stack: str | None,
+    assume_yes: bool,
+    environ: Mapping[str, str],
+    end_lease_too: bool = False,
+    nova_stop: bool = False,
 ) -> int:
     if stack is not None:
         problem = check_value("netid", stack)[1]
@@ -693,34 +816,19 @@ def run(
     show_plan(plan)
 
     forget: list[Resource] = []
+    stop_through_nova = False
     if plan.stop_steps:
-        if plan.address is None:
-            print(
-                "warning: the stack has no floating IP address to check the server with: "
-                "trying the clean stop"
-            )
-        else:
-            reason = ssh_unreachable_reason(plan.address)
-            if reason is None:
-                print(
-                    f"recycle: the server answers on {plan.address}:{SSH_PORT}: the platform "
-                    "will be stopped cleanly before the volume is detached"
-                )
-            else:
-                forget = steps_to_forget(plan)
-                print(
-                    f"warning: the server does not answer on {plan.address}:{SSH_PORT} "
-                    f"({reason}): the clean stop (docker compose down, sync, unmount) cannot "
-                    "run. PostgreSQL will recover from its journal on the next start: "
-                    "committed data is safe, but writes of the last seconds before the server "
-                    "went away may be lost. The stop step is removed from the state so the "
-                    "destroy cannot get stuck on it: " + ", ".join(step.name for step in forget)
-                )
-                print(
-                    "warning: if the server is in fact running and only unreachable from "
-                    "here (your address not in allowedCidrs, a VPN), answer no and recycle "
-                    "from a network that reaches it"
-                )
+        server_id = plan.server.id if plan.server is not None else None
+        lookup = look_up_server(server_id) if server_id else ServerLookup(gone=True)
+        unreachable = ssh_unreachable_reason(plan.address) if plan.address else "no address"
+        decision = decide_stop(lookup, unreachable, stop_through_nova=nova_stop, stack=stack)
+        for line in decision.lines:
+            print(line)
+        if decision.action == REFUSE:
+            raise CommandError(*decision.refusal, exit_code=EXIT_FAILED)
+        if decision.action in (FORGET, STOP_THROUGH_NOVA):
+            forget = steps_to_forget(plan)
+        stop_through_nova = decision.action == STOP_THROUGH_NOVA
 
     if plan.stop_steps and not forget:
         refuse_a_dead_agent(environ, plan.stop_steps)
@@ -729,6 +837,9 @@ def run(
         print("recycle: not confirmed; nothing was changed")
         return EXIT_USAGE
 
+    if stop_through_nova:
+        assert plan.server is not None and plan.server.id
+        stop_server_through_nova(plan.server.id)
     for step in forget:
         arguments = ["state", "delete", "--stack", stack, step.urn, "--yes", "--non-interactive"]
         print(f"recycle: forgetting {step.name}: {pulumi_command_text(arguments)}", flush=True)
@@ -784,6 +895,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--yes", action="store_true", help="do not ask for confirmation before destroying"
     )
     parser.add_argument(
+        "--stop-through-nova",
+        action="store_true",
+        help="when the server runs but its SSH port does not answer from here, shut it down "
+        "through Nova (a clean shutdown stops the platform and unmounts the volume), then "
+        "detach the volume and delete it",
+    )
+    parser.add_argument(
         "--end-lease",
         action="store_true",
         help="also end the stack's KVM@TACC lease, after the server, so nothing is reserved "
@@ -794,4 +912,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    return run_main(lambda: run(arguments.stack, arguments.yes, os.environ, arguments.end_lease))
+    return run_main(
+        lambda: run(
+            arguments.stack,
+            arguments.yes,
+            os.environ,
+            arguments.end_lease,
+            arguments.stop_through_nova,
+        )
+    )
