@@ -43,6 +43,9 @@ try:
     survey = survey_stack(settings, stack, opened_ports(access_args), PROJECT_ROOT, pulumi.log.info)
     adoption = plan_adoption(survey.observations, stack)
     volume_args = plan_volume(settings, stack, survey.volume)
+    if not adoption.problems and not pulumi.runtime.is_dry_run():
+        for managed, resource_id in adoption.discards:
+            survey.discard(managed, resource_id)
 except SettingsError as error:
     raise pulumi.RunError(error.report()) from None
 except (SurveyFailed, VolumeRefused) as error:
@@ -57,7 +60,7 @@ for note in settings.ssh_notes:
     pulumi.log.warn(note)
 for note in settings.lease_notes:
     pulumi.log.info(note)
-for note in adoption.notes:
+for note in [*adoption.notes, *volume_args.notes]:
     pulumi.log.info(note)
 for note in [
     *survey.notes,

@@ -34,6 +34,11 @@ class Managed:
     what: str
     delete: str
     """The command that deletes one by hand, with {id}."""
+    importable: bool = True
+    """Whether an import keeps it as it is. A server does not: terraform-provider-openstack
+    v3.4.0 reads an imported server's networks without their port (compute_instance_v2.go,
+    flattenInstanceNetworks reads ports from the resource's own configuration, which an import
+    lacks), and `networks` forces a replacement, which the engine refuses for an import."""
 
 
 SERVER_TYPE = "openstack:compute/instance:Instance"
@@ -52,7 +57,10 @@ FLOATING_IP = Managed(
     "floating_ip", "openstack:networking/floatingIp:FloatingIp", "node-floating-ip",
     "floating IP", "openstack floating ip delete {id}",
 )  # fmt: skip
-SERVER = Managed("server", SERVER_TYPE, "node-server", "server", "openstack server delete {id}")
+SERVER = Managed(
+    "server", SERVER_TYPE, "node-server", "server", "openstack server delete {id}",
+    importable=False,
+)  # fmt: skip
 ATTACHMENT = Managed(
     "attachment", "openstack:compute/volumeAttach:VolumeAttach", "node-volume-attachment",
     "volume attachment", "openstack server remove volume {id}",
@@ -83,6 +91,9 @@ class Observed:
     """Named as this stack names it, with another stack's owner key."""
     unusable: Mapping[str, str] = field(default_factory=dict)
     """By id: why an owned resource cannot be adopted as it is (a server in ERROR)."""
+    holding: Mapping[str, str] = field(default_factory=dict)
+    """By id: what data an owned resource holds (a server with the volume attached); one that
+    holds none and cannot be imported is deleted and made again."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,9 @@ class Adoption:
     managed: Managed
     import_id: str | None = None
     trigger: Any = INITIAL_TRIGGER
+    discard: tuple[str, ...] = ()
+    """Ids of resources of this stack that hold no data and cannot be adopted: the program
+    deletes them before it registers anything, and makes the resource anew."""
     notes: tuple[str, ...] = ()
     """What `pulumi up` says it does, one line each (adopted, made again)."""
     warnings: tuple[str, ...] = ()
@@ -113,6 +127,8 @@ def decide(managed: Managed, observed: Observed, stack: str) -> Adoption:
         return Adoption(managed, trigger=trigger, problem=_foreign(managed, observed.foreign[0]))
     if state is not None:
         others = tuple(found for found in observed.owned if found.id != state.id)
+        if not managed.importable and others:
+            return _with_unimportable_others(managed, observed, state, trigger, others, stack)
         if observed.exists:
             return Adoption(managed, trigger=trigger, warnings=_orphans(managed, state.id, others))
         if managed is LEASE:
@@ -134,6 +150,8 @@ def decide(managed: Managed, observed: Observed, stack: str) -> Adoption:
         )
     if not observed.owned:
         return Adoption(managed)
+    if not managed.importable:
+        return _replace_unimportable(managed, observed, stack)
     if len(observed.owned) > 1:
         return Adoption(managed, problem=_several(managed, observed.owned))
     found = observed.owned[0]
@@ -155,6 +173,66 @@ def decide(managed: Managed, observed: Observed, stack: str) -> Adoption:
             f"adopting {managed.what} {found.described()}: it carries this stack's owner key "
             f"({OWNER_KEY}={found.owner}) and this stack's state does not hold it (a `pulumi "
             "up` was interrupted, or ran from another machine)",
+        ),
+    )
+
+
+def _with_unimportable_others(
+    managed: Managed,
+    observed: Observed,
+    state: StateResource,
+    trigger: Any,
+    others: tuple[Found, ...],
+    stack: str,
+) -> Adoption:
+    """The state holds a server, and others carry the key: those that hold no data are
+    deleted (the state's own is kept, or made again when the cloud lost it)."""
+    extra = _replace_unimportable(managed, Observed(owned=others, holding=observed.holding), stack)
+    if extra.problem is not None:
+        return Adoption(managed, trigger=trigger, problem=extra.problem)
+    if observed.exists:
+        return Adoption(managed, trigger=trigger, discard=extra.discard, notes=extra.notes)
+    kept = decide(managed, Observed(state=state, exists=False), stack)
+    return Adoption(
+        managed,
+        trigger=kept.trigger,
+        discard=extra.discard,
+        notes=(*extra.notes, *kept.notes),
+        problem=kept.problem,
+    )
+
+
+def _replace_unimportable(managed: Managed, observed: Observed, stack: str) -> Adoption:
+    """A server the state lacks: one that holds no data (no volume attached: an interrupted
+    `pulumi up` made it and nothing ran on it yet) is deleted and made anew; one that holds
+    the volume runs the platform for another state (another machine), and is refused with
+    the commands that stop it cleanly."""
+    holding = [found for found in observed.owned if found.id in observed.holding]
+    if holding:
+        found = holding[0]
+        return Adoption(
+            managed,
+            problem=(
+                f"{managed.what} {found.described()} carries this stack's owner key, this "
+                f"stack's state does not hold it, and it holds {observed.holding[found.id]}: it "
+                "runs the platform for the state of another machine (or of this one before it "
+                "was lost). It cannot be adopted as it is, and is not deleted while it may be "
+                "writing. Nothing was created or changed. Fix: keep using the machine that "
+                "made it; or stop it cleanly and remove it, then `pulumi up` here adopts "
+                "everything else (volume and data included) and makes a new server: "
+                f"`openstack server stop {found.id}` (a clean shutdown unmounts the volume), "
+                f"wait for SHUTOFF (`openstack server show {found.id} -c status`), then "
+                f"`openstack server delete {found.id}`"
+            ),
+        )
+    listed = ", ".join(found.described() for found in observed.owned)
+    return Adoption(
+        managed,
+        discard=tuple(found.id for found in observed.owned),
+        notes=(
+            f"{managed.what} {listed} carries this stack's owner key, this stack's state does "
+            "not hold it (a `pulumi up` was interrupted) and it holds no data (no volume "
+            f"attached): `pulumi up` deletes it and makes a new {managed.what}",
         ),
     )
 
@@ -237,6 +315,10 @@ class AdoptionPlan:
 
     adoptions: Mapping[str, Adoption]
 
+    def import_id(self, key: str) -> str | None:
+        adoption = self.adoptions.get(key)
+        return adoption.import_id if adoption else None
+
     def options(self, key: str) -> dict[str, Any]:
         adoption = self.adoptions.get(key)
         return adoption.options() if adoption else {"replacement_trigger": INITIAL_TRIGGER}
@@ -252,6 +334,10 @@ class AdoptionPlan:
     @property
     def problems(self) -> list[str]:
         return [a.problem for a in self.adoptions.values() if a.problem is not None]
+
+    @property
+    def discards(self) -> list[tuple[Managed, str]]:
+        return [(a.managed, each) for a in self.adoptions.values() for each in a.discard]
 
     @property
     def adopted(self) -> list[Adoption]:

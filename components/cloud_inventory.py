@@ -226,6 +226,23 @@ class CloudInventory:
             current = self.server(found.id)
         return current
 
+    def delete_server(self, server_id: str) -> None:
+        """DELETE a server that holds no data, and wait until Nova no longer has it."""
+        try:
+            answer = self.api.call(NOVA, "DELETE", f"/servers/{server_id}")
+        except CloudUnavailable as error:
+            raise InventoryFailed(str(error)) from None
+        if answer.status not in (204, 404):
+            raise InventoryFailed(
+                f"Nova refused to delete server {server_id} (HTTP {answer.status}: "
+                f"{answer.error_message})"
+            )
+        deadline = self.clock() + SETTLE_SECONDS["server-delete"]
+        while self.server(server_id) is not None:
+            if self.clock() > deadline:
+                raise InventoryFailed(f"server {server_id} was still there after its delete")
+            self.sleep(POLL_SECONDS)
+
     def wait_until_gone(self, server_id: str) -> bool:
         """A server being deleted (an interrupted recycle): wait for Nova to finish."""
         deadline = self.clock() + SETTLE_SECONDS["server-delete"]

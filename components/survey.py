@@ -41,6 +41,19 @@ class Survey:
     observations: Observations
     volume: VolumeLookup
     notes: tuple[str, ...] = ()
+    inventory: CloudInventory | None = None
+
+    def discard(self, managed: Managed, resource_id: str) -> None:
+        """Delete a resource of this stack that holds no data and cannot be adopted."""
+        assert self.inventory is not None and managed is SERVER, managed
+        try:
+            self.inventory.delete_server(resource_id)
+        except InventoryFailed as error:
+            raise SurveyFailed(
+                f"could not delete {managed.what} {resource_id}, which an interrupted `pulumi "
+                f"up` made and which holds no data: {error}. Nothing else was changed. Fix: "
+                f"`{managed.delete.format(id=resource_id)}`, then `pulumi up` again"
+            ) from None
 
 
 class SurveyFailed(Exception):
@@ -95,6 +108,7 @@ def _survey(
         foreign: Sequence[Found],
         exists: Callable[[str], bool],
         unusable: dict[str, str] | None = None,
+        holding: dict[str, str] | None = None,
     ) -> Observed:
         held = state.find(managed.type, managed.name)
         observed = Observed(
@@ -103,15 +117,16 @@ def _survey(
             owned=tuple(owned),
             foreign=tuple(foreign),
             unusable=unusable or {},
+            holding=holding or {},
         )
         observations[managed.key] = (managed, observed)
         return observed
 
-    def in_play(observed: Observed) -> str | None:
+    def in_play(managed: Managed, observed: Observed) -> str | None:
         """The id the stack goes on with: the state's, or the one it adopts."""
         if observed.state is not None and observed.exists:
             return observed.state.id
-        if observed.state is None and len(observed.owned) == 1:
+        if observed.state is None and len(observed.owned) == 1 and managed.importable:
             return observed.owned[0].id
         return None
 
@@ -122,7 +137,7 @@ def _survey(
             GROUP, groups.owned, groups.foreign,
             lambda group_id: inventory.exists("network", f"/v2.0/security-groups/{group_id}"),
         )  # fmt: skip
-        group_id = in_play(group)
+        group_id = in_play(GROUP, group)
         cloud_rules = inventory.rules(group_id) if group_id else []
 
         def rule_exists(rule_id: str) -> bool:
@@ -137,7 +152,9 @@ def _survey(
         PORT, ports.owned, ports.foreign,
         lambda port_id: inventory.exists("network", f"/v2.0/ports/{port_id}"),
     )  # fmt: skip
-    port_ids = sorted({found.id for found in ports.owned} | set(filter(None, [in_play(port)])))
+    port_ids = sorted(
+        {found.id for found in ports.owned} | set(filter(None, [in_play(PORT, port)]))
+    )
     floating_ips = inventory.floating_ips(port_ids)
     observe(
         FLOATING_IP, floating_ips.owned, floating_ips.foreign,
@@ -162,7 +179,7 @@ def _survey(
     notes = list(volume.notes)
 
     servers = inventory.servers()
-    settled_servers = [found for found in map(inventory.settle_server, servers.owned) if found]
+    settled_servers = list(servers.owned)
     server = observe(
         SERVER, settled_servers, servers.foreign,
         lambda server_id: not inventory.wait_until_gone(server_id)
@@ -172,9 +189,14 @@ def _survey(
             for found in settled_servers
             if found.status != "ACTIVE"
         },
+        holding={
+            found.id: "the volume " + ", ".join(volumes)
+            for found in settled_servers
+            if (volumes := _attached_volumes(found))
+        },
     )  # fmt: skip
 
-    server_id = in_play(server)
+    server_id = in_play(SERVER, server)
     volume_id = volume.id_in_play
     attachments: list[Found] = []
     if server_id and volume_id:
@@ -186,7 +208,13 @@ def _survey(
         ATTACHMENT, attachments, (),
         lambda attachment_id: _attached(inventory, attachment_id),
     )  # fmt: skip
-    return Survey(state, observations, volume.lookup, tuple(notes))
+    return Survey(state, observations, volume.lookup, tuple(notes), inventory)
+
+
+def _attached_volumes(server: Found) -> list[str]:
+    """The volumes Nova lists on the server (os-extended-volumes:volumes_attached)."""
+    attached = server.detail.get("os-extended-volumes:volumes_attached") or []
+    return [str(each.get("id")) for each in attached if isinstance(each, dict)]
 
 
 def _serves(lease: Found | None) -> bool:

@@ -101,6 +101,8 @@ class PersistentVolumeArgs:
     """Its size in the cloud now, when it exists."""
     stack: str = ""
     """The stack's name, for the messages that name commands."""
+    notes: tuple[str, ...] = ()
+    """What `pulumi up` says about the decision (a volume adopted)."""
 
 
 def plan_volume(settings: Settings, stack: str, lookup: VolumeLookup) -> PersistentVolumeArgs:
@@ -136,7 +138,13 @@ def plan_volume(settings: Settings, stack: str, lookup: VolumeLookup) -> Persist
         problems += _size_and_type_problems(settings, volume)
         if problems:
             raise SettingsError(problems)
-        return _managing(base, volume, adopted=wanted_id is not None)
+        managed = _managing(base, volume, adopted=wanted_id is not None)
+        managed.notes = (
+            f"adopting volume {volume.described()}: it carries this stack's owner key "
+            f"({OWNER_KEY}={owner}) and this stack's state does not hold it (a `pulumi up` was "
+            "interrupted, or ran from another machine); nothing on it changes",
+        )
+        return managed
     problems = _unowned_problems(settings, owner, lookup.named)
     if problems:
         raise SettingsError(problems)

@@ -112,7 +112,9 @@ class StudentMachine:
             PATH=os.pathsep.join(path),
             HOME=str(root / "home"),
             PULUMI_HOME=str(root / "pulumi-home"),
-            PULUMI_BACKEND_URL=f"file://{root / 'state'}",
+            # The project's own backend options (Pulumi.yaml: metadata=skip), in this
+            # machine's state directory.
+            PULUMI_BACKEND_URL=f"file://{root / 'state'}?metadata=skip",
             PULUMI_CONFIG_PASSPHRASE=PASSPHRASE,
         )
         env.update(extra_env or {})
@@ -185,6 +187,21 @@ class StudentMachine:
         return self._run(
             [self.pulumi_executable, *arguments], timeout=timeout, stdin=stdin, check=check
         )
+
+    def start_pulumi(self, *arguments: str, log: Path) -> subprocess.Popen[bytes]:
+        """`pulumi ARGUMENTS` in the background, in a session of its own (the CLI, its
+        language host and plugins share one process group: a laptop's lid closes on all of
+        them), its output in `log`."""
+        with open(log, "wb") as output:
+            return subprocess.Popen(
+                [self.pulumi_executable, *arguments],
+                cwd=self.project,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     @property
     def pulumi_executable(self) -> str:

@@ -65,9 +65,10 @@ def service_of(path: str) -> Any:
 
 class Faults:
     """Failures and delays to inject into the next calls matching a method and a path, and
-    kills: a process group (a `pulumi` CLI and its plugins, started in a session of its own)
-    sent a signal right after the call it matches was answered with success, as a closed
-    laptop ends a `pulumi up` after the cloud accepted a request."""
+    kills: every process of a session (a `pulumi` CLI started in a session of its own, its
+    language host and plugins, which the CLI starts in process groups of their own) sent a
+    signal right after the call it matches was answered with success, as a closed laptop
+    ends a `pulumi up` after the cloud accepted a request."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -102,7 +103,7 @@ class Faults:
             if status is not None or delay:
                 raise ValueError("a kill answers the call as usual: no `status` or `delay`")
             if not isinstance(kill, int) or isinstance(kill, bool) or kill <= 1:
-                raise ValueError(f"kill must be a process group id (> 1), not {kill!r}")
+                raise ValueError(f"kill must be a session id (> 1), not {kill!r}")
             if signum not in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
                 raise ValueError(f"signal must be 9, 15 or 2, not {signum!r}")
         elif status is None and not delay:
@@ -156,9 +157,20 @@ class Faults:
             self._faults.clear()
 
 
-def _kill(process_group: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process_group, signum)
+def _kill(session: int, signum: int) -> None:
+    """Signal every process of the session (proc(5): the sixth field of /proc/PID/stat)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                # The command name (field 2) is in parentheses and may hold spaces.
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), signum)
 
 
 # --- the admin API --------------------------------------------------------------------------

@@ -186,10 +186,10 @@ class Twin:
             raise TwinError(f"settings {settings}: {response.status_code} {response.text}")
         return response.json()["config"]
 
-    def kill_after(self, method: str, path: str, process_group: int, count: int = 1) -> None:
-        """SIGKILL `process_group` right after the next successful call matching method and
-        path (a regular expression over the whole path) has been answered."""
-        fault = {"method": method, "path": path, "kill": process_group, "count": count}
+    def kill_after(self, method: str, path: str, session: int, count: int = 1) -> None:
+        """SIGKILL every process of `session` right after the next successful call matching
+        method and path (a regular expression over the whole path) has been answered."""
+        fault = {"method": method, "path": path, "kill": session, "count": count}
         response = self.admin("POST", "/faults", json=fault)
         if response.status_code != 201:
             raise TwinError(f"kill fault {fault}: {response.status_code} {response.text}")

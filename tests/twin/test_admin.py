@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -133,11 +135,32 @@ def test_fault_can_delay_a_call_that_then_succeeds(twin: Twin, api: Api) -> None
     assert time.monotonic() - started < 1.0
 
 
-def test_kill_fault_ends_a_process_group_after_a_call_succeeded(twin: Twin, api: Api) -> None:
-    """A kill waits for a matching call that succeeds (a refused one does not count), answers
-    it as usual, then signals the process group: the resource exists, the caller is gone."""
-    victim = subprocess.Popen(["sleep", "300"], start_new_session=True)
+def _reaped_or_gone(pid: int) -> bool:
+    """The process has ended (a zombie of an ended parent is reaped by init)."""
     try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_kill_fault_ends_a_session_after_a_call_succeeded(
+    twin: Twin, api: Api, tmp_path: Path
+) -> None:
+    """A kill waits for a matching call that succeeds (a refused one does not count), answers
+    it as usual, then signals every process of the session, also those in process groups of
+    their own (as the CLI starts its plugins): the resource exists, the caller is gone."""
+    plugin = tmp_path / "plugin.pid"
+    starts_a_plugin = (
+        "import os, subprocess, sys, time; "
+        "child = subprocess.Popen(['sleep', '301'], process_group=0); "
+        f"open({str(plugin)!r}, 'w').write(str(child.pid)); time.sleep(300)"
+    )
+    victim = subprocess.Popen([sys.executable, "-c", starts_a_plugin], start_new_session=True)
+    try:
+        wait_for(lambda: plugin.exists() and plugin.read_text(), timeout=30, what="its pid")
+        plugin_pid = int(plugin.read_text())
+        assert os.getpgid(plugin_pid) == plugin_pid != victim.pid, "not in a group of its own"
         fault = {"method": "POST", "path": r"/network/v2\.0/ports", "kill": victim.pid}
         assert twin.admin("POST", "/faults", json=fault).status_code == 201
         refused = api.post(f"{api.network}/ports", json={"port": {"network_id": "nope"}})
@@ -147,6 +170,7 @@ def test_kill_fault_ends_a_process_group_after_a_call_succeeded(twin: Twin, api:
         created = api.post(f"{api.network}/ports", json=body)
         assert created.status_code == 201, created.text
         assert victim.wait(timeout=10) == -signal.SIGKILL
+        wait_for(lambda: _reaped_or_gone(plugin_pid), timeout=10, what="the plugin's end")
         port_id = created.json()["port"]["id"]
         assert api.get(f"{api.network}/ports/{port_id}").status_code == 200
         assert twin.admin("GET", "/faults").json() == {"faults": []}
@@ -156,6 +180,9 @@ def test_kill_fault_ends_a_process_group_after_a_call_succeeded(twin: Twin, api:
         if victim.poll() is None:
             victim.kill()
             victim.wait()
+        if plugin.exists() and plugin.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(plugin.read_text()), signal.SIGKILL)
 
 
 @pytest.mark.parametrize(
