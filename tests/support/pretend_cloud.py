@@ -79,6 +79,11 @@ class PretendOpenStack:
         self.cloud.calls.append((method, path))
         if self.cloud.error is not None:
             raise CloudUnavailable(self.cloud.error)
+        if method == "DELETE" and service == "compute" and path.startswith("/servers/"):
+            # The one change the program makes itself: a server of its own that holds no data.
+            server_id = path.split("/")[2]
+            self.cloud.servers = [s for s in self.cloud.servers if s["id"] != server_id]
+            return Response(204, {}, "")
         if method != "GET":
             raise AssertionError(f"the survey only reads; it sent {method} {path}")
         params = kwargs.get("params") or {}

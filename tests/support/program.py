@@ -28,6 +28,7 @@ from typing import Any
 
 import pulumi
 import yaml
+from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 from pulumi.runtime.stack import wait_for_rpcs
@@ -93,6 +94,8 @@ class Registration:
     """Inputs as serialised, with secret markers kept."""
     replace_on_changes: list[str] = field(default_factory=list)
     """Property paths whose change replaces the resource (the SDK's own and the program's)."""
+    replacement_trigger: Any = None
+    """The value whose change replaces the resource (None: no trigger)."""
 
 
 @dataclass
@@ -133,6 +136,8 @@ class Evaluation:
     """What the program logged as warnings (pulumi.log.warn), in order."""
     notes: list[str] = field(default_factory=list)
     """What the program logged as information (pulumi.log.info), in order."""
+    cloud_calls: list[tuple[str, str]] = field(default_factory=list)
+    """(method, path) of each call the program's survey made to the pretend cloud."""
 
     def of_type(self, resource_type: str) -> list[Registration]:
         return [r for r in self.registrations if r.type == resource_type]
@@ -256,6 +261,11 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     import_id=request.importId,
                     raw_inputs=inputs,
                     replace_on_changes=list(request.replaceOnChanges),
+                    replacement_trigger=(
+                        json_format.MessageToDict(request.replacement_trigger)
+                        if request.HasField("replacement_trigger")
+                        else None
+                    ),
                 )
             )
         return response
@@ -393,13 +403,14 @@ def evaluate_program(
     volume_lookup_error: str | None = None,
     ssh_auth_sock: str | None = None,
     cloud: PretendCloud | None = None,
-    state: StackState | None = None,
+    state: StackState | Exception | None = None,
 ) -> Evaluation:
     """Run __main__.py for `stack` with `config` and `secrets` under mocks.
 
     `cloud_volumes` are the volumes that already exist in the pretend cloud (none: a
     first deployment), `cloud` the whole pretend cloud (tests/support/pretend_cloud.py) and
-    `state` the stack's state as `pulumi stack export` would give it (empty by default);
+    `state` the stack's state as `pulumi stack export` would give it (empty by default; an
+    exception makes reading it fail with that exception);
     `volume_lookup_error` makes every call of the program's survey fail with it.
     Keys without a namespace are the project's. The program sees SSH_AUTH_SOCK as
     `ssh_auth_sock` (unset by default), never the agent of whoever runs the tests.
@@ -429,7 +440,7 @@ def evaluate_program(
             pretend.error = volume_lookup_error
         # The program's survey asks the pretend cloud, and reads the given state.
         survey_module.OpenStack = lambda: PretendOpenStack(pretend)
-        survey_module.read_state = lambda _stack, cwd: state or StackState()
+        survey_module.read_state = lambda _stack, cwd: _state_or_raise(state)
         monitor = RecordingMonitor(mocks)
         warnings = WarningRecorder()
         pulumi.runtime.set_all_config(all_config, secret_keys)
@@ -449,10 +460,21 @@ def evaluate_program(
             error.registrations = monitor.registrations  # type: ignore[attr-defined]
             raise
         return Evaluation(
-            monitor.registrations, outputs, secret_outputs, warnings.messages, warnings.notes
+            monitor.registrations,
+            outputs,
+            secret_outputs,
+            warnings.messages,
+            warnings.notes,
+            list(pretend.calls),
         )
 
     return _in_child_process(evaluate)
+
+
+def _state_or_raise(state: StackState | Exception | None) -> StackState:
+    if isinstance(state, Exception):
+        raise state
+    return state or StackState()
 
 
 def _in_child_process(function: Callable[[], Evaluation]) -> Evaluation:
