@@ -7,13 +7,17 @@ shell, and without a terminal to prompt on.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -50,6 +54,9 @@ class PulumiFailed(CommandError):
             exit_code=EXIT_FAILED,
             output=output,
         )
+        lock = lock_fix(output, _stack_of(arguments))
+        if lock is not None:
+            self.lines.append(lock)
 
     def mentions(self, text: str) -> bool:
         return text.lower() in self.output.lower()
@@ -57,6 +64,51 @@ class PulumiFailed(CommandError):
     def with_fix(self, *lines: str) -> PulumiFailed:
         self.lines.extend(lines)
         return self
+
+
+# What the file backend says of a stack another pulumi holds (pkg/backend/diy/lock.go,
+# checkForLock): "...: created by <user>@<host> (pid <pid>) at <time>".
+LOCK_HOLDER = re.compile(r"created by (?P<user>[^@\s]+)@(?P<host>\S+) \(pid (?P<pid>\d+)\)")
+
+
+def lock_fix(output: str, stack: str | None) -> str | None:
+    """For a stack locked by another `pulumi`: whether that process still runs (it can be told
+    only on this machine), and the one command that clears a lock it left behind."""
+    if "currently locked" not in output:
+        return None
+    holder = LOCK_HOLDER.search(output)
+    cancel = f"pulumi cancel --stack {stack} --yes" if stack else "pulumi cancel --yes"
+    if holder is None:
+        return f"fix: if no other pulumi command runs on this stack any more: `{cancel}`"
+    pid, host = int(holder["pid"]), holder["host"]
+    if host not in (socket.gethostname(), socket.getfqdn()):
+        return (
+            f"fix: the lock is held by a pulumi on {host} (pid {pid}); if nothing runs there "
+            f"any more (a closed laptop, a dropped session), clear it: `{cancel}`"
+        )
+    if _running(pid):
+        return f"fix: pulumi (pid {pid}) is still running on this stack here: let it finish"
+    return (
+        f"fix: the lock was left by a pulumi (pid {pid}) that no longer runs (an interrupted "
+        f"`pulumi up`): clear it with `{cancel}`, then run this again"
+    )
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stack_of(arguments: Sequence[str]) -> str | None:
+    for index, argument in enumerate(arguments[:-1]):
+        if argument in ("--stack", "-s"):
+            return arguments[index + 1]
+    return None
 
 
 def pulumi_command_text(arguments: Sequence[str]) -> str:
@@ -161,4 +213,48 @@ def unknown_stack_fix(stack: str) -> str:
     return (
         f"fix: there is no stack named {stack!r}: check the name with `pulumi stack ls`, "
         f"or create it with `scripts/new-stack {stack} --key-pair NAME`"
+    )
+
+
+def export_state(stack: str) -> dict[str, Any]:
+    arguments = ["stack", "export", "--stack", stack, "--non-interactive"]
+    try:
+        text = run_pulumi(arguments)
+    except PulumiFailed as failure:
+        if failure.mentions("no stack named"):
+            raise failure.with_fix(unknown_stack_fix(stack)) from None
+        if failure.mentions("passphrase"):
+            raise failure.with_fix(f"fix: {HOW_TO_UNLOCK_SECRETS}") from None
+        raise
+    try:
+        export = json.loads(text)
+    except json.JSONDecodeError:
+        raise CommandError(
+            f"`{pulumi_command_text(arguments)}` printed something that is not JSON: "
+            f"{text[:200]!r}",
+            "fix: check the Pulumi CLI with `pulumi version` (3.x is needed)",
+            exit_code=EXIT_FAILED,
+        ) from None
+    if not isinstance(export, dict):
+        raise CommandError(
+            f"`{pulumi_command_text(arguments)}` printed a {type(export).__name__}, "
+            "not a deployment",
+            exit_code=EXIT_FAILED,
+        )
+    return export
+
+
+def selected_stack(command: str) -> str:
+    listing = run_pulumi(["stack", "ls", "--json", "--non-interactive"])
+    try:
+        stacks = json.loads(listing or "[]")
+    except json.JSONDecodeError:
+        stacks = []
+    for entry in stacks:
+        if isinstance(entry, dict) and entry.get("current"):
+            return str(entry.get("name", "")).rsplit("/", 1)[-1]
+    raise CommandError(
+        "no stack is selected",
+        f"fix: give it: scripts/{command} --stack NETID (`pulumi stack ls` lists the stacks)",
+        exit_code=EXIT_USAGE,
     )

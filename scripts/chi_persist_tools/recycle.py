@@ -14,7 +14,6 @@ destroy of its own once the server is gone, so no reservation is held.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import socket
@@ -32,12 +31,13 @@ from chi_persist_tools.command_line import (
     HOW_TO_UNLOCK_SECRETS,
     CommandError,
     PulumiFailed,
+    export_state,
     passphrase_is_set,
     pulumi_command_text,
     run_main,
     run_pulumi,
+    selected_stack,
     stream_pulumi,
-    unknown_stack_fix,
 )
 from components.settings import check_value
 from components.ssh_auth import probe_agent
@@ -588,50 +588,6 @@ def refuse_a_dead_agent(environ: Mapping[str, str], stop_steps: Sequence[Resourc
         )
 
 
-def export_state(stack: str) -> dict[str, Any]:
-    arguments = ["stack", "export", "--stack", stack, "--non-interactive"]
-    try:
-        text = run_pulumi(arguments)
-    except PulumiFailed as failure:
-        if failure.mentions("no stack named"):
-            raise failure.with_fix(unknown_stack_fix(stack)) from None
-        if failure.mentions("passphrase"):
-            raise failure.with_fix(f"fix: {HOW_TO_UNLOCK_SECRETS}") from None
-        raise
-    try:
-        export = json.loads(text)
-    except json.JSONDecodeError:
-        raise CommandError(
-            f"`{pulumi_command_text(arguments)}` printed something that is not JSON: "
-            f"{text[:200]!r}",
-            "fix: check the Pulumi CLI with `pulumi version` (3.x is needed)",
-            exit_code=EXIT_FAILED,
-        ) from None
-    if not isinstance(export, dict):
-        raise CommandError(
-            f"`{pulumi_command_text(arguments)}` printed a {type(export).__name__}, "
-            "not a deployment",
-            exit_code=EXIT_FAILED,
-        )
-    return export
-
-
-def selected_stack() -> str:
-    listing = run_pulumi(["stack", "ls", "--json", "--non-interactive"])
-    try:
-        stacks = json.loads(listing or "[]")
-    except json.JSONDecodeError:
-        stacks = []
-    for entry in stacks:
-        if isinstance(entry, dict) and entry.get("current"):
-            return str(entry.get("name", "")).rsplit("/", 1)[-1]
-    raise CommandError(
-        "no stack is selected",
-        "fix: give it: scripts/recycle --stack NETID (`pulumi stack ls` lists the stacks)",
-        exit_code=EXIT_USAGE,
-    )
-
-
 def describe_lease(lease: Resource) -> str:
     """The lease, with when it ends as the stack last saw it."""
     end = lease.outputs.get("end_date")
@@ -803,7 +759,7 @@ def run(
                 "fix: e.g. --stack ab1234 (`pulumi stack ls` lists the stacks)",
             )
     else:
-        stack = selected_stack()
+        stack = selected_stack("recycle")
         print(f"recycle: using the selected stack {stack}")
 
     plan = plan_recycle(stack, export_state(stack), end_lease=end_lease_too)

@@ -166,6 +166,9 @@ class Outcome:
     unchanged: subprocess.CompletedProcess[str]
     cloud: dict[str, Any] | None
     pending: list[dict[str, Any]]
+    repaired: subprocess.CompletedProcess[str]
+    pending_after_repair: list[dict[str, Any]]
+    after_repair: subprocess.CompletedProcess[str]
     failure: str = ""
 
 
@@ -185,9 +188,16 @@ def sweep_point(root: Path, point: KillPoint) -> Outcome:
             assert_one_of_each(student)
         except AssertionError as error:
             failure = str(error)
+        cloud = student.twin.state()
+        repaired = student.machine.script("repair", "--stack", student.netid)
+        repaired_export = student.machine.stack_export(student.netid)["deployment"]
+        after_repair = student.pulumi(
+            "preview", "--expect-no-changes", "--non-interactive", *WITHOUT_GUEST
+        )
         return Outcome(
-            locked, cancelled, converged, unchanged, student.twin.state(),
-            export.get("pending_operations") or [], failure,
+            locked, cancelled, converged, unchanged, cloud,
+            export.get("pending_operations") or [], repaired,
+            repaired_export.get("pending_operations") or [], after_repair, failure,
         )  # fmt: skip
     raise AssertionError("no student")
 
@@ -223,3 +233,13 @@ def test_a_killed_first_up_is_repaired_by_cancel_and_up(sweep: dict[str, Outcome
     if outcome.pending:
         assert "scripts/repair --stack ab1234" in converged.stdout + converged.stderr
     assert outcome.unchanged.returncode == 0, explain(outcome.unchanged)
+
+
+@pytest.mark.parametrize("point", KILL_POINTS, ids=[point.what for point in KILL_POINTS])
+def test_repair_clears_what_pulumi_still_records_and_changes_nothing(sweep, point):
+    """After the converging `up`, scripts/repair leaves no pending create, asks nothing, and
+    the stack still has nothing to change."""
+    outcome = sweep[point.what]
+    assert outcome.repaired.returncode == 0, explain(outcome.repaired)
+    assert outcome.pending_after_repair == []
+    assert outcome.after_repair.returncode == 0, explain(outcome.after_repair)
