@@ -17,6 +17,7 @@ import hashlib
 import re
 import secrets
 import string
+import time
 from typing import TYPE_CHECKING, Any
 
 from tests.twin.core import ComputeError, ServiceError, is_uuid_like
@@ -36,6 +37,21 @@ FLAVORS = (
 POWER_NOSTATE, POWER_RUNNING, POWER_SHUTDOWN = 0, 1, 4
 STATUS_OF = {"building": "BUILD", "active": "ACTIVE", "stopped": "SHUTOFF", "error": "ERROR"}
 ATTACHABLE_STATES = ("active", "stopped")
+GIB = 1024**3
+# nova/conf/quota.py: the quotas a project member sees in /limits besides instances, cores and
+# ram (the twin's settings); floating_ips, security_groups and security_group_rules are the
+# nova-network ones nova/quota.py keeps as AbsoluteResource with no option: unlimited.
+FIXED_QUOTAS = {
+    "key_pairs": 100,
+    "metadata_items": 128,
+    "injected_files": 5,
+    "injected_file_content_bytes": 10240,
+    "server_groups": 10,
+    "server_group_members": 10,
+    "floating_ips": -1,
+    "security_groups": -1,
+    "security_group_rules": -1,
+}
 DEVICE_PATTERN = re.compile(r"^/dev/x{0,1}[a-z]{0,1}d{0,1}[a-z]+[0-9]*$")
 
 
@@ -297,6 +313,61 @@ class ComputeBackend:
             chosen.append(("network", found))
         return chosen
 
+    # --- quotas (nova/quota.py, nova/compute/utils.py) --------------------------------------
+
+    def quotas(self) -> dict[str, dict[str, int]]:
+        """nova/quota.py DbQuotaDriver.get_project_quotas(usages=True): limit and in_use of each
+        resource. Instances, cores and ram count every server of the project that is not
+        deleted yet, whatever its state (_instances_cores_ram_count); key pairs and server
+        group members are per user and shown as 0 (_get_usages); the nova-network quotas are
+        kept unlimited for the API's sake."""
+        config = self.cloud.config
+        project_id = self.cloud.identity.project_id
+        mine = [server for server in self.servers.values() if server["project_id"] == project_id]
+        used = {
+            "instances": len(mine),
+            "cores": sum(server["flavor"]["vcpus"] for server in mine),
+            "ram": sum(server["flavor"]["ram"] for server in mine),
+        }
+        limits = {
+            "instances": config["quota_instances"],
+            "cores": config["quota_cores"],
+            "ram": config["quota_ram"],
+            **FIXED_QUOTAS,
+        }
+        return {
+            name: {"limit": limit, "in_use": used.get(name, 0)} for name, limit in limits.items()
+        }
+
+    def _check_instance_quota(self, flavor: dict[str, Any], count: int = 1) -> None:
+        """nova/compute/utils.py check_num_instances_quota: instances, cores and ram checked
+        together (Quotas.check_deltas); over any, TooManyInstances names each resource over
+        (sorted), what was asked, used and allowed. The API answers it 403
+        (nova/api/openstack/compute/servers.py ServersController.create)."""
+        quotas = self.quotas()
+        deltas = {
+            "instances": count,
+            "cores": count * flavor["vcpus"],
+            "ram": count * flavor["ram"],
+        }
+        overs = sorted(
+            name
+            for name, delta in deltas.items()
+            if quotas[name]["limit"] >= 0 and quotas[name]["in_use"] + delta > quotas[name]["limit"]
+        )
+        if not overs:
+            return
+        # get_over_quota_detail: each column joined with ", ", in the order of the overs.
+        names = ", ".join(overs)
+        asked = ", ".join(str(deltas[name]) for name in overs)
+        used = ", ".join(str(quotas[name]["in_use"]) for name in overs)
+        allowed = ", ".join(str(quotas[name]["limit"]) for name in overs)
+        raise ComputeError(
+            403,
+            f"Quota exceeded for {names}: Requested {asked}, but already used {used} of "
+            f"{allowed} {names}",
+        )
+
     def create_server(self, request: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """A new server in BUILD, booting in the background: (server, admin password)."""
         flavor = self.flavors.get(self._reference(request["flavorRef"]))
@@ -320,6 +391,9 @@ class ComputeBackend:
         group_names = [group["name"] for group in request.get("security_groups") or []]
         group_ids = self._security_group_ids(group_names) if group_names else []
         chosen = self._requested_networks(request.get("networks"), group_ids)
+        # nova/compute/api.py API._provision_instances checks the quota after the request's
+        # image, flavor, key pair and networks.
+        self._check_instance_quota(flavor)
         user_data = request.get("user_data")
         server_id = new_uuid()
         moment = stamp()
@@ -623,6 +697,49 @@ class ComputeBackend:
         if attachment is None:
             raise not_found(f"Instance {server['id']} is not attached to volume {volume_id}")
         return attachment
+
+    def volume_extended(self, server_id: str, volume_id: str) -> None:
+        """Cinder's volume-extended event (nova/compute/manager.py ComputeManager.extend_volume),
+        handled in the background after Cinder has already set the new size: the guest's disk
+        is grown to the volume's size; a failure is only logged (an instance fault and a
+        failed instance action), and nobody is told."""
+        cloud = self.cloud
+        delay = cloud.config["guest_extend_seconds"]
+        fails = cloud.config["guest_extend_fails"]
+
+        def extend() -> None:
+            time.sleep(delay)
+            with self.state.lock:
+                server = self.servers.get(server_id)
+                volume = cloud.volume.volumes.get(volume_id)
+                if server is None or volume is None or volume_id not in server["attachments"]:
+                    cloud.record(
+                        "compute",
+                        server_id=server_id,
+                        action="extend_volume",
+                        outcome="skipped",
+                        detail=f"Extend volume failed, volume {volume_id} is not attached to "
+                        "instance.",
+                    )
+                    return
+                size_bytes = volume["size"] * GIB
+            if fails:
+                failure = "the twin's guest_extend_fails: the hypervisor did not resize the disk"
+            else:
+                failure = cloud.call_driver("resize_disk", server_id, volume_id, size_bytes)
+            cloud.record(
+                "compute",
+                server_id=server_id,
+                action="extend_volume",
+                outcome="ok" if failure is None else "error",
+                detail=(
+                    f"volume {volume_id} grown to {size_bytes} bytes in the guest"
+                    if failure is None
+                    else f"Extend volume failed, volume_id={volume_id}, reason: {failure}"
+                ),
+            )
+
+        cloud.jobs.submit(server_id, extend)
 
     def detach_volume(self, server: dict[str, Any], volume_id: str) -> None:
         self._check_attach_state(server, "detach_volume")

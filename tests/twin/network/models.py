@@ -10,6 +10,9 @@ server, the machine driver forwards its address to the guest, for the ports
 in the `exposed_ports` setting that the port's security groups let in.
 Messages and error types are neutron-lib's and neutron's (neutron_lib/exceptions,
 neutron/extensions/securitygroup.py, neutron/db/l3_db.py).
+The project's resources count against its quotas (neutron/db/quota/driver_nolock.py):
+a create over the quota answers 409 OverQuota; a new group must also have room for the
+egress rules Neutron gives it (SecurityGroupDbMixin.create_security_group).
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ SUPPORTED_PROTOCOLS = (
 )  # fmt: skip
 PROTOCOLS_WITH_PORTS = ("tcp", "udp", "dccp", "sctp", "udplite", "6", "17", "33", "132", "136")
 ANY_PROTOCOL = (None, "any", "0")
+# neutron/conf/quota.py: the default quota of each resource the ML2 and L3 plugins track
+# (neutron/plugins/ml2/plugin.py, neutron/services/l3_router/l3_router_plugin.py) and of RBAC
+# policies; the twin's settings hold those it enforces (quota_<resource>).
+FIXED_QUOTAS = {"network": 100, "subnet": 100, "subnetpool": -1, "router": 10, "rbac_policy": 10}
+CONFIGURED_QUOTAS = ("floatingip", "port", "security_group", "security_group_rule")
 
 
 def not_found(kind: str, message: str) -> NetworkError:
@@ -231,6 +239,46 @@ class NetworkBackend:
         return [
             group for group in self.security_groups.values() if group["project_id"] == project_id
         ]
+
+    # --- quotas ----------------------------------------------------------------------------
+
+    def _used(self, resource: str) -> int:
+        """What the project has of a tracked resource (TrackedResource.count_db_registers:
+        every record with its project_id; the default group and its rules included)."""
+        project_id = self.cloud.identity.project_id
+        records = {
+            "floatingip": self.floatingips,
+            "port": self.ports,
+            "security_group": self.security_groups,
+            "security_group_rule": self.rules,
+            "network": self.networks,
+            "subnet": self.subnets,
+        }.get(resource, {})
+        return sum(1 for record in records.values() if record["project_id"] == project_id)
+
+    def quota_details(self) -> dict[str, dict[str, int]]:
+        """neutron/db/quota/driver.py DbQuotaDriver.get_detailed_project_quotas: limit, used
+        and reserved (no reservations are left open here) of every tracked resource."""
+        limits = {
+            **FIXED_QUOTAS,
+            **{name: self.cloud.config[f"quota_{name}"] for name in CONFIGURED_QUOTAS},
+        }
+        return {
+            name: {"limit": limit, "used": self._used(name), "reserved": 0}
+            for name, limit in sorted(limits.items())
+        }
+
+    def check_quota(self, deltas: dict[str, int]) -> None:
+        """neutron/db/quota/driver_nolock.py DbQuotaNoLockDriver.make_reservation (and
+        DbQuotaDriver.quota_limit_check): unlimited resources skipped, every resource over
+        named, sorted, in neutron_lib's OverQuota (409)."""
+        overs = []
+        for name, delta in deltas.items():
+            limit = self.cloud.config[f"quota_{name}"]
+            if limit >= 0 and limit < self._used(name) + delta:
+                overs.append(name)
+        if overs:
+            raise conflict("OverQuota", f"Quota exceeded for resources: {sorted(overs)}.")
 
     # --- derived status ------------------------------------------------------------------
 
@@ -595,6 +643,10 @@ class NetworkBackend:
             raise conflict(
                 "SecurityGroupDefaultAlreadyExists", "Default security group already exists."
             )
+        if not default:
+            # Room for the rules the template gives every new group (the two egress rules
+            # below), checked before the group is made.
+            self.check_quota({"security_group_rule": 2})
         group_id = new_uuid()
         group = {
             **self._standard(project_id),

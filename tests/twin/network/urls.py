@@ -39,6 +39,8 @@ ROUTES = (
     ("/v2.0/security-group-rules", "POST", responses.create_rule),
     ("/v2.0/security-group-rules/<rule_id>", "GET", responses.show_rule),
     ("/v2.0/security-group-rules/<rule_id>", "DELETE", responses.delete_rule),
+    ("/v2.0/quotas/<project_id>/details", "GET", responses.quota_details),
+    ("/v2.0/quotas/<project_id>/details.json", "GET", responses.quota_details),
 )
 for rule, method, view in ROUTES:
     blueprint.add_url_rule(rule, endpoint=view.__name__, view_func=view, methods=[method])
