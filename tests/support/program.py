@@ -324,12 +324,14 @@ class ChiPersistMocks(pulumi.runtime.Mocks):
         credentials: Mapping[str, str],
         cloud_volumes: Sequence[CloudVolume] = (),
         volume_lookup_error: str | None = None,
+        volume_size_after: int | None = None,
     ) -> None:
         self.volume_id = volume_id
         self.floating_ip = floating_ip
         self.credentials = dict(credentials)
         self.cloud_volumes = list(cloud_volumes)
         self.volume_lookup_error = volume_lookup_error
+        self.volume_size_after = volume_size_after
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         state = dict(args.inputs)
@@ -337,6 +339,9 @@ class ChiPersistMocks(pulumi.runtime.Mocks):
         if args.typ == VOLUME:
             # An imported volume keeps its id; a created one gets the stand-in id.
             resource_id = args.resource_id or self.volume_id
+            if self.volume_size_after is not None:
+                # What the provider reads back when Cinder did not extend the volume.
+                state["size"] = self.volume_size_after
         elif args.typ == FLOATING_IP:
             state["address"] = self.floating_ip
         elif args.typ == SERVER:
@@ -444,11 +449,14 @@ def evaluate_program(
     cloud_volumes: Sequence[CloudVolume] = (),
     volume_lookup_error: str | None = None,
     ssh_auth_sock: str | None = None,
+    volume_size_after: int | None = None,
 ) -> Evaluation:
     """Run __main__.py for `stack` with `config` and `secrets` under mocks.
 
     `cloud_volumes` are the volumes that already exist in the pretend cloud (none: a
-    first deployment); `volume_lookup_error` makes every volume lookup fail with it.
+    first deployment); `volume_lookup_error` makes every volume lookup fail with it;
+    `volume_size_after` is the size the volume has after its create or update (by default
+    the size asked for).
     Keys without a namespace are the project's. The program sees SSH_AUTH_SOCK as
     `ssh_auth_sock` (unset by default), never the agent of whoever runs the tests.
     Raises EngineConfigError, before the program starts, where the engine would refuse
@@ -471,7 +479,12 @@ def evaluate_program(
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         mocks = ChiPersistMocks(
-            volume_id, floating_ip, credentials, cloud_volumes, volume_lookup_error
+            volume_id,
+            floating_ip,
+            credentials,
+            cloud_volumes,
+            volume_lookup_error,
+            volume_size_after,
         )
         monitor = RecordingMonitor(mocks)
         warnings = WarningRecorder()
