@@ -15,6 +15,7 @@ from components import (
     ProvisioningArgs,
 )
 from components.project_files import first_boot_user_data
+from components.quotas import QuotaExceeded, check_quotas, stack_demand
 from components.settings import (
     NAMESPACE,
     SettingsError,
@@ -30,9 +31,11 @@ try:
     volume_args = plan_volume(
         settings, pulumi.get_stack(), look_up_volumes(settings, pulumi.get_stack())
     )
+    # What this `up` would add to the project (what exists adds nothing), against its quotas.
+    check_quotas(settings, stack_demand(settings, volume_args))
 except SettingsError as error:
     raise pulumi.RunError(error.report()) from None
-except VolumeLookupFailed as error:
+except (VolumeLookupFailed, QuotaExceeded) as error:
     raise pulumi.RunError(str(error)) from None
 for note in settings.ssh_notes:
     pulumi.log.warn(note)

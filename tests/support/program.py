@@ -35,6 +35,7 @@ from pulumi.runtime.stack import wait_for_rpcs
 
 from tests.support.engine_config import ConfigValue, apply_project_config, load_project
 from tests.support.paths import REPO_ROOT
+from tests.support.pretend_openstack import PretendOpenStack, PretendProject
 
 PROJECT = "chi-persist"
 NAMESPACE = "chi-persist"
@@ -450,13 +451,16 @@ def evaluate_program(
     volume_lookup_error: str | None = None,
     ssh_auth_sock: str | None = None,
     volume_size_after: int | None = None,
+    cloud_project: PretendProject | None = None,
 ) -> Evaluation:
     """Run __main__.py for `stack` with `config` and `secrets` under mocks.
 
     `cloud_volumes` are the volumes that already exist in the pretend cloud (none: a
     first deployment); `volume_lookup_error` makes every volume lookup fail with it;
     `volume_size_after` is the size the volume has after its create or update (by default
-    the size asked for).
+    the size asked for). The calls the program makes itself (its quota check, Cinder's
+    messages) are answered by `cloud_project` (tests/support/pretend_openstack.py; by default
+    OpenStack's default quotas, nothing used).
     Keys without a namespace are the project's. The program sees SSH_AUTH_SOCK as
     `ssh_auth_sock` (unset by default), never the agent of whoever runs the tests.
     Raises EngineConfigError, before the program starts, where the engine would refuse
@@ -476,6 +480,10 @@ def evaluate_program(
             os.environ.pop("SSH_AUTH_SOCK", None)
         else:
             os.environ["SSH_AUTH_SOCK"] = ssh_auth_sock
+        import components.openstack_api
+
+        pretend = PretendOpenStack(cloud_project or PretendProject())
+        components.openstack_api.OpenStack = lambda cloud=None: pretend  # type: ignore[assignment]
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         mocks = ChiPersistMocks(
