@@ -7,18 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.twin.harness import Api, Twin
-
-# The many tests that share one twin make more servers, groups and volumes than a project's
-# default quotas allow; the quotas' own tests start a twin of their own, with the defaults.
-NO_QUOTAS = {
-    name: -1
-    for name in (
-        "quota_instances", "quota_cores", "quota_ram", "quota_security_group",
-        "quota_security_group_rule", "quota_floatingip", "quota_port", "quota_volumes",
-        "quota_gigabytes",
-    )
-}  # fmt: skip
+from tests.twin.harness import NO_QUOTAS, Api, Twin
 
 
 def _start(directory: Path, settings: dict | None = None) -> Twin:
