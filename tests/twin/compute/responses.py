@@ -539,6 +539,8 @@ def _server_list(detail: bool) -> Response:
     )
     name = request.args.get("name")
     if name:
+        # A regular expression, searched in the name (nova/db/main/api.py
+        # _regex_instance_filter).
         try:
             pattern = re.compile(name)
         except re.error:

@@ -392,6 +392,7 @@ def list_response(
         else:
             items = [item for item in items if _matches(item.get(key), wanted)]
     if invalid:
+        # neutron/api/api_common.py get_filters_from_dict
         raise bad_request(f"{invalid} is invalid attribute for filtering")
     sort_key = request.args.get("sort_key")
     if sort_key:

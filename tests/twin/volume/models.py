@@ -82,7 +82,8 @@ def over_quota(message: str) -> VolumeError:
 
 
 class QuotaExceeded(VolumeError):
-    """Cinder's QuotaError, rendered by cinder/api/openstack/wsgi.py Fault with retryAfter."""
+    """Cinder's QuotaError (413, Retry-After 0), rendered by cinder/api/openstack/wsgi.py
+    Fault.__call__ with retryAfter in the body."""
 
     def body(self) -> Any:
         body = super().body()
@@ -213,7 +214,9 @@ class VolumeBackend:
 
     def create(self, attributes: dict[str, Any]) -> dict[str, Any]:
         # cinder/volume/flows/api/create_volume.py: the type is checked first
-        # (ExtractVolumeRequestTask), then one volume and its size reserved (QuotaReserveTask).
+        # (ExtractVolumeRequestTask.execute), then one volume and its size reserved
+        # (QuotaReserveTask.execute); the volume manager makes it available
+        # (cinder/volume/manager.py VolumeManager.create_volume).
         self.find_type(attributes.get("volume_type") or DEFAULT_TYPE)
         self._check_quota({"volumes": 1, "gigabytes": int(attributes["size"])})
         volume = self._record(attributes, "creating")
@@ -272,6 +275,8 @@ class VolumeBackend:
                 "attached, belong to a group, have snapshots, awaiting a transfer, or be "
                 "disassociated from snapshots after volume transfer."
             )
+        # cinder/volume/api.py API.delete checked the status; deleting until the volume
+        # manager has removed it (cinder/volume/manager.py VolumeManager.delete_volume).
         self._set(volume, "deleting")
         delay = self.cloud.config["volume_delete_seconds"]
 
@@ -287,7 +292,8 @@ class VolumeBackend:
         self, volume: dict[str, Any], new_size: int, online_allowed_by_version: bool
     ) -> None:
         """os-extend (cinder/api/contrib/volume_actions.py): the API's part here, in the request
-        (cinder/volume/api.py API._extend); the scheduler's and the volume manager's after it."""
+        (cinder/volume/api.py API._extend; an attached volume under its own policy,
+        API.extend_attached_volume); the scheduler's and the volume manager's after it."""
         attached = online_allowed_by_version and volume["status"] == "in-use"
         if attached:
             mode = self.cloud.config["online_extend"]
@@ -364,9 +370,9 @@ class VolumeBackend:
 
     def _extended(self, volume: dict[str, Any], new_size: int) -> None:
         """cinder/volume/manager.py VolumeManager.extend_volume: the driver grows the volume;
-        extend_volume_completion sets the new size and in-use (or available) at once; then,
-        for an attached volume, Nova gets its volume-extended event (compute.nova.API.
-        extend_volume), which it handles later, on its own."""
+        VolumeManager.extend_volume_completion sets the new size and in-use (or available) at
+        once; then, for an attached volume, Nova gets its volume-extended event
+        (cinder/compute/nova.py API.extend_volume), which it handles later, on its own."""
         self._grow_disk(volume["id"], new_size)
         volume["size"] = new_size
         volume.pop("extend_to", None)
@@ -476,6 +482,7 @@ class VolumeBackend:
     # --- what Nova asks of Cinder while it attaches and detaches ---------------------
 
     def reserve(self, volume: dict[str, Any]) -> None:
+        """cinder/volume/api.py API.reserve_volume."""
         if volume["status"] != "available":
             raise invalid_volume(
                 f"Volume status must be available to reserve, but the status is {volume['status']}."
@@ -484,6 +491,7 @@ class VolumeBackend:
         self._set(volume, "attaching")
 
     def attached(self, volume: dict[str, Any], server_id: str, device: str) -> None:
+        """cinder/volume/manager.py VolumeManager.attach_volume: in-use, attached."""
         volume["attach_status"] = "attached"
         volume["attachments"] = [
             {
@@ -499,11 +507,13 @@ class VolumeBackend:
         self._set(volume, "in-use")
 
     def unreserve(self, volume: dict[str, Any]) -> None:
+        """cinder/volume/api.py API.unreserve_volume."""
         volume["attach_status"] = "detached"
         volume["attachments"] = []
         self._set(volume, "available")
 
     def begin_detaching(self, volume: dict[str, Any]) -> None:
+        """cinder/volume/api.py API.begin_detaching."""
         if volume["status"] != "in-use" or volume["attach_status"] != "attached":
             raise invalid_volume(
                 "Unable to detach volume. Volume status must be 'in-use' and attach_status must "
@@ -513,8 +523,10 @@ class VolumeBackend:
         self._set(volume, "detaching")
 
     def roll_detaching(self, volume: dict[str, Any]) -> None:
+        """cinder/volume/api.py API.roll_detaching."""
         volume["attach_status"] = "attached"
         self._set(volume, "in-use")
 
     def detached(self, volume: dict[str, Any]) -> None:
+        """cinder/volume/manager.py VolumeManager.detach_volume: available, no attachment."""
         self.unreserve(volume)

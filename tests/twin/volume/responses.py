@@ -102,13 +102,10 @@ def version(project_id: str | None = None) -> Response:
 
 
 def check_project(project_id: str) -> None:
-    mine = twin().identity.project_id
-    if project_id != mine:
-        raise VolumeError(
-            400,
-            f"Malformed request URL: URL's project_id '{project_id}' doesn't match Context's "
-            f"project_id '{mine}'",
-        )
+    """A URL whose project is not the token's (cinder/api/openstack/wsgi.py
+    Resource._process_stack)."""
+    if project_id != twin().identity.project_id:
+        raise VolumeError(400, "Malformed request url")
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -282,9 +279,12 @@ def _filtered(volumes: list[dict[str, Any]], version: Version) -> list[dict[str,
         filters.pop("all_tenants")
     unknown = [key for key in filters if key not in VOLUME_FILTERS]
     if unknown and version >= FILTERING_CHECKED:
+        # cinder/api/common.py reject_invalid_filters
         raise VolumeError(400, f"Invalid filters {','.join(unknown)} are found in query options.")
     for key in unknown:
-        filters.pop(key)  # before 3.34 Cinder drops the filters a user may not use
+        # Before 3.34 Cinder drops the filters a user may not use, without a word
+        # (cinder/api/api_utils.py remove_invalid_filter_options).
+        filters.pop(key)
     for key, value in filters.items():
         if key == "metadata":
             try:
@@ -466,7 +466,8 @@ def render_message(message: dict[str, Any]) -> dict[str, Any]:
 
 def _messages_version() -> Version:
     """Messages exist from 3.3; below it Cinder answers as for a method it does not have
-    (cinder/api/openstack/wsgi.py: VersionNotFoundForAPIMethod becomes a bare 404)."""
+    (cinder/api/openstack/wsgi.py Resource.dispatch: VersionNotFoundForAPIMethod becomes a
+    bare 404)."""
     version = microversion()
     if version < MESSAGES:
         raise VolumeError(404, "The resource could not be found.")
