@@ -15,8 +15,9 @@ from components import (
     ProvisioningArgs,
 )
 from components.access import opened_ports
-from components.adoption import pending_create_notes, plan_adoption
+from components.adoption import AdoptionRefused, pending_create_notes, plan_adoption
 from components.project_files import PROJECT_ROOT, first_boot_user_data
+from components.quotas import QuotaExceeded, check_quotas, stack_demand
 from components.settings import (
     NAMESPACE,
     SettingsError,
@@ -43,19 +44,18 @@ try:
     survey = survey_stack(settings, stack, opened_ports(access_args), PROJECT_ROOT, pulumi.log.info)
     adoption = plan_adoption(survey.observations, stack)
     volume_args = plan_volume(settings, stack, survey.volume)
-    if not adoption.problems and not pulumi.runtime.is_dry_run():
+    adoption.raise_problems()
+    # What this `up` would add to the project (what exists adds nothing), against its quotas.
+    check_quotas(settings, stack_demand(settings, volume_args))
+    # Only now, with every check passed: a server of this stack that holds no data and that
+    # no state holds (an interrupted run made it) goes, so that a new one takes its port.
+    if not pulumi.runtime.is_dry_run():
         for managed, resource_id in adoption.discards:
             survey.discard(managed, resource_id)
 except SettingsError as error:
     raise pulumi.RunError(error.report()) from None
-except (SurveyFailed, VolumeRefused) as error:
+except (SurveyFailed, VolumeRefused, AdoptionRefused, QuotaExceeded) as error:
     raise pulumi.RunError(str(error)) from None
-if adoption.problems:
-    count = len(adoption.problems)
-    raise pulumi.RunError(
-        f"{count} resource{'s' if count != 1 else ''} of this stack cannot be reconciled with "
-        "what the cloud holds:\n" + "\n".join(f"  - {problem}" for problem in adoption.problems)
-    )
 for note in settings.ssh_notes:
     pulumi.log.warn(note)
 for note in settings.lease_notes:

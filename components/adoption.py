@@ -309,11 +309,25 @@ def _lost_needs_refresh(managed: Managed, state: StateResource, stack: str) -> s
     )
 
 
+class AdoptionRefused(Exception):
+    """What the cloud holds of the stack cannot be reconciled with its state; each problem
+    names the resource, its id and the command that resolves it."""
+
+
 @dataclass(frozen=True)
 class AdoptionPlan:
     """Every decision, by resource key."""
 
     adoptions: Mapping[str, Adoption]
+
+    def raise_problems(self) -> None:
+        problems = self.problems
+        if problems:
+            count = len(problems)
+            raise AdoptionRefused(
+                f"{count} resource{'s' if count != 1 else ''} of this stack cannot be reconciled "
+                "with what the cloud holds:\n" + "\n".join(f"  - {each}" for each in problems)
+            )
 
     def import_id(self, key: str) -> str | None:
         adoption = self.adoptions.get(key)

@@ -115,6 +115,24 @@ class OpenStack:
             body = {}
         return Response(answer.status_code, body if isinstance(body, dict) else {}, answer.text)
 
+    def project_id(self) -> str:
+        """The project the credentials are scoped to (Neutron's and Cinder's quota paths name
+        it); raises CloudUnavailable when the cloud cannot be asked."""
+        from keystoneauth1 import exceptions as ks
+
+        try:
+            project = self.session.get_project_id()
+        except ks.ClientException as error:
+            raise CloudUnavailable(
+                f"the cloud did not say which project the credentials are for ({error}). Fix: "
+                f"{CREDENTIALS_FIX}"
+            ) from None
+        if not project:
+            raise CloudUnavailable(
+                f"the credentials are not scoped to a project. Fix: {CREDENTIALS_FIX}"
+            )
+        return str(project)
+
     def application_credential(self) -> dict[str, Any]:
         """The token's application credential ({} for a password login): its id, name and
         whether it is restricted (Keystone's token body)."""

@@ -616,3 +616,99 @@ def test_wrong_paths_are_named_with_the_fix(machine, arguments, expected):
     result = class_stacks(machine, *arguments)
     assert result.returncode == 2
     assert expected in result.stderr
+
+
+# --- the project's quotas ---------------------------------------------------------------------
+
+TUTORIAL_GROUPS = ("allow-ssh", "allow-8888", "allow-8000", "allow-9000", "allow-9001")
+SHARED = "defaults:\n  existing_security_groups: [" + ", ".join(TUTORIAL_GROUPS) + "]\n"
+
+
+def class_of(size: int, defaults: str = "") -> str:
+    rows = "".join(
+        f"  - {{netid: st{number:02d}, key_pair: st{number:02d}-key}}\n"
+        for number in range(1, size + 1)
+    )
+    return f"{defaults}students:\n{rows}"
+
+
+@pytest.fixture
+def twin(tmp_path: Path, request: pytest.FixtureRequest):
+    """The stand-in KVM@TACC with OpenStack's default quotas, and the tutorial's shared
+    groups, which a class's project has once. A class of twelve also needs more than
+    Cinder's default 10 volumes: the project's volume quota is 20, as an instructor would
+    have it raised, unless a test asks for another (indirect parameter)."""
+    from tests.twin import steps
+    from tests.twin.harness import Twin
+
+    volumes = getattr(request, "param", 20)
+    started = Twin(tmp_path / "twin" / "state", settings={"quota_volumes": volumes}).start()
+    api = started.api()
+    for name in TUTORIAL_GROUPS:
+        steps.security_group(api, name, ports=())
+    yield started
+    assert started.stop() == 0, started.log_text()
+
+
+@pytest.fixture
+def instructor(tmp_path: Path, twin) -> StudentMachine:
+    """The instructor's machine, with the class's credentials for the twin in the shell."""
+    clouds = twin.state_dir / "clouds.yaml"
+    machine = StudentMachine.create(
+        tmp_path, {"OS_CLOUD": "twin", "OS_CLIENT_CONFIG_FILE": str(clouds), "NO_PROXY": "*"}
+    )
+    machine.record_pulumi_calls()
+    return machine
+
+
+def test_a_roster_over_the_security_group_quota_is_refused_with_the_way_out(instructor, output_dir):
+    """Twelve groups of their own, the tutorial's five and the default one exceed the default
+    quota of 10: refused before anything is written, naming the quota and the shared groups."""
+    roster = write_roster(instructor, class_of(12))
+    result = class_stacks(instructor, str(roster), "--output-dir", str(output_dir))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (
+        "Neutron security groups (the project's default group counts): 6 of 10 in use, and the "
+        "roster's 12 new stacks need 12 more (4 left)" in result.stderr
+    ), result.stderr
+    assert "existing_security_groups: [allow-ssh, allow-8888" in result.stderr
+    assert "Cinder volumes" not in result.stderr
+    assert "nothing was written" in result.stderr
+    assert list(output_dir.iterdir()) == []
+
+
+def test_the_same_roster_sharing_the_tutorials_groups_is_written(instructor, output_dir):
+    """With existingSecurityGroups in the defaults the persistent quotas hold; the servers
+    cannot all run at once on 20 cores, which is a warning with the number that can."""
+    roster = write_roster(instructor, class_of(12, SHARED))
+    result = class_stacks(instructor, str(roster), "--output-dir", str(output_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(list(output_dir.iterdir())) == 12
+    assert "quotas: the roster fits project" in result.stdout, result.stdout
+    assert "Neutron security groups 6+0 of 10" in result.stdout, result.stdout
+    warning = next(line for line in result.stdout.splitlines() if "at the same time" in line)
+    assert "at most 5 can run at the same time" in warning, warning
+    assert "Nova cores (vCPUs): 0 of 20 in use, 48 needed" in warning, warning
+    assert instructor.calls() == []
+
+
+@pytest.mark.parametrize("twin", [10], indirect=True, ids=["default-volume-quota"])
+def test_a_class_of_twelve_needs_more_than_the_default_ten_volumes(instructor, output_dir):
+    """Cinder's default quota is 10 volumes, and every student keeps one: refused, named."""
+    roster = write_roster(instructor, class_of(12, SHARED))
+    result = class_stacks(instructor, str(roster), "--output-dir", str(output_dir))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Cinder volumes: 0 of 10 in use, and the roster's 12 new stacks need 12 more" in (
+        result.stderr
+    ), result.stderr
+    assert list(output_dir.iterdir()) == []
+
+
+def test_without_credentials_the_quotas_are_not_checked_and_it_says_so(machine, output_dir):
+    """No OpenStack credentials in the shell: the files are written, and a note says the
+    quotas were not checked and how to have them checked."""
+    roster = write_roster(machine, class_of(12))
+    result = class_stacks(machine, str(roster), "--output-dir", str(output_dir))
+    assert result.returncode == 0, result.stderr
+    assert "the project's quotas were not checked" in result.stdout
+    assert "export OS_CLOUD=" in result.stdout

@@ -26,7 +26,7 @@ from components.project_files import PROJECT_ROOT
 from tests.support.loopback_sshd import LoopbackSshd, loopback_sshd, sshd_skip_reason
 from tests.support.ssh_keys import make_key, ssh_agent
 from tests.twin import steps
-from tests.twin.harness import Api, Twin, wait_for
+from tests.twin.harness import NO_QUOTAS, Api, Twin, wait_for
 
 SCRIPT = PROJECT_ROOT / "scripts" / "clean-stop"
 PASSPHRASE = "correct horse battery"
@@ -63,7 +63,8 @@ def sshd(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Loopb
 
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
-    started = Twin(tmp_path_factory.mktemp("twin") / "state").start()
+    # The module's servers share one project: more than its default quotas would hold.
+    started = Twin(tmp_path_factory.mktemp("twin") / "state", settings=NO_QUOTAS).start()
     yield started
     assert started.stop() == 0, started.log_text()
 

@@ -320,3 +320,26 @@ def test_first_boot_installs_the_tools_that_grow_a_volume() -> None:
     """cloud-init ensures growpart (cloud-guest-utils) and sfdisk (fdisk) before any volume step."""
     user_data = yaml.safe_load(evaluate().one(SERVER).inputs["userData"])
     assert {"cloud-guest-utils", "fdisk"} <= set(user_data["packages"])
+
+
+# --- growth that did not happen ----------------------------------------------------------
+
+
+def test_a_volume_left_at_its_old_size_fails_the_update_before_the_server_grows() -> None:
+    """volumeSize 5, and Cinder leaves the volume at 2 GiB: pulumi up fails with the sizes and
+    the way out, and the step that grows the filesystem never gets a size."""
+    with pytest.raises(pulumi.RunError) as raised:
+        evaluate({"volumeSize": 5}, cloud=(own_volume(),), volume_size_after=2)
+    message = str(raised.value)
+    assert f"the volume {NAME} is still 2 GiB, not the 5 GiB asked for" in message
+    assert "chi-persist:volumeSize" in message and "scripts/recycle --stack ab1234" in message
+    # The pretend project holds no message: the failure says so.
+    assert "Cinder left no user message about it." in message
+    names = [registration.name for registration in raised.value.registrations]
+    assert "data-volume" in names and "provisioning-prepare-volume" not in names
+
+
+def test_a_volume_that_got_its_size_passes_it_on() -> None:
+    """The size the cloud reports is what the prepare step waits for."""
+    grown = evaluate({"volumeSize": 5}, cloud=(own_volume(),), volume_size_after=5)
+    assert prepare_step(grown).inputs["create"].endswith("--size-gib 5")

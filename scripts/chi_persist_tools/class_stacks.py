@@ -3,11 +3,14 @@
 Every row is checked with the program's own rules (components.settings); all
 problems are reported, each with its line and row, and then nothing is written.
 An existing stack file keeps every key the roster does not set, secrets included.
+With the class's OpenStack credentials in the shell, the roster is also checked against
+the project's quotas (components.quotas), before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import textwrap
 from collections.abc import Sequence
@@ -26,7 +29,7 @@ from chi_persist_tools.stack_files import (
     yaml_error_text,
     yaml_module,
 )
-from components.settings import CONFIG_KEYS, check_value
+from components.settings import CONFIG_KEYS, Settings, check_value, validate
 
 
 def snake_case(name: str) -> str:
@@ -93,6 +96,16 @@ roster format (YAML):
 example roster:
 {chr(10).join("  " + line for line in ROSTER_EXAMPLE.splitlines())}
 
+quotas:
+  A class shares one Chameleon project and its quotas. When the shell has the class's
+  OpenStack credentials (OS_CLOUD with clouds.yaml, or a sourced openrc file), the roster is
+  checked against the project's quotas first (Nova's /limits, Neutron's quota details,
+  Cinder's quota set), counting only what each student's first `pulumi up` would add (what
+  exists already adds nothing). A roster over a quota a stack keeps (security groups and
+  their rules, ports, floating IPs, volumes, gigabytes) is refused with the way out; one
+  whose servers could not all run at once (instances, cores, RAM) gets a warning, and so
+  does a cloud that cannot be read (the files are written unchecked).
+
 examples:
   scripts/class-stacks roster.yaml --dry-run      # show what would be written
   scripts/class-stacks roster.yaml                # write Pulumi.<netid>.yaml here
@@ -103,7 +116,8 @@ then each student, in their copy of the project with their Pulumi.<netid>.yaml:
 
 exit status:
   0  every file was written (or, with --dry-run, would be)
-  2  the roster (or an existing stack file) has problems: nothing was written
+  2  the roster (or an existing stack file) has problems, or would go over the project's
+     quotas: nothing was written
 """
 
 
@@ -138,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("roster", metavar="ROSTER.yaml", type=Path, help="the class roster")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the files that would be written; write none"
+    )
+    parser.add_argument(
+        "--no-quota-check",
+        action="store_true",
+        help="write the files without reading the project's quotas",
     )
     parser.add_argument(
         "--output-dir",
@@ -363,6 +382,61 @@ def check_roster(text: str, name: str) -> tuple[list[Student], list[str]]:
     return students, roster.problems
 
 
+NO_CREDENTIALS = (
+    "the project's quotas were not checked: this shell has no OpenStack credentials "
+    "(`export OS_CLOUD=<the class's cloud in clouds.yaml>`, or `source` its openrc file, then "
+    "run class-stacks again; --no-quota-check says you do not want the check)"
+)
+
+
+def student_settings(student: Student) -> Settings:
+    """A checked row as the program's Settings (its names: group, server, volume)."""
+    return validate(dict(student.values), student.netid, check_private_key=False)
+
+
+def check_project_quotas(students: Sequence[Student]) -> tuple[list[str], list[str]]:
+    """(problems, notes): the roster against the project's quotas, through the shell's
+    OpenStack credentials; without credentials, a note that nothing was checked."""
+    from components import quotas
+    from components.openstack_api import CloudUnavailable, OpenStack
+
+    if not (os.environ.get("OS_CLOUD") or os.environ.get("OS_AUTH_URL")):
+        return [], [f"note: {NO_CREDENTIALS}"]
+    try:
+        cloud = OpenStack()
+        holdings = quotas.read_holdings(cloud)
+        limits = quotas.read_limits(cloud)
+    except (CloudUnavailable, quotas.QuotasUnreadable, KeyError, TypeError, ValueError) as error:
+        # Writing the files needs no cloud; the check is worth a warning, not a refusal.
+        return [], [
+            f"warning: the project's quotas were not checked: the cloud could not say what "
+            f"it holds ({error}). Check the class's credentials in this shell (OS_CLOUD and "
+            "clouds.yaml, or its openrc file) and run class-stacks again to have them checked"
+        ]
+    notes = [f"warning: quota not checked: {unread}" for unread in limits.unread]
+    demands = []
+    for student in students:
+        settings = student_settings(student)
+        volume_now = holdings.volumes.get(settings.volume_name)
+        demand = quotas.demand_of(settings, holdings, volume_now)
+        demands.append(demand)
+        notes += [f"note: student {student.index} ({student.netid}): {n}" for n in demand.notes]
+    problems, warnings = quotas.roster_check(limits, demands)
+    project = cloud.project_id()
+    problems = [f"project {project}'s quotas: {problem}" for problem in problems]
+    notes += [f"warning: project {project}'s quotas: {warning}" for warning in warnings]
+    if not problems:
+        total = sum(demands, quotas.Demand())
+        fits = ", ".join(
+            f"{quotas.LABELS[name].split(' (')[0]} {limits.quotas[name].used}+"
+            f"{getattr(total, name)} of {limits.quotas[name].limit}"
+            for name in quotas.PERSISTENT
+            if name in limits.quotas and limits.quotas[name].limit >= 0
+        )
+        notes.append(f"quotas: the roster fits project {project}'s quotas ({fits})")
+    return problems, notes
+
+
 def _yaml_value(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
@@ -435,6 +509,9 @@ def run(arguments: argparse.Namespace) -> int:
 
     students, problems = check_roster(text, roster_path.name)
     outcomes: list[Outcome] = []
+    quota_notes: list[str] = []
+    if not problems and not arguments.no_quota_check:
+        problems, quota_notes = check_project_quotas(students)
     if not problems:
         outcomes, problems = plan_files(students, directory)
     if problems:
@@ -446,6 +523,8 @@ def run(arguments: argparse.Namespace) -> int:
             exit_code=EXIT_USAGE,
         )
 
+    for note in quota_notes:
+        print(note)
     for student in students:
         if student.values.get("reservation") and "leaseDuration" in student.values:
             print(

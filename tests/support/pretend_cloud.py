@@ -48,8 +48,9 @@ def _matches(record: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
     return True
 
 
-class PretendOpenStack:
-    """components.openstack_api.OpenStack's `call`, over a PretendCloud."""
+class PretendCloudApi:
+    """components.openstack_api.OpenStack's `call` for the survey, over a PretendCloud (the quota
+    and growth checks have theirs: tests/support/pretend_openstack.py)."""
 
     COLLECTIONS = {
         ("network", "/v2.0/security-groups"): ("security_groups", "security_groups"),

@@ -37,7 +37,8 @@ import components.survey as survey_module
 from components.stack_state import StackState
 from tests.support.engine_config import ConfigValue, apply_project_config, load_project
 from tests.support.paths import REPO_ROOT
-from tests.support.pretend_cloud import PretendCloud, PretendOpenStack
+from tests.support.pretend_cloud import PretendCloud, PretendCloudApi
+from tests.support.pretend_openstack import PretendOpenStack, PretendProject
 
 PROJECT = "chi-persist"
 NAMESPACE = "chi-persist"
@@ -309,10 +310,17 @@ class CloudVolume:
 class ChiPersistMocks(pulumi.runtime.Mocks):
     """Cloud answers shaped like the providers' real outputs (camelCase names)."""
 
-    def __init__(self, volume_id: str, floating_ip: str, credentials: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        volume_id: str,
+        floating_ip: str,
+        credentials: Mapping[str, str],
+        volume_size_after: int | None = None,
+    ) -> None:
         self.volume_id = volume_id
         self.floating_ip = floating_ip
         self.credentials = dict(credentials)
+        self.volume_size_after = volume_size_after
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         state = dict(args.inputs)
@@ -320,6 +328,9 @@ class ChiPersistMocks(pulumi.runtime.Mocks):
         if args.typ == VOLUME:
             # An imported volume keeps its id; a created one gets the stand-in id.
             resource_id = args.resource_id or self.volume_id
+            if self.volume_size_after is not None:
+                # What the provider reads back when Cinder did not extend the volume.
+                state["size"] = self.volume_size_after
         elif args.typ == FLOATING_IP:
             state["address"] = self.floating_ip
         elif args.typ == SERVER:
@@ -404,14 +415,20 @@ def evaluate_program(
     ssh_auth_sock: str | None = None,
     cloud: PretendCloud | None = None,
     state: StackState | Exception | None = None,
+    volume_size_after: int | None = None,
+    cloud_project: PretendProject | None = None,
 ) -> Evaluation:
     """Run __main__.py for `stack` with `config` and `secrets` under mocks.
 
     `cloud_volumes` are the volumes that already exist in the pretend cloud (none: a
-    first deployment), `cloud` the whole pretend cloud (tests/support/pretend_cloud.py) and
-    `state` the stack's state as `pulumi stack export` would give it (empty by default; an
-    exception makes reading it fail with that exception);
-    `volume_lookup_error` makes every call of the program's survey fail with it.
+    first deployment), `cloud` the whole pretend cloud the program's survey reads
+    (tests/support/pretend_cloud.py) and `state` the stack's state as `pulumi stack export`
+    would give it (empty by default; an exception makes reading it fail with that exception);
+    `volume_lookup_error` makes every call of the program's survey fail with it;
+    `volume_size_after` is the size the volume has after its create or update (by default
+    the size asked for). The other calls the program makes itself (its quota check, Cinder's
+    messages) are answered by `cloud_project` (tests/support/pretend_openstack.py; by default
+    OpenStack's default quotas, nothing used).
     Keys without a namespace are the project's. The program sees SSH_AUTH_SOCK as
     `ssh_auth_sock` (unset by default), never the agent of whoever runs the tests.
     Raises EngineConfigError, before the program starts, where the engine would refuse
@@ -431,15 +448,22 @@ def evaluate_program(
             os.environ.pop("SSH_AUTH_SOCK", None)
         else:
             os.environ["SSH_AUTH_SOCK"] = ssh_auth_sock
+        import components.openstack_api
+
+        pretend = PretendOpenStack(cloud_project or PretendProject())
+        components.openstack_api.OpenStack = lambda cloud=None: pretend  # type: ignore[assignment]
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        mocks = ChiPersistMocks(volume_id, floating_ip, credentials)
-        pretend = cloud or PretendCloud()
-        pretend.volumes = [*pretend.volumes, *(volume.as_cinder() for volume in cloud_volumes)]
+        mocks = ChiPersistMocks(volume_id, floating_ip, credentials, volume_size_after)
+        survey_cloud = cloud or PretendCloud()
+        survey_cloud.volumes = [
+            *survey_cloud.volumes,
+            *(volume.as_cinder() for volume in cloud_volumes),
+        ]
         if volume_lookup_error is not None:
-            pretend.error = volume_lookup_error
+            survey_cloud.error = volume_lookup_error
         # The program's survey asks the pretend cloud, and reads the given state.
-        survey_module.OpenStack = lambda: PretendOpenStack(pretend)
+        survey_module.OpenStack = lambda: PretendCloudApi(survey_cloud)
         survey_module.read_state = lambda _stack, cwd: _state_or_raise(state)
         monitor = RecordingMonitor(mocks)
         warnings = WarningRecorder()
@@ -465,7 +489,7 @@ def evaluate_program(
             secret_outputs,
             warnings.messages,
             warnings.notes,
-            list(pretend.calls),
+            list(survey_cloud.calls),
         )
 
     return _in_child_process(evaluate)

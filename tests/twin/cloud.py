@@ -39,9 +39,29 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # extend_attached_volume policy refuses it, 403), or "unsupported" (accepted, then the
     # backend fails it: status error_extending).
     "online_extend": "allowed",
+    # Every os-extend finds no backend with room: Cinder's scheduler puts the volume back to
+    # its old status at its old size and leaves only a user message (GET /messages).
+    "extend_no_valid_backend": False,
+    # Nova's handling of Cinder's volume-extended event: how long after Cinder has set the
+    # new size it grows the guest's disk, and whether that fails (then it is only logged).
+    "guest_extend_seconds": 0.0,
+    "guest_extend_fails": False,
     # How long Cinder takes to make and to delete a volume.
     "volume_create_seconds": 0.3,
     "volume_delete_seconds": 0.2,
+    # The project's quotas, named after each service's own option, with its default
+    # (-1: unlimited). Nova [quota] instances, cores, ram (MiB); Neutron [QUOTAS]
+    # quota_security_group, quota_security_group_rule, quota_floatingip, quota_port;
+    # Cinder quota_volumes, quota_gigabytes.
+    "quota_instances": 10,
+    "quota_cores": 20,
+    "quota_ram": 50 * 1024,
+    "quota_security_group": 10,
+    "quota_security_group_rule": 100,
+    "quota_floatingip": 50,
+    "quota_port": 500,
+    "quota_volumes": 10,
+    "quota_gigabytes": 1000,
     # The guest ports a floating IP reaches, when the port's security groups allow them
     # to a client at `client_address` (whoever connects to a floating IP here comes from
     # the loopback interface).
@@ -97,6 +117,9 @@ def checked_config(current: dict[str, Any], changes: dict[str, Any]) -> dict[str
         elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(f"{key} must be true or false, not {value!r}")
+        elif key.startswith("quota_"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+                raise ConfigError(f"{key} must be a whole number >= 0, or -1 for no limit")
         elif key == "lease_capacity":
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{key} must be a whole number of instances >= 0, not {value!r}")

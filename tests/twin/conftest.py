@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.twin.harness import Api, Twin
+from tests.twin.harness import NO_QUOTAS, Api, Twin
 
 
-def _start(directory: Path) -> Twin:
-    return Twin(directory / "state").start()
+def _start(directory: Path, settings: dict | None = None) -> Twin:
+    return Twin(directory / "state", settings=settings).start()
 
 
 def _finish(twin: Twin) -> None:
@@ -35,7 +35,7 @@ def api(twin: Twin) -> Api:
 @pytest.fixture(scope="module")
 def shared_twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
     """One twin for a module's tests that do not disturb each other."""
-    started = _start(tmp_path_factory.mktemp("twin"))
+    started = _start(tmp_path_factory.mktemp("twin"), NO_QUOTAS)
     yield started
     _finish(started)
 

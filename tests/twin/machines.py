@@ -230,7 +230,12 @@ class NullMachines:
             attachments = self._machine(server_id)["attachments"]
             if volume_id in attachments:
                 raise MachineError(f"volume {volume_id} is already attached to server {server_id}")
-            attachments[volume_id] = {"disk": str(disk), "serial": volume_id[:20]}
+            # What the guest sees of the disk: its size when plugged in, until resize_disk.
+            attachments[volume_id] = {
+                "disk": str(disk),
+                "serial": volume_id[:20],
+                "size": Path(disk).stat().st_size,
+            }
             self._save()
         self._event(server_id, "attached", f"volume {volume_id} serial {volume_id[:20]}")
 
@@ -255,6 +260,8 @@ class NullMachines:
                 raise MachineError(f"volume {volume_id}: volumes only grow")
             with open(disk, "r+b") as handle:
                 handle.truncate(size_bytes)
+            attachments[volume_id]["size"] = size_bytes
+            self._save()
         self._event(server_id, "resized", f"volume {volume_id} to {size_bytes} bytes")
 
     def expose(self, server_id: str, address: str, ports: list[int]) -> None:

@@ -583,12 +583,155 @@ def test_online_extend_needs_3_42_and_reaches_the_guest(twin: Twin, api: Api, no
     assert api.get(f"{api.volume}/volumes/{volume['id']}").json()["volume"]["size"] == 2
     disk = Path(null_machine(twin, server_id)["attachments"][volume["id"]]["disk"])
     assert disk.stat().st_size == 2 * 1024**3
+    # Nova grows the guest's disk after Cinder's volume-extended event, on its own time.
+    guest_extends(twin, server_id, volume["id"])
     calls = [
         event
         for event in twin.events()
         if event["kind"] == "driver" and event["call"] == "resize_disk"
     ]
     assert calls and calls[-1]["outcome"] == "ok"
+
+
+def guest_extends(twin: Twin, server_id: str, volume_id: str) -> list[dict]:
+    """Nova's handling of the volume-extended event for this volume, once it has happened."""
+
+    def handled() -> list[dict]:
+        return [
+            event
+            for event in twin.events()
+            if event["kind"] == "compute"
+            and event.get("action") == "extend_volume"
+            and event.get("server_id") == server_id
+            and volume_id in event.get("detail", "")
+        ]
+
+    return wait_for(handled, what=f"Nova's extend_volume of {volume_id}")
+
+
+def guest_size(twin: Twin, server_id: str, volume_id: str) -> int:
+    """The size of the volume as the null driver's guest sees it."""
+    return null_machine(twin, server_id)["attachments"][volume_id]["size"]
+
+
+def extend_online(api: Api, volume_id: str, new_size: int) -> None:
+    action = f"{api.volume}/volumes/{volume_id}/action"
+    headers = {"OpenStack-API-Version": "volume 3.42"}
+    response = api.post(action, json={"os-extend": {"new_size": new_size}}, headers=headers)
+    assert response.status_code == 202, response.text
+
+
+def cinder_messages(api: Api, volume_id: str) -> list[dict]:
+    headers = {"OpenStack-API-Version": "volume 3.5"}
+    response = api.get(
+        f"{api.volume}/messages", params={"resource_uuid": volume_id}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["messages"]
+
+
+def test_online_extend_sets_the_size_and_in_use_before_the_guest_sees_it(
+    twin: Twin, api: Api, node: dict
+) -> None:
+    """As upstream: Cinder's completion (new size, in-use) comes first; only then does Nova's
+    volume-extended handling grow the guest's disk, later and on its own."""
+    server_id = node["server"]["id"]
+    volume = steps.volume(api, "grow-in-order", 1)
+    steps.attach(api, server_id, volume["id"])
+    twin.configure(guest_extend_seconds=2.0)
+    try:
+        extend_online(api, volume["id"], 2)
+        wait_for(lambda: steps.volume_status(api, volume["id"]) == "in-use")
+        assert api.get(f"{api.volume}/volumes/{volume['id']}").json()["volume"]["size"] == 2
+        assert guest_size(twin, server_id, volume["id"]) == 1024**3, "the guest grew too early"
+        (handled,) = guest_extends(twin, server_id, volume["id"])
+    finally:
+        twin.configure(guest_extend_seconds=0.0)
+    assert handled["outcome"] == "ok", handled
+    assert guest_size(twin, server_id, volume["id"]) == 2 * 1024**3
+    events = twin.events()
+    completed = next(
+        event["seq"]
+        for event in events
+        if event["kind"] == "volume" and event.get("volume_id") == volume["id"]
+    )
+    resized = next(
+        event["seq"]
+        for event in events
+        if event["kind"] == "driver" and event["call"] == "resize_disk"
+        and event["server_id"] == server_id and event["seq"] > completed
+    )  # fmt: skip
+    assert completed < resized
+    assert cinder_messages(api, volume["id"]) == []
+
+
+def test_a_guest_resize_that_fails_is_only_logged(twin: Twin, api: Api, node: dict) -> None:
+    """Nova's extend_volume fails in the hypervisor: logged as the instance's failed action;
+    Cinder's volume stays in-use at the new size, with no message for the user."""
+    server_id = node["server"]["id"]
+    volume = steps.volume(api, "grow-guest-fails", 1)
+    steps.attach(api, server_id, volume["id"])
+    twin.configure(guest_extend_fails=True)
+    try:
+        extend_online(api, volume["id"], 2)
+        (handled,) = guest_extends(twin, server_id, volume["id"])
+    finally:
+        twin.configure(guest_extend_fails=False)
+    assert handled["outcome"] == "error" and "Extend volume failed" in handled["detail"]
+    shown = api.get(f"{api.volume}/volumes/{volume['id']}").json()["volume"]
+    assert (shown["status"], shown["size"]) == ("in-use", 2)
+    assert guest_size(twin, server_id, volume["id"]) == 1024**3
+    assert steps.status(api, server_id) == "ACTIVE"
+    assert cinder_messages(api, volume["id"]) == []
+
+
+@pytest.mark.parametrize("attached", [True, False], ids=["in-use", "available"])
+def test_no_room_on_any_backend_keeps_the_old_size_with_only_a_user_message(
+    twin: Twin, api: Api, node: dict, attached: bool
+) -> None:
+    """The scheduler finds no backend: the extend is accepted (202), then the volume is back
+    at its old status and size, the guest untouched, and Cinder's message says why."""
+    server_id = node["server"]["id"]
+    volume = steps.volume(api, f"grow-no-room-{attached}", 1)
+    if attached:
+        steps.attach(api, server_id, volume["id"])
+    before = "in-use" if attached else "available"
+    twin.configure(extend_no_valid_backend=True)
+    try:
+        extend_online(api, volume["id"], 2)
+        wait_for(lambda: cinder_messages(api, volume["id"]), what="a user message")
+    finally:
+        twin.configure(extend_no_valid_backend=False)
+    shown = api.get(f"{api.volume}/volumes/{volume['id']}").json()["volume"]
+    assert (shown["status"], shown["size"]) == (before, 1)
+    (message,) = cinder_messages(api, volume["id"])
+    assert message["user_message"] == "extend volume:Could not find any available weighted backend."
+    assert message["event_id"] == "VOLUME_VOLUME_007_003"
+    assert (message["resource_type"], message["message_level"]) == ("VOLUME", "ERROR")
+    assert message["request_id"].startswith("req-")
+    shown_alone = api.get(
+        f"{api.volume}/messages/{message['id']}", headers={"OpenStack-API-Version": "volume 3.3"}
+    ).json()["message"]
+    assert shown_alone == message
+    if attached:
+        assert guest_size(twin, server_id, volume["id"]) == 1024**3
+        assert not any(
+            event["kind"] == "compute" and event.get("action") == "extend_volume"
+            and volume["id"] in event.get("detail", "")
+            for event in twin.events()
+        )  # fmt: skip
+
+
+def test_user_messages_need_microversion_3_3_and_filter_from_3_5(api: Api) -> None:
+    """Below 3.3 the list is a bare 404; filters are Cinder's resource_filters.json ones."""
+    below = api.get(f"{api.volume}/messages")
+    assert nova_error(below, 404) == "The resource could not be found."
+    unknown = api.get(
+        f"{api.volume}/messages",
+        params={"colour": "blue"},
+        headers={"OpenStack-API-Version": "volume 3.31"},
+    )
+    assert nova_error(unknown, 400) == "Invalid filters colour are found in query options."
 
 
 @pytest.mark.parametrize(
@@ -611,5 +754,9 @@ def test_online_extend_when_the_cloud_does_not_allow_it(
             assert "extend_attached_volume" in response.json()["forbidden"]["message"]
         wait_for(lambda: steps.volume_status(api, volume["id"]) == final)
         assert api.get(f"{api.volume}/volumes/{volume['id']}").json()["volume"]["size"] == 1
+        # The driver's failure is the one extend failure Cinder tells the user about.
+        messages = cinder_messages(api, volume["id"])
+        expected = ["extend volume:Volume Driver failed to extend volume."] if status == 202 else []
+        assert [message["user_message"] for message in messages] == expected
     finally:
         twin.admin("POST", "/config", json={"online_extend": "allowed"})

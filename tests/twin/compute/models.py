@@ -6,8 +6,11 @@ ACTIVE is marked SHUTOFF (Nova's power-state sync); delete ends the guest, gives
 back its volumes and unbinds its ports, and the server is then gone (404).
 Attaching reserves the volume in Cinder (attaching), hot-plugs it through the
 driver, then marks it in-use; detaching is the reverse, and a guest that does
-not let go leaves the volume in-use. Messages are Nova's (nova/exception.py,
-nova/api/openstack/compute/servers.py, volume_attachments.py).
+not let go leaves the volume in-use. Cinder's volume-extended event grows the
+guest's disk later, on Nova's own time (a failure is only logged). Servers count
+against the project's instance, core and RAM quotas. Messages are Nova's
+(nova/exception.py, nova/api/openstack/compute/servers.py, volume_attachments.py).
+Each behaviour names the upstream function it follows; compute/behaviour.toml lists them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 import re
 import secrets
 import string
+import time
 from typing import TYPE_CHECKING, Any
 
 from tests.twin.core import ComputeError, ServiceError, is_uuid_like
@@ -36,6 +40,21 @@ FLAVORS = (
 POWER_NOSTATE, POWER_RUNNING, POWER_SHUTDOWN = 0, 1, 4
 STATUS_OF = {"building": "BUILD", "active": "ACTIVE", "stopped": "SHUTOFF", "error": "ERROR"}
 ATTACHABLE_STATES = ("active", "stopped")
+GIB = 1024**3
+# nova/conf/quota.py: the quotas a project member sees in /limits besides instances, cores and
+# ram (the twin's settings); floating_ips, security_groups and security_group_rules are the
+# nova-network ones nova/quota.py keeps as AbsoluteResource with no option: unlimited.
+FIXED_QUOTAS = {
+    "key_pairs": 100,
+    "metadata_items": 128,
+    "injected_files": 5,
+    "injected_file_content_bytes": 10240,
+    "server_groups": 10,
+    "server_group_members": 10,
+    "floating_ips": -1,
+    "security_groups": -1,
+    "security_group_rules": -1,
+}
 DEVICE_PATTERN = re.compile(r"^/dev/x{0,1}[a-z]{0,1}d{0,1}[a-z]+[0-9]*$")
 
 
@@ -48,7 +67,7 @@ def not_found(message: str) -> ComputeError:
 
 
 def invalid_state(server: dict[str, Any], action: str) -> ComputeError:
-    """common.raise_http_conflict_for_instance_invalid_state."""
+    """nova/api/openstack/common.py raise_http_conflict_for_instance_invalid_state."""
     if server["task_state"] is not None:
         attribute, value = "task_state", server["task_state"]
     else:
@@ -59,7 +78,8 @@ def invalid_state(server: dict[str, Any], action: str) -> ComputeError:
 
 
 def fingerprint(public_key: str) -> str:
-    """Nova's fingerprint of an SSH public key: MD5 of the key blob, colon separated."""
+    """Nova's fingerprint of an SSH public key: MD5 of the key blob, colon separated
+    (nova/crypto.py generate_fingerprint)."""
     from cryptography.hazmat.primitives import serialization
 
     try:
@@ -72,7 +92,8 @@ def fingerprint(public_key: str) -> str:
 
 
 def generated_key_pair(name: str) -> tuple[str, str]:
-    """(private key PEM, public key) as Nova makes them when no public key is given."""
+    """(private key PEM, public key) as Nova makes them when no public key is given
+    (nova/crypto.py generate_key_pair, through KeypairAPI.create_key_pair)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -91,7 +112,7 @@ def generated_key_pair(name: str) -> tuple[str, str]:
 
 
 def hostname_of(name: str) -> str:
-    """Nova's sanitize_hostname: lower case, letters, digits and dashes, at most 63."""
+    """nova/utils.py sanitize_hostname: lower case, letters, digits and dashes, at most 63."""
     text = name.lower()
     text = re.sub(r"[ _.]", "-", text)
     text = re.sub(r"[^\w-]+", "", text, flags=re.ASCII)
@@ -138,7 +159,10 @@ class ComputeBackend:
         self.state.data["keypair_sequence"] = 0
 
     def recover(self) -> None:
-        """The twin restarted: what nova-compute's init_host does with each instance."""
+        """The twin restarted: what nova-compute does with each instance at its start
+        (nova/compute/manager.py ComputeManager._init_instance): a delete under way is
+        finished, a server that was building goes to ERROR; a power action cut short is
+        cleared (Nova retries a stop; the guest here was stopped with the twin)."""
         for server in list(self.servers.values()):
             if server["task_state"] == "deleting":
                 self._schedule_delete(server, reason="delete")
@@ -201,6 +225,7 @@ class ComputeBackend:
         self, name: str, public_key: str | None, key_type: str = "ssh"
     ) -> dict[str, Any]:
         if name in self.keypairs:
+            # nova/objects/keypair.py _create_in_db: the name is the user's, once.
             raise ComputeError(409, f"Key pair '{name}' already exists.")
         private_key = None
         if public_key is None:
@@ -254,7 +279,10 @@ class ComputeBackend:
         return ids
 
     def _requested_networks(self, requested: Any, group_ids: list[str]) -> list[tuple[str, Any]]:
-        """[("port", port) | ("network", network)], checked as Nova's create does."""
+        """[("port", port) | ("network", network)], checked as Nova's create does
+        (nova/network/neutron.py API._validate_requested_network_ids: one tenant network
+        when none is asked for; API._ports_needed_per_instance: a port bound to a device is
+        in use)."""
         network = self.cloud.network
         if requested in (None, "auto"):
             tenant = network.tenant_networks()
@@ -297,6 +325,61 @@ class ComputeBackend:
             chosen.append(("network", found))
         return chosen
 
+    # --- quotas (nova/quota.py, nova/compute/utils.py) --------------------------------------
+
+    def quotas(self) -> dict[str, dict[str, int]]:
+        """nova/quota.py DbQuotaDriver.get_project_quotas(usages=True): limit and in_use of each
+        resource. Instances, cores and ram count every server of the project that is not
+        deleted yet, whatever its state (nova/quota.py _instances_cores_ram_count); key pairs
+        and server group members are per user and shown as 0 (_get_usages); the
+        nova-network quotas are kept unlimited for the API's sake."""
+        config = self.cloud.config
+        project_id = self.cloud.identity.project_id
+        mine = [server for server in self.servers.values() if server["project_id"] == project_id]
+        used = {
+            "instances": len(mine),
+            "cores": sum(server["flavor"]["vcpus"] for server in mine),
+            "ram": sum(server["flavor"]["ram"] for server in mine),
+        }
+        limits = {
+            "instances": config["quota_instances"],
+            "cores": config["quota_cores"],
+            "ram": config["quota_ram"],
+            **FIXED_QUOTAS,
+        }
+        return {
+            name: {"limit": limit, "in_use": used.get(name, 0)} for name, limit in limits.items()
+        }
+
+    def _check_instance_quota(self, flavor: dict[str, Any], count: int = 1) -> None:
+        """nova/compute/utils.py check_num_instances_quota: instances, cores and ram checked
+        together (Quotas.check_deltas); over any, TooManyInstances names each resource over
+        (sorted), what was asked, used and allowed. The API answers it 403
+        (nova/api/openstack/compute/servers.py ServersController.create)."""
+        quotas = self.quotas()
+        deltas = {
+            "instances": count,
+            "cores": count * flavor["vcpus"],
+            "ram": count * flavor["ram"],
+        }
+        overs = sorted(
+            name
+            for name, delta in deltas.items()
+            if quotas[name]["limit"] >= 0 and quotas[name]["in_use"] + delta > quotas[name]["limit"]
+        )
+        if not overs:
+            return
+        # get_over_quota_detail: each column joined with ", ", in the order of the overs.
+        names = ", ".join(overs)
+        asked = ", ".join(str(deltas[name]) for name in overs)
+        used = ", ".join(str(quotas[name]["in_use"]) for name in overs)
+        allowed = ", ".join(str(quotas[name]["limit"]) for name in overs)
+        raise ComputeError(
+            403,
+            f"Quota exceeded for {names}: Requested {asked}, but already used {used} of "
+            f"{allowed} {names}",
+        )
+
     def create_server(self, request: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """A new server in BUILD, booting in the background: (server, admin password)."""
         flavor = self.flavors.get(self._reference(request["flavorRef"]))
@@ -320,6 +403,9 @@ class ComputeBackend:
         group_names = [group["name"] for group in request.get("security_groups") or []]
         group_ids = self._security_group_ids(group_names) if group_names else []
         chosen = self._requested_networks(request.get("networks"), group_ids)
+        # nova/compute/api.py API._provision_instances checks the quota after the request's
+        # image, flavor, key pair and networks.
+        self._check_instance_quota(flavor)
         user_data = request.get("user_data")
         server_id = new_uuid()
         moment = stamp()
@@ -410,6 +496,7 @@ class ComputeBackend:
         cloud.jobs.submit(server_id, boot)
 
     def _error(self, server: dict[str, Any], message: str) -> None:
+        """ERROR, with the fault GET shows (nova/compute/utils.py add_instance_fault_from_exc)."""
         server["vm_state"] = "error"
         server["task_state"] = None
         server["updated"] = stamp()
@@ -430,7 +517,9 @@ class ComputeBackend:
         server["updated"] = stamp()
 
     def tick(self) -> None:
-        """Follow the driver: building guests that run, guests found off or broken."""
+        """Follow the driver: a building guest that runs is ACTIVE (nova/compute/manager.py
+        ComputeManager._build_and_run_instance), a guest found off while ACTIVE is SHUTOFF
+        (ComputeManager._sync_instance_power_state), a broken or vanished one is ERROR."""
         with self.state.lock:
             watched = [
                 server_id
@@ -480,6 +569,8 @@ class ComputeBackend:
                 self.state.save()
 
     def stop_server(self, server: dict[str, Any]) -> None:
+        """os-stop: powering-off, the guest shut down, then SHUTOFF (nova/compute/manager.py
+        ComputeManager.stop_instance)."""
         if server["vm_state"] not in ("active", "error") or server["task_state"] is not None:
             raise invalid_state(server, "stop")
         server["task_state"] = "powering-off"
@@ -500,6 +591,8 @@ class ComputeBackend:
         self.cloud.jobs.submit(server_id, stop)
 
     def start_server(self, server: dict[str, Any]) -> None:
+        """os-start: powering-on, then ACTIVE once the guest runs (nova/compute/manager.py
+        ComputeManager.start_instance)."""
         if server["vm_state"] != "stopped" or server["task_state"] is not None:
             raise invalid_state(server, "start")
         if not callable(getattr(self.cloud.driver, "start", None)):
@@ -546,7 +639,9 @@ class ComputeBackend:
         self.cloud.jobs.submit(server_id, delete)
 
     def _forget(self, server: dict[str, Any]) -> None:
-        """The guest is gone: give back volumes and ports, as Nova does at the end of a delete."""
+        """The guest is gone: its volumes are detached (nova/compute/manager.py
+        ComputeManager._shutdown_instance), the ports Nova made are deleted and the ports it
+        was given unbound (nova/network/neutron.py API.deallocate_for_instance)."""
         network = self.cloud.network
         volumes = self.cloud.volume
         for volume_id in server["attachments"]:
@@ -578,6 +673,9 @@ class ComputeBackend:
     def attach_volume(
         self, server: dict[str, Any], volume_id: str, device: str | None
     ) -> dict[str, Any]:
+        """Cinder reserves the volume (attaching), the guest gets the disk, then in-use; a
+        plug that fails gives the volume back (nova/compute/manager.py
+        ComputeManager.attach_volume)."""
         self._check_attach_state(server, "attach_volume")
         volumes = self.cloud.volume
         volume = volumes.volumes.get(volume_id)
@@ -624,7 +722,53 @@ class ComputeBackend:
             raise not_found(f"Instance {server['id']} is not attached to volume {volume_id}")
         return attachment
 
+    def volume_extended(self, server_id: str, volume_id: str) -> None:
+        """Cinder's volume-extended event (nova/compute/manager.py ComputeManager.extend_volume),
+        handled in the background after Cinder has already set the new size: the guest's disk
+        is grown to the volume's size; a failure is only logged (an instance fault and a
+        failed instance action), and nobody is told."""
+        cloud = self.cloud
+        delay = cloud.config["guest_extend_seconds"]
+        fails = cloud.config["guest_extend_fails"]
+
+        def extend() -> None:
+            time.sleep(delay)
+            with self.state.lock:
+                server = self.servers.get(server_id)
+                volume = cloud.volume.volumes.get(volume_id)
+                if server is None or volume is None or volume_id not in server["attachments"]:
+                    cloud.record(
+                        "compute",
+                        server_id=server_id,
+                        action="extend_volume",
+                        outcome="skipped",
+                        detail=f"Extend volume failed, volume {volume_id} is not attached to "
+                        "instance.",
+                    )
+                    return
+                size_bytes = volume["size"] * GIB
+            if fails:
+                failure = "the twin's guest_extend_fails: the hypervisor did not resize the disk"
+            else:
+                failure = cloud.call_driver("resize_disk", server_id, volume_id, size_bytes)
+            cloud.record(
+                "compute",
+                server_id=server_id,
+                action="extend_volume",
+                outcome="ok" if failure is None else "error",
+                detail=(
+                    f"volume {volume_id} grown to {size_bytes} bytes in the guest"
+                    if failure is None
+                    else f"Extend volume failed, volume_id={volume_id}, reason: {failure}"
+                ),
+            )
+
+        cloud.jobs.submit(server_id, extend)
+
     def detach_volume(self, server: dict[str, Any], volume_id: str) -> None:
+        """Cinder's begin_detaching, then the guest lets the disk go and the volume is
+        available; a guest that holds on leaves it in-use (nova/compute/manager.py
+        ComputeManager._detach_volume, roll_detaching on failure)."""
         self._check_attach_state(server, "detach_volume")
         volumes = self.cloud.volume
         volume = volumes.volumes.get(volume_id)

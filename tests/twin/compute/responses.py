@@ -18,6 +18,8 @@ openstack/compute/v2), with no microversion header unless named:
       volumeId, device}}; GET .../{attachment id} and the volume until in-use;
       detach: GET then DELETE (202) repeated until GET answers 404 (a 400 means "not yet")
 Before 2.89 an attachment's id is its volume's id (views: _translate_attachment_detail_view).
+The program itself (not the provider) reads GET /limits through keystoneauth1, before it makes
+anything, to check the project's quotas (nova/api/openstack/compute/limits.py, views/limits.py).
 """
 
 from __future__ import annotations
@@ -537,6 +539,8 @@ def _server_list(detail: bool) -> Response:
     )
     name = request.args.get("name")
     if name:
+        # A regular expression, searched in the name (nova/db/main/api.py
+        # _regex_instance_filter).
         try:
             pattern = re.compile(name)
         except re.error:
@@ -873,3 +877,63 @@ def delete_attachment(server_id: str, volume_id: str) -> Response:
     compute = twin().compute
     compute.detach_volume(compute.get_server(server_id), volume_id)
     return _respond(None, version, 202)
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+# nova/api/openstack/compute/views/limits.py ViewBuilder: the quotas' names in /limits, and the
+# used counts shown beside them.
+LIMIT_NAMES = {
+    "ram": ["maxTotalRAMSize"],
+    "instances": ["maxTotalInstances"],
+    "cores": ["maxTotalCores"],
+    "key_pairs": ["maxTotalKeypairs"],
+    "floating_ips": ["maxTotalFloatingIps"],
+    "metadata_items": ["maxServerMeta", "maxImageMeta"],
+    "injected_files": ["maxPersonality"],
+    "injected_file_content_bytes": ["maxPersonalitySize"],
+    "security_groups": ["maxSecurityGroups"],
+    "security_group_rules": ["maxSecurityGroupRules"],
+    "server_groups": ["maxServerGroups"],
+    "server_group_members": ["maxServerGroupMembers"],
+}
+USED_NAMES = {
+    "totalRAMUsed": "ram",
+    "totalCoresUsed": "cores",
+    "totalInstancesUsed": "instances",
+    "totalFloatingIpsUsed": "floating_ips",
+    "totalSecurityGroupsUsed": "security_groups",
+    "totalServerGroupsUsed": "server_groups",
+}
+# nova/api/openstack/compute/limits.py: what 2.36 and 2.57 leave out.
+FILTERED_LIMITS_V236 = ["floating_ips", "security_groups", "security_group_rules"]
+FILTERED_LIMITS_V257 = [*FILTERED_LIMITS_V236, "injected_files", "injected_file_content_bytes"]
+
+
+def limits() -> Response:
+    """LimitsController.index: the project's quotas and what it uses; another project's only
+    for an admin (os_compute_api:limits:other_project)."""
+    version = microversion()
+    tenant_id = request.args.get("tenant_id")
+    if tenant_id is not None and tenant_id != twin().identity.project_id:
+        raise ComputeError(
+            403, "Policy doesn't allow os_compute_api:limits:other_project to be performed."
+        )
+    filtered: list[str] = []
+    if version >= Version(2, 57):
+        filtered = FILTERED_LIMITS_V257
+    elif version >= Version(2, 36):
+        filtered = FILTERED_LIMITS_V236
+    quotas = twin().compute.quotas()
+    absolute: dict[str, int] = {}
+    for name, values in quotas.items():
+        if name in filtered:
+            continue
+        for limit_name in LIMIT_NAMES.get(name, []):
+            if limit_name == "maxImageMeta" and version >= Version(2, 39):
+                continue
+            absolute[limit_name] = values["limit"]
+    for display_name, name in USED_NAMES.items():
+        if name in quotas and name not in filtered:
+            absolute[display_name] = quotas[name]["in_use"]
+    return _respond({"limits": {"rate": [], "absolute": absolute}}, version)

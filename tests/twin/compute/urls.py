@@ -20,6 +20,7 @@ ROUTES = (
     ("/v2.1/flavors", "GET", responses.list_flavors),
     ("/v2.1/flavors/detail", "GET", responses.list_flavors_detail),
     ("/v2.1/flavors/<flavor_id>", "GET", responses.show_flavor),
+    ("/v2.1/limits", "GET", responses.limits),
     ("/v2.1/os-keypairs", "GET", responses.list_keypairs),
     ("/v2.1/os-keypairs", "POST", responses.create_keypair),
     ("/v2.1/os-keypairs/<name>", "GET", responses.show_keypair),

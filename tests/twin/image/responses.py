@@ -64,6 +64,8 @@ def list_images() -> Response:
     images = sorted(
         twin().image.images.values(), key=lambda image: image["created_at"], reverse=True
     )
+    # glance/api/v2/images.py RequestDeserializer._get_filters: an image's own attributes,
+    # else its custom properties.
     for key in request.args:
         if key in PAGING:
             continue
@@ -74,6 +76,7 @@ def list_images() -> Response:
             images = [image for image in images if _bool_text(image[key]) in wanted]
         else:
             images = [image for image in images if image["properties"].get(key) in wanted]
+    # glance/db/sqlalchemy/api.py _image_get_all: community images only when asked for.
     if "visibility" not in request.args:
         images = [
             image for image in images if image["visibility"] in ("public", "private", "shared")
@@ -84,6 +87,8 @@ def list_images() -> Response:
         if marker not in ids:
             raise ImageError(400, "marker not found")
         images = images[ids.index(marker) + 1 :]
+    # glance/api/v2/images.py RequestDeserializer._validate_limit; the default is
+    # [DEFAULT] limit_param_default.
     try:
         limit = int(request.args.get("limit", DEFAULT_LIMIT))
     except ValueError:
@@ -105,6 +110,7 @@ def list_images() -> Response:
 
 
 def show_image(image_id: str) -> Response:
+    # Glance's own words for a missing image (glance/db/__init__.py ImageRepo.get).
     image = twin().image.get(image_id)
     if image is None:
         raise ImageError(404, f"No image found with ID {image_id}")

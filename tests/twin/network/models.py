@@ -10,6 +10,9 @@ server, the machine driver forwards its address to the guest, for the ports
 in the `exposed_ports` setting that the port's security groups let in.
 Messages and error types are neutron-lib's and neutron's (neutron_lib/exceptions,
 neutron/extensions/securitygroup.py, neutron/db/l3_db.py).
+The project's resources count against its quotas (neutron/db/quota/driver_nolock.py):
+a create over the quota answers 409 OverQuota; a new group must also have room for the
+egress rules Neutron gives it (SecurityGroupDbMixin.create_security_group).
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ SUPPORTED_PROTOCOLS = (
 )  # fmt: skip
 PROTOCOLS_WITH_PORTS = ("tcp", "udp", "dccp", "sctp", "udplite", "6", "17", "33", "132", "136")
 ANY_PROTOCOL = (None, "any", "0")
+# neutron/conf/quota.py: the default quota of each resource the ML2 and L3 plugins track
+# (neutron/plugins/ml2/plugin.py, neutron/services/l3_router/l3_router_plugin.py) and of RBAC
+# policies; the twin's settings hold those it enforces (quota_<resource>).
+FIXED_QUOTAS = {"network": 100, "subnet": 100, "subnetpool": -1, "router": 10, "rbac_policy": 10}
+CONFIGURED_QUOTAS = ("floatingip", "port", "security_group", "security_group_rule")
 
 
 def not_found(kind: str, message: str) -> NetworkError:
@@ -232,15 +240,59 @@ class NetworkBackend:
             group for group in self.security_groups.values() if group["project_id"] == project_id
         ]
 
+    # --- quotas ----------------------------------------------------------------------------
+
+    def _used(self, resource: str) -> int:
+        """What the project has of a tracked resource (TrackedResource.count_db_registers:
+        every record with its project_id; the default group and its rules included)."""
+        project_id = self.cloud.identity.project_id
+        records = {
+            "floatingip": self.floatingips,
+            "port": self.ports,
+            "security_group": self.security_groups,
+            "security_group_rule": self.rules,
+            "network": self.networks,
+            "subnet": self.subnets,
+        }.get(resource, {})
+        return sum(1 for record in records.values() if record["project_id"] == project_id)
+
+    def quota_details(self) -> dict[str, dict[str, int]]:
+        """neutron/db/quota/driver.py DbQuotaDriver.get_detailed_project_quotas: limit, used
+        and reserved (no reservations are left open here) of every tracked resource."""
+        limits = {
+            **FIXED_QUOTAS,
+            **{name: self.cloud.config[f"quota_{name}"] for name in CONFIGURED_QUOTAS},
+        }
+        return {
+            name: {"limit": limit, "used": self._used(name), "reserved": 0}
+            for name, limit in sorted(limits.items())
+        }
+
+    def check_quota(self, deltas: dict[str, int]) -> None:
+        """neutron/db/quota/driver_nolock.py DbQuotaNoLockDriver.make_reservation (and
+        DbQuotaDriver.quota_limit_check): unlimited resources skipped, every resource over
+        named, sorted, in neutron_lib's OverQuota (409)."""
+        overs = []
+        for name, delta in deltas.items():
+            limit = self.cloud.config[f"quota_{name}"]
+            if limit >= 0 and limit < self._used(name) + delta:
+                overs.append(name)
+        if overs:
+            raise conflict("OverQuota", f"Quota exceeded for resources: {sorted(overs)}.")
+
     # --- derived status ------------------------------------------------------------------
 
     def port_status(self, port: dict[str, Any]) -> str:
+        """ACTIVE while bound to a running server, as the agent reports it (neutron/plugins/
+        ml2/plugin.py Ml2Plugin.update_port_status), else DOWN."""
         server = self.cloud.compute.servers.get(port["device_id"]) if port["device_id"] else None
         if server is not None and server["vm_state"] == "active" and port["admin_state_up"]:
             return "ACTIVE"
         return "DOWN"
 
     def floatingip_status(self, floatingip: dict[str, Any]) -> str:
+        """ACTIVE while associated, as the L3 agent reports it (neutron/api/rpc/handlers/
+        l3_rpc.py L3RpcCallback.update_floatingip_statuses), else DOWN."""
         return "ACTIVE" if floatingip["port_id"] else "DOWN"
 
     # --- ports -----------------------------------------------------------------------------
@@ -258,6 +310,8 @@ class NetworkBackend:
         return used
 
     def _allocate_address(self, subnet: dict[str, Any]) -> str:
+        """The first free address of the allocation pools (neutron/ipam/drivers/
+        neutrondb_ipam/driver.py NeutronDbSubnet._generate_ips)."""
         used = self._used_addresses(subnet["id"]) | {
             floatingip["floating_ip_address"] for floatingip in self.floatingips.values()
         }
@@ -329,6 +383,7 @@ class NetworkBackend:
                     if fixed["subnet_id"] == subnet["id"]
                 }
                 if str(parsed) in taken:
+                    # NeutronDbSubnet._verify_ip
                     raise conflict(
                         "IpAddressAlreadyAllocated",
                         f"IP address {address} already allocated in subnet {subnet['id']}",
@@ -358,14 +413,17 @@ class NetworkBackend:
         if "security_groups" in attributes and attributes["security_groups"] is not None:
             groups = self._check_groups(attributes["security_groups"])
         else:
+            # SecurityGroupDbMixin._ensure_default_security_group_on_port
             groups = [self.default_group()["id"]] if security_enabled else []
         if not security_enabled and groups:
+            # neutron/plugins/ml2/plugin.py Ml2Plugin._portsec_ext_port_create_processing
             raise conflict(
                 "PortSecurityAndIPRequiredForSecurityGroups",
                 "Port security must be enabled and port must have an IP address in order to "
                 "use security groups.",
             )
         mac = attributes.get("mac_address") or new_mac()
+        # neutron/db/db_base_plugin_v2.py NeutronDbPluginV2._create_db_port_obj
         if any(
             port["mac_address"] == mac and port["network_id"] == network["id"]
             for port in self.ports.values()
@@ -408,6 +466,7 @@ class NetworkBackend:
         enabled = changes.get("port_security_enabled", port["port_security_enabled"])
         groups = changes.get("security_groups", port["security_groups"])
         if not enabled and groups:
+            # neutron/plugins/ml2/plugin.py Ml2Plugin._portsec_ext_port_update_processing
             raise conflict(
                 "PortSecurityPortHasSecurityGroup",
                 "Port has security group associated. Cannot disable port security or IP "
@@ -432,6 +491,8 @@ class NetworkBackend:
         return port
 
     def delete_port(self, port_id: str) -> None:
+        """Its floating IPs are disassociated first (neutron/db/l3_db.py
+        L3_NAT_dbonly_mixin.disassociate_floatingips)."""
         port = self.get_port(port_id)
         for floatingip in self.floatingips.values():
             if floatingip["port_id"] == port_id:
@@ -456,7 +517,10 @@ class NetworkBackend:
     def _association(
         self, floatingip_id: str | None, port_id: str, fixed_ip: str | None
     ) -> tuple[str, str]:
-        """(port id, fixed IP) after checking that a floating IP may point there."""
+        """(port id, fixed IP) after checking that a floating IP may point there: one IPv4
+        fixed IP of the port (neutron/db/l3_db.py L3_NAT_dbonly_mixin._internal_fip_assoc_data),
+        a router to the external network (L3_NAT_dbonly_mixin.get_router_for_floatingip), no
+        other floating IP on that fixed IP (L3_NAT_dbonly_mixin._check_and_get_fip_assoc)."""
         port = self.get_port(port_id)
         addresses = [
             fixed["ip_address"] for fixed in port["fixed_ips"] if ":" not in fixed["ip_address"]
@@ -503,6 +567,8 @@ class NetworkBackend:
         return port_id, fixed_ip
 
     def create_floatingip(self, attributes: dict[str, Any]) -> dict[str, Any]:
+        """On an external network only (neutron/db/l3_db.py
+        L3_NAT_dbonly_mixin._create_floatingip)."""
         network_id = attributes["floating_network_id"]
         network = self.get_network(network_id)
         if not network["router:external"]:
@@ -591,10 +657,16 @@ class NetworkBackend:
         self, attributes: dict[str, Any], *, default: bool = False
     ) -> dict[str, Any]:
         project_id = self.cloud.identity.project_id
+        # neutron/extensions/securitygroup.py _validate_name_not_default
         if attributes["name"] == "default" and not default:
             raise conflict(
                 "SecurityGroupDefaultAlreadyExists", "Default security group already exists."
             )
+        if not default:
+            # Room for the rules the template gives every new group (the two egress rules
+            # below), checked before the group is made (neutron/db/quota/driver.py
+            # DbQuotaDriver.quota_limit_check, from SecurityGroupDbMixin.create_security_group).
+            self.check_quota({"security_group_rule": 2})
         group_id = new_uuid()
         group = {
             **self._standard(project_id),
@@ -605,7 +677,8 @@ class NetworkBackend:
             "shared": False,
         }
         self.security_groups[group_id] = group
-        # Neutron's default rules: any egress; the default group also lets its members in.
+        # Neutron's default rules: any egress; the default group also lets its members in
+        # (neutron/db/securitygroups_db.py SecurityGroupDbMixin._create_rules_from_template).
         for ethertype in ("IPv4", "IPv6"):
             self._add_rule(group, {"direction": "egress", "ethertype": ethertype})
             if default:
@@ -618,6 +691,7 @@ class NetworkBackend:
     def update_security_group(
         self, group: dict[str, Any], changes: dict[str, Any]
     ) -> dict[str, Any]:
+        """The default group keeps its name (SecurityGroupDbMixin.update_security_group)."""
         if group["name"] == "default" and "name" in changes and changes["name"] != "default":
             raise conflict(
                 "SecurityGroupCannotUpdateDefault", "Updating default security group not allowed."
@@ -631,6 +705,8 @@ class NetworkBackend:
         return group
 
     def delete_security_group(self, group_id: str) -> None:
+        """Not the default group, not a group a port uses; its rules go with it
+        (SecurityGroupDbMixin.delete_security_group)."""
         group = self.get_security_group(group_id)
         if group["name"] == "default":
             raise conflict(
@@ -649,6 +725,7 @@ class NetworkBackend:
         return [rule for rule in self.rules.values() if rule["security_group_id"] == group_id]
 
     def _normalized_protocol(self, protocol: Any) -> str | None:
+        """neutron/extensions/securitygroup.py convert_protocol."""
         if protocol in (None, "", "any"):
             return None
         if isinstance(protocol, int) or (isinstance(protocol, str) and protocol.isdigit()):
@@ -685,6 +762,12 @@ class NetworkBackend:
         return rule
 
     def create_rule(self, attributes: dict[str, Any]) -> dict[str, Any]:
+        """Checked as neutron/db/securitygroups_db.py does: the ethertype
+        (neutron/extensions/securitygroup.py convert_ethertype_to_case_insensitive), the
+        ports (SecurityGroupDbMixin._validate_port_range), one remote only
+        (SecurityGroupDbMixin._validate_multiple_remote_entites), the network against the
+        ethertype (SecurityGroupDbMixin._validate_ip_prefix), no duplicate
+        (SecurityGroupDbMixin._check_for_duplicate_rules)."""
         group = self.get_security_group(attributes["security_group_id"])
         direction = attributes["direction"]
         if direction not in ("ingress", "egress"):

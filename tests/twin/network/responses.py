@@ -15,6 +15,10 @@ openstack/networking/v2):
   data_source_openstack_networking_secgroup_v2.go  GET /v2.0/security-groups?name= (exactly one)
 Lists take any attribute as a filter (repeated keys: any of the values); an
 unknown filter is refused as Neutron does with filter validation on.
+A create is checked against the project's quota after its attributes and before the plugin
+sees it (neutron/api/v2/base.py Controller._create). The program itself (not the provider)
+reads GET /v2.0/quotas/{project}/details through keystoneauth1
+(neutron/extensions/quotasv2_detail.py DetailQuotaSetsController.details).
 """
 
 from __future__ import annotations
@@ -388,6 +392,7 @@ def list_response(
         else:
             items = [item for item in items if _matches(item.get(key), wanted)]
     if invalid:
+        # neutron/api/api_common.py get_filters_from_dict
         raise bad_request(f"{invalid} is invalid attribute for filtering")
     sort_key = request.args.get("sort_key")
     if sort_key:
@@ -458,6 +463,7 @@ def list_ports() -> Response:
 
 def create_port() -> Response:
     attributes = request_resource("port", PORT_ATTRIBUTES, ("network_id",))
+    twin().network.check_quota({"port": 1})
     port = twin().network.create_port(attributes)
     _changed()
     return show_response("port", render_port(port), 201)
@@ -496,6 +502,7 @@ def list_floatingips() -> Response:
 
 def create_floatingip() -> Response:
     attributes = request_resource("floatingip", FLOATINGIP_ATTRIBUTES, ("floating_network_id",))
+    twin().network.check_quota({"floatingip": 1})
     if attributes.get("subnet_id"):
         subnet = twin().network.get_subnet(attributes["subnet_id"])
         if subnet["network_id"] != attributes["floating_network_id"]:
@@ -539,6 +546,7 @@ def list_security_groups() -> Response:
 
 def create_security_group() -> Response:
     attributes = request_resource("security_group", GROUP_ATTRIBUTES, ())
+    twin().network.check_quota({"security_group": 1})
     attributes.setdefault("name", "")
     group = twin().network.create_security_group(attributes)
     return show_response("security_group", render_group(group), 201)
@@ -578,6 +586,7 @@ def create_rule() -> Response:
     attributes = request_resource(
         "security_group_rule", RULE_ATTRIBUTES, ("security_group_id", "direction")
     )
+    twin().network.check_quota({"security_group_rule": 1})
     if attributes.get("remote_address_group_id"):
         raise NetworkError(501, "NotImplemented", "the twin does not serve address groups")
     rule = twin().network.create_rule(attributes)
@@ -618,3 +627,17 @@ def _tags_route(collection: str) -> tuple[Callable[[str], Response], Callable[[s
 list_port_tags, replace_port_tags = _tags_route("ports")
 list_floatingip_tags, replace_floatingip_tags = _tags_route("floatingips")
 list_security_group_tags, replace_security_group_tags = _tags_route("security-groups")
+
+# --- quotas ----------------------------------------------------------------------------------
+
+
+def quota_details(project_id: str) -> Response:
+    """DetailQuotaSetsController.details: another project's only for an admin."""
+    if project_id != twin().identity.project_id:
+        raise NetworkError(
+            403,
+            "AdminRequired",
+            "User does not have admin privileges: Only admin is authorized to access quotas "
+            "for another project.",
+        )
+    return json_response({"quota": twin().network.quota_details()})

@@ -45,6 +45,8 @@ ROUTES = (
     ("/v2.0/floatingips/<resource_id>/tags", "PUT", responses.replace_floatingip_tags),
     ("/v2.0/security-groups/<resource_id>/tags", "GET", responses.list_security_group_tags),
     ("/v2.0/security-groups/<resource_id>/tags", "PUT", responses.replace_security_group_tags),
+    ("/v2.0/quotas/<project_id>/details", "GET", responses.quota_details),
+    ("/v2.0/quotas/<project_id>/details.json", "GET", responses.quota_details),
 )
 for rule, method, view in ROUTES:
     blueprint.add_url_rule(rule, endpoint=view.__name__, view_func=view, methods=[method])

@@ -4,6 +4,16 @@ Status moves as Cinder's does (cinder/volume/api.py): creating -> available;
 available -> attaching -> in-use when Nova attaches it; in-use -> detaching ->
 available on detach (back to in-use if the guest does not let go); extending and
 back; deleting -> gone. Messages are Cinder's own, with the statuses it names.
+
+An extend goes through Cinder's three parts in order: the API checks it, reserves the
+gigabytes and sets `extending` (API._extend); the scheduler looks for a backend with
+room, and without one puts the volume back to its old status at its old size with only
+a user message (SchedulerManager.extend_volume); the volume manager grows the volume,
+sets the new size and `in-use` or `available` (VolumeManager.extend_volume_completion),
+and only then sends Nova its volume-extended event, which Nova handles on its own time
+(ComputeBackend.volume_extended). User messages are served as Cinder's /messages.
+The project's volumes and gigabytes count against its quota (cinder/quota.py,
+cinder/quota_utils.py process_reserve_over_quota): 413 with Cinder's message.
 """
 
 from __future__ import annotations
@@ -11,11 +21,12 @@ from __future__ import annotations
 import math
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tests.twin.core import VolumeError
-from tests.twin.state import new_uuid, stamp
+from tests.twin.state import new_uuid, now, stamp
 
 if TYPE_CHECKING:
     from tests.twin.cloud import Cloud
@@ -25,6 +36,22 @@ DELETABLE = ("available", "error", "error_restoring", "error_extending", "error_
 DEFAULT_TYPE = "__DEFAULT__"
 AVAILABILITY_ZONE = "nova"
 COPY_BLOCK = 1024 * 1024
+# cinder/message/message_field.py: the action and the details a user message names, and
+# cinder/message/api.py's [DEFAULT] message_ttl (how long a message is kept).
+EXTEND_VOLUME = ("007", "extend volume")
+NO_BACKEND_AVAILABLE = ("003", "Could not find any available weighted backend.")
+DRIVER_FAILED_EXTEND = ("010", "Volume Driver failed to extend volume.")
+MESSAGE_TTL_SECONDS = 2592000
+# cinder/quota.py: the quotas a project member sees in its quota set, with their defaults;
+# volumes and gigabytes come from the twin's settings. Each volume type adds its own
+# volumes_<type>, gigabytes_<type> and snapshots_<type>, unlimited (VolumeTypeResource).
+FIXED_QUOTAS = {
+    "snapshots": 10,
+    "backups": 10,
+    "backup_gigabytes": 1000,
+    "per_volume_gigabytes": -1,
+    "groups": 10,
+}
 
 
 def not_found(volume_id: str) -> VolumeError:
@@ -49,6 +76,24 @@ def sparse_copy(source: Path, target: Path) -> int:
     return size
 
 
+def over_quota(message: str) -> VolumeError:
+    """cinder/exception.py QuotaError: 413, with Retry-After 0 (also in the body)."""
+    return QuotaExceeded(413, message)
+
+
+class QuotaExceeded(VolumeError):
+    """Cinder's QuotaError (413, Retry-After 0), rendered by cinder/api/openstack/wsgi.py
+    Fault.__call__ with retryAfter in the body."""
+
+    def body(self) -> Any:
+        body = super().body()
+        body["overLimit"]["retryAfter"] = "0"
+        return body
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "0"}
+
+
 class VolumeBackend:
     def __init__(self, cloud: Cloud) -> None:
         self.cloud = cloud
@@ -57,6 +102,10 @@ class VolumeBackend:
     @property
     def volumes(self) -> dict[str, Any]:
         return self.state.collection("volumes")
+
+    @property
+    def messages(self) -> dict[str, Any]:
+        return self.state.collection("volume_messages")
 
     @property
     def types(self) -> dict[str, Any]:
@@ -94,9 +143,8 @@ class VolumeBackend:
             elif status == "deleting":
                 self._remove(volume)
             elif status == "extending":
-                self._grow_disk(volume["id"], volume["extend_to"])
-                volume["size"] = volume.pop("extend_to")
-                self._set(volume, volume.pop("previous_status"))
+                # The twin's own: upstream leaves an interrupted extend to an operator.
+                self._extended(volume, volume["extend_to"])
 
     # --- lookups -------------------------------------------------------------------------
 
@@ -165,6 +213,12 @@ class VolumeBackend:
         return volume
 
     def create(self, attributes: dict[str, Any]) -> dict[str, Any]:
+        # cinder/volume/flows/api/create_volume.py: the type is checked first
+        # (ExtractVolumeRequestTask.execute), then one volume and its size reserved
+        # (QuotaReserveTask.execute); the volume manager makes it available
+        # (cinder/volume/manager.py VolumeManager.create_volume).
+        self.find_type(attributes.get("volume_type") or DEFAULT_TYPE)
+        self._check_quota({"volumes": 1, "gigabytes": int(attributes["size"])})
         volume = self._record(attributes, "creating")
         delay = self.cloud.config["volume_create_seconds"]
 
@@ -221,6 +275,8 @@ class VolumeBackend:
                 "attached, belong to a group, have snapshots, awaiting a transfer, or be "
                 "disassociated from snapshots after volume transfer."
             )
+        # cinder/volume/api.py API.delete checked the status; deleting until the volume
+        # manager has removed it (cinder/volume/manager.py VolumeManager.delete_volume).
         self._set(volume, "deleting")
         delay = self.cloud.config["volume_delete_seconds"]
 
@@ -235,7 +291,9 @@ class VolumeBackend:
     def extend(
         self, volume: dict[str, Any], new_size: int, online_allowed_by_version: bool
     ) -> None:
-        """os-extend (cinder/api/contrib/volume_actions.py, cinder/volume/api.py _extend)."""
+        """os-extend (cinder/api/contrib/volume_actions.py): the API's part here, in the request
+        (cinder/volume/api.py API._extend; an attached volume under its own policy,
+        API.extend_attached_volume); the scheduler's and the volume manager's after it."""
         attached = online_allowed_by_version and volume["status"] == "in-use"
         if attached:
             mode = self.cloud.config["online_extend"]
@@ -257,43 +315,174 @@ class VolumeBackend:
                 f"Volume {volume['id']} status must be '{{'status': '{expected}'}}' to extend, "
                 f"currently {volume['status']}."
             )
+        # API._extend reserves the increase first: over the quota, the volume keeps its status.
+        self._check_quota({"gigabytes": new_size - volume["size"]})
         volume["previous_status"] = volume["status"]
         volume["extend_to"] = new_size
         self._set(volume, "extending")
-        server_id = volume["attachments"][0]["server_id"] if attached else None
+        request_id = f"req-{new_uuid()}"
         unsupported = attached and self.cloud.config["online_extend"] == "unsupported"
-        cloud = self.cloud
+        no_backend = self.cloud.config["extend_no_valid_backend"]
 
-        def grow() -> None:
-            failure = None
-            if unsupported:
-                failure = "the volume backend does not support extending an attached volume"
-            elif server_id is not None:
-                failure = cloud.call_driver("resize_disk", server_id, volume["id"], new_size * GIB)
+        def scheduled() -> None:
             with self.state.lock:
-                if failure is None:
-                    self._grow_disk(volume["id"], new_size)
-                    volume["size"] = new_size
-                    volume.pop("extend_to", None)
-                    self._set(volume, volume.pop("previous_status"))
+                if volume["id"] not in self.volumes or volume["status"] != "extending":
+                    return
+                if no_backend:
+                    self._no_valid_backend(volume, request_id)
+                elif unsupported:
+                    self._extend_failed(volume, request_id)
                 else:
-                    volume.pop("extend_to", None)
-                    volume.pop("previous_status", None)
-                    self._set(volume, "error_extending")
-                    cloud.record(
-                        "volume",
-                        volume_id=volume["id"],
-                        action="extend",
-                        outcome="error",
-                        detail=failure,
-                    )
+                    self._extended(volume, new_size)
                 self.state.save()
 
-        self.cloud.jobs.submit(server_id or f"volume-{volume['id']}", grow)
+        self.cloud.jobs.submit(f"volume-{volume['id']}", scheduled)
+
+    def _no_valid_backend(self, volume: dict[str, Any], request_id: str) -> None:
+        """cinder/scheduler/manager.py SchedulerManager.extend_volume: no backend passes the
+        filters for the new size, so the volume goes back to its previous status at its old
+        size, the reservation is rolled back, and the user gets only a message."""
+        volume.pop("extend_to", None)
+        self._set(volume, volume.pop("previous_status"))
+        self.add_message(volume["id"], EXTEND_VOLUME, NO_BACKEND_AVAILABLE, request_id)
+        self.cloud.record(
+            "volume",
+            volume_id=volume["id"],
+            action="extend",
+            outcome="no valid backend",
+            detail="No valid backend was found. (the twin's extend_no_valid_backend)",
+        )
+
+    def _extend_failed(self, volume: dict[str, Any], request_id: str) -> None:
+        """cinder/volume/manager.py VolumeManager.extend_volume_completion(error=True): the
+        driver failed; error_extending and a user message."""
+        volume.pop("extend_to", None)
+        volume.pop("previous_status", None)
+        self._set(volume, "error_extending")
+        self.add_message(volume["id"], EXTEND_VOLUME, DRIVER_FAILED_EXTEND, request_id)
+        self.cloud.record(
+            "volume",
+            volume_id=volume["id"],
+            action="extend",
+            outcome="error",
+            detail="the volume backend does not support extending an attached volume",
+        )
+
+    def _extended(self, volume: dict[str, Any], new_size: int) -> None:
+        """cinder/volume/manager.py VolumeManager.extend_volume: the driver grows the volume;
+        VolumeManager.extend_volume_completion sets the new size and in-use (or available) at
+        once; then, for an attached volume, Nova gets its volume-extended event
+        (cinder/compute/nova.py API.extend_volume), which it handles later, on its own."""
+        self._grow_disk(volume["id"], new_size)
+        volume["size"] = new_size
+        volume.pop("extend_to", None)
+        volume.pop("previous_status", None)
+        self._set(volume, "in-use" if volume["attachments"] else "available")
+        self.cloud.record("volume", volume_id=volume["id"], action="extend", outcome="ok")
+        for attachment in volume["attachments"]:
+            self.cloud.compute.volume_extended(attachment["server_id"], volume["id"])
+
+    # --- user messages (cinder/message/api.py) --------------------------------------------
+
+    def add_message(
+        self,
+        volume_id: str,
+        action: tuple[str, str],
+        detail: tuple[str, str],
+        request_id: str,
+    ) -> dict[str, Any]:
+        """cinder/message/api.py API.create: what the user may read of an asynchronous failure;
+        its event id is VOLUME_<resource>_<action>_<detail>, kept for message_ttl."""
+        moment = now()
+        message = {
+            "id": new_uuid(),
+            "project_id": self.cloud.identity.project_id,
+            "request_id": request_id,
+            "resource_type": "VOLUME",
+            "resource_uuid": volume_id,
+            "action_id": action[0],
+            "detail_id": detail[0],
+            "message_level": "ERROR",
+            "event_id": f"VOLUME_VOLUME_{action[0]}_{detail[0]}",
+            "created_at": stamp(moment),
+            "expires_at": stamp(moment + timedelta(seconds=MESSAGE_TTL_SECONDS)),
+        }
+        self.messages[message["id"]] = message
+        return message
+
+    # --- quotas (cinder/quota.py, cinder/quota_utils.py) ----------------------------------
+
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """(in use, reserved) per quota of the project: every volume it has, in any status
+        (cinder/quota.py ReservableResource syncs volumes and gigabytes from the database);
+        a pending extend reserves its gigabytes (API._extend's QUOTAS.reserve)."""
+        project_id = self.cloud.identity.project_id
+        mine = [volume for volume in self.volumes.values() if volume["project_id"] == project_id]
+        reserved = sum(each["extend_to"] - each["size"] for each in mine if "extend_to" in each)
+        return {
+            "volumes": (len(mine), 0),
+            "gigabytes": (sum(volume["size"] for volume in mine), reserved),
+        }
+
+    def quota_set(self) -> dict[str, dict[str, int]]:
+        """cinder/quota.py DbQuotaDriver.get_project_quotas(usages=True): limit, in_use and
+        reserved of every quota, the volume types' own ones included."""
+        usage = self.usage()
+        limits = {
+            "volumes": self.cloud.config["quota_volumes"],
+            "gigabytes": self.cloud.config["quota_gigabytes"],
+            **FIXED_QUOTAS,
+        }
+        quotas = {}
+        for name, limit in limits.items():
+            in_use, reserved = usage.get(name, (0, 0))
+            quotas[name] = {"limit": limit, "in_use": in_use, "reserved": reserved}
+        project_id = self.cloud.identity.project_id
+        for volume_type in self.types.values():
+            name = volume_type["name"]
+            typed = [
+                volume
+                for volume in self.volumes.values()
+                if volume["project_id"] == project_id and volume["volume_type"] == name
+            ]
+            counts = {
+                "volumes": len(typed),
+                "gigabytes": sum(volume["size"] for volume in typed),
+                "snapshots": 0,
+            }
+            for part, in_use in counts.items():
+                quotas[f"{part}_{name}"] = {"limit": -1, "in_use": in_use, "reserved": 0}
+        return quotas
+
+    def _check_quota(self, deltas: dict[str, int]) -> None:
+        """cinder/db/api.py quota_reserve, then cinder/quota_utils.py
+        process_reserve_over_quota: the first resource over (in sorted order) names the
+        error, gigabytes as VolumeSizeExceedsAvailableQuota, volumes as VolumeLimitExceeded."""
+        usage = self.usage()
+        limits = {
+            "volumes": self.cloud.config["quota_volumes"],
+            "gigabytes": self.cloud.config["quota_gigabytes"],
+        }
+        overs = sorted(
+            name
+            for name, delta in deltas.items()
+            if limits[name] >= 0 and delta >= 0 and limits[name] < delta + sum(usage[name])
+        )
+        for name in overs:
+            consumed = sum(usage[name])
+            if name == "gigabytes":
+                raise over_quota(
+                    "Requested volume or snapshot exceeds allowed gigabytes quota. Requested "
+                    f"{deltas[name]}G, quota is {limits[name]}G and {consumed}G has been consumed."
+                )
+            raise over_quota(
+                f"Maximum number of volumes allowed ({limits[name]}) exceeded for quota 'volumes'."
+            )
 
     # --- what Nova asks of Cinder while it attaches and detaches ---------------------
 
     def reserve(self, volume: dict[str, Any]) -> None:
+        """cinder/volume/api.py API.reserve_volume."""
         if volume["status"] != "available":
             raise invalid_volume(
                 f"Volume status must be available to reserve, but the status is {volume['status']}."
@@ -302,6 +491,7 @@ class VolumeBackend:
         self._set(volume, "attaching")
 
     def attached(self, volume: dict[str, Any], server_id: str, device: str) -> None:
+        """cinder/volume/manager.py VolumeManager.attach_volume: in-use, attached."""
         volume["attach_status"] = "attached"
         volume["attachments"] = [
             {
@@ -317,11 +507,13 @@ class VolumeBackend:
         self._set(volume, "in-use")
 
     def unreserve(self, volume: dict[str, Any]) -> None:
+        """cinder/volume/api.py API.unreserve_volume."""
         volume["attach_status"] = "detached"
         volume["attachments"] = []
         self._set(volume, "available")
 
     def begin_detaching(self, volume: dict[str, Any]) -> None:
+        """cinder/volume/api.py API.begin_detaching."""
         if volume["status"] != "in-use" or volume["attach_status"] != "attached":
             raise invalid_volume(
                 "Unable to detach volume. Volume status must be 'in-use' and attach_status must "
@@ -331,8 +523,10 @@ class VolumeBackend:
         self._set(volume, "detaching")
 
     def roll_detaching(self, volume: dict[str, Any]) -> None:
+        """cinder/volume/api.py API.roll_detaching."""
         volume["attach_status"] = "attached"
         self._set(volume, "in-use")
 
     def detached(self, volume: dict[str, Any]) -> None:
+        """cinder/volume/manager.py VolumeManager.detach_volume: available, no attachment."""
         self.unreserve(volume)

@@ -8,6 +8,9 @@ openstack/blockstorage/v3/volumes):
       then GET until available or in-use; DELETE (202) then GET until 404
   data_source_openstack_blockstorage_volume_v3.go  GET /volumes/detail?name=&status=&metadata=
 Times are `2006-01-02T15:04:05.000000` (gophercloud's JSONRFC3339MilliNoZ).
+The program itself (not the provider) reads, through keystoneauth1, the user messages of
+an extend (cinder/api/v3/messages.py, views/messages.py) and the project's quota set with
+its usage (cinder/api/contrib/quotas.py QuotaSetsController.show).
 """
 
 from __future__ import annotations
@@ -29,18 +32,28 @@ from tests.twin.core import (
     validate_body,
 )
 from tests.twin.state import iso_micro
-from tests.twin.volume.models import not_found
+from tests.twin.volume.models import EXTEND_VOLUME, NO_BACKEND_AVAILABLE, not_found
 
 MINIMUM = Version(3, 0)
 MAXIMUM = Version(3, 60)
 ONLINE_EXTEND = Version(3, 42)
 STRICT_BODY = Version(3, 53)
 FILTERING_CHECKED = Version(3, 34)
+# cinder/api/microversions.py: MESSAGES, MESSAGES_PAGINATION (filters and paging),
+# RESOURCE_FILTER (filters checked against resource_filters.json).
+MESSAGES = Version(3, 3)
+MESSAGES_PAGINATION = Version(3, 5)
+RESOURCE_FILTER = Version(3, 31)
+# etc/cinder/resource_filters.json, "message"
+MESSAGE_FILTERS = ("resource_uuid", "resource_type", "event_id", "request_id", "message_level")
 VOLUME_FILTERS = (
     "name", "status", "metadata", "bootable", "migration_status", "availability_zone",
     "group_id", "size", "created_at", "updated_at", "consumes_quota",
 )  # fmt: skip
 PAGING = ("limit", "marker", "offset", "sort", "sort_key", "sort_dir", "with_count")
+# cinder/utils.py get_bool_param: oslo's strutils.is_valid_boolstr, then bool_from_string.
+TRUE_TEXTS = ("1", "t", "true", "on", "y", "yes")
+FALSE_TEXTS = ("0", "f", "false", "off", "n", "no")
 KNOWN_ACTIONS = (
     "os-attach", "os-detach", "os-reserve", "os-unreserve", "os-begin_detaching",
     "os-roll_detaching", "os-initialize_connection", "os-terminate_connection",
@@ -89,13 +102,10 @@ def version(project_id: str | None = None) -> Response:
 
 
 def check_project(project_id: str) -> None:
-    mine = twin().identity.project_id
-    if project_id != mine:
-        raise VolumeError(
-            400,
-            f"Malformed request URL: URL's project_id '{project_id}' doesn't match Context's "
-            f"project_id '{mine}'",
-        )
+    """A URL whose project is not the token's (cinder/api/openstack/wsgi.py
+    Resource._process_stack)."""
+    if project_id != twin().identity.project_id:
+        raise VolumeError(400, "Malformed request url")
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -269,9 +279,12 @@ def _filtered(volumes: list[dict[str, Any]], version: Version) -> list[dict[str,
         filters.pop("all_tenants")
     unknown = [key for key in filters if key not in VOLUME_FILTERS]
     if unknown and version >= FILTERING_CHECKED:
+        # cinder/api/common.py reject_invalid_filters
         raise VolumeError(400, f"Invalid filters {','.join(unknown)} are found in query options.")
     for key in unknown:
-        filters.pop(key)  # before 3.34 Cinder drops the filters a user may not use
+        # Before 3.34 Cinder drops the filters a user may not use, without a word
+        # (cinder/api/api_utils.py remove_invalid_filter_options).
+        filters.pop(key)
     for key, value in filters.items():
         if key == "metadata":
             try:
@@ -422,3 +435,96 @@ def show_type(project_id: str, type_id: str) -> Response:
 
 def volume_not_found(volume_id: str) -> VolumeError:
     return not_found(volume_id)
+
+
+# --- user messages ---------------------------------------------------------------------------
+
+# cinder/message/message_field.py, Action.ALL and Detail.ALL: what the twin's messages name.
+ACTIONS = dict([EXTEND_VOLUME])
+DETAILS = dict([NO_BACKEND_AVAILABLE, ("010", "Volume Driver failed to extend volume.")])
+
+
+def render_message(message: dict[str, Any]) -> dict[str, Any]:
+    """cinder/api/v3/views/messages.py ViewBuilder.detail, with the text of
+    MessagesController._build_user_message: "<action>:<detail>"."""
+    link = f"{base_url()}/volume/v3/{message['project_id']}/messages/{message['id']}"
+    action = ACTIONS.get(message["action_id"], "unknown action")
+    detail = DETAILS.get(message["detail_id"], "An unknown error occurred.")
+    return {
+        "id": message["id"],
+        "event_id": message["event_id"],
+        "user_message": f"{action}:{detail}",
+        "message_level": message["message_level"],
+        "created_at": iso_micro(message["created_at"]),
+        "guaranteed_until": iso_micro(message["expires_at"]),
+        "request_id": message["request_id"],
+        "links": [{"rel": "self", "href": link}, {"rel": "bookmark", "href": link}],
+        "resource_type": message["resource_type"],
+        "resource_uuid": message["resource_uuid"],
+    }
+
+
+def _messages_version() -> Version:
+    """Messages exist from 3.3; below it Cinder answers as for a method it does not have
+    (cinder/api/openstack/wsgi.py Resource.dispatch: VersionNotFoundForAPIMethod becomes a
+    bare 404)."""
+    version = microversion()
+    if version < MESSAGES:
+        raise VolumeError(404, "The resource could not be found.")
+    return version
+
+
+def list_messages(project_id: str) -> Response:
+    """MessagesController.index: newest first; filters from 3.5, checked from 3.31."""
+    version = _messages_version()
+    check_project(project_id)
+    mine = twin().identity.project_id
+    messages = [m for m in twin().volume.messages.values() if m["project_id"] == mine]
+    messages.sort(key=lambda message: message["created_at"], reverse=True)
+    if version >= MESSAGES_PAGINATION:
+        filters = {key: request.args.get(key) for key in request.args}
+        paging = [key for key in filters if key in PAGING]
+        if paging:
+            raise VolumeError(501, f"The twin does not page messages ({', '.join(paging)}).")
+        unknown = [key for key in filters if key not in MESSAGE_FILTERS]
+        if unknown and version >= RESOURCE_FILTER:
+            raise VolumeError(
+                400, f"Invalid filters {','.join(unknown)} are found in query options."
+            )
+        for key, value in filters.items():
+            if key in MESSAGE_FILTERS:
+                messages = [message for message in messages if message.get(key) == value]
+    return _respond({"messages": [render_message(message) for message in messages]}, version)
+
+
+def show_message(project_id: str, message_id: str) -> Response:
+    """MessagesController.show."""
+    version = _messages_version()
+    check_project(project_id)
+    message = twin().volume.messages.get(message_id)
+    if message is None or message["project_id"] != twin().identity.project_id:
+        raise VolumeError(404, f"Message {message_id} could not be found.")
+    return _respond({"message": render_message(message)}, version)
+
+
+# --- quotas ------------------------------------------------------------------------------------
+
+
+def show_quota_set(project_id: str, target_project_id: str) -> Response:
+    """QuotaSetsController.show: the limits, and with ?usage=true in_use and reserved too; a
+    project member may read only its own project's (volume_extension:quotas:show)."""
+    version = microversion()
+    check_project(project_id)
+    if target_project_id != twin().identity.project_id:
+        raise VolumeError(403, "Policy doesn't allow volume_extension:quotas:show to be performed.")
+    quotas = twin().volume.quota_set()
+    usage = request.args.get("usage", "false").strip().lower()
+    if usage not in TRUE_TEXTS + FALSE_TEXTS:
+        raise VolumeError(400, f"Value '{request.args.get('usage')}' for 'usage' is not a boolean.")
+    body: dict[str, Any] = (
+        dict(quotas)
+        if usage in TRUE_TEXTS
+        else {name: values["limit"] for name, values in quotas.items()}
+    )
+    body["id"] = target_project_id
+    return _respond({"quota_set": body}, version)

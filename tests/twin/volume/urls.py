@@ -25,6 +25,9 @@ ROUTES = (
     ("/v3/<project_id>/volumes/<volume_id>/action", "POST", responses.volume_action),
     ("/v3/<project_id>/types", "GET", responses.list_types),
     ("/v3/<project_id>/types/<type_id>", "GET", responses.show_type),
+    ("/v3/<project_id>/messages", "GET", responses.list_messages),
+    ("/v3/<project_id>/messages/<message_id>", "GET", responses.show_message),
+    ("/v3/<project_id>/os-quota-sets/<target_project_id>", "GET", responses.show_quota_set),
 )
 for rule, method, view in ROUTES:
     blueprint.add_url_rule(rule, endpoint=view.__name__, view_func=view, methods=[method])
