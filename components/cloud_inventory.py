@@ -357,3 +357,68 @@ def lease_serves(record: Mapping[str, Any]) -> bool:
         return False
     events = {event.get("event_type"): event.get("status") for event in record.get("events") or []}
     return events.get("start_lease") == "DONE" and events.get("end_lease") != "DONE"
+
+
+# --- a whole project (an instructor's view) ------------------------------------------------
+
+# How a lease name carries its owner (components/settings.py, Settings.lease_name).
+LEASE_OWNER = re.compile(r"^lease-persist-(?P<netid>[a-z][a-z0-9-]*)(?:\.(?P<stack>[^~]+))?$")
+
+
+@dataclass(frozen=True)
+class Owned:
+    """A resource of the project that carries a chi-persist owner key."""
+
+    kind: str
+    found: Found
+
+
+def project_resources(api: OpenStack) -> list[Owned]:
+    """Every server, volume, port, floating IP, security group and lease of the project that
+    names its chi-persist owner (a class shares one project; a member sees all of it)."""
+
+    def listed(service: str, path: str, key: str) -> list[dict[str, Any]]:
+        try:
+            answer = api.call(service, "GET", path)
+        except CloudUnavailable as error:
+            raise InventoryFailed(str(error)) from None
+        if answer.status != 200 or not isinstance(answer.body.get(key), list):
+            raise InventoryFailed(
+                f"the cloud answered GET {path} with HTTP {answer.status}: {answer.error_message}"
+            )
+        return answer.body[key]
+
+    def neutron_owner(record: Mapping[str, Any]) -> str | None:
+        match = DESCRIPTION_OWNER.search(record.get("description") or "")
+        if match:
+            return match.group(1)
+        for tag in record.get("tags") or []:
+            if tag.startswith(f"{OWNER_KEY}=") and "~" not in tag:
+                return tag.split("=", 1)[1]
+        return None
+
+    def one(kind: str, record: Mapping[str, Any], name: str, owner: str | None) -> Owned:
+        return Owned(
+            kind, Found(record["id"], name, str(record.get("status") or ""), owner, record)
+        )
+
+    owned: list[Owned] = []
+    for record in listed(NOVA, "/servers/detail", "servers"):
+        owner = (record.get("metadata") or {}).get(OWNER_KEY)
+        owned.append(one("server", record, record.get("name") or "", owner))
+    for record in listed(CINDER, "/volumes/detail", "volumes"):
+        owner = (record.get("metadata") or {}).get(OWNER_KEY)
+        owned.append(one("volume", record, record.get("name") or "", owner))
+    for kind, path, key in (
+        ("port", "/v2.0/ports", "ports"),
+        ("floating IP", "/v2.0/floatingips", "floatingips"),
+        ("security group", "/v2.0/security-groups", "security_groups"),
+    ):
+        for record in listed(NEUTRON, path, key):
+            name = record.get("name") or record.get("floating_ip_address") or ""
+            owned.append(one(kind, record, name, neutron_owner(record)))
+    for record in listed(BLAZAR, "/leases", "leases"):
+        match = LEASE_OWNER.match(record.get("name") or "")
+        owner = f"{match['netid']}/{match['stack'] or match['netid']}" if match else None
+        owned.append(one("lease", record, record.get("name") or "", owner))
+    return [each for each in owned if each.found.owner is not None]

@@ -8,6 +8,7 @@ the real CLI on a student machine (tests/engine/workspace.py).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import textwrap
 from pathlib import Path
@@ -712,3 +713,59 @@ def test_without_credentials_the_quotas_are_not_checked_and_it_says_so(machine, 
     assert result.returncode == 0, result.stderr
     assert "the project's quotas were not checked" in result.stdout
     assert "export OS_CLOUD=" in result.stdout
+
+
+def test_leaks_lists_what_carries_a_roster_key_and_no_state_here_holds(instructor, twin):
+    """--leaks: read-only, each resource of a roster student that no stack state on this
+    machine holds, with the command that would delete it; what a state holds is not listed,
+    nor anything of a stack outside the roster, nor anything without a key."""
+    from tests.support.pulumi_state import of_type, state_fixture
+    from tests.twin import steps
+
+    api = twin.api()
+    port = steps.port(api, "node-persist-st01", [])
+    api.put(
+        f"{api.network}/ports/{port['id']}/tags", json={"tags": ["chi-persist-stack=st01/st01"]}
+    )
+    volume = api.post(
+        f"{api.volume}/volumes",
+        json={"volume": {"name": "block-persist-st02", "size": 1,
+                         "metadata": {"chi-persist-stack": "st02/st02"}}},
+    ).json()["volume"]  # fmt: skip
+    stray = steps.port(api, "node-persist-st02", [])
+    api.put(
+        f"{api.network}/ports/{stray['id']}/tags", json={"tags": ["chi-persist-stack=st02/st02"]}
+    )
+    other = steps.port(api, "node-persist-zz99", [])
+    api.put(
+        f"{api.network}/ports/{other['id']}/tags", json={"tags": ["chi-persist-stack=zz99/zz99"]}
+    )
+    steps.port(api, "node-persist-st01-by-hand", [])  # no key: not the program's
+    state = state_fixture()
+    (held,) = of_type(state, "openstack:blockstorage/volume:Volume")
+    text = json.dumps(state).replace(held["id"], volume["id"]).replace("ab1234", "st02")
+    instructor.import_state("st02", json.loads(text))
+    before = len(twin.events())
+
+    roster = write_roster(instructor, class_of(2))
+    result = class_stacks(instructor, str(roster), "--leaks")
+    assert result.returncode == 0, result.stdout + result.stderr
+    leaks = [line for line in result.stdout.splitlines() if line.startswith("leak:")]
+    assert len(leaks) == 2, result.stdout
+    (st01,) = [line for line in leaks if port["id"] in line]
+    assert "st01: port" in st01 and "no stack state here" in st01, st01
+    assert f"openstack port delete {port['id']}" in st01, st01
+    assert any(stray["id"] in line and "not in stack st02's state" in line for line in leaks)
+    assert volume["id"] not in result.stdout, "the state holds this volume"
+    assert "resources of stacks not in the roster: zz99/zz99" in result.stdout
+    changes = [
+        (event["method"], event["path"])
+        for event in twin.events(before)
+        if event.get("kind") == "api"
+        and event.get("method") != "GET"
+        and event.get("path") != "/v3/auth/tokens"  # logging in
+    ]
+    assert changes == [], f"a leak report changed the cloud: {changes}"
+    assert list(instructor.project.glob("Pulumi.st0*.yaml")) == [
+        instructor.project / "Pulumi.st02.yaml"
+    ], "a leak report writes no stack file"

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chi_persist_tools.command_line import EXIT_OK, EXIT_USAGE, PROJECT_DIR, CommandError, run_main
+from chi_persist_tools.command_line import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    PROJECT_DIR,
+    CommandError,
+    export_state,
+    run_main,
+)
 from chi_persist_tools.stack_files import (
     StackFileProblem,
     config_key,
@@ -106,8 +114,16 @@ quotas:
   whose servers could not all run at once (instances, cores, RAM) gets a warning, and so
   does a cloud that cannot be read (the files are written unchecked).
 
+leaks (--leaks):
+  Read-only: with the class's credentials in the shell, lists every server, volume, port,
+  floating IP, security group and lease of the project that carries a roster student's
+  owner key (chi-persist-stack=NETID/NETID) and is in no stack state this machine has:
+  what an interrupted `pulumi up` or a lost laptop left behind. Nothing is deleted; each
+  line names the command that would delete it (a volume may hold data: look first).
+
 examples:
   scripts/class-stacks roster.yaml --dry-run      # show what would be written
+  scripts/class-stacks roster.yaml --leaks        # what the class left in the cloud
   scripts/class-stacks roster.yaml                # write Pulumi.<netid>.yaml here
   scripts/class-stacks roster.yaml --output-dir handout/
 
@@ -115,7 +131,8 @@ then each student, in their copy of the project with their Pulumi.<netid>.yaml:
   scripts/new-stack NETID --key-pair KEY_PAIR && pulumi up --stack NETID
 
 exit status:
-  0  every file was written (or, with --dry-run, would be)
+  0  every file was written (or, with --dry-run, would be; with --leaks, the report was made)
+  1  --leaks: the project could not be read
   2  the roster (or an existing stack file) has problems, or would go over the project's
      quotas: nothing was written
 """
@@ -152,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("roster", metavar="ROSTER.yaml", type=Path, help="the class roster")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the files that would be written; write none"
+    )
+    parser.add_argument(
+        "--leaks",
+        action="store_true",
+        help="write nothing; list every cloud resource that carries a roster student's owner "
+        "key and is in no stack state this machine has (read-only)",
     )
     parser.add_argument(
         "--no-quota-check",
@@ -437,6 +460,66 @@ def check_project_quotas(students: Sequence[Student]) -> tuple[list[str], list[s
     return problems, notes
 
 
+# How a student deletes by hand what a leak report lists.
+DELETE_COMMANDS = {
+    "server": "openstack server delete {id}",
+    "port": "openstack port delete {id}",
+    "floating IP": "openstack floating ip delete {id}",
+    "security group": "openstack security group delete {id}",
+    "lease": "openstack reservation lease delete {id}",
+    "volume": "openstack volume show {id}   (it may hold a student's data: look first)",
+}
+
+
+def known_ids(netid: str) -> set[str] | None:
+    """The ids in the stack state this machine has for the student's stack; None without one."""
+    try:
+        export = export_state(netid)
+    except CommandError:
+        return None
+    resources = (export.get("deployment") or {}).get("resources") or []
+    return {str(r.get(key)) for r in resources for key in ("id", "importID") if r.get(key)}
+
+
+def leak_report(students: Sequence[Student]) -> int:
+    """Read-only: the cloud resources carrying a roster student's owner key that no stack
+    state here holds (a killed `up`, a lost laptop, a stack deleted without its resources)."""
+    from components.cloud_inventory import InventoryFailed, project_resources
+    from components.openstack_api import CloudUnavailable, OpenStack
+
+    try:
+        resources = project_resources(OpenStack())
+    except (CloudUnavailable, InventoryFailed) as error:
+        raise CommandError(
+            f"the project could not be read: {error}",
+            "fix: give this shell the class's credentials (OS_CLOUD with clouds.yaml, or "
+            "`source` the openrc file), then run class-stacks --leaks again",
+            exit_code=EXIT_FAILED,
+        ) from None
+    owners = {f"{student.netid}/{student.netid}": student for student in students}
+    leaks = 0
+    for student in students:
+        known = known_ids(student.netid)
+        theirs = [r for r in resources if r.found.owner == f"{student.netid}/{student.netid}"]
+        where = "no stack state here" if known is None else f"not in stack {student.netid}'s state"
+        for resource in theirs:
+            if known is not None and resource.found.id in known:
+                continue
+            leaks += 1
+            command = DELETE_COMMANDS[resource.kind].format(id=resource.found.id)
+            print(
+                f"leak: {student.netid}: {resource.kind} {resource.found.described()}: {where}; "
+                f"{command}"
+            )
+    others = sorted({r.found.owner for r in resources if r.found.owner not in owners})
+    print(
+        f"class-stacks: {leaks} resource{'s' if leaks != 1 else ''} of the roster's "
+        f"{len(students)} students in no stack state here"
+        + (f"; resources of stacks not in the roster: {', '.join(others)}" if others else "")
+    )
+    return EXIT_OK
+
+
 def _yaml_value(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
@@ -508,6 +591,8 @@ def run(arguments: argparse.Namespace) -> int:
         )
 
     students, problems = check_roster(text, roster_path.name)
+    if arguments.leaks and not problems:
+        return leak_report(students)
     outcomes: list[Outcome] = []
     quota_notes: list[str] = []
     if not problems and not arguments.no_quota_check:

@@ -6,13 +6,15 @@ runs the program's own first-boot user data, every volume attach hot-plugs a
 disk, every floating IP is a loopback address that reaches the guest. The steps
 run in order on one twin and one student, as the semester does:
 
- 1. new-stack, then `pulumi up`: the stack makes its lease, the platform comes up, and the
-    volume is formatted once;
+ 1. new-stack, then a `pulumi up` killed right after Nova accepted the server, `pulumi
+    cancel` and `pulumi up`: the stack makes its lease, the platform comes up on one server,
+    and the volume is formatted once;
  2. `pulumi preview --expect-no-changes` right after, and a `pulumi up` that changes nothing;
  3. a marker written on the volume through the server;
  4. `scripts/recycle`: server, attachment and commands gone, the rest untouched,
     the volume cleanly unmounted before it was detached, detached before the delete;
  5. `pulumi up`: a new server, same address and volume, nothing formatted, the marker there;
+    then recycle refuses a running server that SSH does not reach from its side;
  6. a changed file under docker/: the volume is mounted and the stack runs afterwards;
     then the stack's lease ends (the server is deleted with it): the next `pulumi up`
     makes a new lease and server, same volume and address, nothing formatted;
@@ -22,6 +24,9 @@ run in order on one twin and one student, as the semester does:
     recover it; an API call fails with 503 mid-`up` and a second `up` converges with
     nothing duplicated; the SSH session drops during the prepare step and a rerun
     converges with nothing formatted twice;
+ 10d. a second machine (an empty state): refused while the first machine's server holds the
+    volume, nothing changed; after a clean shutdown and delete of that server, it adopts
+    everything else and brings the data back on a new server;
  9. `pulumi destroy` stops at the protected volume; the README's "delete everything"
     commands then leave the twin empty (the semester's end, so it runs after the faults);
 11. and 12. two more students at once on the same twin: one adopts a tutorial-formatted
@@ -267,11 +272,26 @@ def semester(
 
 
 def test_1_first_up_brings_the_platform_up_and_formats_the_volume_once(semester: Semester):
-    """new-stack with only a key pair, then one `pulumi up`: the platform runs on the twin."""
+    """new-stack with only a key pair, then a `pulumi up` the twin kills right after Nova
+    accepted the server (a laptop's lid closes): `pulumi cancel`, as Pulumi asks, and one
+    `pulumi up` bring the platform up on one server, the volume formatted once."""
     made = semester.student.script("new-stack", NETID, "--key-pair", KEY_PAIR)
     assert made.returncode == 0, explain(made)
-    up = semester.up(measure="first `pulumi up`")
+    log = semester.student.root / "killed-first-up.log"
+    killed = semester.student.start_pulumi(
+        "up", "--yes", "--stack", NETID, "--non-interactive", log=log
+    )
+    semester.twin.kill_after("POST", r"/compute/v2\.1/servers", killed.pid)
+    assert killed.wait(timeout=UP_TIMEOUT) == -9, log.read_text()
+    (orphan,) = semester.twin.state()["servers"]
+    locked = semester.up()
+    assert locked.returncode != 0 and "pulumi cancel" in locked.stdout + locked.stderr
+    cancelled = semester.student.pulumi("cancel", "--yes", "--stack", NETID, "--non-interactive")
+    assert cancelled.returncode == 0, explain(cancelled)
+    up = semester.up(measure="first `pulumi up` (after one killed at the server's create)")
     assert up.returncode == 0, explain(up)
+    assert "deletes it and makes a new server" in up.stdout + up.stderr, explain(up)
+    assert orphan["id"] not in {server["id"] for server in semester.twin.state()["servers"]}
     outputs = semester.outputs()
     address = outputs["floating_ip"]
     assert address.startswith("127.") and address != "127.0.0.1", outputs
@@ -364,6 +384,38 @@ def test_5_up_after_recycle_brings_the_same_data_back_without_formatting(semeste
     marker = semester.ssh("cat /mnt/block/marker.txt")
     assert marker.stdout.strip() == MARKER, explain(marker)
     semester.learned["server_id"] = outputs["server_id"]
+
+
+def test_5b_recycle_never_detaches_a_running_server_it_cannot_reach(semester: Semester):
+    """allowedCidrs leaves out the address recycle connects from: Nova says ACTIVE and SSH does
+    not answer, so recycle refuses and the volume stays attached under the running platform;
+    the student's address back in, and `pulumi up` finds everything as it was."""
+    outside = ["192.0.2.0/24"]  # TEST-NET-1: not where the twin's floating IPs are reached from
+    narrowed = semester.student.pulumi(
+        "config", "set", "--path", "chi-persist:allowedCidrs[0]", outside[0], "--stack", NETID
+    )
+    assert narrowed.returncode == 0, explain(narrowed)
+    up = semester.up()
+    assert up.returncode == 0, explain(up)
+    events_before = len(semester.twin.events())
+    recycled = semester.student.script("recycle", "--stack", NETID, "--yes", timeout=UP_TIMEOUT)
+    assert recycled.returncode == 1, explain(recycled)
+    assert "does not answer on SSH from here" in recycled.stderr, explain(recycled)
+    assert "Nova says ACTIVE" in recycled.stderr and "--stop-through-nova" in recycled.stderr
+    changes = [
+        (method, path)
+        for method, path in _api_calls(semester.twin, events_before)
+        if method in ("POST", "PUT", "DELETE")
+    ]
+    assert changes == [], f"recycle changed the cloud: {changes}"
+    (volume,) = semester.twin.state()["volumes"]
+    assert [a["server_id"] for a in volume["attachments"]] == [semester.learned["server_id"]]
+    restored = semester.student.pulumi("config", "rm", "chi-persist:allowedCidrs", "--stack", NETID)
+    assert restored.returncode == 0, explain(restored)
+    up = semester.up()
+    assert up.returncode == 0, explain(up)
+    running = semester.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt")
+    assert running.returncode == 0 and running.stdout.strip() == MARKER, explain(running)
 
 
 def test_6_a_changed_compose_file_leaves_the_volume_mounted_and_the_stack_running(
@@ -478,9 +530,8 @@ def test_10a_a_vanished_server_is_recycled_without_the_clean_stop(semester: Seme
     assert vanished.status_code == 200, vanished.text
     recycled = semester.student.script("recycle", "--stack", NETID, "--yes", timeout=UP_TIMEOUT)
     assert recycled.returncode == 0, explain(recycled)
-    assert "does not answer" in recycled.stdout and "PostgreSQL" in recycled.stdout, explain(
-        recycled
-    )
+    assert "Nova no longer has the server" in recycled.stdout, explain(recycled)
+    assert "PostgreSQL" in recycled.stdout, explain(recycled)
     state = semester.twin.state()
     assert state["servers"] == []
     (volume,) = state["volumes"]
@@ -593,6 +644,78 @@ def test_10c_an_ssh_drop_during_the_prepare_step_is_healed_by_a_rerun_without_fo
     assert ready["formatted"] == "no" and ready["uuid"] == semester.learned["uuid"], ready
     marker = semester.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt")
     assert marker.returncode == 0 and marker.stdout.strip() == MARKER, explain(marker)
+
+
+def test_10d_a_second_machine_builds_nothing_twice(semester: Semester, tmp_path: Path):
+    """The same student with an empty state (a new laptop): the server runs the platform on
+    the volume for the first machine's state, so `pulumi up` refuses, naming it and the way
+    out, and changes nothing (the first machine still has nothing to do). Following that way
+    out (a clean shutdown through Nova, then a delete), `pulumi up` adopts everything else,
+    makes a new server and finds the data; the first machine's stale state is then refused."""
+    first = semester.student
+    second = StudentMachine.create(tmp_path, semester.student_env)
+    (second.home / ".ssh" / "id_rsa_chameleon").write_bytes(semester.key.read_bytes())
+    (second.home / ".ssh" / "id_rsa_chameleon").chmod(0o600)
+    made = second.script("new-stack", NETID, "--key-pair", KEY_PAIR)
+    assert made.returncode == 0, explain(made)
+    old_server = semester.learned["server_id"]
+    events_before = len(semester.twin.events())
+    refused = second.pulumi("up", "--yes", "--stack", NETID, "--non-interactive", timeout=900)
+    assert refused.returncode != 0, explain(refused)
+    said = refused.stdout + refused.stderr
+    assert f"openstack server stop {old_server}" in said and "Nothing was created" in said, said
+    changes = [
+        (method, path)
+        for method, path in _api_calls(semester.twin, events_before)
+        if method in ("POST", "PUT", "DELETE")
+    ]
+    assert changes == [], f"the refused `up` changed the cloud: {changes}"
+    unchanged = first.pulumi(
+        "preview", "--expect-no-changes", "--stack", NETID, "--non-interactive", timeout=900
+    )
+    assert unchanged.returncode == 0, explain(unchanged)
+    # The way out the refusal names: a clean shutdown, then a delete (openstack server stop,
+    # openstack server delete), here through the twin's Nova API.
+    api = semester.twin.api()
+    stopped = api.post(f"{api.compute}/servers/{old_server}/action", json={"os-stop": None})
+    assert stopped.status_code == 202, stopped.text
+    wait_for(
+        lambda: api.get(f"{api.compute}/servers/{old_server}").json()["server"]["status"]
+        == "SHUTOFF",
+        timeout=600, what="the server's clean shutdown", interval=2,
+    )  # fmt: skip
+    assert api.delete(f"{api.compute}/servers/{old_server}").status_code == 204
+    wait_for(
+        lambda: api.get(f"{api.compute}/servers/{old_server}").status_code == 404,
+        timeout=300, what="the server's delete", interval=2,
+    )  # fmt: skip
+    (volume,) = semester.twin.state()["volumes"]
+    assert _filesystem_state(Path(volume["disk"])) == "clean", "not unmounted at the shutdown"
+    semester.student = second
+    up = semester.up()
+    assert up.returncode == 0, explain(up)
+    said = up.stdout + up.stderr
+    for what in ("port", "floating IP", "security group", "volume"):
+        assert f"adopting {what}" in said, (what, said)
+    outputs = semester.outputs()
+    assert outputs["floating_ip"] == semester.learned["address"]
+    assert outputs["volume_id"] == semester.learned["volume_id"]
+    state = semester.twin.state()
+    assert len(state["servers"]) == 1 and len(state["ports"]) == 1
+    assert len(state["floatingips"]) == 1 and len(state["volumes"]) == 1
+    ready = _ready_line(semester.command_stdout(PREPARE))
+    assert ready["formatted"] == "no" and ready["uuid"] == semester.learned["uuid"], ready
+    marker = semester.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt")
+    assert marker.returncode == 0 and marker.stdout.strip() == MARKER, explain(marker)
+    semester.learned["server_id"] = outputs["server_id"]
+    events_before = len(semester.twin.events())
+    stale = first.pulumi("up", "--yes", "--stack", NETID, "--non-interactive", timeout=900)
+    assert stale.returncode != 0 and "Nothing was created" in stale.stdout + stale.stderr
+    assert not [
+        call
+        for call in _api_calls(semester.twin, events_before)
+        if call[0] in ("POST", "PUT", "DELETE")
+    ], "the first machine's stale state changed the cloud"
 
 
 def test_9_destroy_stops_at_the_volume_and_the_readme_deletes_everything(semester: Semester):
