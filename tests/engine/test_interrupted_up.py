@@ -1,14 +1,15 @@
-"""A `pulumi up` killed mid-run, through the real engine on the twin (no VMs).
+"""A `pulumi up` or a recycle killed mid-run, through the real engine on the twin (no VMs).
 
 For each cloud call of a first `pulumi up` (the lease, the security group and a rule, the
 port and its tags, the floating IP, the volume, the server and the attachment), the twin
-kills the CLI's whole process group right after it answered that call with success: the
+kills every process of the CLI's session right after it answered that call with success: the
 cloud holds what the call made and the state holds a pending create at most. Then, as a
 student may: `pulumi cancel` (Pulumi demands it for the file backend's stale lock) and one
 `pulumi up`. It must converge: one of each resource carrying the stack's owner key, the
-volume attached to the server, nothing made twice. The provisioning steps need a guest, so
-these `up`s leave them out (`--exclude`); the semester (test_semester.py) proves a killed
-`up` with a guest, its provisioning re-run on the adopted server and nothing formatted twice.
+volume attached to the server, nothing made twice. The same for a recycle killed right after
+the detach and right after the server's delete: the state then holds what the cloud lost.
+The provisioning steps need a guest, so these `up`s leave them out (`--exclude`); the
+semester (test_semester.py) proves a killed `up` with a guest, and nothing formatted twice.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class KillPoint:
     """A regular expression over the whole path, as the twin's faults take it."""
     says: str = "adopting"
     """What the converging `pulumi up` says it does about what the killed one made."""
+    during: str = "up"
+    """"up": a first `pulumi up` is killed; "recycle": scripts/recycle, after one `up`."""
 
 
 KILL_POINTS = [
@@ -60,6 +63,22 @@ KILL_POINTS = [
     # no data yet, so it is deleted and made again.
     KillPoint("server", "POST", r"/compute/v2\.1/servers", "deletes it and makes a new server"),
     KillPoint("attachment", "POST", r"/compute/v2\.1/servers/[^/]+/os-volume_attachments"),
+    # A recycle killed after the detach, then after the server's delete: the state still holds
+    # what the cloud no longer has, and its replacement trigger makes it again.
+    KillPoint(
+        "recycle: detach",
+        "DELETE",
+        r"/compute/v2\.1/servers/[^/]+/os-volume_attachments/.+",
+        "no longer in the cloud",
+        "recycle",
+    ),
+    KillPoint(
+        "recycle: server delete",
+        "DELETE",
+        r"/compute/v2\.1/servers/[^/]+",
+        "no longer in the cloud",
+        "recycle",
+    ),
 ]
 
 
@@ -105,11 +124,24 @@ def make_student(root: Path, netid: str) -> Iterator[Student]:
 
 
 def killed_up(student: Student, point: KillPoint) -> str:
-    """A first `pulumi up` that the twin kills right after `point`'s call succeeded."""
+    """A first `pulumi up` (or, after one, a recycle) that the twin kills right after
+    `point`'s call succeeded."""
     log = student.machine.root / "killed-up.log"
-    process = student.machine.start_pulumi(
-        "up", "--yes", "--non-interactive", "--stack", student.netid, *WITHOUT_GUEST, log=log
-    )
+    if point.during == "recycle":
+        first = student.up()
+        assert first.returncode == 0, explain(first)
+        with open(log, "wb") as output:
+            process = subprocess.Popen(
+                [str(student.machine.project / "scripts" / "recycle"),
+                 "--stack", student.netid, "--yes"],
+                cwd=student.machine.project, env=student.machine.env,
+                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+    else:
+        process = student.machine.start_pulumi(
+            "up", "--yes", "--non-interactive", "--stack", student.netid, *WITHOUT_GUEST, log=log
+        )
     student.twin.kill_after(point.method, point.path, process.pid)
     try:
         status = process.wait(timeout=UP_SECONDS)
