@@ -43,7 +43,12 @@ try:
     )
     survey = survey_stack(settings, stack, opened_ports(access_args), PROJECT_ROOT, pulumi.log.info)
     adoption = plan_adoption(survey.observations, stack)
-    volume_args = plan_volume(settings, stack, survey.volume)
+    try:
+        volume_args = plan_volume(settings, stack, survey.volume)
+    except SettingsError as error:
+        # Everything that stands in the way is said at once.
+        adoption.raise_problems(also=[str(problem) for problem in error.problems])
+        raise
     adoption.raise_problems()
     # What this `up` would add to the project (what exists adds nothing), against its quotas.
     check_quotas(settings, stack_demand(settings, volume_args))

@@ -9,7 +9,7 @@ survey (components/cloud_inventory.py) has already asked, so one table test driv
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -320,9 +320,11 @@ class AdoptionPlan:
 
     adoptions: Mapping[str, Adoption]
 
-    def raise_problems(self) -> None:
+    def raise_problems(self, also: Sequence[str] = ()) -> None:
+        """AdoptionRefused, listing every problem (and `also`, the volume's), when any."""
         problems = self.problems
         if problems:
+            problems = [*problems, *also]
             count = len(problems)
             raise AdoptionRefused(
                 f"{count} resource{'s' if count != 1 else ''} of this stack cannot be reconciled "

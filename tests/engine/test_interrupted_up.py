@@ -275,3 +275,47 @@ def test_repair_clears_what_pulumi_still_records_and_changes_nothing(sweep, poin
     assert outcome.repaired.returncode == 0, explain(outcome.repaired)
     assert outcome.pending_after_repair == []
     assert outcome.after_repair.returncode == 0, explain(outcome.after_repair)
+
+
+def test_another_stacks_resources_are_left_untouched_and_the_refusal_says_so(tmp_path: Path):
+    """Two stacks of one netid (ab1234 and spring): the second would name its resources as
+    the first does, which carry the first's key. Its `pulumi up` refuses, naming that stack
+    and the way out, and changes nothing in the cloud."""
+    for first in make_student(tmp_path / "first", "ab1234"):
+        made = first.up()
+        assert made.returncode == 0, explain(made)
+        second = StudentMachine.create(tmp_path / "second", {
+            key: first.machine.env[key]
+            for key in ("OS_CLOUD", "OS_CLIENT_CONFIG_FILE", "NO_PROXY")
+        })  # fmt: skip
+        key = first.machine.home / ".ssh" / "id_rsa_chameleon"
+        (second.home / ".ssh" / "id_rsa_chameleon").write_bytes(key.read_bytes())
+        (second.home / ".ssh" / "id_rsa_chameleon").chmod(0o600)
+        created = second.script("new-stack", "spring", "--key-pair", KEY_PAIR)
+        assert created.returncode == 0, explain(created)
+        netid = second.pulumi("config", "set", "chi-persist:netid", "ab1234", "--stack", "spring")
+        assert netid.returncode == 0, explain(netid)
+        before = len(first.twin.events())
+        refused = second.pulumi(
+            "up", "--yes", "--non-interactive", "--stack", "spring", *WITHOUT_GUEST,
+            timeout=UP_SECONDS,
+        )  # fmt: skip
+        said = refused.stdout + refused.stderr
+        assert refused.returncode != 0, explain(refused)
+        for what in ("server", "port", "security group", "volume"):
+            refusal = next((line for line in said.splitlines() if f"- {what}" in line
+                            or f"the {what} block-persist" in line), "")  # fmt: skip
+            assert "ab1234/ab1234" in refusal and "pulumi stack select ab1234" in refusal, (
+                what, said,
+            )  # fmt: skip
+        assert "Nothing was created" in said, said
+        changes = [
+            (event["method"], event["path"])
+            for event in first.twin.events(before)
+            if event.get("kind") == "api"
+            and event.get("method") != "GET"
+            and event.get("path") != "/v3/auth/tokens"
+        ]
+        assert changes == [], f"the refused stack changed the cloud: {changes}"
+        again = first.pulumi("preview", "--expect-no-changes", "--non-interactive", *WITHOUT_GUEST)
+        assert again.returncode == 0, explain(again)
