@@ -1,12 +1,13 @@
 """repair: make a stack's state agree with the cloud after an interrupted run, asking nothing.
 
-`pulumi up` adopts what an interrupted run made, but Pulumi keeps its record of the
-interrupted create until it is told what became of it, and its only other way out is an
-interactive `pulumi refresh`. repair tells it, with the ids it finds in the cloud: each
-pending create is imported (`--import-pending-creates URN ID`) when the cloud holds what it
-made and the state does not, and cleared (`--clear-pending-creates`) otherwise
-(pkg/cmd/pulumi/operations/refresh.go). It also removes the empty metadata files a killed
-`pulumi` can leave in a local state directory, and names a stale lock's one fix.
+`pulumi up` adopts what an interrupted run made (components/adoption.py), but Pulumi keeps its
+record of the interrupted create until it is told what became of it (pkg/backend/snapshot.go,
+Snap), and its own way out is an interactive `pulumi refresh`. repair clears that record with
+a non-interactive `pulumi refresh --clear-pending-creates`. It does not import through
+`--import-pending-creates`: the CLI (v3.274.1) marks such an operation "importing", and no
+part of the engine turns it into a resource; the snapshot drops it. It also removes the empty
+metadata files a killed `pulumi` can leave in a local state directory, and names a stale
+lock's one fix.
 """
 
 from __future__ import annotations
@@ -44,13 +45,10 @@ what it does:
   1. removes the empty metadata files (*.attrs) a killed pulumi can leave beside the
      stack's files in a local state directory (they make every command fail with
      "failed to load checkpoint: EOF"; without them the backend uses its defaults);
-  2. reads the stack's state; for each create an interrupted run began and never
-     finished (a "pending create"), asks the cloud whether it made the resource:
-       - the state holds it already (`pulumi up` adopted it): the record is cleared;
-       - the cloud holds it (with this stack's owner key) and the state does not: it is
-         imported with its id;
-       - the cloud does not hold it: the record is cleared;
-  3. runs `pulumi refresh --yes` with those answers, and checks no pending create is left.
+  2. reads the stack's state, and names each create an interrupted run began and never
+     finished (a "pending create"): held by the state (`pulumi up` adopted it), or not
+     (the next `pulumi up` adopts what the cloud holds with the stack's owner key);
+  3. runs `pulumi refresh --yes --clear-pending-creates`, and checks none is left.
   A stack locked by a pulumi that no longer runs is named, with the one command that
   clears the lock (`pulumi cancel --stack NETID --yes`).
 
@@ -101,64 +99,6 @@ def held_urns(export: Mapping[str, Any]) -> set[str]:
     return {resource["urn"] for resource in deployment.get("resources") or [] if resource.get("id")}
 
 
-def cloud_ids(stack: str, export: Mapping[str, Any], names: Sequence[str]) -> dict[str, str]:
-    """For each resource name of the program, the id of the one resource the cloud holds with
-    this stack's owner key and the state lacks (the program's own survey answers)."""
-    from components.access import AccessRulesArgs, opened_ports
-    from components.cloud_inventory import CloudInventory
-    from components.openstack_api import CloudUnavailable, OpenStack
-    from components.settings import NAMESPACE, SettingsError, validate
-    from components.stack_state import StackState
-    from components.survey import SurveyFailed, survey
-    from components.volume import VOLUME_NAME
-
-    listing = json.loads(run_pulumi(["config", "--json", "--stack", stack]) or "{}")
-    raw = {
-        key.split(":", 1)[1]: entry.get("objectValue", entry.get("value"))
-        for key, entry in listing.items()
-        if key.startswith(f"{NAMESPACE}:") and not entry.get("secret")
-    }
-    try:
-        settings = validate(raw, stack, check_private_key=False)
-        api = OpenStack()
-    except SettingsError as error:
-        raise CommandError(
-            "the stack's settings are not valid, so its cloud resources cannot be named",
-            *[f"fix: {problem}" for problem in error.problems],
-            exit_code=EXIT_FAILED,
-        ) from None
-    except CloudUnavailable as error:
-        raise CommandError(str(error), exit_code=EXIT_FAILED) from None
-    rules = opened_ports(
-        AccessRulesArgs(
-            settings.security_group_name,
-            settings.allowed_cidrs,
-            settings.existing_security_groups,
-        )
-    )
-    try:
-        found = survey(
-            settings,
-            CloudInventory(settings, api, log=lambda line: print(f"repair: {line}")),
-            rules,
-            lambda: StackState.from_export(export),
-        )
-    except SurveyFailed as error:
-        raise CommandError(str(error), exit_code=EXIT_FAILED) from None
-    ids: dict[str, str] = {}
-    for managed, observed in found.observations.values():
-        # A server imported from its pending create keeps the program's own inputs (its port
-        # among them), which a plain import loses: one is taken whatever it holds.
-        if managed.name in names and observed.state is None and len(observed.owned) == 1:
-            ids[managed.name] = observed.owned[0].id
-    owned = found.volume.owned
-    if VOLUME_NAME in names and found.volume.held_id is None and owned is not None:
-        volume_id = getattr(owned, "id", None)
-        if volume_id:
-            ids[VOLUME_NAME] = volume_id
-    return ids
-
-
 def run(stack: str | None, environ: Mapping[str, str]) -> int:
     if stack is None:
         stack = selected_stack("repair")
@@ -184,20 +124,19 @@ def run(stack: str | None, environ: Mapping[str, str]) -> int:
             )
 
     held = held_urns(export)
-    unheld = [resource for resource in pending if resource["urn"] not in held]
-    names = [resource["urn"].rsplit("::", 1)[-1] for resource in unheld]
-    found = cloud_ids(stack, export, names) if unheld else {}
-    arguments = ["refresh", "--stack", stack, "--yes", "--non-interactive", "--skip-preview"]
+    arguments = [
+        "refresh", "--stack", stack, "--yes", "--non-interactive", "--skip-preview",
+        "--clear-pending-creates",
+    ]  # fmt: skip
     for resource in pending:
         name = resource["urn"].rsplit("::", 1)[-1]
         if resource["urn"] in held:
             print(f"repair: {name}: the state holds it (adopted by `pulumi up`): record cleared")
-        elif name in found:
-            arguments += ["--import-pending-creates", resource["urn"], found[name]]
-            print(f"repair: {name}: the cloud holds it (id {found[name]}): imported")
         else:
-            print(f"repair: {name}: the cloud holds nothing it made: record cleared")
-    arguments.append("--clear-pending-creates")
+            print(
+                f"repair: {name}: not in the state: record cleared; the next `pulumi up` adopts "
+                "what the cloud holds of it with this stack's owner key"
+            )
     print(f"repair: {pulumi_command_text(arguments)}", flush=True)
     try:
         stream_pulumi(arguments)

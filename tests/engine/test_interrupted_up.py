@@ -319,3 +319,23 @@ def test_another_stacks_resources_are_left_untouched_and_the_refusal_says_so(tmp
         assert changes == [], f"the refused stack changed the cloud: {changes}"
         again = first.pulumi("preview", "--expect-no-changes", "--non-interactive", *WITHOUT_GUEST)
         assert again.returncode == 0, explain(again)
+
+
+def test_repair_before_up_clears_the_record_and_up_still_converges(tmp_path: Path):
+    """`scripts/repair` right after `pulumi cancel`, before any `up`: the record of the
+    interrupted create is cleared with no question, and one `pulumi up` then converges."""
+    point = next(point for point in KILL_POINTS if point.what == "port")
+    for student in make_student(tmp_path, "ab1234"):
+        killed_up(student, point)
+        cancelled = student.pulumi("cancel", "--yes", "--non-interactive")
+        assert cancelled.returncode == 0, explain(cancelled)
+        repaired = student.machine.script("repair", "--stack", student.netid)
+        assert repaired.returncode == 0, explain(repaired)
+        assert "node-port: not in the state: record cleared" in repaired.stdout, repaired.stdout
+        export = student.machine.stack_export(student.netid)["deployment"]
+        assert not export.get("pending_operations")
+        converged = student.up()
+        assert converged.returncode == 0, explain(converged)
+        assert "adopting port" in converged.stdout + converged.stderr, explain(converged)
+        assert "Attempting to deploy" not in converged.stdout + converged.stderr
+        assert_one_of_each(student)
