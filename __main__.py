@@ -26,7 +26,7 @@ from components.settings import (
     private_key_password,
 )
 from components.survey import SurveyFailed, survey_stack
-from components.volume import VolumeRefused, plan_volume
+from components.volume_plan import VolumeRefused, plan_volume
 
 stack = pulumi.get_stack()
 # Every setting, what the state holds and what the cloud already holds are checked before any

@@ -22,7 +22,7 @@ from components.cloud_inventory import CloudInventory, Found, InventoryFailed, l
 from components.openstack_api import CloudUnavailable, OpenStack
 from components.settings import Settings
 from components.stack_state import StackState, StateUnreadable, read_state
-from components.volume import (
+from components.volume_plan import (
     SEVERAL,
     VOLUME_NAME,
     CloudVolume,
@@ -255,7 +255,7 @@ def observe_volume(
     named: Sequence[Found],
     owned: Sequence[Found],
 ) -> VolumeObserved:
-    """The volume's own rules (components/volume.py, plan_volume) decide; the state says which
+    """The volume's own rules (components/volume_plan.py, plan_volume) decide; the state says which
     volume the stack already manages, so that no other is ever imported over it."""
     named_volumes = [_cloud_volume(found) for found in named]
     owned_volumes = [_cloud_volume(found) for found in owned]

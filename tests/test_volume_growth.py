@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from components.volume import (
+from components.volume_growth import (
     CinderMessage,
     GrowthRefused,
     checked_size,
