@@ -50,7 +50,7 @@ access = AccessRules(
 volume = PersistentVolume("data", volume_args)
 # KVM@TACC boots servers only from a reserved flavor: the stack's own lease, unless the
 # student brings a reservation. The server boots the lease's reservation id, so a new lease
-# (the old one ended, or another flavor) replaces the server.
+# (a renewal, the old one ended, or another flavor) replaces the server.
 lease = None
 if settings.makes_lease:
     lease = Lease(
@@ -60,6 +60,8 @@ if settings.makes_lease:
             flavor_name=settings.flavor,
             duration_seconds=settings.lease_duration_seconds,
             lease_duration=settings.lease_duration,
+            renew_window_seconds=settings.lease_renew_window_seconds,
+            cloud=settings.lease_cloud,
         ),
     )
     flavor = ("id", lease.reservation_id)

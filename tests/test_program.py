@@ -199,9 +199,14 @@ def test_the_server_boots_the_leases_reservation(student: Evaluation) -> None:
     assert "flavorId" in server.replace_on_changes
 
 
-def test_a_replaced_lease_goes_before_its_successor_comes(student: Evaluation) -> None:
-    """Delete-before-replace: one reservation at a time, and the server on it goes first."""
-    assert student.one(LEASE).delete_before_replace
+def test_the_leases_diff_chooses_which_lease_goes_first(student: Evaluation) -> None:
+    """No delete_before_replace option on the lease: its provider's diff decides (an ended
+    lease goes first; one that still serves stays until its successor is held), and it gets
+    the renewal window and the lease's own credentials (none by default)."""
+    lease = student.one(LEASE)
+    assert not lease.delete_before_replace
+    assert lease.inputs["renew_window_seconds"] == 3600
+    assert lease.inputs["cloud"] == ""
 
 
 def test_the_lease_and_its_end_are_exported(student: Evaluation) -> None:
@@ -236,6 +241,9 @@ def test_no_note_about_leases_when_the_stack_makes_its_own(student: Evaluation) 
         ("flavor", "m1.xlarge", LEASE, "flavor_name", "m1.xlarge"),
         ("leaseDuration", "1d12h", LEASE, "duration_seconds", 36 * 3600),
         ("leaseDuration", "90m", LEASE, "lease_duration", "90m"),
+        ("leaseRenewWindow", "2h", LEASE, "renew_window_seconds", 7200),
+        ("leaseRenewWindow", "0m", LEASE, "renew_window_seconds", 0),
+        ("leaseCloud", "kvm-lease", LEASE, "cloud", "kvm-lease"),
         ("network", "sharednet2", PORT, "networkId", "network-sharednet2"),
         ("floatingIpPool", "public2", FLOATING_IP, "pool", "public2"),
         ("volumeSize", 20, VOLUME, "size", 20),
@@ -567,6 +575,15 @@ BAD_SETTINGS = [
      "leaseDuration", "'7d1m'", "pulumi config set chi-persist:leaseDuration"),
     ("lease of a month", "ab1234", {"leaseDuration": "30d"}, None, "leaseDuration",
      "longer than 7d", "pulumi config set chi-persist:leaseDuration"),
+    ("renewal window in seconds", "ab1234", {"leaseRenewWindow": "600s"}, None,
+     "leaseRenewWindow", "'600s'", "pulumi config set chi-persist:leaseRenewWindow 2h"),
+    ("renewal window longer than a day", "ab1234", {"leaseRenewWindow": "1d1h"}, None,
+     "leaseRenewWindow", "longer than 1d", "pulumi config set chi-persist:leaseRenewWindow"),
+    ("renewal window over half the lease", "ab1234",
+     {"leaseDuration": "4h", "leaseRenewWindow": "3h"}, None, "leaseRenewWindow",
+     "more than half of leaseDuration (4h)", "pulumi config set chi-persist:leaseRenewWindow 2h"),
+    ("lease cloud with a control character", "ab1234", {"leaseCloud": "kvm\tlease"}, None,
+     "leaseCloud", "'kvm\\tlease'", "pulumi config set chi-persist:leaseCloud kvm-lease"),
     ("relative mount point", "ab1234", {"mountPoint": "mnt/block"}, None, "mountPoint",
      "'mnt/block'", "pulumi config set chi-persist:mountPoint"),
     ("mount point over a system directory", "ab1234", {"mountPoint": "/etc"}, None,
@@ -605,6 +622,24 @@ def test_bad_setting_is_reported_before_any_resource(
     assert fix in message
     assert "Traceback" not in message
     assert raised.value.registrations == []
+
+
+@pytest.mark.parametrize(
+    ("config", "seconds"),
+    [
+        ({}, 3600),
+        ({"leaseDuration": "1h"}, 1800),
+        ({"leaseDuration": "90m"}, 2700),
+        ({"leaseDuration": "1h", "leaseRenewWindow": "10m"}, 600),
+        ({"leaseRenewWindow": "0m"}, 0),
+        ({"leaseDuration": "3d", "leaseRenewWindow": "1d"}, 86400),
+    ],
+    ids=["default", "default-cut-for-1h", "default-cut-for-90m", "set", "never", "a-day"],
+)
+def test_the_renewal_window_reaches_the_lease(config: dict[str, str], seconds: int) -> None:
+    """leaseRenewWindow as set, or 1h cut to half of a shorter lease when not set."""
+    lease = evaluate(config=config).one(LEASE)
+    assert lease.inputs["renew_window_seconds"] == seconds
 
 
 def test_every_problem_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
