@@ -14,6 +14,7 @@ from components import (
     Provisioning,
     ProvisioningArgs,
 )
+from components.lease import own_lease_end
 from components.project_files import first_boot_user_data
 from components.settings import (
     NAMESPACE,
@@ -65,8 +66,11 @@ if settings.makes_lease:
         ),
     )
     flavor = ("id", lease.reservation_id)
+    lease_end = lease.end_date
 else:
     flavor = settings.flavor_id_or_name
+    lease_end, lease_note = own_lease_end(settings.reservation or "", settings.lease_cloud)
+    pulumi.log.info(lease_note)
 node = Node(
     "node",
     NodeArgs(
@@ -92,6 +96,7 @@ provisioning = Provisioning(
         mount_point=settings.mount_point,
         private_key=private_key(pulumi.Config(NAMESPACE), settings),
         private_key_password=private_key_password(pulumi.Config(NAMESPACE), settings),
+        lease_end=lease_end,
     ),
 )
 

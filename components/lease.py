@@ -534,6 +534,36 @@ class LeaseProvider(pulumi.dynamic.ResourceProvider):
         )
 
 
+# --- a lease of the student's own ----------------------------------------------------------
+
+
+def own_lease_end(reservation_id: str, cloud: str | None = None) -> tuple[str | None, str]:
+    """The end (ISO 8601 UTC) of the project's lease that holds `reservation_id`, the flavor
+    a student reserved themselves, read from Blazar before any resource changes; None when
+    it cannot be read or has ended. With it, what `pulumi up` says about it."""
+    what = f"the lease that holds your reservation {reservation_id}"
+    no_timer = "so no timer stops the platform cleanly before it ends"
+    try:
+        lease = Blazar(cloud).lease_of_reservation(reservation_id)
+    except LeaseError as error:
+        return None, f"{what} could not be read ({error}), {no_timer}"
+    if lease is None:
+        return None, (
+            f"Blazar lists no lease of the project holding reservation {reservation_id}, "
+            f"{no_timer}. Check chi-persist:reservation: `openstack reservation lease list`"
+        )
+    ended = lease.ended_because(utc_now())
+    if ended is not None:
+        return None, (
+            f"{what}, {lease.id}, has ended ({ended}): make a new lease and set its flavor id "
+            f"(chi-persist:reservation), or `pulumi config rm chi-persist:reservation`"
+        )
+    return iso_utc(lease.end), (
+        f"{what}, {lease.id}, ends at {moment_text(lease.end)}: a timer on the server stops the "
+        f"platform cleanly a few minutes before"
+    )
+
+
 # --- the resource ----------------------------------------------------------------------------
 
 

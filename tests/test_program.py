@@ -288,11 +288,9 @@ def test_provisioning_runs_in_order(student: Evaluation) -> None:
     names = [step.name for step in steps]
     assert names[0] == "provisioning-wait-for-boot"
     assert names.index("provisioning-copy-scripts") < names.index("provisioning-prepare-volume")
-    assert names[-3:] == [
-        "provisioning-prepare-volume",
-        "provisioning-start-stack",
-        "provisioning-clean-stop",
-    ]
+    assert names[-4:-2] == ["provisioning-prepare-volume", "provisioning-start-stack"]
+    # Both follow the started stack: the lease's timer, and the clean stop (a delete only).
+    assert set(names[-2:]) == {"provisioning-lease-stop", "provisioning-clean-stop"}
     copies = {step.name: step for step in steps if isinstance(step, CopyStep)}
     assert copies["provisioning-copy-scripts"].source == REPO_ROOT / "scripts" / "remote"
     assert copies["provisioning-copy-scripts"].remote_path == "/home/cc/chi-persist/scripts"
@@ -366,7 +364,7 @@ def test_every_remote_step_connects_as_cc_to_the_floating_ip_with_a_secret_key(
 ) -> None:
     """Remote commands log in as cc at the floating IP, the key kept secret, dials patient."""
     remote = student.of_type(REMOTE_COMMAND) + student.of_type(COPY_TO_REMOTE)
-    assert len(remote) == 5
+    assert len(remote) == 6
     for registration in remote:
         connection = registration.inputs["connection"]
         assert connection["user"] == "cc"
@@ -387,7 +385,7 @@ def test_every_step_reruns_on_a_new_server(student: Evaluation) -> None:
         *student.of_type(COPY_TO_REMOTE),
         *student.of_type(LOCAL_COMMAND),
     ]
-    assert len(steps) == 7
+    assert len(steps) == 8
     for registration in steps:
         assert server_id in registration.inputs["triggers"], registration.name
     for suffix in ("prepare-volume", "start-stack", "clean-stop"):
@@ -411,6 +409,41 @@ def test_changed_files_rerun_the_steps_that_use_them(monkeypatch: pytest.MonkeyP
     assert before.named("wait-for-boot").inputs == after.named("wait-for-boot").inputs
 
 
+def test_a_timer_stops_the_platform_before_the_stacks_lease_ends(student: Evaluation) -> None:
+    """The lease's end reaches the server: a step after the stack starts sets the timer that
+    runs the clean stop before it, again for a new server, a new end or new scripts."""
+    stop = student.named("lease-stop")
+    assert stop.inputs["create"] == (
+        "sudo bash /home/cc/chi-persist/scripts/remote/schedule-lease-stop.sh --lease-end "
+        "2026-11-10T17:00:00Z --mount-point /mnt/block --compose-file "
+        "/home/cc/chi-persist/docker/docker-compose.yaml"
+    )
+    lease = student.one(LEASE)
+    assert lease.urn in stop.property_dependencies["triggers"]
+    assert student.named("copy-scripts").urn in stop.property_dependencies["triggers"]
+    assert "server-node-persist-ab1234" in stop.inputs["triggers"]
+    assert student.named("start-stack").urn in student.depends_on(stop)
+
+
+def test_a_reservation_of_ones_own_gets_the_timer_when_blazar_tells_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With `reservation` set, the end of the lease holding it, read from Blazar before any
+    resource, sets the same timer; when it cannot be read there is no timer, and a note
+    says so."""
+    reservation = "3f1c5b9e-0d3a-4c1e-9b7a-2f6d8e4a1c00"
+    unread = evaluate(config={"reservation": reservation})
+    assert [r for r in unread.registrations if r.name == "provisioning-lease-stop"] == []
+    assert any("no timer stops the platform" in note for note in unread.notes), unread.notes
+    monkeypatch.setattr(
+        "components.lease.own_lease_end",
+        lambda reservation_id, cloud: ("2026-11-12T18:00:00Z", f"{reservation_id} ends"),
+    )
+    read = evaluate(config={"reservation": reservation})
+    assert "--lease-end 2026-11-12T18:00:00Z" in read.named("lease-stop").inputs["create"]
+    assert f"{reservation} ends" in read.notes
+
+
 def test_wait_for_ssh_runs_locally_before_any_remote_step(student: Evaluation) -> None:
     """A local, bounded wait for sshd precedes the first remote command."""
     wait = student.named("wait-for-ssh")
@@ -428,7 +461,7 @@ def test_recycle_removes_only_the_server_its_attachment_and_the_commands(
     by_urn = student.by_urn()
     removed_types = sorted(by_urn[urn].type for urn in removed)
     assert removed_types == sorted(
-        [ATTACHMENT] + [LOCAL_COMMAND] * 2 + [REMOTE_COMMAND] * 3 + [COPY_TO_REMOTE] * 2
+        [ATTACHMENT] + [LOCAL_COMMAND] * 2 + [REMOTE_COMMAND] * 4 + [COPY_TO_REMOTE] * 2
     )
     kept = {VOLUME, PORT, FLOATING_IP, SECURITY_GROUP, SECURITY_GROUP_RULE}
     for registration in student.registrations:

@@ -194,6 +194,15 @@ def test_the_model_follows_property_dependencies_and_not_depends_on(student: Eva
     ]
 
 
+@pytest.fixture(autouse=True)
+def own_lease_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Blazar tells of a student's own lease (no cloud answers a mocked program)."""
+    monkeypatch.setattr(
+        "components.lease.own_lease_end",
+        lambda reservation_id, cloud: ("2026-11-12T18:00:00Z", f"{reservation_id} ends"),
+    )
+
+
 def changed_tree(
     tree: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Evaluation, str]:
@@ -215,16 +224,20 @@ def changed_tree(
 def test_a_changed_file_stops_the_stack_first_then_copies_mounts_and_starts(
     student: Evaluation, tree: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The clean stop (stop, unmount) before the copy and the prepare step run again."""
+    """The clean stop (stop, unmount) before the copy and the prepare step run again; new
+    scripts also set the lease's timer again (it runs release-volume.sh from them)."""
     changed, copy = changed_tree(tree, tmp_path, monkeypatch)
+    timer = ["provisioning-lease-stop"] if tree == "scripts" else []
     assert names(plan_update(student, changed)) == [
         "delete provisioning-clean-stop",
+        *(f"delete {name}" for name in timer),
         "delete provisioning-start-stack",
         "delete provisioning-prepare-volume",
         f"delete {copy}",
         f"create {copy}",
         "create provisioning-prepare-volume",
         "create provisioning-start-stack",
+        *(f"create {name}" for name in timer),
         "create provisioning-clean-stop",
     ]
 
@@ -240,7 +253,8 @@ def test_a_changed_docker_file_leaves_the_server_alone(
 
 
 def test_a_new_mount_point_releases_the_old_one_first(student: Evaluation) -> None:
-    """The old clean stop (release at the old mount point) runs before the new mount."""
+    """The old clean stop (release at the old mount point) runs before the new mount; the
+    lease's timer is set again for the new one."""
     steps = plan_update(student, evaluate({"mountPoint": "/mnt/data"}))
     assert names(steps) == [
         "delete provisioning-clean-stop",
@@ -248,11 +262,13 @@ def test_a_new_mount_point_releases_the_old_one_first(student: Evaluation) -> No
         "delete provisioning-prepare-volume",
         "create provisioning-prepare-volume",
         "create provisioning-start-stack",
+        "update provisioning-lease-stop",
         "create provisioning-clean-stop",
     ]
     assert "--mount-point /mnt/block" in steps[0].registration.inputs["delete"]
     assert "--mount-point /mnt/data" in steps[3].registration.inputs["create"]
-    assert "--mount-point /mnt/data" in steps[5].registration.inputs["delete"]
+    assert "--mount-point /mnt/data" in steps[5].registration.inputs["create"]
+    assert "--mount-point /mnt/data" in steps[6].registration.inputs["delete"]
 
 
 # The lease's part: "replaced" (a new lease of the new flavor, deleted after the server and

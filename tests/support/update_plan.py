@@ -160,6 +160,8 @@ def plan_update(old: Evaluation, new: Evaluation) -> list[Step]:
             steps.append(Step("update", registration, previous))
     for previous in reversed(old.registrations):
         gone = previous.custom and previous.urn not in new_urns
+        if gone and previous.urn in pending:
+            continue  # deleted already by a cascade, and not made again
         if gone or previous in deferred:
             steps.append(Step("delete", previous))
     return steps
