@@ -14,7 +14,7 @@ from components import (
     Provisioning,
     ProvisioningArgs,
 )
-from components.lease import own_lease_end
+from components.lease import lease_cloud_problem, own_lease_end
 from components.project_files import first_boot_user_data
 from components.settings import (
     NAMESPACE,
@@ -28,6 +28,8 @@ from components.volume import VolumeLookupFailed, look_up_volumes, plan_volume
 # Every setting, and what the cloud already holds, is checked before any resource exists.
 try:
     settings = load(pulumi.Config(NAMESPACE), pulumi.get_stack())
+    if settings.lease_cloud and (problem := lease_cloud_problem(settings.lease_cloud)):
+        raise SettingsError([problem])
     volume_args = plan_volume(
         settings, pulumi.get_stack(), look_up_volumes(settings, pulumi.get_stack())
     )

@@ -51,7 +51,12 @@ from components.blazar import (
     utc_now,
 )
 from components.openstack_api import Response
-from components.settings import DEFAULT_LEASE_RENEW_WINDOW, format_duration, parse_duration
+from components.settings import (
+    DEFAULT_LEASE_RENEW_WINDOW,
+    Problem,
+    format_duration,
+    parse_duration,
+)
 
 # Names other modules and existing code import from here.
 __all__ = [
@@ -532,6 +537,38 @@ class LeaseProvider(pulumi.dynamic.ResourceProvider):
             poll_seconds=self.poll_seconds,
             say=pulumi.log.info,
         )
+
+
+# --- the lease's own credentials --------------------------------------------------------------
+
+
+def lease_cloud_problem(cloud: str) -> Problem | None:
+    """leaseCloud must name an entry of clouds.yaml (as openstacksdk finds it: OS_CLIENT_CONFIG_
+    FILE, ~/.config/openstack, /etc/openstack): checked before any resource exists."""
+    import warnings
+
+    import openstack.config
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            names = sorted(openstack.config.OpenStackConfig().get_cloud_names())
+    except Exception as error:  # noqa: BLE001 (a broken clouds.yaml is reported the same way)
+        return Problem(
+            "leaseCloud",
+            cloud,
+            f"clouds.yaml could not be read ({error})",
+            "correct clouds.yaml, or pulumi config rm chi-persist:leaseCloud",
+        )
+    if cloud in names:
+        return None
+    return Problem(
+        "leaseCloud",
+        cloud,
+        f"names no entry of clouds.yaml (its entries: {', '.join(names) or 'none'})",
+        "add the entry (see the README's Leases section: ccauth clouds-yaml ... --cloud-name "
+        f"{cloud}), or pulumi config set chi-persist:leaseCloud <one of the entries>",
+    )
 
 
 # --- a lease of the student's own ----------------------------------------------------------

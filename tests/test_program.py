@@ -243,7 +243,6 @@ def test_no_note_about_leases_when_the_stack_makes_its_own(student: Evaluation) 
         ("leaseDuration", "90m", LEASE, "lease_duration", "90m"),
         ("leaseRenewWindow", "2h", LEASE, "renew_window_seconds", 7200),
         ("leaseRenewWindow", "0m", LEASE, "renew_window_seconds", 0),
-        ("leaseCloud", "kvm-lease", LEASE, "cloud", "kvm-lease"),
         ("network", "sharednet2", PORT, "networkId", "network-sharednet2"),
         ("floatingIpPool", "public2", FLOATING_IP, "pool", "public2"),
         ("volumeSize", 20, VOLUME, "size", 20),
@@ -655,6 +654,29 @@ def test_bad_setting_is_reported_before_any_resource(
     assert fix in message
     assert "Traceback" not in message
     assert raised.value.registrations == []
+
+
+def test_a_lease_cloud_must_name_an_entry_of_clouds_yaml(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """leaseCloud names no entry of the clouds.yaml openstacksdk reads: refused before any
+    resource, with the entries there and how to add one; an existing entry reaches the
+    lease."""
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text("clouds:\n  kvm-tacc:\n    auth_type: password\n    auth: {}\n")
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    with pytest.raises(pulumi.RunError) as raised:
+        evaluate_program(
+            "ab1234",
+            {"keyPair": "ab1234-key", "leaseCloud": "kvm-lease"},
+            secrets={"sshPrivateKey": PRIVATE_KEY},
+        )
+    message = str(raised.value)
+    assert "chi-persist:leaseCloud = 'kvm-lease': names no entry of clouds.yaml" in message
+    assert "(its entries: kvm-tacc)" in message and "ccauth clouds-yaml" in message
+    assert raised.value.registrations == []
+    lease = evaluate(config={"leaseCloud": "kvm-tacc"}).one(LEASE)
+    assert lease.inputs["cloud"] == "kvm-tacc"
 
 
 @pytest.mark.parametrize(

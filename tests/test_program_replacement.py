@@ -70,6 +70,16 @@ def names(steps: list[Step]) -> list[str]:
     return [str(step) for step in steps]
 
 
+# The lease's timer step has no delete command, and its place in the state's order (the order
+# the engine registered it, once its inputs resolved) is not fixed: where its no-op delete
+# falls in a cascade changes nothing. Orders are compared without it; its presence apart.
+TIMER = "provisioning-lease-stop"
+
+
+def without_timer(order: list[str]) -> list[str]:
+    return [step for step in order if not step.endswith(f" {TIMER}")]
+
+
 # --- the edges the engine follows ----------------------------------------------------------
 
 
@@ -227,19 +237,21 @@ def test_a_changed_file_stops_the_stack_first_then_copies_mounts_and_starts(
     """The clean stop (stop, unmount) before the copy and the prepare step run again; new
     scripts also set the lease's timer again (it runs release-volume.sh from them)."""
     changed, copy = changed_tree(tree, tmp_path, monkeypatch)
-    timer = ["provisioning-lease-stop"] if tree == "scripts" else []
-    assert names(plan_update(student, changed)) == [
+    order = names(plan_update(student, changed))
+    assert without_timer(order) == [
         "delete provisioning-clean-stop",
-        *(f"delete {name}" for name in timer),
         "delete provisioning-start-stack",
         "delete provisioning-prepare-volume",
         f"delete {copy}",
         f"create {copy}",
         "create provisioning-prepare-volume",
         "create provisioning-start-stack",
-        *(f"create {name}" for name in timer),
         "create provisioning-clean-stop",
     ]
+    timer = [f"delete {TIMER}", f"create {TIMER}"] if tree == "scripts" else []
+    assert [step for step in order if step.endswith(TIMER)] == timer
+    if timer:
+        assert order.index(f"create {TIMER}") > order.index("create provisioning-start-stack")
 
 
 def test_a_changed_docker_file_leaves_the_server_alone(
@@ -256,19 +268,21 @@ def test_a_new_mount_point_releases_the_old_one_first(student: Evaluation) -> No
     """The old clean stop (release at the old mount point) runs before the new mount; the
     lease's timer is set again for the new one."""
     steps = plan_update(student, evaluate({"mountPoint": "/mnt/data"}))
+    timer = [step for step in steps if step.name == TIMER]
+    steps = [step for step in steps if step.name != TIMER]
     assert names(steps) == [
         "delete provisioning-clean-stop",
         "delete provisioning-start-stack",
         "delete provisioning-prepare-volume",
         "create provisioning-prepare-volume",
         "create provisioning-start-stack",
-        "update provisioning-lease-stop",
         "create provisioning-clean-stop",
     ]
     assert "--mount-point /mnt/block" in steps[0].registration.inputs["delete"]
     assert "--mount-point /mnt/data" in steps[3].registration.inputs["create"]
-    assert "--mount-point /mnt/data" in steps[5].registration.inputs["create"]
-    assert "--mount-point /mnt/data" in steps[6].registration.inputs["delete"]
+    assert "--mount-point /mnt/data" in steps[5].registration.inputs["delete"]
+    assert names(timer) == [f"update {TIMER}"]
+    assert "--mount-point /mnt/data" in timer[0].registration.inputs["create"]
 
 
 # The lease's part: "replaced" (a new lease of the new flavor, deleted after the server and
@@ -307,7 +321,7 @@ def test_a_new_flavor_reservation_or_image_takes_the_recycle_path(
         steps, order = steps[1:-1], order[1:-1]
     deleted = [step.name for step in steps if step.kind == "delete"]
     created = [step.name for step in steps if step.kind == "create"]
-    assert order[0] == "delete provisioning-clean-stop", "the clean stop comes first"
+    assert without_timer(order)[0] == "delete provisioning-clean-stop", "the clean stop first"
     assert set(deleted) == recycled == set(created)
     assert len(deleted) == len(set(deleted))
     assert [step.kind for step in steps] == ["delete"] * len(deleted) + ["create"] * len(created)
@@ -317,6 +331,7 @@ def test_a_new_flavor_reservation_or_image_takes_the_recycle_path(
         ("create node-server", "create node-volume-attachment"),
         ("create node-volume-attachment", "create provisioning-prepare-volume"),
         ("create provisioning-prepare-volume", "create provisioning-start-stack"),
+        ("create provisioning-start-stack", f"create {TIMER}"),
     ]:
         assert order.index(first) < order.index(then), (first, then)
     untouched = {VOLUME, PORT, FLOATING_IP}
@@ -338,7 +353,8 @@ def test_an_ended_lease_takes_the_recycle_path(student: Evaluation) -> None:
         if student.by_urn()[urn].custom
     }
     assert set(cascade) == on_the_server | {server.name}
-    assert cascade[0] == server.name and cascade[-1] == "provisioning-clean-stop"
+    assert cascade[0] == server.name
+    assert [name for name in cascade if name != TIMER][-1] == "provisioning-clean-stop"
     kept = {r.name for r in student.registrations if r.type in (VOLUME, PORT, FLOATING_IP)}
     assert not kept & set(cascade)
 
