@@ -63,7 +63,7 @@ RETRY_INTERVAL_SECONDS = 3.0
 HTTP_TIMEOUT_SECONDS = 10.0
 MAX_WAIT_SECONDS = 3600.0
 # A lease that ends within this is near its end: time enough to save work and choose
-# between extending it and letting it end.
+# between renewing it (the next lease, then the server moved onto it) and letting it end.
 LEASE_WARNING_SECONDS = 3600
 # The environment that holds the OpenStack credentials pulumi uses (OS_CLOUD with
 # clouds.yaml, or an openrc's OS_AUTH_URL and the rest): the live lease is read only then.
