@@ -283,8 +283,9 @@ class LeaseProvider(pulumi.dynamic.ResourceProvider):
             f"`venv/bin/pip install ccauth` (the project's virtual environment, which runs the "
             f"lease), `venv/bin/ccauth clouds-yaml --auth-url {auth_url} --region-name KVM@TACC "
             f"--project-id {project_id or '<your project id>'} --cloud-name kvm-lease --output "
-            f"~/.config/openstack/clouds.yaml --force` (it adds the entry and keeps the others), "
-            f"then `pulumi config set chi-persist:leaseCloud kvm-lease` and `pulumi up`; "
+            f"~/.config/openstack/clouds.yaml --force` (it adds the entry and keeps the others, "
+            f"and asks you to log in once in your browser), then `pulumi config set "
+            f"chi-persist:leaseCloud kvm-lease` and `pulumi up`; "
             f"(2) make the lease yourself: "
             + HORIZON_LEASE_STEPS.format(flavor=props["flavor_name"])
         )

@@ -235,6 +235,30 @@ def test_a_longer_duration_changes_nothing_until_the_renewal_window(
     assert writes == [("POST", "/v1/leases"), ("DELETE", f"/v1/leases/{first['lease_id']}")]
 
 
+def test_a_renewal_without_capacity_keeps_the_lease_and_says_until_when(
+    student: StudentMachine, twin: Twin
+) -> None:
+    """Inside the window, no host is free for the next lease: `pulumi up` fails with the
+    cause, the old lease's end and what to do, no traceback; the old lease is still in the
+    state and ACTIVE at Blazar, and nothing was deleted."""
+    assert up(student).returncode == 0
+    first = student.outputs(STACK)
+    twin.configure(lease_capacity=1)
+    configure(student, window=str(2 * 24 * 3600))
+    since = last_event(twin)
+    result = up(student)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0, explain(result)
+    assert "Not enough hosts available" in text, explain(result)
+    assert f"lease {first['lease_id']} still serves" in text, explain(result)
+    ends = parse_blazar_date(first["end_date"])
+    assert f"until it ends at {ends:%Y-%m-%d %H:%M} UTC" in text, explain(result)
+    assert "Traceback" not in text, explain(result)
+    assert student.outputs(STACK)["lease_id"] == first["lease_id"]
+    assert blazar_lease(twin, first["lease_id"]).json()["lease"]["status"] == "ACTIVE"
+    assert [call for call in blazar_calls(twin, since) if call[0] == "DELETE"] == []
+
+
 def test_a_lease_in_error_that_still_serves_is_kept_by_up(
     student: StudentMachine, twin: Twin
 ) -> None:
