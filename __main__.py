@@ -16,6 +16,7 @@ from components import (
 )
 from components.access import opened_ports
 from components.adoption import AdoptionRefused, pending_create_notes, plan_adoption
+from components.lease import lease_cloud_problem, own_lease_end
 from components.project_files import PROJECT_ROOT, first_boot_user_data
 from components.quotas import QuotaExceeded, check_quotas, stack_demand
 from components.settings import (
@@ -34,6 +35,8 @@ stack = pulumi.get_stack()
 # machine) is adopted, never made twice.
 try:
     settings = load(pulumi.Config(NAMESPACE), stack)
+    if settings.lease_cloud and (problem := lease_cloud_problem(settings.lease_cloud)):
+        raise SettingsError([problem])
     access_args = AccessRulesArgs(
         group_name=settings.security_group_name,
         allowed_cidrs=settings.allowed_cidrs,
@@ -79,7 +82,7 @@ access = AccessRules("access", access_args)
 volume = PersistentVolume("data", volume_args)
 # KVM@TACC boots servers only from a reserved flavor: the stack's own lease, unless the
 # student brings a reservation. The server boots the lease's reservation id, so a new lease
-# (the old one ended, or another flavor) replaces the server.
+# (a renewal, the old one ended, or another flavor) replaces the server.
 lease = None
 if settings.makes_lease:
     lease = Lease(
@@ -89,14 +92,17 @@ if settings.makes_lease:
             flavor_name=settings.flavor,
             duration_seconds=settings.lease_duration_seconds,
             lease_duration=settings.lease_duration,
-            adopt_id=adoption.adoptions["lease"].import_id
-            if "lease" in adoption.adoptions
-            else None,
+            renew_window_seconds=settings.lease_renew_window_seconds,
+            cloud=settings.lease_cloud,
+            adopt_lease_id=adoption.import_id("lease"),
         ),
     )
     flavor = ("id", lease.reservation_id)
+    lease_end = lease.end_date
 else:
     flavor = settings.flavor_id_or_name
+    lease_end, lease_note = own_lease_end(settings.reservation or "", settings.lease_cloud)
+    pulumi.log.info(lease_note)
 node = Node(
     "node",
     NodeArgs(
@@ -125,6 +131,7 @@ provisioning = Provisioning(
         mount_point=settings.mount_point,
         private_key=private_key(pulumi.Config(NAMESPACE), settings),
         private_key_password=private_key_password(pulumi.Config(NAMESPACE), settings),
+        lease_end=lease_end,
     ),
 )
 

@@ -1,23 +1,30 @@
 """The stack's own KVM@TACC lease: one Blazar lease of one reserved flavor, as a Pulumi resource.
 
 KVM@TACC boots servers only from a reserved flavor. `Lease` makes a Blazar lease named
-`lease-persist-<netid>` with one `flavor:instance` reservation of the configured flavor,
-starting now and lasting the configured duration, and waits until it is ACTIVE: the
-reservation's id is then the id of a private flavor the server boots. A lease that has
-ended (Blazar then has deleted the server and the flavor) is replaced by the next
-`pulumi up`, and through the new reservation id the server is replaced too.
+after the stack's owner (settings.Settings.lease_name) with one `flavor:instance`
+reservation of the configured flavor, starting now and lasting the configured duration,
+and waits until it is ACTIVE: the reservation's id is then the id of a private flavor the
+server boots.
 
-It is a dynamic resource: its provider (`LeaseProvider`) is serialised with the program
-and runs in the engine's Python provider process. It reaches the cloud with the same
-credentials as the OpenStack provider (`OS_CLOUD` and clouds.yaml, or the `OS_*`
-variables), loaded by openstacksdk's config loader into a keystoneauth1 session.
-Request and response shapes are Blazar's (openstack/blazar: blazar/api/v1/leases/v1_0.py,
-blazar/manager/service.py, blazar/plugins/flavor/flavor_plugin.py, blazar/status.py).
+Blazar cannot change such a lease: every update is refused and the refusal puts the lease
+into ERROR (blazar/manager/service.py update_lease inside blazar/status.py's lease_status).
+So nothing here ever sends one. A new name or duration is recorded and applies to the next
+lease. The next lease comes in one of two ways:
+- renewal: a `pulumi up` within the renewal window before the end makes the next lease
+  first (its capacity is held before anything stops), then the server, which boots the
+  reservation's id, is replaced by its clean path, then the old lease is deleted;
+- after the end (Blazar has deleted the server and the flavor): the ended lease is
+  deleted first, then the next one is made, and a new server with it.
+A lease in ERROR whose start_lease event is DONE and whose end_lease event is not still
+serves its flavor: it is kept.
+
+It is a dynamic resource: its provider (`LeaseProvider`, which existing states hold a
+pickle of, by reference to this module and name) is serialised with the program and runs
+in the engine's Python provider process. Blazar is reached through components/blazar.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import sys
 import time
@@ -28,35 +35,77 @@ from typing import Any, TypeVar
 import pulumi
 import pulumi.dynamic
 
-from components.openstack_api import CloudUnavailable, OpenStack, Response
+from components.blazar import (
+    ACTIVE,
+    ENDED_STATUSES,
+    ERROR,
+    NO_CAPACITY,
+    Blazar,
+    BlazarLease,
+    LeaseError,
+    delete_until_gone,
+    iso_utc,
+    moment_text,
+    parse_blazar_date,
+    serving_leases,
+    utc_now,
+)
+from components.openstack_api import Response
+from components.settings import (
+    DEFAULT_LEASE_RENEW_WINDOW,
+    Problem,
+    format_duration,
+    parse_duration,
+)
+
+# Names other modules and existing code import from here.
+__all__ = [
+    "ACTIVE",
+    "ENDED_STATUSES",
+    "ERROR",
+    "Blazar",
+    "BlazarLease",
+    "Lease",
+    "LeaseArgs",
+    "LeaseError",
+    "LeaseProvider",
+    "iso_utc",
+    "parse_blazar_date",
+    "utc_now",
+]
 
 # A lease asked to start "now" is started by Blazar's periodic event task, usually within a
 # minute or two; this is how long `pulumi up` waits for ACTIVE before giving up.
 ACTIVE_TIMEOUT_SECONDS = 600
-# How long a deleted lease may take to disappear (Blazar ends it first: servers, flavor).
-DELETE_TIMEOUT_SECONDS = 300
+# How long a deleted lease may take to disappear: Blazar ends it first, and its manager waits
+# up to 10 minutes for the servers on its flavor to go
+# (blazar/plugins/instances/instance_plugin.py, _check_server_deletion).
+DELETE_TIMEOUT_SECONDS = 900
 POLL_SECONDS = 5.0
-# Service types in the catalog.
-BLAZAR = "reservation"
-NOVA = "compute"
-
-# Lease statuses, blazar/status.py (LeaseStatus).
-ACTIVE = "ACTIVE"
-ERROR = "ERROR"
-# A lease in one of these will never serve a server again.
-ENDED_STATUSES = ("TERMINATING", "TERMINATED", "ERROR", "DELETING")
-# Blazar's date format for start_date and end_date in requests (blazar/manager/service.py,
-# LEASE_DATE_FORMAT), always UTC.
-REQUEST_DATE_FORMAT = "%Y-%m-%d %H:%M"
-# What NotEnoughHostsAvailable says (blazar/manager/exceptions.py); Blazar surfaces it as
-# an HTTP 500.
-NO_CAPACITY = "Not enough hosts available"
+DEFAULT_RENEW_WINDOW_SECONDS = parse_duration(DEFAULT_LEASE_RENEW_WINDOW) or 0
+# The lease's own inputs; a change of any of them is recorded (applies to the next lease),
+# and only a new flavor asks for a new lease now.
+INPUTS = (
+    "name",
+    "flavor_name",
+    "duration_seconds",
+    "lease_duration",
+    "renew_window_seconds",
+    "cloud",
+)
+# What an input missing from a state made before it existed means.
+INPUT_DEFAULTS: dict[str, Any] = {"renew_window_seconds": DEFAULT_RENEW_WINDOW_SECONDS, "cloud": ""}
+# Horizon's steps for a lease of one's own (Chameleon docs, technical/kvm/kvm_gui.rst).
+HORIZON_LEASE_STEPS = (
+    "in KVM@TACC's Horizon (https://kvm.tacc.chameleoncloud.org, which logs in with your "
+    "Chameleon account), Project > Reservations > Leases > Create Lease: a Lease Name, its "
+    "end, and in the flavor tab the flavor {flavor}; Create. When it is ACTIVE, its "
+    "reservation's id (Horizon shows the flavor as reservation:<id>) is the flavor id: "
+    "`pulumi config set chi-persist:reservation <id>`, then `pulumi up`. The stack then makes "
+    "no lease, and renewing yours is up to you"
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class LeaseError(Exception):
-    """Something the student can fix: the message says what happened and how."""
 
 
 def _user_errors(method: F) -> F:
@@ -79,112 +128,24 @@ def _user_errors(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-# --- dates ---------------------------------------------------------------------------------
+def _input(props: dict[str, Any], key: str) -> Any:
+    value = props.get(key)
+    return INPUT_DEFAULTS.get(key) if value is None else value
 
 
-def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+def _window(props: dict[str, Any]) -> int:
+    return int(_input(props, "renew_window_seconds"))
 
 
-def parse_blazar_date(text: str) -> datetime.datetime:
-    """A date as Blazar renders it (`2026-11-10T12:00:00.000000`, UTC without a zone), or
-    as this resource stores it (`2026-11-10T12:00:00Z`)."""
-    value = text.strip().replace(" ", "T")
-    if value.endswith("Z"):
-        value = value[:-1] + "+00:00"
-    moment = datetime.datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.astimezone(datetime.timezone.utc)
-
-
-def iso_utc(moment: datetime.datetime) -> str:
-    """ISO 8601 in UTC, to the second: 2026-11-10T12:00:00Z."""
-    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def request_date(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.timezone.utc).strftime(REQUEST_DATE_FORMAT)
-
-
-def _duration_text(seconds: int) -> str:
-    minutes = int(seconds) // 60
-    days, minutes = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(minutes, 60)
-    text = (f"{days}d" if days else "") + (f"{hours}h" if hours else "")
-    return text + (f"{minutes}m" if minutes else "") or "0m"
-
-
-# --- the cloud -----------------------------------------------------------------------------
-
-
-class Cloud:
-    """Blazar and Nova through one session of the stack's credentials (openstack_api)."""
-
-    def __init__(self) -> None:
-        try:
-            self.api = OpenStack()
-        except CloudUnavailable as error:
-            raise LeaseError(f"the lease cannot reach the cloud: {error}") from None
-
-    def call(self, service_type: str, method: str, path: str, **kwargs: Any) -> Response:
-        try:
-            return self.api.call(service_type, method, path, **kwargs)
-        except CloudUnavailable as error:
-            raise LeaseError(str(error)) from None
-
-    def application_credential(self) -> dict[str, Any]:
-        return self.api.application_credential()
-
-    # --- Nova ------------------------------------------------------------------------------
-
-    def flavor_id(self, name: str) -> str:
-        """The id of the flavor called `name` (Nova lists flavors; names are matched here)."""
-        answer = self.call(NOVA, "GET", "/flavors/detail")
-        if answer.status != 200:
-            raise LeaseError(
-                f"could not list the cloud's flavors to find {name!r} (HTTP {answer.status}: "
-                f"{answer.error_message}). Fix: check the credentials, then `pulumi up` again"
-            )
-        flavors = answer.body.get("flavors", [])
-        matches = [flavor["id"] for flavor in flavors if flavor.get("name") == name]
-        if len(matches) != 1:
-            known = sorted(
-                str(flavor.get("name"))
-                for flavor in flavors
-                if not str(flavor.get("name", "")).startswith("reservation:")
-            )
-            found = "no flavor" if not matches else f"{len(matches)} flavors"
-            raise LeaseError(
-                f"chi-persist:flavor = {name!r}: the cloud has {found} of that name, so "
-                f"there is nothing to reserve (flavors: {', '.join(known) or 'none listed'}). "
-                f"Fix: `openstack flavor list` shows them; then "
-                f"`pulumi config set chi-persist:flavor <name>`"
-            )
-        return matches[0]
-
-    # --- Blazar ----------------------------------------------------------------------------
-
-    def get_lease(self, lease_id: str) -> dict[str, Any] | None:
-        """The lease, or None when Blazar no longer has it (404)."""
-        answer = self.call(BLAZAR, "GET", f"/leases/{lease_id}")
-        if answer.status == 404:
-            return None
-        if answer.status != 200 or "lease" not in answer.body:
-            raise LeaseError(
-                f"could not read lease {lease_id} (HTTP {answer.status}: "
-                f"{answer.error_message}). Fix: check the credentials, then `pulumi up` again"
-            )
-        return answer.body["lease"]
+def _duration_of(props: dict[str, Any]) -> str:
+    return props.get("lease_duration") or format_duration(int(props["duration_seconds"]))
 
 
 # --- the provider ----------------------------------------------------------------------------
 
-INPUTS = ("name", "flavor_name", "duration_seconds", "lease_duration")
-
 
 class LeaseProvider(pulumi.dynamic.ResourceProvider):
-    """Create, read, update, diff and delete a Blazar lease of one reserved flavor."""
+    """Create, read, diff, update (record) and delete a Blazar lease of one reserved flavor."""
 
     def __init__(
         self,
@@ -193,84 +154,67 @@ class LeaseProvider(pulumi.dynamic.ResourceProvider):
         delete_timeout_seconds: float = DELETE_TIMEOUT_SECONDS,
         poll_seconds: float = POLL_SECONDS,
     ) -> None:
+        # These four attributes are what a pickled provider in an existing state holds: a
+        # new one needs a default here, not in __init__ alone.
         super().__init__()
         self.stack = stack
         self.active_timeout_seconds = active_timeout_seconds
         self.delete_timeout_seconds = delete_timeout_seconds
         self.poll_seconds = poll_seconds
 
-    def cloud(self) -> Cloud:
-        return Cloud()
+    def client(self, props: dict[str, Any]) -> Blazar:
+        """Blazar with the lease's own clouds.yaml entry (leaseCloud), else the stack's."""
+        return Blazar(cloud=_input(props, "cloud") or None)
 
     # --- create ----------------------------------------------------------------------------
 
     @_user_errors
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
-        cloud = self.cloud()
-        adopted = self._adopt(cloud, props)
+        client = self.client(props)
+        adopted = self._adopt(client, props)
         if adopted is not None:
-            return pulumi.dynamic.CreateResult(adopted["id"], self._outputs(adopted, props))
-        flavor_name = props["flavor_name"]
-        duration = int(props["duration_seconds"])
-        flavor_id = cloud.flavor_id(flavor_name)
-        end = utc_now() + datetime.timedelta(seconds=duration)
-        # blazar/api/v1/leases/v1_0.py (POST /v1/leases) and blazar/manager/service.py
-        # (create_lease); the flavor:instance reservation's keys are the flavor plugin's
-        # (blazar/plugins/flavor/flavor_plugin.py), `affinity` required even when null.
-        body = {
-            "name": props["name"],
-            "start_date": "now",
-            "end_date": request_date(end),
-            "events": [],
-            "before_end_date": None,
-            "reservations": [
-                {
-                    "resource_type": "flavor:instance",
-                    "flavor_id": flavor_id,
-                    "amount": 1,
-                    "affinity": None,
-                }
-            ],
-        }
-        answer = cloud.call(BLAZAR, "POST", "/leases", json=body)
+            return pulumi.dynamic.CreateResult(adopted.id, self._outputs(adopted, props))
+        flavor_id = client.flavor_id(props["flavor_name"])
+        end = utc_now() + datetime.timedelta(seconds=int(props["duration_seconds"]))
+        answer = client.create_lease(props["name"], flavor_id, end)
         if answer.status not in (200, 201) or "lease" not in answer.body:
-            raise self._create_refused(cloud, answer, props)
-        lease = answer.body["lease"]
-        lease = self._wait_until_active(cloud, lease, props)
-        return pulumi.dynamic.CreateResult(lease["id"], self._outputs(lease, props))
+            raise self._create_refused(client, answer, props)
+        lease = self._wait_until_active(client, BlazarLease.from_body(answer.body["lease"]), props)
+        return pulumi.dynamic.CreateResult(lease.id, self._outputs(lease, props))
 
-    def _adopt(self, cloud: Cloud, props: dict[str, Any]) -> dict[str, Any] | None:
-        """The lease the program found with this stack's name (an interrupted `pulumi up`, or
-        another machine, made it), once ACTIVE; None to make a new one."""
-        lease_id = props.get("adopt_id")
+    def _adopt(self, client: Blazar, props: dict[str, Any]) -> BlazarLease | None:
+        """The lease named by `adopt_lease_id`, taken over instead of making one, when it still
+        serves or is starting; None (a new lease is made) when it is gone or has ended."""
+        lease_id = props.get("adopt_lease_id")
         if not lease_id:
             return None
-        lease = cloud.get_lease(lease_id)
-        if lease is None or lease.get("name") != props["name"]:
+        lease = client.get_lease(lease_id)
+        now = utc_now()
+        if lease is None or lease.ended_because(now) is not None:
+            why = "Blazar no longer has it" if lease is None else lease.ended_because(now)
+            pulumi.log.info(f"lease {lease_id} is not taken over ({why}): a new lease is made")
             return None
-        from components.cloud_inventory import LEASE_STARTING, lease_serves
+        pulumi.log.info(f"lease {lease_id} ({lease.name}, {lease.status}) is taken over")
+        if lease.serves(now):
+            return lease
+        return self._wait_until_active(client, lease, props)
 
-        if not lease_serves(lease):
-            return None
-        pulumi.log.info(f"lease {props['name']} ({lease_id}): adopted, {lease.get('status')}")
-        if lease.get("status") in LEASE_STARTING:
-            return self._wait_until_active(cloud, lease, props)
-        return lease
-
-    def _create_refused(self, cloud: Cloud, answer: Response, props: dict[str, Any]) -> LeaseError:
+    def _create_refused(
+        self, client: Blazar, answer: Response, props: dict[str, Any]
+    ) -> LeaseError:
         message = answer.error_message
         what = (
             f"KVM@TACC refused the lease {props['name']} of flavor {props['flavor_name']!r} "
-            f"for {props['lease_duration']}"
+            f"for {_duration_of(props)}"
         )
         if NO_CAPACITY.lower() in message.lower():
-            return LeaseError(
-                f"{what}: no capacity (HTTP {answer.status}: {message}): every host that "
-                f"can run that flavor is reserved for that time. Fix: a shorter lease "
-                f"(`pulumi config set chi-persist:leaseDuration 4h`), another flavor "
-                f"(`pulumi config set chi-persist:flavor m1.medium`), or `pulumi up` later"
-            )
-        credential = cloud.application_credential()
+            return LeaseError(f"{what}: no capacity (HTTP {answer.status}: {message}). "
+                              + self._no_capacity_advice(client, props))  # fmt: skip
+        credential = client.application_credential()
+        if credential and answer.status in (401, 403, 500):
+            refusal = client.trust_refusal()
+            if refusal is not None:
+                return LeaseError(self._trust_refused(client, what, answer, refusal, props))
         mentions_trust = "trust" in message.lower() or "application_credential" in message
         if credential.get("restricted") and (answer.status in (401, 403, 500) or mentions_trust):
             name = credential.get("name") or credential.get("id") or "in use"
@@ -286,94 +230,169 @@ class LeaseProvider(pulumi.dynamic.ResourceProvider):
             return LeaseError(
                 f"{what}: Blazar could not make the trust it needs (HTTP {answer.status}: "
                 f"{message}). Fix: use an unrestricted application credential (Horizon: "
-                f"Identity > Application Credentials > Create, tick 'Unrestricted')"
+                f"Identity > Application Credentials > Create, tick 'Unrestricted'), or a "
+                f"login of your own for the lease (chi-persist:leaseCloud, see the README's "
+                f"Leases section)"
             )
         return LeaseError(
             f"{what} (HTTP {answer.status}: {message}). Fix: correct what Blazar names, "
             f"or `pulumi up` again; the stack made no lease"
         )
 
+    def _no_capacity_advice(self, client: Blazar, props: dict[str, Any]) -> str:
+        """What to do when no host can hold the lease; a lease of this stack that still serves
+        (a renewal's predecessor) keeps its server until its end."""
+        try:
+            current = serving_leases(client.list_leases(), props["name"], utc_now())
+        except LeaseError:
+            current = []
+        if current:
+            lease = max(current, key=lambda each: each.end)
+            return (
+                f"Every host that can run that flavor is reserved for that time, so the next "
+                f"lease could not be made yet. Nothing was stopped: lease {lease.id} still "
+                f"serves, and the server keeps running until it ends at "
+                f"{moment_text(lease.end)}; then Blazar deletes the server (the volume and its "
+                f"data stay). Fix: `pulumi up` again later, before that end (every `pulumi up` "
+                f"in the last {format_duration(_window(props))} tries again); or a shorter "
+                f"lease (`pulumi config set chi-persist:leaseDuration 4h`) or another flavor "
+                f"(`pulumi config set chi-persist:flavor m1.medium`); or let it end: the "
+                f"`pulumi up` after the end makes a new lease and server"
+            )
+        return (
+            "Every host that can run that flavor is reserved for that time. Fix: a shorter "
+            "lease (`pulumi config set chi-persist:leaseDuration 4h`), another flavor "
+            "(`pulumi config set chi-persist:flavor m1.medium`), or `pulumi up` later"
+        )
+
+    def _trust_refused(
+        self, client: Blazar, what: str, answer: Response, refusal: str, props: dict[str, Any]
+    ) -> str:
+        credential = client.application_credential()
+        name = credential.get("name") or credential.get("id")
+        _, project_id = client.identity()
+        auth_url = getattr(client.api.session.auth, "auth_url", None) or "<your auth_url>"
+        return (
+            f"{what}: Blazar makes a Keystone trust with your token for every lease, and this "
+            f"site's Keystone refuses trusts to application credentials, unrestricted or not "
+            f"(the fix of CVE-2026-43000). The stack logs in with the application credential "
+            f"{name!r}; Blazar answered HTTP {answer.status} ({answer.error_message}), and "
+            f"Keystone, asked the same way, says: {refusal} No lease was made. Two ways out: "
+            f"(1) give the lease a login of your own, used for nothing else: a clouds.yaml "
+            f"entry that logs in with your Chameleon account, as Chameleon's ccauth writes it: "
+            f"`venv/bin/pip install ccauth` (the project's virtual environment, which runs the "
+            f"lease), `venv/bin/ccauth clouds-yaml --auth-url {auth_url} --region-name KVM@TACC "
+            f"--project-id {project_id or '<your project id>'} --cloud-name kvm-lease --output "
+            f"~/.config/openstack/clouds.yaml --force` (it adds the entry and keeps the others, "
+            f"and asks you to log in once in your browser), then `pulumi config set "
+            f"chi-persist:leaseCloud kvm-lease` and `pulumi up`; "
+            f"(2) make the lease yourself: "
+            + HORIZON_LEASE_STEPS.format(flavor=props["flavor_name"])
+        )
+
     def _wait_until_active(
-        self, cloud: Cloud, lease: dict[str, Any], props: dict[str, Any]
-    ) -> dict[str, Any]:
-        lease_id = lease["id"]
+        self, client: Blazar, lease: BlazarLease, props: dict[str, Any]
+    ) -> BlazarLease:
         deadline = time.monotonic() + self.active_timeout_seconds
-        status = lease.get("status", "")
-        pulumi.log.info(f"lease {props['name']} ({lease_id}): {status}")
+        status = lease.status
+        pulumi.log.info(f"lease {props['name']} ({lease.id}): {status}")
         while True:
-            if status == ACTIVE:
+            now = utc_now()
+            if status == ACTIVE or lease.serves(now):
                 return lease
-            if status in ENDED_STATUSES:
-                self._discard(cloud, lease_id)
+            if lease.ended_because(now) is not None:
+                self._discard(client, lease.id)
                 raise LeaseError(
-                    f"lease {lease_id} ({props['name']}, flavor {props['flavor_name']!r}) went "
+                    f"lease {lease.id} ({props['name']}, flavor {props['flavor_name']!r}) went "
                     f"to {status} instead of ACTIVE: Blazar could not start the reservation. "
                     f"The lease was deleted, so nothing is held. Fix: `pulumi up` again; if it "
                     f"fails the same way, try another flavor "
                     f"(`pulumi config set chi-persist:flavor <name>`) or ask Chameleon's help "
-                    f"desk about lease {lease_id}"
+                    f"desk about lease {lease.id}"
                 )
             if time.monotonic() > deadline:
-                self._discard(cloud, lease_id)
+                self._discard(client, lease.id)
                 raise LeaseError(
-                    f"lease {lease_id} ({props['name']}) was still {status} after "
+                    f"lease {lease.id} ({props['name']}) was still {status} after "
                     f"{self.active_timeout_seconds:.0f} s, not ACTIVE. It was deleted, so "
                     f"nothing is held. Fix: `pulumi up` again later; if it stays {status}, "
-                    f"ask Chameleon's help desk about lease {lease_id}"
+                    f"ask Chameleon's help desk about lease {lease.id}"
                 )
             time.sleep(self.poll_seconds)
-            current = cloud.get_lease(lease_id)
+            current = client.get_lease(lease.id)
             if current is None:
                 raise LeaseError(
-                    f"lease {lease_id} ({props['name']}) disappeared while it was {status}: "
+                    f"lease {lease.id} ({props['name']}) disappeared while it was {status}: "
                     f"someone deleted it. Fix: `pulumi up` again makes a new one"
                 )
-            if current.get("status") != status:
-                status = current.get("status", "")
-                pulumi.log.info(f"lease {props['name']} ({lease_id}): {status}")
+            if current.status != status:
+                status = current.status
+                pulumi.log.info(f"lease {props['name']} ({lease.id}): {status}")
             lease = current
 
-    def _discard(self, cloud: Cloud, lease_id: str) -> None:
+    def _discard(self, client: Blazar, lease_id: str) -> None:
         """Delete a lease that will not serve (best effort: the error that follows matters)."""
-        with contextlib.suppress(LeaseError):
-            cloud.call(BLAZAR, "DELETE", f"/leases/{lease_id}")
+        client.request_delete(lease_id)
 
-    def _outputs(self, lease: dict[str, Any], props: dict[str, Any]) -> dict[str, Any]:
-        reservations = [
-            reservation
-            for reservation in lease.get("reservations", [])
-            if reservation.get("resource_type") == "flavor:instance"
-        ]
+    def _outputs(self, lease: BlazarLease, props: dict[str, Any]) -> dict[str, Any]:
+        reservations = lease.flavor_reservations
         if len(reservations) != 1:
             raise LeaseError(
-                f"lease {lease.get('id')} holds {len(reservations)} flavor:instance "
+                f"lease {lease.id} holds {len(reservations)} flavor:instance "
                 f"reservations, not one; it is not the stack's. Fix: "
                 f"`pulumi state delete` the lease and `pulumi up` again"
             )
         return {
-            **{key: props[key] for key in INPUTS},
-            "lease_id": lease["id"],
+            **{key: _input(props, key) for key in INPUTS},
+            "lease_id": lease.id,
             # The reserved flavor's id is the reservation's id (flavor plugin,
             # _create_flavor: 'flavorid': reservation_id).
             "reservation_id": reservations[0]["id"],
-            "status": lease.get("status", ""),
-            "start_date": iso_utc(parse_blazar_date(lease["start_date"])),
-            "end_date": iso_utc(parse_blazar_date(lease["end_date"])),
+            "status": lease.status,
+            "start_date": iso_utc(lease.start),
+            "end_date": iso_utc(lease.end),
         }
 
     # --- read ------------------------------------------------------------------------------
 
     @_user_errors
     def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
-        lease = self.cloud().get_lease(id_)
+        """The live lease. On a refresh the recorded inputs stay; on an import (no inputs
+        given) they are read from the lease, as the program would give them for it."""
+        lease = self.client(props).get_lease(id_)
         if lease is None:
             # Gone: an empty id tells the engine the resource no longer exists.
             return pulumi.dynamic.ReadResult("", {})
-        current = {key: props.get(key) for key in INPUTS}
-        current["name"] = lease.get("name", current["name"])
-        outputs = {**props, **self._outputs(lease, current)}
+        importing = not all(props.get(key) is not None for key in ("name", "flavor_name"))
+        inputs = self._inputs_of(lease, props) if importing else {k: props.get(k) for k in INPUTS}
+        outputs = {**props, **self._outputs(lease, inputs)}
         outputs.pop("__provider", None)
-        return pulumi.dynamic.ReadResult(id_, outputs)
+        return pulumi.dynamic.ReadResult(id_, outputs, inputs if importing else None)
+
+    def _inputs_of(self, lease: BlazarLease, props: dict[str, Any]) -> dict[str, Any]:
+        """The inputs the program gives a lease like this one: its name, the flavor it
+        reserves (the reservation keeps the source flavor, flavor_plugin.py reserve_resource),
+        its length, and the default renewal window and credentials."""
+        import json
+
+        reservations = lease.flavor_reservations
+        flavor_name = None
+        if len(reservations) == 1:
+            try:
+                flavor_name = json.loads(reservations[0].get("resource_properties") or "{}").get(
+                    "name"
+                )
+            except (TypeError, ValueError):
+                flavor_name = None
+        seconds = int((lease.end - lease.start).total_seconds()) // 60 * 60
+        return {
+            "name": lease.name,
+            "flavor_name": flavor_name,
+            "duration_seconds": seconds,
+            "lease_duration": format_duration(seconds),
+            "renew_window_seconds": _window(props),
+            "cloud": _input(props, "cloud"),
+        }
 
     # --- diff ------------------------------------------------------------------------------
 
@@ -381,29 +400,115 @@ class LeaseProvider(pulumi.dynamic.ResourceProvider):
     def diff(
         self, id_: str, olds: dict[str, Any], news: dict[str, Any]
     ) -> pulumi.dynamic.DiffResult:
-        replaces = [key for key in ("name", "flavor_name") if olds.get(key) != news.get(key)]
-        if not replaces and self.has_ended(id_, olds):
-            # Blazar has deleted the server and the flavor: the next lease is a new one,
-            # and its new reservation id replaces the server.
-            replaces = ["status"]
-        changed = bool(replaces) or any(olds.get(key) != news.get(key) for key in INPUTS)
+        changed = [key for key in INPUTS if _input(olds, key) != _input(news, key)]
+        lease = self.client(news).get_lease(id_)
+        now = utc_now()
+        ended = "Blazar no longer has it" if lease is None else lease.ended_because(now)
+        label = f"lease {id_} ({olds.get('name')})"
+        if ended is not None:
+            # Blazar has deleted the server and the flavor: the ended lease goes first, then
+            # the next one comes, and its new reservation id replaces the server.
+            pulumi.log.info(
+                f"{label} has ended ({ended}): Blazar deleted the server on its flavor, and "
+                f"the volume and its data stay. `pulumi up` deletes it, makes a new lease of "
+                f"{news['flavor_name']!r} for {_duration_of(news)}, and a new server on the "
+                f"same volume and address"
+            )
+            return pulumi.dynamic.DiffResult(
+                changes=True, replaces=["status"], delete_before_replace=True
+            )
+        assert lease is not None
+        if lease.status == ERROR:
+            pulumi.log.warn(self._still_serves_in_error(label, lease, news))
+        if "flavor_name" in changed:
+            pulumi.log.info(
+                f"chi-persist:flavor = {news['flavor_name']!r}: `pulumi up` makes a lease of it "
+                f"first, then replaces the server the clean way onto it, then deletes {label}"
+            )
+            return pulumi.dynamic.DiffResult(
+                changes=True, replaces=["flavor_name"], delete_before_replace=False
+            )
+        window = _window(news)
+        if (
+            lease.serves(now)
+            and window > 0
+            and lease.end - now <= datetime.timedelta(seconds=window)
+        ):
+            pulumi.log.info(
+                f"{label} ends at {moment_text(lease.end)}, within the renewal window (the "
+                f"last {format_duration(window)}): `pulumi up` renews it. It makes the next "
+                f"lease of {news['flavor_name']!r} for {_duration_of(news)} first, so its "
+                f"capacity is held before anything stops; then replaces the server the clean "
+                f"way (the platform stopped, the volume moved to the new server, nothing "
+                f"formatted, the same address); then deletes {label}"
+            )
+            return pulumi.dynamic.DiffResult(
+                changes=True, replaces=["end_date"], delete_before_replace=False
+            )
+        for note in self._recorded(label, lease, olds, news, changed):
+            pulumi.log.info(note)
         return pulumi.dynamic.DiffResult(
-            changes=changed,
-            replaces=replaces,
-            # A replaced lease goes first: the project holds one reservation at a time, and
-            # its server (which boots the old reservation's flavor) is deleted before it.
-            delete_before_replace=True,
+            changes=bool(changed), replaces=[], delete_before_replace=False
         )
 
-    def has_ended(self, id_: str, olds: dict[str, Any]) -> bool:
-        """Blazar no longer has the lease, it is ending or ended, or its end date is past."""
-        lease = self.cloud().get_lease(id_)
-        if lease is None:
-            return True
-        if lease.get("status") in ENDED_STATUSES:
-            return True
-        end = lease.get("end_date") or olds.get("end_date")
-        return bool(end) and parse_blazar_date(end) <= utc_now()
+    def _still_serves_in_error(self, label: str, lease: BlazarLease, news: dict[str, Any]) -> str:
+        window = _window(news)
+        renew = (
+            f"`pulumi up` in the last {format_duration(window)} before that end renews it"
+            if window
+            else "the `pulumi up` after that end makes a new one"
+        )
+        return (
+            f"{label} is ERROR, but its start_lease event is DONE and its end_lease event has "
+            f"not run: it still serves its flavor, and the server keeps running until the "
+            f"lease ends at {moment_text(lease.end)}. Blazar puts a flavor:instance lease into "
+            f"ERROR when it refuses a change of it (blazar/status.py), as it refuses them all; "
+            f"nothing was lost, and the stack keeps the lease. {renew}"
+        )
+
+    def _recorded(
+        self,
+        label: str,
+        lease: BlazarLease,
+        olds: dict[str, Any],
+        news: dict[str, Any],
+        changed: list[str],
+    ) -> list[str]:
+        """What `pulumi up` records without touching the lease, one line per setting."""
+        notes = []
+        keeps = (
+            f"Blazar cannot change a flavor:instance lease, so {label} keeps it and still ends "
+            f"at {moment_text(lease.end)}"
+        )
+        window = _window(news)
+        next_lease = (
+            f"the next lease (made by `pulumi up` in the last {format_duration(window)} before "
+            f"that end, or after it)"
+            if window
+            else "the next lease (made by the `pulumi up` after that end)"
+        )
+        if "duration_seconds" in changed or "lease_duration" in changed:
+            notes.append(
+                f"chi-persist:leaseDuration = {_duration_of(news)!r} is recorded: {keeps}; "
+                f"{next_lease} lasts {_duration_of(news)}"
+            )
+        if "name" in changed:
+            notes.append(
+                f"the lease name {news['name']} is recorded for {next_lease}; {label} keeps "
+                f"its name"
+            )
+        if "renew_window_seconds" in changed:
+            start = lease.end - datetime.timedelta(seconds=window)
+            when = f"from {moment_text(start)}" if window else "only after the end"
+            notes.append(
+                f"chi-persist:leaseRenewWindow = {format_duration(window)!r} is recorded: "
+                f"{label} is renewed {when}"
+            )
+        if "cloud" in changed:
+            cloud = _input(news, "cloud")
+            used = f"the clouds.yaml entry {cloud!r}" if cloud else "the stack's own credentials"
+            notes.append(f"chi-persist:leaseCloud is recorded: the lease is reached with {used}")
+        return notes
 
     # --- update ----------------------------------------------------------------------------
 
@@ -411,85 +516,90 @@ class LeaseProvider(pulumi.dynamic.ResourceProvider):
     def update(
         self, id_: str, olds: dict[str, Any], news: dict[str, Any]
     ) -> pulumi.dynamic.UpdateResult:
-        cloud = self.cloud()
-        lease = cloud.get_lease(id_)
+        """Record the new inputs; Blazar is only read (a flavor:instance lease is never
+        updated: the refusal would put it into ERROR)."""
+        lease = self.client(news).get_lease(id_)
         if lease is None:
             raise LeaseError(
-                f"lease {id_} ({olds.get('name')}) no longer exists, so its end cannot "
-                f"change. Fix: `pulumi up` again: it makes a new lease"
+                f"lease {id_} ({olds.get('name')}) no longer exists. Fix: `pulumi up` again: "
+                f"it makes a new lease"
             )
-        if int(news["duration_seconds"]) != int(olds["duration_seconds"]):
-            lease = self._change_end(cloud, id_, lease, olds, news)
         return pulumi.dynamic.UpdateResult(self._outputs(lease, news))
-
-    def _change_end(
-        self,
-        cloud: Cloud,
-        id_: str,
-        lease: dict[str, Any],
-        olds: dict[str, Any],
-        news: dict[str, Any],
-    ) -> dict[str, Any]:
-        start = parse_blazar_date(lease["start_date"])
-        end = start + datetime.timedelta(seconds=int(news["duration_seconds"]))
-        old_end = iso_utc(parse_blazar_date(lease["end_date"]))
-        new_text = news["lease_duration"]
-        old_text = olds.get("lease_duration") or _duration_text(int(olds["duration_seconds"]))
-        keep = f"`pulumi config set chi-persist:leaseDuration {old_text}`"
-        recycle = (
-            f"`scripts/recycle --stack {self.stack} --end-lease --yes`, then `pulumi up` "
-            f"makes a new lease of {new_text}"
-        )
-        if end <= utc_now() + datetime.timedelta(minutes=5):
-            raise LeaseError(
-                f"chi-persist:leaseDuration = {new_text!r}: lease {id_} started at "
-                f"{iso_utc(start)}, so it would end at {iso_utc(end)}, which is past or "
-                f"minutes away. Fix: a longer duration, {keep} to keep the end at {old_end}, "
-                f"or end it now: {recycle}"
-            )
-        # blazar/manager/service.py, update_lease: a new end_date in Blazar's format.
-        answer = cloud.call(BLAZAR, "PUT", f"/leases/{id_}", json={"end_date": request_date(end)})
-        if answer.status != 200 or "lease" not in answer.body:
-            raise LeaseError(
-                f"KVM@TACC refused to move the end of lease {id_} ({olds.get('name')}) from "
-                f"{old_end} to {iso_utc(end)} for chi-persist:leaseDuration = {new_text!r} "
-                f"(HTTP {answer.status}: {answer.error_message}). The lease is unchanged and "
-                f"still ends at {old_end}. Fix: {keep}, or end this lease and make one of "
-                f"the new length: {recycle} (the volume and its data are kept)"
-            )
-        lease = answer.body["lease"]
-        deadline = time.monotonic() + self.active_timeout_seconds
-        while lease.get("status") == "UPDATING" and time.monotonic() < deadline:
-            time.sleep(self.poll_seconds)
-            lease = cloud.get_lease(id_) or lease
-        return lease
 
     # --- delete ----------------------------------------------------------------------------
 
     @_user_errors
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        cloud = self.cloud()
-        answer = cloud.call(BLAZAR, "DELETE", f"/leases/{id_}")
-        if answer.status == 404:
-            return
-        if answer.status not in (200, 202, 204):
-            raise LeaseError(
-                f"could not delete lease {id_} ({props.get('name')}) (HTTP {answer.status}: "
-                f"{answer.error_message}). Fix: `pulumi up` or `pulumi destroy` again; "
-                f"`openstack reservation lease delete {id_}` deletes it by hand"
-            )
-        deadline = time.monotonic() + self.delete_timeout_seconds
-        while True:
-            lease = cloud.get_lease(id_)
-            if lease is None:
-                return
-            if time.monotonic() > deadline:
-                raise LeaseError(
-                    f"lease {id_} ({props.get('name')}) was still {lease.get('status')} "
-                    f"{self.delete_timeout_seconds:.0f} s after it was deleted. Fix: "
-                    f"`pulumi up` again; `openstack reservation lease show {id_}` shows it"
-                )
-            time.sleep(self.poll_seconds)
+        delete_until_gone(
+            self.client(props),
+            id_,
+            f"lease {id_} ({props.get('name')})",
+            timeout_seconds=self.delete_timeout_seconds,
+            poll_seconds=self.poll_seconds,
+            say=pulumi.log.info,
+        )
+
+
+# --- the lease's own credentials --------------------------------------------------------------
+
+
+def lease_cloud_problem(cloud: str) -> Problem | None:
+    """leaseCloud must name an entry of clouds.yaml (as openstacksdk finds it: OS_CLIENT_CONFIG_
+    FILE, ~/.config/openstack, /etc/openstack): checked before any resource exists."""
+    import warnings
+
+    import openstack.config
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            names = sorted(openstack.config.OpenStackConfig().get_cloud_names())
+    except Exception as error:  # noqa: BLE001 (a broken clouds.yaml is reported the same way)
+        return Problem(
+            "leaseCloud",
+            cloud,
+            f"clouds.yaml could not be read ({error})",
+            "correct clouds.yaml, or pulumi config rm chi-persist:leaseCloud",
+        )
+    if cloud in names:
+        return None
+    return Problem(
+        "leaseCloud",
+        cloud,
+        f"names no entry of clouds.yaml (its entries: {', '.join(names) or 'none'})",
+        "add the entry (see the README's Leases section: ccauth clouds-yaml ... --cloud-name "
+        f"{cloud}), or pulumi config set chi-persist:leaseCloud <one of the entries>",
+    )
+
+
+# --- a lease of the student's own ----------------------------------------------------------
+
+
+def own_lease_end(reservation_id: str, cloud: str | None = None) -> tuple[str | None, str]:
+    """The end (ISO 8601 UTC) of the project's lease that holds `reservation_id`, the flavor
+    a student reserved themselves, read from Blazar before any resource changes; None when
+    it cannot be read or has ended. With it, what `pulumi up` says about it."""
+    what = f"the lease that holds your reservation {reservation_id}"
+    no_timer = "so no timer stops the platform cleanly before it ends"
+    try:
+        lease = Blazar(cloud).lease_of_reservation(reservation_id)
+    except LeaseError as error:
+        return None, f"{what} could not be read ({error}), {no_timer}"
+    if lease is None:
+        return None, (
+            f"Blazar lists no lease of the project holding reservation {reservation_id}, "
+            f"{no_timer}. Check chi-persist:reservation: `openstack reservation lease list`"
+        )
+    ended = lease.ended_because(utc_now())
+    if ended is not None:
+        return None, (
+            f"{what}, {lease.id}, has ended ({ended}): make a new lease and set its flavor id "
+            f"(chi-persist:reservation), or `pulumi config rm chi-persist:reservation`"
+        )
+    return iso_utc(lease.end), (
+        f"{what}, {lease.id}, ends at {moment_text(lease.end)}: a timer on the server stops the "
+        f"platform cleanly a few minutes before"
+    )
 
 
 # --- the resource ----------------------------------------------------------------------------
@@ -498,15 +608,20 @@ class LeaseProvider(pulumi.dynamic.ResourceProvider):
 @dataclass
 class LeaseArgs:
     name: str
-    """Blazar lease name, lease-persist-<netid>."""
+    """Blazar lease name: settings.Settings.lease_name, which carries the stack's owner."""
     flavor_name: str
     """The flavor to reserve, by name."""
     duration_seconds: int
-    """How long the lease lasts from its start."""
+    """How long the next lease lasts from its start."""
     lease_duration: str
     """The same duration as the student wrote it (leaseDuration), for messages."""
-    adopt_id: str | None = None
-    """A lease of this stack's name that the state does not hold: the create takes it."""
+    renew_window_seconds: int = DEFAULT_RENEW_WINDOW_SECONDS
+    """How long before the end a `pulumi up` renews the lease; 0: only after the end."""
+    cloud: str | None = None
+    """The clouds.yaml entry the lease is made with (leaseCloud); None: the stack's own."""
+    adopt_lease_id: str | None = None
+    """A lease that exists already (e.g. found by name) to take over instead of making one.
+    Used only when the state holds no lease; a change of it changes nothing."""
 
 
 class Lease(pulumi.dynamic.Resource):
@@ -526,6 +641,9 @@ class Lease(pulumi.dynamic.Resource):
         opts: pulumi.ResourceOptions | None = None,
         provider: LeaseProvider | None = None,
     ) -> None:
+        # No delete_before_replace option: the provider's diff decides. An ended lease is
+        # deleted first (its server is gone already); one that still serves is replaced
+        # create-first, so the next reservation is held before its server stops.
         super().__init__(
             provider or LeaseProvider(stack=pulumi.get_stack()),
             name,
@@ -534,18 +652,14 @@ class Lease(pulumi.dynamic.Resource):
                 "flavor_name": args.flavor_name,
                 "duration_seconds": int(args.duration_seconds),
                 "lease_duration": args.lease_duration,
-                # Read by create only; a new value is no change (it is not in INPUTS).
-                "adopt_id": args.adopt_id,
+                "renew_window_seconds": int(args.renew_window_seconds),
+                "cloud": args.cloud or "",
+                "adopt_lease_id": args.adopt_lease_id or "",
                 "lease_id": None,
                 "reservation_id": None,
                 "status": None,
                 "start_date": None,
                 "end_date": None,
             },
-            pulumi.ResourceOptions.merge(
-                opts,
-                # One reservation at a time: a replaced lease (new flavor, or ended) is
-                # deleted before the next is made, after the server that boots its flavor.
-                pulumi.ResourceOptions(delete_before_replace=True),
-            ),
+            opts,
         )

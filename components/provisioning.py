@@ -1,5 +1,6 @@
 """What runs on the server over SSH: wait for it, copy the project's files, prepare the volume,
-start the platform, and stop it cleanly before the volume is detached, unless the server is gone."""
+start the platform, stop it cleanly before the volume is detached, unless the server is gone, and
+before the lease the server boots from ends."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ class ProvisioningArgs:
     """SSH private key (secret); None to use the ssh agent."""
     private_key_password: pulumi.Input[str] | None = None
     """Passphrase of the private key (secret), only when it has one."""
+    lease_end: pulumi.Input[str] | None = None
+    """When the lease the server boots from ends (ISO 8601 UTC): a timer on the server stops
+    the platform cleanly before then. None: the end is not known, no timer."""
 
 
 class Provisioning(pulumi.ComponentResource):
@@ -51,6 +55,7 @@ class Provisioning(pulumi.ComponentResource):
     credentials: pulumi.Output[dict[str, str]]
     start_stack: command.remote.Command
     clean_stop: command.local.Command
+    lease_stop: command.remote.Command | None
 
     def __init__(
         self, name: str, args: ProvisioningArgs, opts: pulumi.ResourceOptions | None = None
@@ -163,6 +168,22 @@ class Provisioning(pulumi.ComponentResource):
                 delete_before_replace=True,
             ),
         )
+        # At the lease's end Blazar deletes the server outright; a timer stops the platform
+        # (compose down, sync, unmount: release-volume.sh) a few minutes before. Written after
+        # the stack starts, and again for a new server or a new end. Registered before the
+        # clean-stop step, which must stay last in the state's order (deleted first).
+        self.lease_stop = None
+        if args.lease_end is not None:
+            self.lease_stop = command.remote.Command(
+                f"{name}-lease-stop",
+                connection=connection,
+                create=pulumi.Output.from_input(args.lease_end).apply(
+                    lambda end: schedule_lease_stop_command(end, args.mount_point)
+                ),
+                triggers=[args.server_id, args.lease_end, copy_scripts.id],
+                add_previous_output_in_env=False,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.start_stack]),
+            )
         # The clean stop (compose down, sync, unmount) is the delete of the step below, a local
         # command: a remote command's delete dials SSH before anything else, and a
         # server that vanished (a lease's end, a delete by hand) would fail every update that
@@ -244,6 +265,18 @@ def release_volume_command(mount_point: str) -> str:
     return shlex.join(
         [
             "sudo", "bash", f"{REMOTE_SCRIPTS}/release-volume.sh",
+            "--mount-point", mount_point,
+            "--compose-file", REMOTE_COMPOSE_FILE,
+        ]
+    )  # fmt: skip
+
+
+def schedule_lease_stop_command(lease_end: str, mount_point: str) -> str:
+    """Set the systemd timer that stops the platform cleanly before the lease ends."""
+    return shlex.join(
+        [
+            "sudo", "bash", f"{REMOTE_SCRIPTS}/schedule-lease-stop.sh",
+            "--lease-end", lease_end,
             "--mount-point", mount_point,
             "--compose-file", REMOTE_COMPOSE_FILE,
         ]

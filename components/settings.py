@@ -60,6 +60,12 @@ MAX_LEASE_DURATION_SECONDS = 7 * 24 * 3600
 # The shortest: a new server waits up to 15 minutes for SSH, then prepares the volume and
 # starts the platform; a lease that ends within the hour leaves no time to work.
 MIN_LEASE_DURATION_SECONDS = 3600
+# How long before its lease's end a `pulumi up` renews it (makes the next lease, then moves
+# the server onto it) when leaseRenewWindow is not set.
+DEFAULT_LEASE_RENEW_WINDOW = "1h"
+# The longest renewal window: a day before the end is early enough for any working day, and
+# a window may not exceed half the lease (leaseRenewWindow's rule, with leaseDuration).
+MAX_LEASE_RENEW_WINDOW_SECONDS = 24 * 3600
 # "8h", "3d", "90m", "1d12h": days, hours and minutes, in that order, each at most once.
 LEASE_DURATION_PATTERN = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")
 
@@ -205,6 +211,27 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
             default=DEFAULT_LEASE_DURATION,
             example="8h",
         ),
+        ConfigKey(
+            "leaseRenewWindow",
+            "string",
+            "How long before the stack's own lease ends a `pulumi up` renews it: it makes the "
+            "next lease first, then replaces the server the clean way onto it, then deletes the "
+            "old lease. A duration such as 1h or 30m, at most half of leaseDuration (the "
+            "default is cut to half of a shorter lease); 0m: never renew early (the `pulumi "
+            "up` after the end makes a new lease). Empty: 1h.",
+            default="",
+            example="2h",
+        ),
+        ConfigKey(
+            "leaseCloud",
+            "string",
+            "Name of a clouds.yaml entry used only for the lease (Blazar): one that logs in "
+            "with your Chameleon account (OIDC, as Chameleon's ccauth writes it, or a "
+            "password), for a site whose Keystone refuses trusts to application credentials. "
+            "Empty: the stack's own credentials.",
+            default="",
+            example="kvm-lease",
+        ),
         ConfigKey("network", "string", "Network the server's port is on.", default="sharednet1"),
         ConfigKey("floatingIpPool", "string", "Pool the floating IP comes from.", default="public"),
         ConfigKey(
@@ -286,6 +313,11 @@ class Settings:
     # How long the stack's own lease lasts: as written (for messages), and in seconds.
     lease_duration: str = DEFAULT_LEASE_DURATION
     lease_duration_seconds: int = 8 * 3600
+    # How long before the lease's end a `pulumi up` renews it; 0: only after the end.
+    lease_renew_window: str = DEFAULT_LEASE_RENEW_WINDOW
+    lease_renew_window_seconds: int = 3600
+    # The clouds.yaml entry the lease is made with (None: the stack's own credentials).
+    lease_cloud: str | None = None
     # The Pulumi stack these settings are of; empty means the netid's own stack.
     stack: str = ""
 
@@ -459,6 +491,23 @@ def _lease_duration(value: Any) -> tuple[Any, str | None]:
     return value, None
 
 
+def _lease_renew_window(value: Any) -> tuple[Any, str | None]:
+    longest = format_duration(MAX_LEASE_RENEW_WINDOW_SECONDS)
+    rule = (
+        "must be a duration in days, hours and minutes, in that order, like 1h, 30m or 2h30m, "
+        f"from 0m (never renew before the end) to {longest}"
+    )
+    seconds = parse_duration(value) if isinstance(value, str) else None
+    if seconds is None:
+        return None, rule
+    if seconds > MAX_LEASE_RENEW_WINDOW_SECONDS:
+        return None, (
+            f"is longer than {longest}, the longest renewal window: renew at most {longest} "
+            "before the lease ends"
+        )
+    return value, None
+
+
 def _existing_volume_id(value: Any) -> tuple[Any, str | None]:
     rule = (
         "must be the id of a Cinder volume, a UUID like 3f2a9c4e-8b1d-4e6f-a0b2-5c7d9e1f3a4b "
@@ -569,6 +618,8 @@ RULES: dict[str, Rule] = {
     "flavor": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
     "reservation": _reservation,
     "leaseDuration": _lease_duration,
+    "leaseRenewWindow": _lease_renew_window,
+    "leaseCloud": _string(CLOUD_NAME_PATTERN, "must be the name of an entry in clouds.yaml"),
     "network": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
     "floatingIpPool": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
     "volumeSize": _volume_size,
@@ -700,6 +751,9 @@ def validate(
         )
         login = chosen or login
 
+    renew_window_seconds = _renew_window(values)
+    problems.extend(_renewal_problems(values))
+
     if problems:
         raise SettingsError(problems)
 
@@ -723,8 +777,42 @@ def validate(
         existing_volume_id=values["existingVolumeId"],
         lease_duration=values["leaseDuration"],
         lease_duration_seconds=parse_duration(values["leaseDuration"]) or 0,
+        lease_renew_window=format_duration(renew_window_seconds),
+        lease_renew_window_seconds=renew_window_seconds,
+        lease_cloud=values["leaseCloud"],
         stack=stack,
     )
+
+
+def _renew_window(values: Mapping[str, Any]) -> int:
+    """The renewal window in seconds: as set, or, when not set, the default cut to half the
+    lease (a lease of 1h is renewed in its last 30m)."""
+    duration = parse_duration(values.get("leaseDuration") or "") or 0
+    if values.get("leaseRenewWindow") is None:
+        return min(parse_duration(DEFAULT_LEASE_RENEW_WINDOW) or 0, duration // 2)
+    return parse_duration(values["leaseRenewWindow"]) or 0
+
+
+def _renewal_problems(values: Mapping[str, Any]) -> list[Problem]:
+    """A renewal window longer than half the lease would renew each new lease at once."""
+    window, duration = values.get("leaseRenewWindow"), values.get("leaseDuration")
+    if window is None or duration is None or values.get("reservation") is not None:
+        return []
+    window_seconds = parse_duration(window) or 0
+    duration_seconds = parse_duration(duration) or 0
+    if window_seconds * 2 <= duration_seconds:
+        return []
+    half = format_duration(duration_seconds // 2)
+    return [
+        Problem(
+            "leaseRenewWindow",
+            window,
+            f"is more than half of leaseDuration ({duration}): each new lease would begin "
+            f"inside its own renewal window, and every `pulumi up` would renew it again",
+            f"pulumi config set {NAMESPACE}:leaseRenewWindow {half}, or a longer "
+            f"{NAMESPACE}:leaseDuration",
+        )
+    ]
 
 
 def load(config: Any, stack: str, all_keys: Sequence[str] | None = None) -> Settings:

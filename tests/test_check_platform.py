@@ -789,7 +789,8 @@ def test_a_lease_far_from_its_end_is_shown_without_a_warning(pulumi: StudentMach
 @needs_cli
 def test_a_lease_near_its_end_warns_what_happens_and_what_to_do(pulumi: StudentMachine):
     """Within the hour: the row says soon, and a warning says the server will be deleted, the
-    data stays, and how to extend, renew cleanly, or carry on after the end."""
+    data stays, and how to renew (the next lease first, then the server moved cleanly), stop
+    cleanly now, or carry on after the end; it promises no extension of this lease."""
     leased_stack(pulumi, lease_end_in(timedelta(minutes=40)))
     status, stdout, stderr = run_main("--stack", "ab1234")
     assert lease_row(stdout).startswith(f"✓ lease {LEASE_ID}, ends ")
@@ -799,12 +800,15 @@ def test_a_lease_near_its_end_warns_what_happens_and_what_to_do(pulumi: StudentM
     for text in (
         "KVM@TACC deletes the server at the lease's end",
         "the volume and all its data stay",
-        "`pulumi config set chi-persist:leaseDuration 1d --stack ab1234`, then "
-        "`pulumi up --stack ab1234`",
-        "`scripts/recycle --stack ab1234 --end-lease`, then `pulumi up --stack ab1234`",
+        "`pulumi up --stack ab1234` within the renewal window before the end",
+        "makes the next lease first, then moves the server onto it the clean way",
+        "if no host is free for the next lease, the server keeps running until the end",
+        "`scripts/recycle --stack ab1234 --end-lease`, then `pulumi up --stack ab1234` later",
         "let it end and run `pulumi up --stack ab1234` afterwards",
+        "Blazar cannot extend this lease: a longer leaseDuration applies to the next one",
     ):
         assert text in warning
+    assert "config set chi-persist:leaseDuration" not in warning
 
 
 @needs_cli
@@ -851,9 +855,8 @@ def test_unreadable_live_lease_falls_back_to_the_outputs(
     _, stdout, stderr = run_main(
         "--stack", "ab1234", environ={"OS_CLOUD": "kvm-tacc", "OS_CLIENT_CONFIG_FILE": str(clouds)}
     )
-    assert "check-platform: note: the live lease was not read: the lease needs the stack's " in (
-        stderr
-    )
+    note = next(line for line in stderr.splitlines() if "the live lease was not read" in line)
+    assert "credentials could not be loaded" in note and "export OS_CLOUD=" in note
     assert lease_row(stdout).endswith("(from the stack's outputs)")
 
 
@@ -940,3 +943,25 @@ def test_the_lease_is_read_live_from_blazar_when_credentials_are_set(
     assert lease_row(stdout).startswith(
         f"✗ lease {lease['id']} no longer exists at KVM@TACC: it ended or was deleted."
     )
+
+
+@needs_cli
+def test_a_lease_in_error_that_still_serves_is_shown_serving_with_why(
+    pulumi: StudentMachine, twin_shell
+):
+    """A refused update put the live lease into ERROR; its events say it started and has not
+    ended: the row is ✓ with its status and end, and a warning says it still serves, until
+    when, and what ERROR means."""
+    twin, environ = twin_shell
+    lease = twin_lease(twin)
+    leased_stack(pulumi, lease_end_in(timedelta(hours=20)), lease_id=lease["id"])
+    api = twin.api()
+    later = (datetime.now(timezone.utc) + timedelta(days=3)).strftime("%Y-%m-%d %H:%M")
+    refused = api.put(f"{api.reservation}/leases/{lease['id']}", json={"end_date": later})
+    assert refused.status_code == 409
+    _, stdout, stderr = run_main("--stack", "ab1234", environ=environ)
+    assert lease_row(stdout).startswith(f"✓ lease {lease['id']} ERROR, ends "), lease_row(stdout)
+    warning = " ".join(line for line in stderr.splitlines() if "warning:" in line)
+    assert f"lease {lease['id']} is ERROR" in warning
+    assert "it still serves, and the server keeps running until" in warning
+    assert "refuses a change of it" in warning

@@ -199,9 +199,14 @@ def test_the_server_boots_the_leases_reservation(student: Evaluation) -> None:
     assert "flavorId" in server.replace_on_changes
 
 
-def test_a_replaced_lease_goes_before_its_successor_comes(student: Evaluation) -> None:
-    """Delete-before-replace: one reservation at a time, and the server on it goes first."""
-    assert student.one(LEASE).delete_before_replace
+def test_the_leases_diff_chooses_which_lease_goes_first(student: Evaluation) -> None:
+    """No delete_before_replace option on the lease: its provider's diff decides (an ended
+    lease goes first; one that still serves stays until its successor is held), and it gets
+    the renewal window and the lease's own credentials (none by default)."""
+    lease = student.one(LEASE)
+    assert not lease.delete_before_replace
+    assert lease.inputs["renew_window_seconds"] == 3600
+    assert lease.inputs["cloud"] == ""
 
 
 def test_the_lease_and_its_end_are_exported(student: Evaluation) -> None:
@@ -236,6 +241,8 @@ def test_no_note_about_leases_when_the_stack_makes_its_own(student: Evaluation) 
         ("flavor", "m1.xlarge", LEASE, "flavor_name", "m1.xlarge"),
         ("leaseDuration", "1d12h", LEASE, "duration_seconds", 36 * 3600),
         ("leaseDuration", "90m", LEASE, "lease_duration", "90m"),
+        ("leaseRenewWindow", "2h", LEASE, "renew_window_seconds", 7200),
+        ("leaseRenewWindow", "0m", LEASE, "renew_window_seconds", 0),
         ("network", "sharednet2", PORT, "networkId", "network-sharednet2"),
         ("floatingIpPool", "public2", FLOATING_IP, "pool", "public2"),
         ("volumeSize", 20, VOLUME, "size", 20),
@@ -280,11 +287,9 @@ def test_provisioning_runs_in_order(student: Evaluation) -> None:
     names = [step.name for step in steps]
     assert names[0] == "provisioning-wait-for-boot"
     assert names.index("provisioning-copy-scripts") < names.index("provisioning-prepare-volume")
-    assert names[-3:] == [
-        "provisioning-prepare-volume",
-        "provisioning-start-stack",
-        "provisioning-clean-stop",
-    ]
+    assert names[-4:-2] == ["provisioning-prepare-volume", "provisioning-start-stack"]
+    # Both follow the started stack: the lease's timer, and the clean stop (a delete only).
+    assert set(names[-2:]) == {"provisioning-lease-stop", "provisioning-clean-stop"}
     copies = {step.name: step for step in steps if isinstance(step, CopyStep)}
     assert copies["provisioning-copy-scripts"].source == REPO_ROOT / "scripts" / "remote"
     assert copies["provisioning-copy-scripts"].remote_path == "/home/cc/chi-persist/scripts"
@@ -358,7 +363,7 @@ def test_every_remote_step_connects_as_cc_to_the_floating_ip_with_a_secret_key(
 ) -> None:
     """Remote commands log in as cc at the floating IP, the key kept secret, dials patient."""
     remote = student.of_type(REMOTE_COMMAND) + student.of_type(COPY_TO_REMOTE)
-    assert len(remote) == 5
+    assert len(remote) == 6
     for registration in remote:
         connection = registration.inputs["connection"]
         assert connection["user"] == "cc"
@@ -379,7 +384,7 @@ def test_every_step_reruns_on_a_new_server(student: Evaluation) -> None:
         *student.of_type(COPY_TO_REMOTE),
         *student.of_type(LOCAL_COMMAND),
     ]
-    assert len(steps) == 7
+    assert len(steps) == 8
     for registration in steps:
         assert server_id in registration.inputs["triggers"], registration.name
     for suffix in ("prepare-volume", "start-stack", "clean-stop"):
@@ -403,6 +408,41 @@ def test_changed_files_rerun_the_steps_that_use_them(monkeypatch: pytest.MonkeyP
     assert before.named("wait-for-boot").inputs == after.named("wait-for-boot").inputs
 
 
+def test_a_timer_stops_the_platform_before_the_stacks_lease_ends(student: Evaluation) -> None:
+    """The lease's end reaches the server: a step after the stack starts sets the timer that
+    runs the clean stop before it, again for a new server, a new end or new scripts."""
+    stop = student.named("lease-stop")
+    assert stop.inputs["create"] == (
+        "sudo bash /home/cc/chi-persist/scripts/remote/schedule-lease-stop.sh --lease-end "
+        "2026-11-10T17:00:00Z --mount-point /mnt/block --compose-file "
+        "/home/cc/chi-persist/docker/docker-compose.yaml"
+    )
+    lease = student.one(LEASE)
+    assert lease.urn in stop.property_dependencies["triggers"]
+    assert student.named("copy-scripts").urn in stop.property_dependencies["triggers"]
+    assert "server-node-persist-ab1234" in stop.inputs["triggers"]
+    assert student.named("start-stack").urn in student.depends_on(stop)
+
+
+def test_a_reservation_of_ones_own_gets_the_timer_when_blazar_tells_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With `reservation` set, the end of the lease holding it, read from Blazar before any
+    resource, sets the same timer; when it cannot be read there is no timer, and a note
+    says so."""
+    reservation = "3f1c5b9e-0d3a-4c1e-9b7a-2f6d8e4a1c00"
+    unread = evaluate(config={"reservation": reservation})
+    assert [r for r in unread.registrations if r.name == "provisioning-lease-stop"] == []
+    assert any("no timer stops the platform" in note for note in unread.notes), unread.notes
+    monkeypatch.setattr(
+        "components.lease.own_lease_end",
+        lambda reservation_id, cloud: ("2026-11-12T18:00:00Z", f"{reservation_id} ends"),
+    )
+    read = evaluate(config={"reservation": reservation})
+    assert "--lease-end 2026-11-12T18:00:00Z" in read.named("lease-stop").inputs["create"]
+    assert f"{reservation} ends" in read.notes
+
+
 def test_wait_for_ssh_runs_locally_before_any_remote_step(student: Evaluation) -> None:
     """A local, bounded wait for sshd precedes the first remote command."""
     wait = student.named("wait-for-ssh")
@@ -420,7 +460,7 @@ def test_recycle_removes_only_the_server_its_attachment_and_the_commands(
     by_urn = student.by_urn()
     removed_types = sorted(by_urn[urn].type for urn in removed)
     assert removed_types == sorted(
-        [ATTACHMENT] + [LOCAL_COMMAND] * 2 + [REMOTE_COMMAND] * 3 + [COPY_TO_REMOTE] * 2
+        [ATTACHMENT] + [LOCAL_COMMAND] * 2 + [REMOTE_COMMAND] * 4 + [COPY_TO_REMOTE] * 2
     )
     kept = {VOLUME, PORT, FLOATING_IP, SECURITY_GROUP, SECURITY_GROUP_RULE}
     for registration in student.registrations:
@@ -567,6 +607,15 @@ BAD_SETTINGS = [
      "leaseDuration", "'7d1m'", "pulumi config set chi-persist:leaseDuration"),
     ("lease of a month", "ab1234", {"leaseDuration": "30d"}, None, "leaseDuration",
      "longer than 7d", "pulumi config set chi-persist:leaseDuration"),
+    ("renewal window in seconds", "ab1234", {"leaseRenewWindow": "600s"}, None,
+     "leaseRenewWindow", "'600s'", "pulumi config set chi-persist:leaseRenewWindow 2h"),
+    ("renewal window longer than a day", "ab1234", {"leaseRenewWindow": "1d1h"}, None,
+     "leaseRenewWindow", "longer than 1d", "pulumi config set chi-persist:leaseRenewWindow"),
+    ("renewal window over half the lease", "ab1234",
+     {"leaseDuration": "4h", "leaseRenewWindow": "3h"}, None, "leaseRenewWindow",
+     "more than half of leaseDuration (4h)", "pulumi config set chi-persist:leaseRenewWindow 2h"),
+    ("lease cloud with a control character", "ab1234", {"leaseCloud": "kvm\tlease"}, None,
+     "leaseCloud", "'kvm\\tlease'", "pulumi config set chi-persist:leaseCloud kvm-lease"),
     ("relative mount point", "ab1234", {"mountPoint": "mnt/block"}, None, "mountPoint",
      "'mnt/block'", "pulumi config set chi-persist:mountPoint"),
     ("mount point over a system directory", "ab1234", {"mountPoint": "/etc"}, None,
@@ -605,6 +654,47 @@ def test_bad_setting_is_reported_before_any_resource(
     assert fix in message
     assert "Traceback" not in message
     assert raised.value.registrations == []
+
+
+def test_a_lease_cloud_must_name_an_entry_of_clouds_yaml(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """leaseCloud names no entry of the clouds.yaml openstacksdk reads: refused before any
+    resource, with the entries there and how to add one; an existing entry reaches the
+    lease."""
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text("clouds:\n  kvm-tacc:\n    auth_type: password\n    auth: {}\n")
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    with pytest.raises(pulumi.RunError) as raised:
+        evaluate_program(
+            "ab1234",
+            {"keyPair": "ab1234-key", "leaseCloud": "kvm-lease"},
+            secrets={"sshPrivateKey": PRIVATE_KEY},
+        )
+    message = str(raised.value)
+    assert "chi-persist:leaseCloud = 'kvm-lease': names no entry of clouds.yaml" in message
+    assert "(its entries: kvm-tacc)" in message and "ccauth clouds-yaml" in message
+    assert raised.value.registrations == []
+    lease = evaluate(config={"leaseCloud": "kvm-tacc"}).one(LEASE)
+    assert lease.inputs["cloud"] == "kvm-tacc"
+
+
+@pytest.mark.parametrize(
+    ("config", "seconds"),
+    [
+        ({}, 3600),
+        ({"leaseDuration": "1h"}, 1800),
+        ({"leaseDuration": "90m"}, 2700),
+        ({"leaseDuration": "1h", "leaseRenewWindow": "10m"}, 600),
+        ({"leaseRenewWindow": "0m"}, 0),
+        ({"leaseDuration": "3d", "leaseRenewWindow": "1d"}, 86400),
+    ],
+    ids=["default", "default-cut-for-1h", "default-cut-for-90m", "set", "never", "a-day"],
+)
+def test_the_renewal_window_reaches_the_lease(config: dict[str, str], seconds: int) -> None:
+    """leaseRenewWindow as set, or 1h cut to half of a shorter lease when not set."""
+    lease = evaluate(config=config).one(LEASE)
+    assert lease.inputs["renew_window_seconds"] == seconds
 
 
 def test_every_problem_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:

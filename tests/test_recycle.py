@@ -64,6 +64,7 @@ RECYCLED = {
     "provisioning-copy-docker",
     "provisioning-prepare-volume",
     "provisioning-start-stack",
+    "provisioning-lease-stop",
     "provisioning-clean-stop",
 }
 
@@ -187,6 +188,12 @@ def without_lease(state: dict, flavor: dict) -> dict:
         values.update(flavor)
     server["dependencies"].remove(LEASE_URN)
     server["propertyDependencies"].pop("flavorId")
+    # The lease's stop timer took the lease's end; a reservation's end comes from Blazar.
+    for resource in resources(state):
+        if LEASE_URN in resource.get("dependencies", []):
+            resource["dependencies"].remove(LEASE_URN)
+        for key, urns in (resource.get("propertyDependencies") or {}).items():
+            resource["propertyDependencies"][key] = [urn for urn in urns if urn != LEASE_URN]
     return state
 
 

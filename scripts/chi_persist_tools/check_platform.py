@@ -41,7 +41,7 @@ from chi_persist_tools.command_line import (
     pulumi_command_text,
     run_pulumi,
 )
-from components.lease import ACTIVE, ENDED_STATUSES, Cloud, LeaseError, parse_blazar_date
+from components.blazar import ENDED_STATUSES, ERROR, Blazar, LeaseError, parse_blazar_date
 
 # Missing packages fail the import (the launcher then switches to the project's
 # virtual environment); the MLflow client is slow to import, so it is only
@@ -63,7 +63,7 @@ RETRY_INTERVAL_SECONDS = 3.0
 HTTP_TIMEOUT_SECONDS = 10.0
 MAX_WAIT_SECONDS = 3600.0
 # A lease that ends within this is near its end: time enough to save work and choose
-# between extending it and letting it end.
+# between renewing it (the next lease, then the server moved onto it) and letting it end.
 LEASE_WARNING_SECONDS = 3600
 # The environment that holds the OpenStack credentials pulumi uses (OS_CLOUD with
 # clouds.yaml, or an openrc's OS_AUTH_URL and the rest): the live lease is read only then.
@@ -96,8 +96,10 @@ The lease (a stack that makes its own KVM@TACC lease): a first row says when it
 ends, from the stack's outputs lease_id and lease_end, or live from KVM@TACC's
 reservation service when OS_CLOUD (or an openrc's OS_AUTH_URL) is set as for
 `pulumi up`. Within an hour of the end it warns: at the end KVM@TACC deletes the
-server (the volume and its data stay), and says what to do. An ended lease fails
-the row: `pulumi up` then makes a new lease and server.
+server (the volume and its data stay); `pulumi up` in the renewal window makes the
+next lease first and moves the server onto it cleanly. A lease in ERROR whose events
+say it still serves is shown as serving, with a warning saying why. An ended lease
+fails the row: `pulumi up` then makes a new lease and server.
 """
 
 EPILOG = """\
@@ -578,6 +580,10 @@ class LeaseView:
     live: bool = False
     note: str = ""
     """Why the live lease was not read, or what is wrong with the outputs."""
+    ended: str | None = None
+    """Why Blazar's lease will not serve again (read from its events), when read live."""
+    serves: bool = False
+    """Its flavor is the project's now, whatever its status (ERROR after a refused update)."""
 
 
 def openstack_credentials_set(environ: dict[str, str]) -> bool:
@@ -607,7 +613,7 @@ def read_lease(platform: Platform, environ: dict[str, str]) -> LeaseView:
     try:
         # Blazar through a keystoneauth1 session of openstacksdk's config loader: the
         # credentials and calls of the stack's lease resource (components/lease.py).
-        lease = Cloud().get_lease(platform.lease_id)
+        lease = Blazar().get_lease(platform.lease_id)
     except LeaseError as error:
         return LeaseView(platform.lease_id, end, note=f"the live lease was not read: {error}")
     except ImportError as error:
@@ -619,11 +625,15 @@ def read_lease(platform: Platform, environ: dict[str, str]) -> LeaseView:
         )
     if lease is None:
         return LeaseView(platform.lease_id, end, gone=True, live=True)
-    try:
-        live_end = parse_blazar_date(str(lease.get("end_date")))
-    except ValueError:
-        live_end = end
-    return LeaseView(platform.lease_id, live_end, status=str(lease.get("status") or ""), live=True)
+    now = datetime.now(timezone.utc)
+    return LeaseView(
+        platform.lease_id,
+        lease.end,
+        status=lease.status,
+        live=True,
+        ended=lease.ended_because(now),
+        serves=lease.serves(now),
+    )
 
 
 def format_moment(moment: datetime) -> str:
@@ -644,7 +654,7 @@ def format_time_left(left: timedelta) -> str:
 def lease_check(
     platform: Platform, lease: LeaseView, now: datetime
 ) -> tuple[CheckResult, list[str]]:
-    """The lease's row, and the warnings that go with it (its end is near)."""
+    """The lease's row, and the warnings that go with it (its end is near, it is in ERROR)."""
     name = "Lease is active"
     stack = f" --stack {platform.stack}" if platform.stack else ""
     up = f"pulumi up{stack}"
@@ -668,13 +678,16 @@ def lease_check(
         detail = f"{lease.note or 'the stack has no output lease_end'}; fix: run `{up}`"
         return CheckResult(name, False, detail), []
     ends = format_moment(lease.end)
+    state = f" is {lease.status}" if lease.status else ""
     if lease.status in ENDED_STATUSES or lease.end <= now:
-        state = f" is {lease.status}" if lease.status else ""
         detail = f"{label}{state}: it ended at {ends}{where}. {after_the_end}; {new_lease}"
         return CheckResult(name, False, detail), []
-    if lease.status and lease.status != ACTIVE:
+    if lease.ended:
+        detail = f"{label}{state}: {lease.ended}, so it serves no server. {new_lease}"
+        return CheckResult(name, False, detail), []
+    if lease.live and not lease.serves:
         detail = (
-            f"{label} is {lease.status}, not ACTIVE: no server can boot from it until it is; "
+            f"{label}{state}, not ACTIVE yet: no server can boot from it until it is; "
             f"fix: wait a minute and run `{up}`"
         )
         return CheckResult(name, False, detail), []
@@ -682,15 +695,25 @@ def lease_check(
     status = f" {lease.status}" if lease.status else ""
     detail = f"{label}{status}, ends {ends}, in {format_time_left(left)}{where}"
     warnings = []
+    if lease.status == ERROR:
+        warnings.append(
+            f"{label} is ERROR, but its events say it started and has not ended: it still "
+            f"serves, and the server keeps running until {ends}. Blazar puts a lease into ERROR "
+            "when it refuses a change of it (it refuses every change of a flavor:instance "
+            f"lease); nothing is lost, and `{up}` keeps the lease and renews it near its end"
+        )
     if left.total_seconds() <= LEASE_WARNING_SECONDS:
         detail += ": soon"
         warnings.append(
             f"the lease ends in {format_time_left(left)}, at {ends}. {after_the_end}. To keep "
-            "working past it, extend the lease with a longer leaseDuration (counted from its "
-            f"start; e.g. `pulumi config set chi-persist:leaseDuration 1d{stack}`, then "
-            f"`{up}`), if the site allows; or stop cleanly now and take a new lease: "
-            f"`scripts/recycle{stack} --end-lease`, then `{up}`; or let it end and run "
-            f"`{up}` afterwards"
+            f"working past it, renew it: `{up}` within the renewal window before the end "
+            "(chi-persist:leaseRenewWindow, the last hour unless set) makes the next lease first, "
+            "then moves the server onto it the clean way (the same volume and address, nothing "
+            "formatted), then deletes this lease; if no host is free for the next lease, the "
+            f"server keeps running until the end and `{up}` says so. Or stop cleanly now: "
+            f"`scripts/recycle{stack} --end-lease`, then `{up}` later; or let it end and run "
+            f"`{up}` afterwards. Blazar cannot extend this lease: a longer leaseDuration "
+            "applies to the next one"
         )
     return CheckResult(name, True, detail), warnings
 

@@ -95,7 +95,8 @@ roster format (YAML):
   defaults:   optional mapping of settings every student gets unless their row sets them
               (anything but netid).
   lease_duration (leaseDuration) sets how long each stack's own KVM@TACC lease lasts
-  (8h, 3d, 90m, 1d12h; at most a week), for the class in defaults or per student. A
+  (8h, 3d, 90m, 1d12h; at most a week), for the class in defaults or per student; a
+  change applies to each stack's next lease (Blazar cannot extend one). A
   student with a reservation of their own (reservation) gets no lease: for them it is
   not used, and a note says so.
   A bare list of students is accepted too. Secrets (sshPrivateKey) are refused: a

@@ -16,8 +16,11 @@ run in order on one twin and one student, as the semester does:
  5. `pulumi up`: a new server, same address and volume, nothing formatted, the marker there;
     then recycle refuses a running server that SSH does not reach from its side;
  6. a changed file under docker/: the volume is mounted and the stack runs afterwards;
-    then the stack's lease ends (the server is deleted with it): the next `pulumi up`
-    makes a new lease and server, same volume and address, nothing formatted;
+    then a longer leaseDuration is recorded and changes nothing until the renewal window,
+    where one `pulumi up` makes the next lease first, moves the server onto it the clean
+    way and deletes the old lease; then the server's timer stops the platform and the
+    stack's lease ends (the server is deleted with it) on a clean filesystem: the next
+    `pulumi up` makes a new lease and server, same volume and address, nothing formatted;
  7. a new `reservation`: the server is replaced through the clean stop, never resized;
  8. a larger `volumeSize`: the filesystem grows, the marker intact;
 10. faults: the server vanishes out of band, and `scripts/recycle` then `pulumi up`
@@ -432,16 +435,89 @@ def test_6_a_changed_compose_file_leaves_the_volume_mounted_and_the_stack_runnin
     assert running.returncode == 0 and running.stdout.strip() == MARKER, explain(running)
 
 
+def test_renewal_in_the_window_makes_the_next_lease_first_then_moves_the_server(
+    semester: Semester,
+):
+    """A longer leaseDuration changes nothing while the lease is outside its renewal window
+    (same lease, same end, same server, no request to Blazar but reads). With a window that
+    holds the lease's end, one `pulumi up` renews: the next lease is made first; then the
+    server is replaced the clean way onto its flavor (detach, delete, a new server on the same
+    address with the same volume, nothing formatted, the marker there); then the old lease is
+    deleted; the new server's timer stops the platform 10 minutes before the new end."""
+    first = semester.outputs()
+    old_server = semester.learned["server_id"]
+    _set_config(semester, leaseDuration="7d")
+    since = semester.twin.events()[-1]["seq"]
+    recorded = semester.up()
+    assert recorded.returncode == 0, explain(recorded)
+    assert "is recorded" in recorded.stdout + recorded.stderr, explain(recorded)
+    kept = semester.outputs()
+    assert (kept["lease_id"], kept["lease_end"], kept["server_id"]) == (
+        first["lease_id"],
+        first["lease_end"],
+        old_server,
+    )
+    writes = [call for call in _api_calls(semester.twin, since) if call[0] != "GET"]
+    assert not [call for call in writes if "/v1/leases" in call[1]], writes
+
+    _set_config(semester, leaseRenewWindow="1d")
+    since = semester.twin.events()[-1]["seq"]
+    renewed = semester.up(measure="`pulumi up` renewing the lease")
+    assert renewed.returncode == 0, explain(renewed)
+    assert "within the renewal window" in renewed.stdout + renewed.stderr, explain(renewed)
+    outputs = semester.outputs()
+    assert outputs["lease_id"] != first["lease_id"]
+    assert outputs["server_id"] != old_server
+    assert outputs["floating_ip"] == semester.learned["address"]
+    assert outputs["volume_id"] == semester.learned["volume_id"]
+    start, end = (
+        datetime.datetime.fromisoformat(outputs["lease_end"].replace("Z", "+00:00")),
+        datetime.datetime.fromisoformat(first["lease_end"].replace("Z", "+00:00")),
+    )
+    assert start > end, "the new lease ends after the old one"
+    calls = _api_calls(semester.twin, since)
+    made = _first(calls, "POST", r"/v1/leases$")
+    detach = _first(calls, "DELETE", rf"/servers/{old_server}/os-volume_attachments/")
+    delete = _first(calls, "DELETE", rf"/servers/{old_server}$")
+    create = _first(calls, "POST", r"/servers$")
+    gone = _first(calls, "DELETE", rf"/v1/leases/{first['lease_id']}$")
+    assert made < detach < delete < create < gone, f"not the renewal order: {calls}"
+    state = semester.twin.state()
+    lease = _active_lease(state, f"lease-persist-{NETID}")
+    assert lease["id"] == outputs["lease_id"]
+    assert first["lease_id"] not in [each["id"] for each in state["leases"]]
+    (server,) = state["servers"]
+    assert server["flavor"]["id"] == lease["reservations"][0]["id"]
+    ready = _ready_line(semester.command_stdout(PREPARE))
+    assert ready["formatted"] == "no" and ready["uuid"] == semester.learned["uuid"], ready
+    marker = semester.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt")
+    assert marker.returncode == 0 and marker.stdout.strip() == MARKER, explain(marker)
+    _assert_lease_stop_timer(semester, outputs["lease_end"])
+    semester.learned["server_id"] = outputs["server_id"]
+
+
 def test_lease_end_is_repaired_by_the_next_up_with_the_same_volume_unformatted(
     semester: Semester,
 ):
-    """The lease ends (Blazar deletes the server, then the flavor): one `pulumi up` makes a
-    new lease and a new server on the same address with the same volume, formats nothing,
-    and says that the clean stop could not run."""
+    """Before the end, the server's timer runs the clean stop (here started at once, as its
+    calendar would); then the lease ends (Blazar deletes the server, then the flavor) and
+    meets a stopped platform: the volume's filesystem is clean. One `pulumi up` makes a new
+    lease and a new server on the same address with the same volume, formats nothing, and
+    says that the clean stop could not run."""
     old_lease = semester.outputs()["lease_id"]
+    stopped = semester.ssh(
+        "sudo systemctl start chi-persist-lease-stop.service"
+        " && sudo journalctl --no-pager -o cat -u chi-persist-lease-stop.service",
+        timeout=600,
+    )
+    assert stopped.returncode == 0, explain(stopped)
+    assert "release-volume: platform stopped" in stopped.stdout, explain(stopped)
+    assert "release-volume: unmounted /mnt/block" in stopped.stdout, explain(stopped)
     ended = semester.twin.end_lease(old_lease)
     assert ended["status"] == "TERMINATED", ended
     assert semester.twin.state()["servers"] == []
+    (volume,) = semester.twin.state()["volumes"]
+    assert _filesystem_state(Path(volume["disk"])) == "clean"
     up = semester.up()
     assert up.returncode == 0, explain(up)
     assert "PostgreSQL" in up.stdout + up.stderr, explain(up)
@@ -494,6 +570,11 @@ def test_7_a_new_reservation_replaces_the_server_through_the_clean_stop(semester
     assert ready["formatted"] == "no" and ready["uuid"] == semester.learned["uuid"], ready
     marker = semester.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt")
     assert marker.returncode == 0 and marker.stdout.strip() == MARKER, explain(marker)
+    # Blazar tells the end of the student's own lease: the same timer stops the platform.
+    by_hand = next(
+        lease for lease in semester.twin.state()["leases"] if lease["name"] == f"by-hand-{NETID}"
+    )
+    _assert_lease_stop_timer(semester, by_hand["end_date"] + "Z")
     # A reservation of the student's own: the stack's lease is deleted, after the server.
     assert "lease_id" not in outputs, outputs
     own = [lease for lease in semester.twin.state()["leases"] if lease["name"].endswith(NETID)]
@@ -827,6 +908,26 @@ def _tutorial_volume(directory: Path) -> tuple[Path, str]:
         run(["losetup", "-d", device], check=False)
     assert uuid, "mkfs.ext4 made no UUID"
     return disk, uuid
+
+
+def _set_config(semester: Semester, **values: str) -> None:
+    for key, value in values.items():
+        changed = semester.student.pulumi(
+            "config", "set", f"chi-persist:{key}", value, "--stack", NETID
+        )
+        assert changed.returncode == 0, explain(changed)
+
+
+def _assert_lease_stop_timer(semester: Semester, lease_end: str) -> None:
+    """The server's timer is active and due 10 minutes before `lease_end` (ISO UTC)."""
+    end = datetime.datetime.fromisoformat(lease_end.replace("Z", "+00:00"))
+    due = f"{end - datetime.timedelta(minutes=10):%Y-%m-%d %H:%M:%S} UTC"
+    timer = semester.ssh(
+        "systemctl is-active chi-persist-lease-stop.timer"
+        " && cat /etc/systemd/system/chi-persist-lease-stop.timer"
+    )
+    assert timer.returncode == 0, explain(timer)
+    assert f"OnCalendar={due}" in timer.stdout, explain(timer)
 
 
 def _active_lease(state: dict[str, Any], name: str) -> dict[str, Any]:

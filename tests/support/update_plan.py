@@ -68,10 +68,13 @@ PROVIDER_REPLACE_KEYS: dict[str, frozenset[str]] = {
     # terraform-provider-openstack v3.4.0, resource_openstack_compute_volume_attach_v2.go:
     # instance_id and volume_id are ForceNew.
     ATTACHMENT: frozenset({"instanceId", "volumeId"}),
-    # components/lease.py, LeaseProvider.diff: a new name or flavor is a new lease; a new
-    # duration moves the end in place. (A lease that has ended is replaced too, whatever
-    # its inputs: that is the provider's reading of Blazar, not an input change.)
-    LEASE: frozenset({"name", "flavor_name"}),
+    # components/lease.py, LeaseProvider.diff: a new flavor is a new lease, made first (its
+    # diff asks for create-before-delete); a new name, duration, renewal window or lease
+    # cloud is recorded for the next lease, an update that sends Blazar nothing. (A lease
+    # that has ended is replaced delete-first, and one inside its renewal window create-
+    # first, whatever its inputs: that is the provider's reading of Blazar, not an input
+    # change.)
+    LEASE: frozenset({"flavor_name"}),
     # resource_openstack_compute_instance_v2.go: these are ForceNew; flavor_id and
     # flavor_name resize in place, image_id and image_name rebuild in place, name and
     # metadata update in place.
@@ -157,6 +160,8 @@ def plan_update(old: Evaluation, new: Evaluation) -> list[Step]:
             steps.append(Step("update", registration, previous))
     for previous in reversed(old.registrations):
         gone = previous.custom and previous.urn not in new_urns
+        if gone and previous.urn in pending:
+            continue  # deleted already by a cascade, and not made again
         if gone or previous in deferred:
             steps.append(Step("delete", previous))
     return steps

@@ -249,10 +249,14 @@ def admin_blueprint(cloud: Cloud, faults: Faults) -> Blueprint:
             lease = cloud.reservation.leases.get(lease_id)
             if lease is None:
                 return _admin_error(404, f"no lease {lease_id}")
+            # What the end_lease event does at the end date, now: it runs only on a lease
+            # that has started (blazar/status.py: TERMINATING comes from ACTIVE or ERROR).
             ended = cloud.reservation.event(lease, "end_lease")["status"] != "UNDONE"
-            if lease["status"] not in ("PENDING", "ACTIVE", "ERROR") or ended:
+            if lease["status"] not in ("ACTIVE", "ERROR") or ended:
                 return _admin_error(
-                    409, f"lease {lease_id} is {lease['status']}: it has ended or is ending"
+                    409,
+                    f"lease {lease_id} is {lease['status']}: it has not started, or it has "
+                    "ended or is ending",
                 )
             cloud.record("admin", action="end_lease", lease_id=lease_id)
             key = cloud.reservation.end(lease, reason="ended through the admin API")

@@ -69,12 +69,14 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "client_address": "127.0.0.1",
     # Keystone's [token] expiration.
     "token_seconds": 3600,
-    # Whether the application credential in DIR/clouds.yaml is unrestricted: Keystone lets
-    # only such a credential make the trust Blazar needs to create a lease.
+    # Whether the application credential in DIR/clouds.yaml is unrestricted: a Keystone
+    # without CVE-2026-43000's fix lets only such a credential make the trust Blazar needs to
+    # create a lease (keystone/api/trusts.py, TrustResourceBase._check_unrestricted).
     "application_credential_unrestricted": True,
-    # Changing a flavor:instance lease's dates: "refused" (upstream Blazar's 409) or
-    # "allowed" (a site that extends such leases).
-    "lease_extension": "refused",
+    # A Keystone with CVE-2026-43000's fix: every token of an application credential,
+    # unrestricted or not, is refused every trust operation (keystone/api/trusts.py,
+    # _check_application_credential), so Blazar cannot make a lease with one.
+    "keystone_refuses_application_credential_trusts": False,
     # How many instances of one flavor can be reserved at any one time; beyond it Blazar
     # answers "Not enough hosts available".
     "lease_capacity": 4,
@@ -83,10 +85,16 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "lease_start_seconds": 0.5,
     # The next lease created goes to ERROR at its start (then this turns false again).
     "next_lease_error": False,
+    # How long Blazar's API waits for its manager's answer (oslo.messaging's
+    # rpc_response_timeout): a DELETE whose manager takes longer is answered 500 while the
+    # manager goes on deleting.
+    "blazar_rpc_timeout_seconds": 60,
+    # How long Nova takes to delete the servers on a lease's flavor at its end or delete,
+    # beyond the machine driver's own time.
+    "lease_server_deletion_seconds": 0,
 }
 CONFIG_CHOICES = {
     "online_extend": ("allowed", "forbidden", "unsupported"),
-    "lease_extension": ("allowed", "refused"),
 }
 TICK_SECONDS = 0.1
 

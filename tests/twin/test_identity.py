@@ -217,3 +217,33 @@ def test_unscoped_token_has_no_catalog_and_no_service(shared_twin: Twin) -> None
         timeout=30,
     )
     assert refused.status_code == 401
+
+
+def test_trusts_are_listed_as_keystone_lists_them(twin: Twin) -> None:
+    """GET /v3/OS-TRUST/trusts: no token 401; another trustor or no filter refused by the
+    policy (403); an application credential reads its user's trusts before CVE-2026-43000's
+    fix, restricted or not (only creating and deleting was refused), and is refused every
+    trust operation with the fix (keystone/api/trusts.py _check_application_credential)."""
+    api = twin.api()
+    url = f"{twin.url}/v3/OS-TRUST/trusts"
+    user_id = api.body["token"]["user"]["id"]
+    anonymous = twin.http.get(url, params={"trustor_user_id": user_id}, timeout=30)
+    assert anonymous.status_code == 401
+    other = api.get(url, params={"trustor_user_id": "0" * 32})
+    assert other.status_code == 403
+    assert other.json()["error"]["message"] == (
+        "You are not authorized to perform the requested action: identity:list_trusts_for_trustor."
+    )
+    assert api.get(url).status_code == 403
+    listed = api.get(url, params={"trustor_user_id": user_id})
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["trusts"] == [] and listed.json()["links"]["next"] is None
+    twin.configure(application_credential_unrestricted=False)
+    assert twin.api().get(url, params={"trustor_user_id": user_id}).status_code == 200
+    twin.configure(keystone_refuses_application_credential_trusts=True)
+    refused = twin.api().get(url, params={"trustee_user_id": user_id})
+    assert refused.status_code == 403
+    assert (
+        "'application_credential' is not allowed for managing trusts"
+        in (refused.json()["error"]["message"])
+    )

@@ -150,10 +150,11 @@ def url_segments(package: Path, builder: str) -> list[tuple[str, str]]:
             segments = []
             for argument in split_arguments(call.group(2)):
                 argument = bound.get(argument, argument)
+                # ServiceURL joins its parts with "/": a part may hold several segments.
                 if argument.startswith('"'):
-                    segments.append(("literal", argument.strip('"')))
+                    segments += [("literal", part) for part in argument.strip('"').split("/")]
                 elif argument in constants:
-                    segments.append(("literal", constants[argument]))
+                    segments += [("literal", part) for part in constants[argument].split("/")]
                 else:
                     segments.append(("variable", argument))
             return segments

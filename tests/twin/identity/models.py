@@ -31,6 +31,14 @@ SERVICES: tuple[tuple[str, str, str], ...] = (
     ("reservation", "blazar", "/v1"),
 )
 UNAUTHORIZED = "The request you have made requires authentication."
+# Services with a user of their own in Keystone (Blazar makes its trusts to its user).
+SERVICE_USERS = ("blazar",)
+# keystone/exception.py ForbiddenAction's message with the action keystone/api/trusts.py
+# names when it refuses a trust operation to an application credential's token.
+TRUST_REFUSED = (
+    "You are not authorized to perform the requested action: Using method "
+    "'application_credential' is not allowed for managing trusts."
+)
 
 
 def unauthorized(message: str = UNAUTHORIZED) -> IdentityError:
@@ -65,13 +73,20 @@ class IdentityBackend:
             },
             "services": {kind: new_hex_id() for kind, _, _ in SERVICES},
             "endpoints": {kind: new_hex_id() for kind, _, _ in SERVICES},
+            # The services' own users, trustees of the trusts they are given.
+            "service_users": {name: new_hex_id() for name in SERVICE_USERS},
         }
+        self.state.data.setdefault("trusts", {})
 
     def recover(self) -> None:
         identity = self.state.data["identity"]
         for kind, _, _ in SERVICES:
             identity["services"].setdefault(kind, new_hex_id())
             identity["endpoints"].setdefault(kind, new_hex_id())
+        users = identity.setdefault("service_users", {})
+        for name in SERVICE_USERS:
+            users.setdefault(name, new_hex_id())
+        self.state.data.setdefault("trusts", {})
         moment = now()
         tokens = self.state.collection("tokens")
         for token_id in [
@@ -262,3 +277,62 @@ class IdentityBackend:
 
     def revoke(self, token_id: str) -> bool:
         return self.state.collection("tokens").pop(token_id, None) is not None
+
+    # --- trusts (keystone/api/trusts.py) -------------------------------------------------
+
+    def check_trust_operation(self, token: dict[str, Any], manages: bool) -> None:
+        """Whether a token may read (`manages` False) or create and delete trusts.
+
+        With CVE-2026-43000's fix (the twin setting keystone_refuses_application_credential_
+        trusts) every application credential's token is refused every trust operation
+        (_check_application_credential); before it, only a restricted one, and only when it
+        creates or deletes one (TrustResourceBase._check_unrestricted).
+        """
+        if not token.get("application_credential_id"):
+            return
+        if self.cloud.config["keystone_refuses_application_credential_trusts"]:
+            raise IdentityError(403, TRUST_REFUSED)
+        if manages and not self.application_credential_unrestricted:
+            raise IdentityError(403, TRUST_REFUSED)
+
+    def create_trust(self, token: dict[str, Any], trustee: str) -> str:
+        """TrustsResource.post as a service's keystoneclient calls it with the user's token
+        (blazar/utils/trusts.py create_trust: impersonation, the token's roles and project)."""
+        self.check_trust_operation(token, manages=True)
+        trust_id = new_hex_id()
+        self.state.collection("trusts")[trust_id] = {
+            "id": trust_id,
+            "trustor_user_id": token["user_id"],
+            "trustee_user_id": self.data["service_users"][trustee],
+            "project_id": token["project_id"],
+            "impersonation": True,
+            "expires_at": None,
+            "remaining_uses": None,
+            "redelegation_count": 0,
+            "deleted_at": None,
+        }
+        return trust_id
+
+    def list_trusts(
+        self, token: dict[str, Any], trustor: str | None, trustee: str | None
+    ) -> list[dict[str, Any]]:
+        """TrustsResource.get: the policy (identity:list_trusts_for_trustor or _trustee: the
+        caller must be that user), then the application credential check."""
+        if trustor is not None and trustor != token["user_id"]:
+            raise IdentityError(403, _forbidden("identity:list_trusts_for_trustor"))
+        if trustee is not None and trustee != token["user_id"]:
+            raise IdentityError(403, _forbidden("identity:list_trusts_for_trustee"))
+        if trustor is None and trustee is None:
+            raise IdentityError(403, _forbidden("identity:list_trusts"))
+        self.check_trust_operation(token, manages=False)
+        return [
+            dict(trust)
+            for trust in self.state.collection("trusts").values()
+            if (trustor is None or trust["trustor_user_id"] == trustor)
+            and (trustee is None or trust["trustee_user_id"] == trustee)
+        ]
+
+
+def _forbidden(action: str) -> str:
+    """oslo.policy's refusal as Keystone renders it (keystone/exception.py ForbiddenAction)."""
+    return f"You are not authorized to perform the requested action: {action}."

@@ -193,3 +193,24 @@ def revoke_token() -> Response:
     _, subject = _caller_and_subject()
     twin().identity.revoke(subject)
     return Response(status=204)
+
+
+def list_trusts() -> Response:
+    """GET /v3/OS-TRUST/trusts (keystone/api/trusts.py TrustsResource.get), filtered by
+    trustor_user_id or trustee_user_id, as gophercloud's trusts.List and keystoneclient ask."""
+    identity = twin().identity
+    token = identity.token(request.headers.get("X-Auth-Token"))
+    if token is None:
+        raise IdentityError(401, UNAUTHORIZED)
+    trusts = identity.list_trusts(
+        token, request.args.get("trustor_user_id"), request.args.get("trustee_user_id")
+    )
+    base = base_url()
+    for trust in trusts:
+        trust["links"] = {"self": f"{base}/v3/OS-TRUST/trusts/{trust['id']}"}
+    return json_response(
+        {
+            "trusts": trusts,
+            "links": {"self": f"{base}/v3/OS-TRUST/trusts", "previous": None, "next": None},
+        }
+    )

@@ -1,4 +1,4 @@
-"""Keystone's paths on the twin: the version documents and /v3/auth/tokens."""
+"""Keystone's paths on the twin: the version documents, /v3/auth/tokens and the trusts list."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ ROUTES = (
     ("/v3/auth/tokens", "GET", responses.show_token),
     ("/v3/auth/tokens", "HEAD", responses.show_token),
     ("/v3/auth/tokens", "DELETE", responses.revoke_token),
+    ("/v3/OS-TRUST/trusts", "GET", responses.list_trusts),
 )
 for rule, method, view in ROUTES:
     blueprint.add_url_rule(
