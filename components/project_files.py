@@ -47,9 +47,10 @@ def first_boot_user_data(user: str = "cc") -> str:
     """cloud-init user data: install Docker and pre-pull the stack while the volume attaches.
 
     The files go to FIRST_BOOT_DIR under the same relative paths as in the project,
-    so install-docker.sh finds the compose file (and its build contexts) beside it.
+    so install-docker.sh finds lib.sh and the compose file (and its build contexts) beside it.
     """
-    files = [REMOTE_SCRIPTS_DIR / "install-docker.sh", *tree_files(DOCKER_DIR)]
+    scripts = [REMOTE_SCRIPTS_DIR / "install-docker.sh", REMOTE_SCRIPTS_DIR / "lib.sh"]
+    files = [*scripts, *tree_files(DOCKER_DIR)]
     write_files = [
         {
             "path": f"{FIRST_BOOT_DIR}/{path.relative_to(PROJECT_ROOT).as_posix()}",

@@ -69,7 +69,7 @@ def test_python_is_formatted() -> None:
 def test_shell_scripts_are_found() -> None:
     """The scripts that touch disks and run the platform are among those linted."""
     names = {path.name for path in shell_scripts()}
-    for expected in ("prepare-volume.sh", "release-volume.sh", "start-stack.sh", "run"):
+    for expected in ("lib.sh", "release-volume.sh", "start-stack.sh", "install-docker.sh", "run"):
         assert expected in names
 
 

@@ -249,12 +249,14 @@ def test_settings_reach_their_resources(key, value, resource, field, expected) -
 
 
 def test_user_data_installs_docker_and_the_stack_at_first_boot(student: Evaluation) -> None:
-    """cloud-init writes install-docker.sh and docker/ and runs the installer with them."""
+    """cloud-init writes install-docker.sh, the lib.sh it sources and docker/, and runs the
+    installer with them."""
     user_data = student.one(SERVER).inputs["userData"]
     assert user_data.startswith("#cloud-config\n")
     document = yaml.safe_load(user_data)
     written = {entry["path"] for entry in document["write_files"]}
     assert "/opt/chi-persist/scripts/remote/install-docker.sh" in written
+    assert "/opt/chi-persist/scripts/remote/lib.sh" in written
     for path in project_files.tree_files(project_files.DOCKER_DIR):
         relative = path.relative_to(REPO_ROOT).as_posix()
         assert f"/opt/chi-persist/{relative}" in written
