@@ -73,6 +73,13 @@ def test_shell_scripts_are_found() -> None:
         assert expected in names
 
 
+def test_python_commands_are_found() -> None:
+    """The volume script, a Python command without a suffix, is among those ruff checks."""
+    script = REPO_ROOT / "scripts" / "remote" / "prepare-volume"
+    assert script in python_executables()
+    assert script not in shell_scripts()
+
+
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_shell_scripts_pass_shellcheck() -> None:
     """shellcheck finds nothing in any shell script of the project."""
