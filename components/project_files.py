@@ -16,7 +16,7 @@ IGNORED_NAMES = {"__pycache__", ".DS_Store"}
 # Where cloud-init writes the first-boot copy, and where the provisioning copies go.
 FIRST_BOOT_DIR = "/opt/chi-persist"
 REMOTE_HOME_DIR = "/home/cc/chi-persist"
-# What prepare-volume.sh grows a volume with: growpart, and the sfdisk it writes GPT
+# What prepare-volume grows a volume with: growpart, and the sfdisk it writes GPT
 # tables with. Ubuntu's cloud images (CC-Ubuntu24.04's base) ship both; cloud-init
 # makes sure, at first boot, before any volume step runs.
 VOLUME_TOOL_PACKAGES = ["cloud-guest-utils", "fdisk"]

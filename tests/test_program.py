@@ -299,7 +299,7 @@ def test_prepare_volume_finds_the_volume_by_its_id(student: Evaluation) -> None:
     step = next(s for s in student.provisioning_steps() if s.name.endswith("prepare-volume"))
     assert isinstance(step, CommandStep)
     assert step.create == (
-        "sudo bash /home/cc/chi-persist/scripts/remote/prepare-volume.sh "
+        "sudo python3 /home/cc/chi-persist/scripts/remote/prepare-volume "
         f"--volume-id {VOLUME_ID} --mount-point /mnt/block --owner cc --size-gib 2"
     )
     assert step.delete is None
@@ -650,5 +650,5 @@ def test_unknown_values_are_reported_as_unknown_during_preview() -> None:
     """During a preview, cloud ids are unknown and the program still registers everything."""
     evaluation = evaluate(preview=True)
     assert evaluation.one(VOLUME).protect
-    assert re.search(r"prepare-volume\.sh", evaluation.named("prepare-volume").inputs["create"])
+    assert re.search(r"remote/prepare-volume ", evaluation.named("prepare-volume").inputs["create"])
     assert UNKNOWN not in json.dumps(evaluation.one(VOLUME).inputs)
