@@ -16,7 +16,7 @@ IGNORED_NAMES = {"__pycache__", ".DS_Store"}
 # Where cloud-init writes the first-boot copy, and where the provisioning copies go.
 FIRST_BOOT_DIR = "/opt/chi-persist"
 REMOTE_HOME_DIR = "/home/cc/chi-persist"
-# What prepare-volume.sh grows a volume with: growpart, and the sfdisk it writes GPT
+# What prepare-volume grows a volume with: growpart, and the sfdisk it writes GPT
 # tables with. Ubuntu's cloud images (CC-Ubuntu24.04's base) ship both; cloud-init
 # makes sure, at first boot, before any volume step runs.
 VOLUME_TOOL_PACKAGES = ["cloud-guest-utils", "fdisk"]
@@ -47,9 +47,10 @@ def first_boot_user_data(user: str = "cc") -> str:
     """cloud-init user data: install Docker and pre-pull the stack while the volume attaches.
 
     The files go to FIRST_BOOT_DIR under the same relative paths as in the project,
-    so install-docker.sh finds the compose file (and its build contexts) beside it.
+    so install-docker.sh finds lib.sh and the compose file (and its build contexts) beside it.
     """
-    files = [REMOTE_SCRIPTS_DIR / "install-docker.sh", *tree_files(DOCKER_DIR)]
+    scripts = [REMOTE_SCRIPTS_DIR / "install-docker.sh", REMOTE_SCRIPTS_DIR / "lib.sh"]
+    files = [*scripts, *tree_files(DOCKER_DIR)]
     write_files = [
         {
             "path": f"{FIRST_BOOT_DIR}/{path.relative_to(PROJECT_ROOT).as_posix()}",

@@ -233,7 +233,8 @@ def prepare_volume_command(volume_id: str, mount_point: str, size_gib: int) -> s
     """Find the volume by its serial, format it only if blank, grow it if larger, mount it."""
     return shlex.join(
         [
-            "sudo", "bash", f"{REMOTE_SCRIPTS}/prepare-volume.sh",
+            # Through the interpreter: CopyToRemote does not keep the file's mode.
+            "sudo", "python3", f"{REMOTE_SCRIPTS}/prepare-volume",
             "--volume-id", volume_id,
             "--mount-point", mount_point,
             "--owner", SSH_USER,

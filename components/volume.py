@@ -84,7 +84,7 @@ class PersistentVolume(pulumi.ComponentResource):
                 f"the volume {args.volume_name} grows from {args.current_size_gib} GiB to "
                 f"{args.size_gib} GiB once Cinder has extended it in place, with all its data: "
                 "the size Cinder reports afterwards is checked, and only then does the "
-                "server's prepare-volume.sh grow its filesystem; "
+                "server's prepare-volume grow its filesystem; "
                 + ONLINE_RESIZE_REFUSED_FIX.format(stack=args.stack),
                 resource=volume,
             )

@@ -69,8 +69,15 @@ def test_python_is_formatted() -> None:
 def test_shell_scripts_are_found() -> None:
     """The scripts that touch disks and run the platform are among those linted."""
     names = {path.name for path in shell_scripts()}
-    for expected in ("prepare-volume.sh", "release-volume.sh", "start-stack.sh", "run"):
+    for expected in ("lib.sh", "release-volume.sh", "start-stack.sh", "install-docker.sh", "run"):
         assert expected in names
+
+
+def test_python_commands_are_found() -> None:
+    """The volume script, a Python command without a suffix, is among those ruff checks."""
+    script = REPO_ROOT / "scripts" / "remote" / "prepare-volume"
+    assert script in python_executables()
+    assert script not in shell_scripts()
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")

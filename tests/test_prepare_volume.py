@@ -1,4 +1,4 @@
-"""prepare-volume.sh on loop devices: formats only blank volumes, mounts ext4, refuses the rest."""
+"""prepare-volume on loop devices: formats only blank volumes, mounts ext4, refuses the rest."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tests.support.volume_scripts import (
     FSTAB_LINE,
     NOBODY,
     PREPARE_VOLUME,
+    PREPARE_VOLUME_COMMAND,
     DeviceSnapshot,
     assert_mounted_and_recorded,
     assert_untouched,
@@ -422,7 +423,7 @@ def test_second_run_for_the_same_volume_waits_for_the_first(loop_volume, server)
         holder.kill()
         holder.wait()
     assert result.returncode == 4, result.stdout + result.stderr
-    assert "another prepare-volume.sh" in result.stderr and str(lock) in result.stderr
+    assert "another prepare-volume" in result.stderr and str(lock) in result.stderr
     assert elapsed < 5
     assert_untouched(loop_volume, before, server)
 
@@ -564,10 +565,10 @@ def test_bad_input_prints_usage_and_touches_nothing(loop_volume, server, argumen
     """Exit 2 with what was wrong and the usage line; the device, fstab, mount point untouched."""
     link_by_id(server.by_id_dir, VALID_ID, loop_volume.device)
     before = DeviceSnapshot.of(loop_volume)
-    result = run("bash", str(PREPARE_VOLUME), *arguments, check=False, env=server.env())
+    result = run(*PREPARE_VOLUME_COMMAND, *arguments, check=False, env=server.env())
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
-    assert "usage: prepare-volume.sh --volume-id ID" in result.stderr
+    assert "usage: prepare-volume --volume-id ID" in result.stderr
     assert_untouched(loop_volume, before, server)
     assert not server.mount_point.exists()
 
@@ -591,10 +592,10 @@ def test_not_root_is_refused_with_usage(loop_volume, server, as_nobody):
 
 def test_help_explains_the_rules():
     """--help prints the usage, the decision table and the exit codes, and exits 0."""
-    result = run("bash", str(PREPARE_VOLUME), "--help", check=False)
+    result = run(*PREPARE_VOLUME_COMMAND, "--help", check=False)
     assert result.returncode == 0
     expected = [
-        "usage: prepare-volume.sh",
+        "usage: prepare-volume",
         "--volume-id ID",
         "virtio-",
         "scsi-0QEMU_QEMU_HARDDISK_",

@@ -1,4 +1,4 @@
-"""prepare-volume.sh on loop devices that grew: partition and ext4 grow, and not a byte is lost.
+"""prepare-volume on loop devices that grew: partition and ext4 grow, and not a byte is lost.
 
 Each volume here is filled to its last block with known data before it grows by
 1 GiB (as Cinder's extend does), so every growth test is also a data-safety test:
@@ -25,7 +25,7 @@ import pytest
 from tests.support import volume_scripts as layouts
 from tests.support.block_devices import MIB, LoopVolume, LoopVolumes, run
 from tests.support.volume_scripts import (
-    PREPARE_VOLUME,
+    PREPARE_VOLUME_COMMAND,
     DeviceSnapshot,
     KnownData,
     Server,
@@ -64,14 +64,14 @@ def grew_lines(result: subprocess.CompletedProcess[str]) -> list[re.Match[str]]:
 
 
 def own_layout(volume: LoopVolume, server: Server, volume_id: str) -> str:
-    """What prepare-volume.sh makes of a blank volume; returns the filesystem's device."""
+    """What prepare-volume makes of a blank volume; returns the filesystem's device."""
     result = server.prepare(volume_id)
     assert result.returncode == 0, result.stdout + result.stderr
     return summary(result)["device"]
 
 
 def tutorial_layout(volume: LoopVolume, server: Server, volume_id: str) -> str:
-    """The tutorial's GPT + ext4 partition, then mounted by prepare-volume.sh."""
+    """The tutorial's GPT + ext4 partition, then mounted by prepare-volume."""
     layouts.tutorial_layout(volume, server.root / "scratch")
     result = server.prepare(volume_id)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -211,7 +211,7 @@ def test_mounted_volume_the_kernel_will_not_resize_keeps_every_byte_and_grows_wh
 
     result = run(
         *without_online_resize(
-            ["bash", str(PREPARE_VOLUME), "--volume-id", volume_id, "--mount-point",
+            [*PREPARE_VOLUME_COMMAND, "--volume-id", volume_id, "--mount-point",
              str(server.mount_point), "--owner", "nobody", "--timeout", "5", "--size-gib", "1"]
         ),
         check=False, env=server.env(),
@@ -312,7 +312,7 @@ def path_without(tmp_path: Path, *tools: str) -> str:
 
 def prepare_with_path(server: Server, volume_id: str, path: str) -> subprocess.CompletedProcess:
     return run(
-        "bash", str(PREPARE_VOLUME), "--volume-id", volume_id, "--mount-point",
+        *PREPARE_VOLUME_COMMAND, "--volume-id", volume_id, "--mount-point",
         str(server.mount_point), "--owner", "nobody", "--timeout", "5",
         check=False, env={**server.env(), "PATH": path},
     )  # fmt: skip

@@ -256,12 +256,14 @@ def test_settings_reach_their_resources(key, value, resource, field, expected) -
 
 
 def test_user_data_installs_docker_and_the_stack_at_first_boot(student: Evaluation) -> None:
-    """cloud-init writes install-docker.sh and docker/ and runs the installer with them."""
+    """cloud-init writes install-docker.sh, the lib.sh it sources and docker/, and runs the
+    installer with them."""
     user_data = student.one(SERVER).inputs["userData"]
     assert user_data.startswith("#cloud-config\n")
     document = yaml.safe_load(user_data)
     written = {entry["path"] for entry in document["write_files"]}
     assert "/opt/chi-persist/scripts/remote/install-docker.sh" in written
+    assert "/opt/chi-persist/scripts/remote/lib.sh" in written
     for path in project_files.tree_files(project_files.DOCKER_DIR):
         relative = path.relative_to(REPO_ROOT).as_posix()
         assert f"/opt/chi-persist/{relative}" in written
@@ -302,7 +304,7 @@ def test_prepare_volume_finds_the_volume_by_its_id(student: Evaluation) -> None:
     step = next(s for s in student.provisioning_steps() if s.name.endswith("prepare-volume"))
     assert isinstance(step, CommandStep)
     assert step.create == (
-        "sudo bash /home/cc/chi-persist/scripts/remote/prepare-volume.sh "
+        "sudo python3 /home/cc/chi-persist/scripts/remote/prepare-volume "
         f"--volume-id {VOLUME_ID} --mount-point /mnt/block --owner cc --size-gib 2"
     )
     assert step.delete is None
@@ -738,5 +740,5 @@ def test_unknown_values_are_reported_as_unknown_during_preview() -> None:
     """During a preview, cloud ids are unknown and the program still registers everything."""
     evaluation = evaluate(preview=True)
     assert evaluation.one(VOLUME).protect
-    assert re.search(r"prepare-volume\.sh", evaluation.named("prepare-volume").inputs["create"])
+    assert re.search(r"remote/prepare-volume ", evaluation.named("prepare-volume").inputs["create"])
     assert UNKNOWN not in json.dumps(evaluation.one(VOLUME).inputs)

@@ -225,7 +225,7 @@ def changed_tree(
             "components.project_files.first_boot_user_data", lambda: "#cloud-config\n{}\n"
         )
         return evaluate(), "provisioning-copy-docker"
-    copy = changed_copy(project_files.REMOTE_SCRIPTS_DIR, tmp_path, "prepare-volume.sh", "# new")
+    copy = changed_copy(project_files.REMOTE_SCRIPTS_DIR, tmp_path, "prepare-volume", "# new")
     monkeypatch.setattr("components.provisioning.REMOTE_SCRIPTS_DIR", copy)
     return evaluate(), "provisioning-copy-scripts"
 

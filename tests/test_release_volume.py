@@ -1,4 +1,4 @@
-"""release-volume.sh stops the platform, syncs and unmounts a volume from prepare-volume.sh."""
+"""release-volume.sh stops the platform, syncs and unmounts a volume from prepare-volume."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def docker(tmp_path: Path) -> Docker:
 
 @dataclass
 class PreparedVolume:
-    """A volume prepared and mounted by prepare-volume.sh, with a student's file on it."""
+    """A volume prepared and mounted by prepare-volume, with a student's file on it."""
 
     volume: LoopVolume
     server: Server
@@ -111,7 +111,7 @@ class PreparedVolume:
 
 @pytest.fixture
 def prepared(loop_volume: LoopVolume, tmp_path: Path) -> Iterator[PreparedVolume]:
-    """A blank loop volume run through prepare-volume.sh, mounted, with data and credentials."""
+    """A blank loop volume run through prepare-volume, mounted, with data and credentials."""
     server = Server(tmp_path / "server")
     volume_id = new_volume_id()
     link_by_id(server.by_id_dir, volume_id, loop_volume.device)

@@ -1,6 +1,6 @@
 """scripts/remote/start-stack.sh on real mounts, with a stand-in `docker` on PATH.
 
-The volume is a loop device prepared by the real prepare-volume.sh. The
+The volume is a loop device prepared by the real prepare-volume. The
 stand-in docker records its arguments and the MOUNT_POINT, HOST_IP and
 OBJECT_STORE_DIR it was given; no Docker engine runs here.
 """
@@ -23,7 +23,7 @@ from tests.support.paths import REMOTE_SCRIPTS
 from tests.support.stand_ins import StandIns
 
 SCRIPT = REMOTE_SCRIPTS / "start-stack.sh"
-PREPARE_VOLUME = REMOTE_SCRIPTS / "prepare-volume.sh"
+PREPARE_VOLUME = REMOTE_SCRIPTS / "prepare-volume"
 VOLUME_ID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
 HOST_IP = "203.0.113.10"
 JSON_KEYS = {
@@ -52,10 +52,10 @@ def docker(tmp_path: Path) -> StandIns:
 
 
 def prepare(mount_point: Path, by_id_dir: Path, fstab: Path) -> None:
-    """Run the real prepare-volume.sh, as the program does before start-stack.sh."""
+    """Run the real prepare-volume, as the program does before start-stack.sh."""
     completed = subprocess.run(
         [
-            "bash",
+            "python3",
             str(PREPARE_VOLUME),
             "--volume-id",
             VOLUME_ID,
@@ -76,7 +76,7 @@ def prepare(mount_point: Path, by_id_dir: Path, fstab: Path) -> None:
 
 @pytest.fixture
 def prepared_volume(loop_volumes: LoopVolumes, tmp_path: Path) -> Path:
-    """The mount point of a blank loop volume prepared (formatted, mounted) by prepare-volume.sh."""
+    """The mount point of a blank loop volume prepared (formatted, mounted) by prepare-volume."""
     if not PREPARE_VOLUME.exists():
         pytest.skip(f"{PREPARE_VOLUME} is not there")
     volume = loop_volumes.make(size_mib=512, name="block-persist")
@@ -90,7 +90,7 @@ def prepared_volume(loop_volumes: LoopVolumes, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def unprepared_ext4(loop_volumes: LoopVolumes, tmp_path: Path) -> Path:
-    """An ext4 filesystem mounted by hand: a mount, but not prepared by prepare-volume.sh."""
+    """An ext4 filesystem mounted by hand: a mount, but not prepared by prepare-volume."""
     volume = loop_volumes.make(size_mib=256, name="unprepared")
     run("mkfs.ext4", "-q", "-F", volume.device)
     mount_point = tmp_path / "unprepared"
@@ -153,7 +153,7 @@ def credentials_of(mount_point: Path) -> dict[str, str]:
 
 
 def fake_volume_env(directory: Path) -> None:
-    """A volume.env as prepare-volume.sh would write it, on something it never prepared."""
+    """A volume.env as prepare-volume would write it, on something it never prepared."""
     (directory / ".chi-persist").mkdir(mode=0o755)
     (directory / ".chi-persist" / "volume.env").write_text(
         f"VOLUME_ID={VOLUME_ID}\nFS_UUID=3e6be9de-8139-4f36-9a0a-3d1f2c1a0b9e\n"

@@ -42,14 +42,9 @@ compose_file=""
 lock_timeout=900
 read -r -a lock_files <<<"${LOCK_FILES:-/var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock /var/cache/apt/archives/lock}"
 
-say() { echo "install-docker: $*"; }
-
-fail() {
-    local code=$1
-    shift
-    echo "install-docker: error: $*" >&2
-    exit "$code"
-}
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
+use_helpers install-docker --fail-prefix "error: "
 
 usage() {
     sed -n '2,/^set -euo pipefail/{/^set /d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"

@@ -58,32 +58,9 @@ or not root; 4 refused: something still uses the volume (do not detach it).
 EOF
 }
 
-say() {
-    printf 'release-volume: %s\n' "$*"
-}
-
-fail() {
-    local code=$1
-    shift
-    printf 'release-volume: %s\n' "$*" >&2
-    exit "$code"
-}
-
-usage_error() {
-    printf 'release-volume: %s\n%s\n' "$1" "$USAGE" >&2
-    exit 2
-}
-
-on_unexpected_error() {
-    local code=$1 command=$2 line=$3
-    if [[ $BASHPID != "$$" ]]; then
-        exit "$code"
-    fi
-    printf 'release-volume: unexpected failure (exit %s) at line %s: %s\n' "$code" "$line" "$command" >&2
-    exit 1
-}
-
-trap 'on_unexpected_error $? "$BASH_COMMAND" $LINENO' ERR
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
+use_helpers release-volume --usage "$USAGE" --trap-errors
 
 parse_arguments() {
     while (($#)); do

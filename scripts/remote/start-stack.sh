@@ -59,14 +59,9 @@ compose_file="$script_dir/../../docker/docker-compose.yaml"
 object_store_dir=/mnt/object
 print_credentials=false
 
-say() { echo "start-stack: $*" >&2; }
-
-fail() {
-    local code=$1
-    shift
-    echo "start-stack: error: $*" >&2
-    exit "$code"
-}
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$script_dir/lib.sh"
+use_helpers start-stack --say-to-stderr --fail-prefix "error: "
 
 usage() {
     sed -n '2,/^set -euo pipefail/{/^set /d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"

@@ -1,4 +1,4 @@
-"""How long prepare-volume.sh takes on loop devices, as root.
+"""How long prepare-volume takes on loop devices, as root.
 
     python -m tests.benchmarks.prepare_volume [--rounds N]
 
@@ -34,7 +34,7 @@ def timed_prepare(server: Server, volume_id: str, expect_formatted: str) -> floa
     if result.returncode != 0 or not result.stdout.rstrip().endswith(
         f"formatted={expect_formatted}"
     ):
-        raise SystemExit(f"prepare-volume.sh failed:\n{result.stdout}{result.stderr}")
+        raise SystemExit(f"prepare-volume failed:\n{result.stdout}{result.stderr}")
     return elapsed
 
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_number in range(arguments.rounds):
             for case, seconds in one_round(Path(directory), round_number).items():
                 samples[case].append(seconds)
-    print(f"prepare-volume.sh, {arguments.rounds} rounds on 2 GiB loop volumes")
+    print(f"prepare-volume, {arguments.rounds} rounds on 2 GiB loop volumes")
     for case, description in CASES.items():
         values = samples[case]
         print(

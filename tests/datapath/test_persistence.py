@@ -1,12 +1,12 @@
 """The promise, for real: experiments logged before a recycle are there after it.
 
 A loop device plays the Cinder volume and is prepared by the real
-prepare-volume.sh. On it live PostgreSQL 15's data directory (Debian's binaries,
+prepare-volume. On it live PostgreSQL 15's data directory (Debian's binaries,
 as the postgres image runs it), the S3 server's data, and the credentials file.
 MLflow runs with the compose file's options; only hosts and ports are local.
 check-platform, run as a student runs it, writes a marker; then the compute is
 recycled (services stopped, release-volume.sh, the volume detached and attached
-again, prepare-volume.sh with a fresh fstab and mount point, services started
+again, prepare-volume with a fresh fstab and mount point, services started
 again) and check-platform must find the marker's metric and artifact bytes.
 """
 
@@ -59,7 +59,7 @@ pytestmark = [
 ]
 
 CHECK_PLATFORM = REPO_ROOT / "scripts" / "check-platform"
-PREPARE_VOLUME = REMOTE_SCRIPTS / "prepare-volume.sh"
+PREPARE_VOLUME = REMOTE_SCRIPTS / "prepare-volume"
 RELEASE_VOLUME = REMOTE_SCRIPTS / "release-volume.sh"
 NETID = "ab1234"
 ALPHANUMERIC = string.ascii_letters + string.digits
@@ -123,7 +123,7 @@ def prepare_volume(server: Server, volume_id: str, device: str) -> str:
     link_by_id(server.root / "by-id", volume_id, device)
     result = subprocess.run(
         [
-            "bash",
+            "python3",
             str(PREPARE_VOLUME),
             "--volume-id",
             volume_id,
@@ -139,7 +139,7 @@ def prepare_volume(server: Server, volume_id: str, device: str) -> str:
         check=False,
         timeout=300,
     )
-    assert result.returncode == 0, f"prepare-volume.sh failed:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, f"prepare-volume failed:\n{result.stdout}\n{result.stderr}"
     assert run("mountpoint", "-q", str(server.mount_point), check=False).returncode == 0
     return result.stdout + result.stderr
 

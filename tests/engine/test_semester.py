@@ -188,9 +188,9 @@ class Semester:
 
 
 def _ready_line(stdout: str) -> dict[str, str]:
-    """prepare-volume.sh's last line: `ready: device=… uuid=… mount_point=… formatted=…`."""
+    """prepare-volume's last line: `ready: device=… uuid=… mount_point=… formatted=…`."""
     lines = [line for line in stdout.splitlines() if "ready: device=" in line]
-    assert lines, f"prepare-volume.sh printed no ready line:\n{stdout}"
+    assert lines, f"prepare-volume printed no ready line:\n{stdout}"
     return dict(re.findall(r"(\w+)=(\S+)", lines[-1]))
 
 
@@ -661,7 +661,7 @@ def test_10b_a_503_mid_up_fails_it_and_a_second_up_converges_with_nothing_duplic
     semester.learned["server_id"] = outputs["server_id"]
 
 
-# On the server: `blkid`, which prepare-volume.sh runs before it changes anything, waits
+# On the server: `blkid`, which prepare-volume runs before it changes anything, waits
 # while /run/chi-persist-hold exists (sudo's secure_path puts /usr/local/sbin first).
 HOLD_BLKID = r"""
 sudo tee /usr/local/sbin/blkid >/dev/null <<'WRAPPER'

@@ -3,8 +3,8 @@
 A checkout may sit under a directory other users cannot enter (a clone in root's
 home, a `mktemp -d`, pytest's own base directory): `bash <checkout>/script` run as
 nobody then fails with exit 126 before the script says a word. The `as_nobody`
-fixture copies the script to a directory everyone can enter and read, and gives
-the command that runs the copy as nobody, from there.
+fixture copies the script and its neighbours (lib.sh) to a directory everyone can
+enter and read, and gives the command that runs the copy as nobody, from there.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class NobodyCommand:
     """A copy of a script, and how to run it as nobody."""
 
     argv: list[str]
-    """setpriv ... bash <copy of the script>: append the script's arguments."""
+    """setpriv ... bash|python3 <copy of the script>: append the script's arguments."""
     cwd: Path
     """The copy's directory, which nobody can enter."""
 
@@ -39,6 +39,12 @@ def enterable_by_everyone(path: Path) -> bool:
     """Whether every directory from / down to `path` lets other users pass through."""
     path = path.resolve()
     return all(os.stat(part).st_mode & stat.S_IXOTH for part in [path, *path.parents])
+
+
+def interpreter_of(script: Path) -> str:
+    """python3 for a script whose first line names it, else bash."""
+    first_line = script.read_bytes()[:64].split(b"\n", 1)[0]
+    return "python3" if b"python3" in first_line else "bash"
 
 
 def shared_directory() -> Path:
@@ -53,16 +59,18 @@ def shared_directory() -> Path:
 
 @pytest.fixture
 def as_nobody() -> Iterator[Callable[[Path], NobodyCommand]]:
-    """Copy a script where nobody can read it; the copies are removed after the test."""
+    """Copy a script (and its neighbours) where nobody can read it; removed after the test."""
     made: list[Path] = []
 
     def command(script: Path) -> NobodyCommand:
         directory = shared_directory()
         made.append(directory)
+        for neighbour in script.parent.iterdir():
+            if neighbour.is_file():
+                shutil.copyfile(neighbour, directory / neighbour.name)
+                (directory / neighbour.name).chmod(0o644)
         copy = directory / script.name
-        shutil.copyfile(script, copy)
-        copy.chmod(0o644)
-        return NobodyCommand(argv=[*AS_NOBODY, "bash", str(copy)], cwd=directory)
+        return NobodyCommand(argv=[*AS_NOBODY, interpreter_of(script), str(copy)], cwd=directory)
 
     yield command
     for directory in made:

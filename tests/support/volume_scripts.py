@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.machinery
+import importlib.util
 import os
 import pwd
 import random
@@ -17,21 +19,46 @@ import shutil
 import stat
 import struct
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from tests.support.block_devices import MIB, LoopVolume, link_by_id, run
 from tests.support.paths import REMOTE_SCRIPTS
 
-PREPARE_VOLUME = REMOTE_SCRIPTS / "prepare-volume.sh"
+PREPARE_VOLUME = REMOTE_SCRIPTS / "prepare-volume"
+# How the program runs it on the server (CopyToRemote does not keep the file's mode).
+PREPARE_VOLUME_COMMAND = ("python3", str(PREPARE_VOLUME))
 RELEASE_VOLUME = REMOTE_SCRIPTS / "release-volume.sh"
 DATA_FILE = "experiments/run-1/metrics.csv"
 DATA = b"epoch,accuracy\n1,0.71\n2,0.84\n"
+
+
+def prepare_volume_module() -> ModuleType:
+    """scripts/remote/prepare-volume imported as a module, for its pure functions.
+
+    No bytecode is written: a cache in scripts/remote would be copied to every server.
+    """
+    name = "prepare_volume"
+    if name not in sys.modules:
+        loader = importlib.machinery.SourceFileLoader(name, str(PREPARE_VOLUME))
+        spec = importlib.util.spec_from_loader(name, loader)
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        writes_bytecode = sys.dont_write_bytecode
+        sys.dont_write_bytecode = True
+        try:
+            sys.modules[name] = module
+            loader.exec_module(module)
+        finally:
+            sys.dont_write_bytecode = writes_bytecode
+    return sys.modules[name]
 
 
 def new_volume_id() -> str:
@@ -41,7 +68,7 @@ def new_volume_id() -> str:
 
 @dataclass
 class Server:
-    """The places prepare-volume.sh reads and writes on one (pretend) server."""
+    """The places prepare-volume reads and writes on one (pretend) server."""
 
     root: Path
     by_id_dir: Path = field(init=False)
@@ -66,11 +93,10 @@ class Server:
         mount_point: Path | None = None,
         timeout: int = 5,
     ) -> subprocess.CompletedProcess[str]:
-        """Run prepare-volume.sh as the program does, with no terminal on stdin."""
+        """Run prepare-volume as the program does, with no terminal on stdin."""
         self.volume_ids.add(volume_id)
         return run(
-            "bash",
-            str(PREPARE_VOLUME),
+            *PREPARE_VOLUME_COMMAND,
             "--volume-id",
             volume_id,
             "--mount-point",
@@ -91,7 +117,7 @@ class Server:
 
 
 def lock_file(volume_id: str) -> Path:
-    """Where prepare-volume.sh takes its per-volume lock."""
+    """Where prepare-volume takes its per-volume lock."""
     return Path(f"/run/lock/chi-persist-prepare-volume-{volume_id}.lock")
 
 

@@ -1,4 +1,4 @@
-"""An online extend reaches the guest as upstream's does, and prepare-volume.sh waits for it.
+"""An online extend reaches the guest as upstream's does, and prepare-volume waits for it.
 
 Cinder sets the new size and `in-use` first; Nova grows the guest's disk only when it
 handles the volume-extended event, later (cinder/volume/manager.py
@@ -6,7 +6,7 @@ VolumeManager.extend_volume_completion, nova/compute/manager.py ComputeManager.e
 The provider's update ends when the volume is in-use at the new size, and the program's
 prepare step starts then, while the guest may still see the old size. Here one server of
 the twin is a qemu guest, Nova's resize comes 25 s after Cinder's completion, and the
-program's prepare step (prepare-volume.sh --size-gib) is started the moment the volume is
+program's prepare step (prepare-volume --size-gib) is started the moment the volume is
 in-use at its new size: it must wait for the guest to see it, then grow the filesystem
 with its data.
 """
@@ -29,7 +29,7 @@ from tests.twin.harness import Api, Twin, wait_for
 pytestmark = pytest.mark.vm
 
 REPO = Path(__file__).resolve().parents[2]
-PREPARE = REPO / "scripts" / "remote" / "prepare-volume.sh"
+PREPARE = REPO / "scripts" / "remote" / "prepare-volume"
 GUEST_DELAY_SECONDS = 25
 SSH_BOUND_SECONDS = 900
 MARKER = "written before the volume grew"
@@ -94,7 +94,7 @@ def test_prepare_volume_waits_for_nova_to_grow_the_guests_disk(twin: Twin, tmp_p
     volume = steps.volume(api, "block-persist-grow", 1)
     steps.attach(api, server["id"], volume["id"])
     # Where the program's copy step puts the script, so its own command runs as it is.
-    target = f"{REMOTE_SCRIPTS}/prepare-volume.sh"
+    target = f"{REMOTE_SCRIPTS}/prepare-volume"
     copied = ssh(
         key, address, f"mkdir -p {REMOTE_SCRIPTS} && cat > {target}", stdin=PREPARE.read_text()
     )
@@ -136,7 +136,7 @@ def test_prepare_volume_waits_for_nova_to_grow_the_guests_disk(twin: Twin, tmp_p
         tzinfo=datetime.timezone.utc
     )
     assert resized_at > started, "the guest grew before the prepare step began: nothing waited"
-    assert waited > 5, f"prepare-volume.sh returned after {waited:.1f} s: it did not wait"
+    assert waited > 5, f"prepare-volume returned after {waited:.1f} s: it did not wait"
     marker = ssh(key, address, "cat /mnt/block/marker.txt; df -B1M --output=size /mnt/block")
     assert MARKER in marker.stdout, marker.stdout + marker.stderr
     assert int(marker.stdout.split()[-1]) > 1500, marker.stdout

@@ -54,14 +54,9 @@ public_key=""
 suite=bookworm
 root=""
 
-say() { echo "build-image: $*"; }
-
-fail() {
-    local code=$1
-    shift
-    echo "build-image: error: $*" >&2
-    exit "$code"
-}
+# shellcheck source=SCRIPTDIR/../../scripts/remote/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/../../scripts/remote/lib.sh"
+use_helpers build-image --fail-prefix "error: "
 
 usage() {
     sed -n '2,/^set -euo pipefail/{/^set /d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"

@@ -106,7 +106,7 @@ def step_named(steps: list[CopyStep | CommandStep], suffix: str) -> CommandStep:
 
 
 def ready_fields(result: CommandResult) -> dict[str, str]:
-    """The key=value fields of prepare-volume.sh's closing 'ready:' line."""
+    """The key=value fields of prepare-volume's closing 'ready:' line."""
     lines = [line for line in result.output.splitlines() if "prepare-volume: ready:" in line]
     assert lines, f"prepare-volume printed no 'ready:' line:\n{result.output}"
     fields = lines[-1].split("ready:", 1)[1].split()

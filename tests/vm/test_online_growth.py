@@ -2,13 +2,13 @@
 
 When a student raises `volumeSize`, Cinder extends the volume while it stays
 attached and the program runs its prepare step again with the new `--size-gib`:
-prepare-volume.sh grows the partition (growpart) and the mounted ext4 (resize2fs,
+prepare-volume grows the partition (growpart) and the mounted ext4 (resize2fs,
 through the kernel's online resize, which needs CAP_SYS_RESOURCE: a server's root
 has it, a test host's root may not). Here the volume is a virtio disk of a qemu
 guest, grown through qemu's monitor (block_resize) while mounted, so the guest
 kernel sees a real capacity change, as after Cinder's online extend.
 
-For each layout prepare-volume.sh grows (its own GPT partition, the tutorial's GPT
+For each layout prepare-volume grows (its own GPT partition, the tutorial's GPT
 + ext4 partition, ext4 on the whole disk):
   - server 1 makes the volume on a blank 1 GiB disk: the program's prepare step on
     the blank disk, or the tutorial's parted + mkfs.ext4 (or a bare mkfs.ext4) and
@@ -82,7 +82,7 @@ WHOLE_DISK_COMMANDS = 'mkfs.ext4 -q "$1"'
 
 @dataclass
 class Layout:
-    """One layout prepare-volume.sh grows, and the volume that holds it in this test."""
+    """One layout prepare-volume grows, and the volume that holds it in this test."""
 
     name: str
     mount_point: str
@@ -172,7 +172,7 @@ def run_and_read_facts(
 
 
 def ready_fields(result: CommandResult) -> dict[str, str]:
-    """The key=value fields of prepare-volume.sh's closing 'ready:' line."""
+    """The key=value fields of prepare-volume's closing 'ready:' line."""
     lines = [line for line in result.stdout.splitlines() if "prepare-volume: ready:" in line]
     assert lines, f"prepare-volume printed no 'ready:' line:\n{result.output}"
     return dict(item.split("=", 1) for item in lines[-1].split("ready:", 1)[1].split())
