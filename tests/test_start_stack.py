@@ -174,7 +174,7 @@ def test_refuses_a_plain_directory(docker: StandIns, tmp_path: Path) -> None:
     assert completed.returncode == 3
     assert "is not a mount point" in completed.stderr
     assert str(mount_point) in completed.stderr
-    assert "prepare-volume.sh" in completed.stderr
+    assert "prepare-volume" in completed.stderr
     assert docker.calls() == []
     assert sorted(p.name for p in mount_point.iterdir()) == [".chi-persist"]
     assert not (mount_point / ".chi-persist" / "credentials.env").exists()

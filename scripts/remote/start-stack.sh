@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Starts the platform stack (docker/docker-compose.yaml) on a volume prepared
-# by prepare-volume.sh, and waits until every service is healthy.
+# by prepare-volume, and waits until every service is healthy.
 #
 # Usage:
 #   start-stack.sh --mount-point DIR --host-ip IP [--compose-file FILE]
 #                  [--object-store-dir DIR] [--print-credentials]
 #
-#   --mount-point DIR        where prepare-volume.sh mounted the volume
+#   --mount-point DIR        where prepare-volume mounted the volume
 #   --host-ip IP             the server's public IPv4 address (for the URLs
 #                            and MLflow's allowed Host headers)
 #   --compose-file FILE      default: docker/docker-compose.yaml of this checkout
@@ -16,7 +16,7 @@
 #                            every other line goes to stderr
 #
 # It refuses to start anything unless DIR is a mounted ext4 filesystem whose
-# UUID matches DIR/.chi-persist/volume.env (written by prepare-volume.sh): with
+# UUID matches DIR/.chi-persist/volume.env (written by prepare-volume): with
 # `nofail` in fstab a server can boot without its volume, and services started
 # on the bare directory would write to the root disk and lose it all.
 #
@@ -33,7 +33,7 @@
 #   0  the stack is up and healthy
 #   1  unexpected failure
 #   2  usage error (unknown option, missing or malformed value, not root)
-#   3  refused: the mount point is not a volume prepared by prepare-volume.sh
+#   3  refused: the mount point is not a volume prepared by prepare-volume
 #      (not mounted, not ext4, read-only, volume.env missing or for another
 #      filesystem, a data directory that is not a plain directory, a database
 #      of another PostgreSQL major version)
@@ -126,23 +126,23 @@ value_of() {
 check_volume() {
     local fs_type options source actual_uuid recorded_uuid volume_env
     mountpoint -q -- "$mount_point" ||
-        fail 3 "$mount_point is not a mount point: the volume is not mounted (with nofail a server boots without it). Run prepare-volume.sh --volume-id <id> --mount-point $mount_point first"
+        fail 3 "$mount_point is not a mount point: the volume is not mounted (with nofail a server boots without it). Run prepare-volume --volume-id <id> --mount-point $mount_point first"
     fs_type=$(findmnt -n -o FSTYPE --mountpoint "$mount_point")
     [[ $fs_type == ext4 ]] ||
-        fail 3 "$mount_point holds a $fs_type filesystem, not the ext4 volume prepare-volume.sh mounts; unmount it and run prepare-volume.sh"
+        fail 3 "$mount_point holds a $fs_type filesystem, not the ext4 volume prepare-volume mounts; unmount it and run prepare-volume"
     options=$(findmnt -n -o OPTIONS --mountpoint "$mount_point")
     [[ ,$options, == *,rw,* ]] ||
-        fail 3 "$mount_point is mounted read-only ($options), often after a filesystem error; check 'dmesg', then unmount, fsck and run prepare-volume.sh"
+        fail 3 "$mount_point is mounted read-only ($options), often after a filesystem error; check 'dmesg', then unmount, fsck and run prepare-volume"
     volume_env="$mount_point/.chi-persist/volume.env"
     [[ -f $volume_env && ! -L $volume_env ]] ||
-        fail 3 "$volume_env is missing: $mount_point was not prepared by prepare-volume.sh; run prepare-volume.sh --volume-id <id> --mount-point $mount_point"
+        fail 3 "$volume_env is missing: $mount_point was not prepared by prepare-volume; run prepare-volume --volume-id <id> --mount-point $mount_point"
     recorded_uuid=$(value_of "$volume_env" FS_UUID) ||
-        fail 3 "$volume_env has no FS_UUID line; run prepare-volume.sh again to rewrite it"
+        fail 3 "$volume_env has no FS_UUID line; run prepare-volume again to rewrite it"
     source=$(findmnt -n -o SOURCE --mountpoint "$mount_point")
     actual_uuid=$(blkid -p -s UUID -o value -- "$source" 2>/dev/null || true)
     [[ -n $actual_uuid && $actual_uuid == "$recorded_uuid" ]] ||
-        fail 3 "the filesystem at $mount_point ($source, UUID '${actual_uuid:-unknown}') is not the one recorded in $volume_env (FS_UUID '$recorded_uuid'); run prepare-volume.sh for this server's volume"
-    say "volume at $mount_point: ext4, UUID $actual_uuid as recorded by prepare-volume.sh"
+        fail 3 "the filesystem at $mount_point ($source, UUID '${actual_uuid:-unknown}') is not the one recorded in $volume_env (FS_UUID '$recorded_uuid'); run prepare-volume for this server's volume"
+    say "volume at $mount_point: ext4, UUID $actual_uuid as recorded by prepare-volume"
 }
 
 compose_files=()

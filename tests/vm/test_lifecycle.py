@@ -59,7 +59,7 @@ VOLUME_BYTES = 2 * 1024**3
 MARKER_PATH = f"{MOUNT_POINT}/jupyter_work/rehearsal-marker.bin"
 CREDENTIALS_FILE = f"{MOUNT_POINT}/.chi-persist/credentials.env"
 PROJECT = "chi-persist"
-# start-stack.sh: "refused: the mount point is not a volume prepared by prepare-volume.sh".
+# start-stack.sh: "refused: the mount point is not a volume prepared by prepare-volume".
 REFUSED_EXIT_CODE = 3
 STARTED_RECORD = f"{MOUNT_POINT}/.chi-persist/started-stack"
 # release-volume.sh stops the stack with the compose file start-stack.sh recorded.
