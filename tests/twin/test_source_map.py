@@ -224,6 +224,41 @@ def test_the_twins_routes_are_the_services_routes() -> None:
     assert served == declared
 
 
+ROUTE_KEYS = {
+    "service",
+    "method",
+    "rule",
+    "provider",
+    "for_this_program",
+    "gophercloud",
+    "served_because",
+    "gophercloud_none",
+    "blazar",
+    "upstream",
+}
+CALL_KEYS = {
+    "package",
+    "request",
+    "url",
+    "result",
+    "url_literals",
+    "no_result",
+    "request_file",
+    "no_url_builder",
+}
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=route_id)
+def test_entry_has_only_the_maps_keys(route: dict[str, Any]) -> None:
+    """A key out of place (a route whose [[route]] header went missing lands its keys in the
+    table before it) fails, naming the table."""
+    assert set(route) <= ROUTE_KEYS, f"{route_id(route)}: {sorted(set(route) - ROUTE_KEYS)}"
+    for call in route.get("gophercloud", []):
+        assert set(call) <= CALL_KEYS, f"{route_id(route)}: {sorted(set(call) - CALL_KEYS)}"
+    for source in route.get("upstream", []) + route.get("blazar", []):
+        assert set(source) <= {"upstream", "file", "function"}, f"{route_id(route)}: {source}"
+
+
 @pytest.mark.parametrize("route", ROUTES, ids=route_id)
 def test_entry_says_who_calls_it_and_why_it_is_served(route: dict[str, Any]) -> None:
     """Each entry names its callers, or says why the twin serves a call the provider does not make
