@@ -307,7 +307,7 @@ class PrivateKey:
     location: str
     """How messages name it: the path as configured, or chi-persist:sshPrivateKey."""
     text: str | None
-    """None when only its existence is known here (scripts/new-stack knows no secret)."""
+    """None when only its existence is known here (./chi-persist init knows no secret)."""
     public_key: bytes | None = None
     """From the .pub file beside it, when its text does not hold it."""
     unreadable: str | None = None

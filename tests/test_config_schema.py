@@ -125,11 +125,11 @@ def test_the_example_stack_file_passes_the_engine_and_the_program(
 def test_a_stack_made_by_new_stack_passes_the_engine_and_the_program(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """scripts/new-stack's config (netid and keyPair only), as the real CLI stores it, is a
+    """./chi-persist init's config (netid and keyPair only), as the real CLI stores it, is a
     complete stack."""
     machine = StudentMachine.create(tmp_path)
     (machine.home / ".ssh" / "id_rsa_chameleon").write_text(PRIVATE_KEY)
-    result = machine.script("new-stack", "ab1234", "--key-pair", "ab1234-key")
+    result = machine.command("init", "ab1234", "--key-pair", "ab1234-key")
     assert result.returncode == 0, result.stderr
     path = machine.project / "Pulumi.ab1234.yaml"
     apply_project_config(project(), "ab1234", stack_file_values(path, "chi-persist"))
@@ -141,7 +141,7 @@ def test_a_stack_made_by_new_stack_passes_the_engine_and_the_program(
 def test_stacks_written_by_class_stacks_pass_the_engine_and_the_program(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every Pulumi.<netid>.yaml scripts/class-stacks writes is a complete stack."""
+    """Every Pulumi.<netid>.yaml ./chi-persist class write writes is a complete stack."""
     machine = StudentMachine.create(tmp_path)
     roster = machine.workdir / "roster.yaml"
     roster.write_text(

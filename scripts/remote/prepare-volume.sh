@@ -310,7 +310,7 @@ wait_for_size() {
             echo 1 >"$rescan" 2>/dev/null || true
         fi
         if ((${EPOCHREALTIME/[.,]/} - started >= timeout * 1000000)); then
-            fail 3 "$device is $((size / MIB)) MiB, but volume $volume_id is ${size_gib} GiB: the server did not see the new size within ${timeout} s; nothing was touched. Run again in a minute; if it persists, recycle the server (scripts/recycle), then pulumi up."
+            fail 3 "$device is $((size / MIB)) MiB, but volume $volume_id is ${size_gib} GiB: the server did not see the new size within ${timeout} s; nothing was touched. Run again in a minute; if it persists, recycle the server (./chi-persist recycle), then pulumi up."
         fi
         sleep 0.5
     done

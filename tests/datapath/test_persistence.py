@@ -45,8 +45,9 @@ from tests.support.datapath import (
     postgres_server,
     s3_server,
 )
-from tests.support.paths import REMOTE_SCRIPTS, REPO_ROOT
+from tests.support.paths import REMOTE_SCRIPTS
 from tests.support.pulumi_state import outputs_deployment
+from tests.support.tools import command_argv, command_env
 
 pytestmark = [
     pytest.mark.datapath,
@@ -58,7 +59,6 @@ pytestmark = [
     pytest.mark.skipif(toolchain_skip_reason() is not None, reason=str(toolchain_skip_reason())),
 ]
 
-CHECK_PLATFORM = REPO_ROOT / "scripts" / "check-platform"
 PREPARE_VOLUME = REMOTE_SCRIPTS / "prepare-volume.sh"
 RELEASE_VOLUME = REMOTE_SCRIPTS / "release-volume.sh"
 NETID = "ab1234"
@@ -273,7 +273,7 @@ def check_platform(
     environ: dict[str, str] | None = None,
     student: StudentMachine | None = None,
 ):
-    """scripts/check-platform as a student runs it, from the project's virtual environment;
+    """./chi-persist check as a student runs it, from the project's virtual environment;
     with `student`, from that machine's copy of the project, reading its stacks."""
     base = student.env if student is not None else os.environ
     environment = {
@@ -281,9 +281,13 @@ def check_platform(
     }
     environment["PATH"] = f"{VENV_BIN}:{environment['PATH']}"
     environment.update(environ or {})
-    script = student.project / "scripts" if student is not None else CHECK_PLATFORM.parent
+    if student is not None:
+        command = [str(student.project / "chi-persist"), "check"]
+    else:
+        command = command_argv("check")
+        environment = command_env(environment)
     return subprocess.run(
-        [str(script / "check-platform"), *arguments],
+        [*command, *arguments],
         cwd=workspace,
         env=environment,
         stdin=subprocess.DEVNULL,

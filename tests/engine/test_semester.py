@@ -11,7 +11,7 @@ run in order on one twin and one student, as the semester does:
     and the volume is formatted once;
  2. `pulumi preview --expect-no-changes` right after, and a `pulumi up` that changes nothing;
  3. a marker written on the volume through the server;
- 4. `scripts/recycle`: server, attachment and commands gone, the rest untouched,
+ 4. `./chi-persist recycle`: server, attachment and commands gone, the rest untouched,
     the volume cleanly unmounted before it was detached, detached before the delete;
  5. `pulumi up`: a new server, same address and volume, nothing formatted, the marker there;
     then recycle refuses a running server that SSH does not reach from its side;
@@ -23,7 +23,7 @@ run in order on one twin and one student, as the semester does:
     `pulumi up` makes a new lease and server, same volume and address, nothing formatted;
  7. a new `reservation`: the server is replaced through the clean stop, never resized;
  8. a larger `volumeSize`: the filesystem grows, the marker intact;
-10. faults: the server vanishes out of band, and `scripts/recycle` then `pulumi up`
+10. faults: the server vanishes out of band, and `./chi-persist recycle` then `pulumi up`
     recover it; an API call fails with 503 mid-`up` and a second `up` converges with
     nothing duplicated; the SSH session drops during the prepare step and a rerun
     converges with nothing formatted twice;
@@ -278,7 +278,7 @@ def test_1_first_up_brings_the_platform_up_and_formats_the_volume_once(semester:
     """new-stack with only a key pair, then a `pulumi up` the twin kills right after Nova
     accepted the server (a laptop's lid closes): `pulumi cancel`, as Pulumi asks, and one
     `pulumi up` bring the platform up on one server, the volume formatted once."""
-    made = semester.student.script("new-stack", NETID, "--key-pair", KEY_PAIR)
+    made = semester.student.command("init", NETID, "--key-pair", KEY_PAIR)
     assert made.returncode == 0, explain(made)
     log = semester.student.root / "killed-first-up.log"
     killed = semester.student.start_pulumi(
@@ -345,7 +345,7 @@ def test_4_recycle_removes_the_server_and_keeps_everything_else(semester: Semest
     """Data safety: the clean stop unmounts before the detach, the detach precedes the delete,
     and the volume, port, floating IP and group stay."""
     events_before = len(semester.twin.events())
-    recycled = semester.script("`scripts/recycle`", "recycle", "--stack", NETID, "--yes")
+    recycled = semester.script("`./chi-persist recycle`", "recycle", "--stack", NETID, "--yes")
     assert recycled.returncode == 0, explain(recycled)
     state = semester.twin.state()
     assert state["servers"] == []
@@ -401,7 +401,7 @@ def test_5b_recycle_never_detaches_a_running_server_it_cannot_reach(semester: Se
     up = semester.up()
     assert up.returncode == 0, explain(up)
     events_before = len(semester.twin.events())
-    recycled = semester.student.script("recycle", "--stack", NETID, "--yes", timeout=UP_TIMEOUT)
+    recycled = semester.student.command("recycle", "--stack", NETID, "--yes", timeout=UP_TIMEOUT)
     assert recycled.returncode == 1, explain(recycled)
     assert "does not answer on SSH from here" in recycled.stderr, explain(recycled)
     assert "Nova says ACTIVE" in recycled.stderr and "--stop-through-nova" in recycled.stderr
@@ -609,7 +609,7 @@ def test_10a_a_vanished_server_is_recycled_without_the_clean_stop(semester: Seme
     old = semester.learned["server_id"]
     vanished = semester.twin.admin("POST", f"/servers/{old}/vanish")
     assert vanished.status_code == 200, vanished.text
-    recycled = semester.student.script("recycle", "--stack", NETID, "--yes", timeout=UP_TIMEOUT)
+    recycled = semester.student.command("recycle", "--stack", NETID, "--yes", timeout=UP_TIMEOUT)
     assert recycled.returncode == 0, explain(recycled)
     assert "Nova no longer has the server" in recycled.stdout, explain(recycled)
     assert "PostgreSQL" in recycled.stdout, explain(recycled)
@@ -737,7 +737,7 @@ def test_10d_a_second_machine_builds_nothing_twice(semester: Semester, tmp_path:
     second = StudentMachine.create(tmp_path, semester.student_env)
     (second.home / ".ssh" / "id_rsa_chameleon").write_bytes(semester.key.read_bytes())
     (second.home / ".ssh" / "id_rsa_chameleon").chmod(0o600)
-    made = second.script("new-stack", NETID, "--key-pair", KEY_PAIR)
+    made = second.command("init", NETID, "--key-pair", KEY_PAIR)
     assert made.returncode == 0, explain(made)
     old_server = semester.learned["server_id"]
     events_before = len(semester.twin.events())
@@ -839,7 +839,7 @@ def test_11_and_12_two_students_at_once_one_adopting_a_tutorial_volume(
             check=True,
         )
         semester.twin.add_keypair(f"key-{netid}", Path(f"{key}.pub").read_text().strip())
-        made = student.script("new-stack", netid, "--key-pair", f"key-{netid}", *extra)
+        made = student.command("init", netid, "--key-pair", f"key-{netid}", *extra)
         assert made.returncode == 0, explain(made)
         students[netid] = Semester(twin=semester.twin, student=student, key=key, netid=netid)
 

@@ -35,6 +35,8 @@ import yaml
 from tests.support.paths import REPO_ROOT
 
 PROJECT_FILES = (
+    "chi-persist",
+    "pyproject.toml",
     "Pulumi.yaml",
     "Pulumi.dev.yaml",
     "__main__.py",
@@ -223,6 +225,26 @@ class StudentMachine:
         from `cwd`; with the machine's environment, or `env`."""
         return self._run(
             [str(self.project / "scripts" / name), *arguments],
+            timeout=timeout,
+            stdin=stdin,
+            check=check,
+            cwd=cwd,
+            env=env,
+        )
+
+    def command(
+        self,
+        *arguments: str,
+        timeout: float = 600,
+        stdin: str = "",
+        check: bool = False,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """`./chi-persist ARGUMENTS`, the project's one command, as a student runs it: from the
+        project directory, or from `cwd`; with the machine's environment, or `env`."""
+        return self._run(
+            [str(self.project / "chi-persist"), *arguments],
             timeout=timeout,
             stdin=stdin,
             check=check,
