@@ -151,7 +151,7 @@ def test_stacks_written_by_class_stacks_pass_the_engine_and_the_program(
     )
     output = tmp_path / "stacks"
     output.mkdir()
-    result = machine.script("class-stacks", str(roster), "--output-dir", str(output))
+    result = machine.command("class", "write", str(roster), "--output-dir", str(output))
     assert result.returncode == 0, result.stderr
     monkeypatch.setenv("HOME", str(machine.home))
     (machine.home / ".ssh" / "id_rsa_chameleon").write_text(PRIVATE_KEY)

@@ -151,7 +151,7 @@ def test_a_rosters_stack_files_pass_the_same_check(student):
         "  - {netid: ab1234, key_pair: ab1234-key}\n"
         "  - {netid: cd5678, key_pair: cd5678-key, volumeSize: 4}\n"
     )
-    written = student.script("class-stacks", str(roster))
+    written = student.command("class", "write", str(roster))
     assert written.returncode == 0, explain(written)
     for netid in ("ab1234", "cd5678"):
         assert (student.project / f"Pulumi.{netid}.yaml").is_file()

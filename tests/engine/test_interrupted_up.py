@@ -132,7 +132,7 @@ def killed_up(student: Student, point: KillPoint) -> str:
         assert first.returncode == 0, explain(first)
         with open(log, "wb") as output:
             process = subprocess.Popen(
-                [str(student.machine.project / "scripts" / "recycle"),
+                [str(student.machine.project / "chi-persist"), "recycle",
                  "--stack", student.netid, "--yes"],
                 cwd=student.machine.project, env=student.machine.env,
                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,

@@ -129,10 +129,10 @@ class Semester:
         self.measured.append((measure if steps else f"{measure} (failed)", seconds, steps))
         return result
 
-    def script(self, measure: str, *arguments: str) -> subprocess.CompletedProcess[str]:
-        """One of the project's scripts, timed."""
+    def command(self, measure: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+        """`./chi-persist ARGUMENTS`, timed."""
         began = time.monotonic()
-        result = self.student.script(*arguments, timeout=UP_TIMEOUT)
+        result = self.student.command(*arguments, timeout=UP_TIMEOUT)
         self.measured.append((measure, time.monotonic() - began, None))
         return result
 
@@ -345,7 +345,7 @@ def test_4_recycle_removes_the_server_and_keeps_everything_else(semester: Semest
     """Data safety: the clean stop unmounts before the detach, the detach precedes the delete,
     and the volume, port, floating IP and group stay."""
     events_before = len(semester.twin.events())
-    recycled = semester.script("`./chi-persist recycle`", "recycle", "--stack", NETID, "--yes")
+    recycled = semester.command("`./chi-persist recycle`", "recycle", "--stack", NETID, "--yes")
     assert recycled.returncode == 0, explain(recycled)
     state = semester.twin.state()
     assert state["servers"] == []
