@@ -358,4 +358,3 @@ def test_failed_config_call_shows_what_pulumi_said(machine):
     assert "run `./chi-persist init` again" in result.stderr
     assert "Traceback" not in result.stderr
     assert machine.calls()[-1][:3] == ["config", "set", "chi-persist:netid"]
-

@@ -89,8 +89,9 @@ def test_every_chi_persist_command_parses(shown: readme.Shown, argv: list[str]) 
         try:
             arguments = cli.build_parser().parse_args(argv[1:])
         except SystemExit as stop:
-            pytest.fail(f"{shown.where}: `{shown.line}` does not parse ({stop.code}):\n{errors.getvalue()}")
-    assert getattr(arguments, "handler", None) is not None, f"{shown.where}: `{shown.line}`: no command"
+            message = errors.getvalue()
+            pytest.fail(f"{shown.where}: `{shown.line}` does not parse ({stop.code}):\n{message}")
+    assert getattr(arguments, "handler", None) is not None, f"{shown.where}: `{shown.line}`"
 
 
 def test_every_program_shown_is_checked_or_named() -> None:

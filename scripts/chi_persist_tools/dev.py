@@ -139,7 +139,10 @@ def generated(project: Path | None = None) -> dict[Path, str]:
             replace_between(
                 readme.read_text(), README_BEGIN, README_END, readme_table(), "README.md"
             ),
-            COMMANDS_BEGIN, COMMANDS_END, readme_commands(), "README.md",
+            COMMANDS_BEGIN,
+            COMMANDS_END,
+            readme_commands(),
+            "README.md",
         ),  # fmt: skip
     }
 

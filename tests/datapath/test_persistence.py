@@ -29,6 +29,7 @@ import boto3
 import pytest
 
 from tests.engine.workspace import StudentMachine, toolchain_skip_reason
+from tests.support import readme
 from tests.support.block_devices import (
     LoopVolume,
     LoopVolumes,
@@ -396,7 +397,8 @@ def test_marker_survives_a_recycle(workspace: Path, loop_volumes: LoopVolumes):
 
 
 def test_fresh_volume_has_no_marker(workspace: Path, loop_volumes: LoopVolumes):
-    """A new, empty volume: the services answer, and --verify-marker fails with a clear message."""
+    """A new, empty volume: the services answer (the README quickstart's check passes as
+    written), and --verify-marker fails with a clear message."""
     volume_id = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b"
     volume = loop_volumes.make(size_mib=2048, name="block-persist-new")
     server = new_server(workspace, "server-new")
@@ -404,6 +406,12 @@ def test_fresh_volume_has_no_marker(workspace: Path, loop_volumes: LoopVolumes):
 
     with platform_on(server.mount_point, workspace, "fresh") as platform:
         student = student_with_stack(workspace, platform)
+        # The README quickstart's check, as written: every service answers.
+        (line,) = [line for line in readme.quickstart() if line.startswith("./chi-persist check")]
+        (argv,) = readme.simple_commands(readme.fill(line, NETID))
+        quick = check_platform(*argv[2:], workspace=workspace, student=student)
+        assert quick.returncode == 0, quick.stdout + quick.stderr
+        assert all(table(quick.stdout)[name].startswith("✓") for name in CHECK_ROWS)
         verified = check_platform(
             "--stack", NETID, "--verify-marker", workspace=workspace, student=student
         )

@@ -79,7 +79,10 @@ def wheelhouse_skip_reason() -> str | None:
     """Why a fresh machine cannot install the project's packages here, or None."""
     wheels = os.environ.get("CHI_PERSIST_WHEELHOUSE")
     if not wheels:
-        return "CHI_PERSIST_WHEELHOUSE is not set: run the tests through tests/run, which collects requirements.txt's wheels"
+        return (
+            "CHI_PERSIST_WHEELHOUSE is not set: run the tests through tests/run, which "
+            "collects requirements.txt's wheels"
+        )
     if not (Path(wheels) / ".complete").is_file():
         return f"CHI_PERSIST_WHEELHOUSE={wheels} is not a complete wheelhouse (tests/run makes it)"
     return None
