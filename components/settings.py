@@ -20,7 +20,8 @@ from typing import Any
 
 from components import ssh_auth
 
-NAMESPACE = "chi-persist"
+# The config namespace, defined where the login's messages (the lowest module) need it.
+NAMESPACE = ssh_auth.NAMESPACE
 
 # Every cloud resource the stack makes carries this key, valued "<netid>/<stack>" (the
 # owner): Cinder and Nova metadata, Neutron tags and descriptions, the lease's name. It

@@ -40,6 +40,7 @@ from typing import Any
 
 AUTO, KEY, AGENT = "auto", "key", "agent"
 METHODS = (AUTO, KEY, AGENT)
+# The project's config namespace (components.settings.NAMESPACE is this one).
 NAMESPACE = "chi-persist"
 
 # The ciphers and key derivation golang.org/x/crypto/ssh reads in an OpenSSH key.
