@@ -1,21 +1,32 @@
-"""The components of a student's persistent ML node, re-exported for __main__.py."""
+"""The components of a student's persistent ML node, re-exported for __main__.py.
 
-from components.access import PLATFORM_PORTS, AccessRules, AccessRulesArgs
-from components.lease import Lease, LeaseArgs
-from components.node import Node, NodeArgs
-from components.provisioning import Provisioning, ProvisioningArgs
-from components.volume import PersistentVolume, PersistentVolumeArgs
+Imported when first used (PEP 562), so that components.settings, which the command's help and
+checks use, needs no Pulumi SDK.
+"""
 
-__all__ = [
-    "PLATFORM_PORTS",
-    "AccessRules",
-    "AccessRulesArgs",
-    "Lease",
-    "LeaseArgs",
-    "Node",
-    "NodeArgs",
-    "PersistentVolume",
-    "PersistentVolumeArgs",
-    "Provisioning",
-    "ProvisioningArgs",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "PLATFORM_PORTS": "components.access",
+    "AccessRules": "components.access",
+    "AccessRulesArgs": "components.access",
+    "Lease": "components.lease",
+    "LeaseArgs": "components.lease",
+    "Node": "components.node",
+    "NodeArgs": "components.node",
+    "PersistentVolume": "components.volume",
+    "PersistentVolumeArgs": "components.volume",
+    "Provisioning": "components.provisioning",
+    "ProvisioningArgs": "components.provisioning",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'components' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

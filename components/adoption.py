@@ -370,7 +370,7 @@ def pending_create_notes(state: StackState, plan: AdoptionPlan, stack: str) -> l
     return [
         f"Pulumi still records the create of {', '.join(names)} that an interrupted `pulumi up` "
         "began (its warning above asks for an interactive `pulumi refresh`: not needed). This "
-        "run adopts what that create made or makes it again; afterwards `scripts/repair "
+        "run adopts what that create made or makes it again; afterwards `./chi-persist repair "
         f"--stack {stack}` clears the record, with no question asked"
     ]
 

@@ -11,7 +11,7 @@ the cloud already holds of it: what exists creates nothing), what the project ha
 have (`read_limits`: Nova's /limits, Neutron's quota details, Cinder's quota set with
 usage, all readable by a project member), and the decision (`shortfalls`, pure). The
 program calls `check_quotas(settings, stack_demand(settings, volume_args))`; the
-instructor's `class-stacks` checks a whole roster with the same parts.
+instructor's `chi-persist class write` checks a whole roster with the same parts.
 """
 
 from __future__ import annotations
@@ -361,7 +361,7 @@ def stack_fix(name: str, settings: Settings) -> str:
         ],
         "instances": [
             "fewer servers at once: the class's servers share the quota, and each goes with "
-            "its lease; run pulumi up when a classmate's has ended (scripts/recycle --stack "
+            "its lease; run pulumi up when a classmate's has ended (./chi-persist recycle --stack "
             "<netid> --end-lease ends one's own when done for the day)",
             ASK,
         ],
@@ -415,7 +415,7 @@ def stack_report(over: list[Shortfall], settings: Settings) -> str:
     return "\n".join(lines)
 
 
-# --- a roster (scripts/class-stacks) -------------------------------------------------------------
+# --- a roster (./chi-persist class write) --------------------------------------------
 
 ROSTER_FIXES = {
     "security_groups": (
@@ -435,7 +435,7 @@ ROSTER_FIXES = {
     "volumes": "delete volumes nobody needs (openstack volume list), or fewer students per project",
     "gigabytes": "a smaller volume_size in the roster (or its defaults)",
     "instances": (
-        "fewer servers at once (each goes with its student's lease: scripts/recycle --stack "
+        "fewer servers at once (each goes with its student's lease: ./chi-persist recycle --stack "
         "<netid> --end-lease when done for the day)"
     ),
     "cores": "a smaller flavor in the roster's defaults (flavor: <name>; openstack flavor list)",

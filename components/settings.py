@@ -20,7 +20,8 @@ from typing import Any
 
 from components import ssh_auth
 
-NAMESPACE = "chi-persist"
+# The config namespace, defined where the login's messages (the lowest module) need it.
+NAMESPACE = ssh_auth.NAMESPACE
 
 # Every cloud resource the stack makes carries this key, valued "<netid>/<stack>" (the
 # owner): Cinder and Nova metadata, Neutron tags and descriptions, the lease's name. It
@@ -102,11 +103,19 @@ class Problem:
 
 @dataclass(frozen=True)
 class ConfigKey:
-    """One config key as declared in Pulumi.yaml: its type, default and meaning."""
+    """One config key, described once: Pulumi.yaml's `config:` block and the README's table
+    are generated from these (`./chi-persist dev docs`)."""
 
     name: str
     type: str  # "string", "integer" or "array" (Pulumi.yaml's config types)
     description: str
+    """One or two sentences: Pulumi.yaml's description."""
+    rule: Rule
+    """Checks a value: (normalised value, None) or (None, the rule it breaks)."""
+    help: str
+    """The README table's meaning column (Markdown)."""
+    shown_default: str
+    """The README table's default column (Markdown)."""
     # What the engine gives a stack that does not set the key; "" and [] mean "not set".
     # None only for a key every stack must set (`required`) and for secret keys, which
     # Pulumi.yaml cannot declare.
@@ -132,156 +141,6 @@ class ConfigKey:
         if self.type == "array":
             return f"pulumi config set --path '{NAMESPACE}:{self.name}[0]' {self.example}"
         return f"pulumi config set {NAMESPACE}:{self.name} {self.example}"
-
-
-CONFIG_KEYS: dict[str, ConfigKey] = {
-    key.name: key
-    for key in (
-        ConfigKey(
-            "netid",
-            "string",
-            "Your netID: the suffix of every cloud resource name. Empty: the stack's name.",
-            default="",
-            example="ab1234",
-        ),
-        ConfigKey(
-            "keyPair",
-            "string",
-            "Name of your key pair registered at KVM@TACC (Horizon: Compute > Key Pairs). "
-            "Required.",
-            example="id_rsa_chameleon",
-            required=True,
-        ),
-        ConfigKey(
-            "sshAuth",
-            "string",
-            "How the provisioning commands log in over SSH: key (sshPrivateKey, else the file "
-            "at sshPrivateKeyPath, never the ssh agent), agent (the ssh agent at SSH_AUTH_SOCK "
-            "only), or auto (a key when one exists, else the agent).",
-            default=ssh_auth.AUTO,
-            example=ssh_auth.KEY,
-        ),
-        ConfigKey(
-            "sshPrivateKey",
-            "string",
-            "Private key the provisioning commands log in with (secret). If unset, the file "
-            "at sshPrivateKeyPath is read; how either is used is sshAuth's choice.",
-            secret=True,
-            example="< ~/.ssh/id_rsa_chameleon",
-        ),
-        ConfigKey(
-            "sshPrivateKeyPassword",
-            "string",
-            "Passphrase of the private key, when it has one (secret). Without it a "
-            "passphrase-protected key is used through the ssh agent, or refused.",
-            secret=True,
-            example="",
-        ),
-        ConfigKey(
-            "sshPrivateKeyPath",
-            "string",
-            "Private key file used when the secret sshPrivateKey is unset.",
-            default=DEFAULT_PRIVATE_KEY_PATH,
-            example="~/.ssh/id_rsa_chameleon",
-        ),
-        ConfigKey("image", "string", "Server image.", default="CC-Ubuntu24.04"),
-        ConfigKey(
-            "flavor",
-            "string",
-            "Server flavor: the flavor the stack's own lease reserves (when no reservation "
-            "is set).",
-            default="m1.large",
-            example="m1.large",
-        ),
-        ConfigKey(
-            "reservation",
-            "string",
-            "Id of a reserved flavor (the flavor UUID of a KVM@TACC lease you made yourself). "
-            "When set, the server boots that flavor and the stack makes no lease. Empty: the "
-            "stack makes its own lease of `flavor`.",
-            default="",
-            example="00000000-0000-0000-0000-000000000000",
-        ),
-        ConfigKey(
-            "leaseDuration",
-            "string",
-            "How long the stack's own KVM@TACC lease lasts, from the `pulumi up` that makes "
-            "it: days, hours and minutes such as 8h, 3d, 90m, 1d12h (at most 7d). Not used "
-            "when reservation is set.",
-            default=DEFAULT_LEASE_DURATION,
-            example="8h",
-        ),
-        ConfigKey(
-            "leaseRenewWindow",
-            "string",
-            "How long before the stack's own lease ends a `pulumi up` renews it: it makes the "
-            "next lease first, then replaces the server the clean way onto it, then deletes the "
-            "old lease. A duration such as 1h or 30m, at most half of leaseDuration (the "
-            "default is cut to half of a shorter lease); 0m: never renew early (the `pulumi "
-            "up` after the end makes a new lease). Empty: 1h.",
-            default="",
-            example="2h",
-        ),
-        ConfigKey(
-            "leaseCloud",
-            "string",
-            "Name of a clouds.yaml entry used only for the lease (Blazar): one that logs in "
-            "with your Chameleon account (OIDC, as Chameleon's ccauth writes it, or a "
-            "password), for a site whose Keystone refuses trusts to application credentials. "
-            "Empty: the stack's own credentials.",
-            default="",
-            example="kvm-lease",
-        ),
-        ConfigKey("network", "string", "Network the server's port is on.", default="sharednet1"),
-        ConfigKey("floatingIpPool", "string", "Pool the floating IP comes from.", default="public"),
-        ConfigKey(
-            "volumeSize",
-            "integer",
-            "Size of the persistent block volume in GiB (whole number, at least 1).",
-            default=2,
-            example="2",
-        ),
-        ConfigKey(
-            "volumeType",
-            "string",
-            "Cinder volume type, if the site needs one. Empty: the site's default type.",
-            default="",
-            example="ceph-ssd",
-        ),
-        ConfigKey(
-            "allowedCidrs",
-            "array",
-            "IPv4 networks allowed on every opened port (SSH, Jupyter, MLflow, MinIO).",
-            default=["0.0.0.0/0"],
-            example="203.0.113.0/24",
-        ),
-        ConfigKey(
-            "existingSecurityGroups",
-            "array",
-            "Names of security groups that already exist in the project (e.g. the tutorial's "
-            "allow-ssh, allow-8888, ...). When set, they are used and no group is created. "
-            "Empty: the group persist-<netid> is created.",
-            default=[],
-            example="allow-ssh",
-        ),
-        ConfigKey(
-            "mountPoint",
-            "string",
-            "Where the volume is mounted on the server.",
-            default="/mnt/block",
-            example="/mnt/block",
-        ),
-        ConfigKey(
-            "existingVolumeId",
-            "string",
-            "Id (UUID) of the volume block-persist-<netid> you already have (the tutorial's): "
-            "the program takes it over, with its data, instead of creating a volume. Find it "
-            "with: openstack volume show block-persist-<netid> -f value -c id",
-            default="",
-            example="$(openstack volume show block-persist-<netid> -f value -c id)",
-        ),
-    )
-}
 
 
 @dataclass(frozen=True)
@@ -604,30 +463,286 @@ def _passphrase(value: Any) -> tuple[Any, str | None]:
 
 _NAME_RULE = "must be a non-empty name without control characters"
 
-RULES: dict[str, Rule] = {
-    "netid": _netid,
-    "keyPair": _string(
-        KEY_PAIR_PATTERN,
-        "must be the name of a key pair registered at KVM@TACC (letters, digits, ' ._@-')",
-    ),
-    "sshAuth": _ssh_auth,
-    "sshPrivateKey": _private_key_text,
-    "sshPrivateKeyPassword": _passphrase,
-    "sshPrivateKeyPath": _string(CLOUD_NAME_PATTERN, "must be a file path"),
-    "image": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
-    "flavor": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
-    "reservation": _reservation,
-    "leaseDuration": _lease_duration,
-    "leaseRenewWindow": _lease_renew_window,
-    "leaseCloud": _string(CLOUD_NAME_PATTERN, "must be the name of an entry in clouds.yaml"),
-    "network": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
-    "floatingIpPool": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
-    "volumeSize": _volume_size,
-    "volumeType": _string(CLOUD_NAME_PATTERN, _NAME_RULE),
-    "allowedCidrs": _cidrs,
-    "existingSecurityGroups": _group_names,
-    "mountPoint": _mount_point,
-    "existingVolumeId": _existing_volume_id,
+CONFIG_KEYS: dict[str, ConfigKey] = {
+    key.name: key
+    for key in (
+        ConfigKey(
+            "netid",
+            "string",
+            "Your netID: the suffix of every cloud resource name. Empty: the stack's name.",
+            default="",
+            example="ab1234",
+            rule=_netid,
+            help=(
+                "suffix of every cloud name; a lowercase letter, then lowercase letters, digits or "
+                "hyphens, 2–32 characters"
+            ),
+            shown_default='`""`: the stack\'s name',
+        ),
+        ConfigKey(
+            "keyPair",
+            "string",
+            "Name of your key pair registered at KVM@TACC (Horizon: Compute > Key Pairs). "
+            "Required.",
+            example="id_rsa_chameleon",
+            required=True,
+            rule=_string(
+                KEY_PAIR_PATTERN,
+                "must be the name of a key pair registered at KVM@TACC (letters, digits, ' ._@-')",
+            ),
+            help="name of your key pair registered at KVM@TACC",
+            shown_default="required",
+        ),
+        ConfigKey(
+            "sshAuth",
+            "string",
+            "How the provisioning commands log in over SSH: key (sshPrivateKey, else the file "
+            "at sshPrivateKeyPath, never the ssh agent), agent (the ssh agent at SSH_AUTH_SOCK "
+            "only), or auto (a key when one exists, else the agent).",
+            default=ssh_auth.AUTO,
+            example=ssh_auth.KEY,
+            rule=_ssh_auth,
+            help=(
+                "how the provisioning commands log in: `key` (the key below, alone, never the "
+                "agent), `agent` (the ssh agent at `SSH_AUTH_SOCK` alone) or `auto` (the key when "
+                "there is one, else the agent); see *Logging in to the server*"
+            ),
+            shown_default="`auto`",
+        ),
+        ConfigKey(
+            "sshPrivateKey",
+            "string",
+            "Private key the provisioning commands log in with (secret). If unset, the file "
+            "at sshPrivateKeyPath is read; how either is used is sshAuth's choice.",
+            secret=True,
+            example="< ~/.ssh/id_rsa_chameleon",
+            rule=_private_key_text,
+            help=(
+                "the private key itself, kept in the stack: `pulumi config set --secret "
+                "chi-persist:sshPrivateKey < ~/.ssh/id_rsa_chameleon`; when unset, the file at "
+                "`sshPrivateKeyPath` is the key"
+            ),
+            shown_default="— (secret, not declared)",
+        ),
+        ConfigKey(
+            "sshPrivateKeyPassword",
+            "string",
+            "Passphrase of the private key, when it has one (secret). Without it a "
+            "passphrase-protected key is used through the ssh agent, or refused.",
+            secret=True,
+            example="",
+            rule=_passphrase,
+            help=(
+                "the passphrase of a passphrase-protected key: `pulumi config set --secret "
+                "chi-persist:sshPrivateKeyPassword` (it asks for it); only sent with a key that has"
+                " one"
+            ),
+            shown_default="— (secret, not declared)",
+        ),
+        ConfigKey(
+            "sshPrivateKeyPath",
+            "string",
+            "Private key file used when the secret sshPrivateKey is unset.",
+            default=DEFAULT_PRIVATE_KEY_PATH,
+            example="~/.ssh/id_rsa_chameleon",
+            rule=_string(CLOUD_NAME_PATTERN, "must be a file path"),
+            help="private key file used when `sshPrivateKey` is unset",
+            shown_default="`~/.ssh/id_rsa_chameleon`",
+        ),
+        ConfigKey(
+            "image",
+            "string",
+            "Server image.",
+            default="CC-Ubuntu24.04",
+            rule=_string(CLOUD_NAME_PATTERN, _NAME_RULE),
+            help="server image; a change replaces the server (see *Changing the server*)",
+            shown_default="`CC-Ubuntu24.04`",
+        ),
+        ConfigKey(
+            "flavor",
+            "string",
+            "Server flavor: the flavor the stack's own lease reserves (when no reservation "
+            "is set).",
+            default="m1.large",
+            example="m1.large",
+            rule=_string(CLOUD_NAME_PATTERN, _NAME_RULE),
+            help=(
+                "the flavor the stack's own lease reserves (when no `reservation` is set); a change"
+                " makes a new lease and replaces the server"
+            ),
+            shown_default="`m1.large`",
+        ),
+        ConfigKey(
+            "reservation",
+            "string",
+            "Id of a reserved flavor (the flavor UUID of a KVM@TACC lease you made yourself). "
+            "When set, the server boots that flavor and the stack makes no lease. Empty: the "
+            "stack makes its own lease of `flavor`.",
+            default="",
+            example="00000000-0000-0000-0000-000000000000",
+            rule=_reservation,
+            help=(
+                "the flavor id (UUID) of a lease you made yourself; when set, the server boots it "
+                "and the stack makes no lease (`leaseDuration` is not used); a new one replaces the"
+                " server"
+            ),
+            shown_default='`""`: none',
+        ),
+        ConfigKey(
+            "leaseDuration",
+            "string",
+            "How long the stack's own KVM@TACC lease lasts, from the `pulumi up` that makes "
+            "it: days, hours and minutes such as 8h, 3d, 90m, 1d12h (at most 7d). Not used "
+            "when reservation is set.",
+            default=DEFAULT_LEASE_DURATION,
+            example="8h",
+            rule=_lease_duration,
+            help=(
+                "how long the stack's own lease lasts from the `pulumi up` that makes it: days, "
+                "hours and minutes in that order (`8h`, `3d`, `90m`, `1d12h`), from 1 hour to 7 "
+                "days (`MAX_LEASE_DURATION_SECONDS` in `components/settings.py`); a new value is "
+                "recorded and applies to the next lease: Blazar cannot change a lease's end (see "
+                "*Leases*)"
+            ),
+            shown_default="`8h`",
+        ),
+        ConfigKey(
+            "leaseRenewWindow",
+            "string",
+            "How long before the stack's own lease ends a `pulumi up` renews it: it makes the "
+            "next lease first, then replaces the server the clean way onto it, then deletes the "
+            "old lease. A duration such as 1h or 30m, at most half of leaseDuration (the "
+            "default is cut to half of a shorter lease); 0m: never renew early (the `pulumi "
+            "up` after the end makes a new lease). Empty: 1h.",
+            default="",
+            example="2h",
+            rule=_lease_renew_window,
+            help=(
+                "how long before the stack's own lease ends a `pulumi up` renews it: the next lease"
+                " first, then the server replaced the clean way onto it (same volume and address, "
+                "nothing formatted), then the old lease deleted; from `0m` (never before the end: "
+                "the `pulumi up` after the end makes a new lease) to `1d`, at most half of "
+                "`leaseDuration`; when not set, 1h, cut to half of a shorter lease (see *Leases*)"
+            ),
+            shown_default='`""`: 1h',
+        ),
+        ConfigKey(
+            "leaseCloud",
+            "string",
+            "Name of a clouds.yaml entry used only for the lease (Blazar): one that logs in "
+            "with your Chameleon account (OIDC, as Chameleon's ccauth writes it, or a "
+            "password), for a site whose Keystone refuses trusts to application credentials. "
+            "Empty: the stack's own credentials.",
+            default="",
+            example="kvm-lease",
+            rule=_string(CLOUD_NAME_PATTERN, "must be the name of an entry in clouds.yaml"),
+            help=(
+                "the name of a `clouds.yaml` entry used only for the lease, one that logs in with "
+                "your Chameleon account (OIDC as `ccauth clouds-yaml` writes it, or a CLI "
+                "password), for a site whose Keystone refuses trusts to application credentials "
+                "(see *Leases*)"
+            ),
+            shown_default='`""`: the stack\'s credentials',
+        ),
+        ConfigKey(
+            "network",
+            "string",
+            "Network the server's port is on.",
+            default="sharednet1",
+            rule=_string(CLOUD_NAME_PATTERN, _NAME_RULE),
+            help="network of the server's port",
+            shown_default="`sharednet1`",
+        ),
+        ConfigKey(
+            "floatingIpPool",
+            "string",
+            "Pool the floating IP comes from.",
+            default="public",
+            rule=_string(CLOUD_NAME_PATTERN, _NAME_RULE),
+            help="pool of the floating IP",
+            shown_default="`public`",
+        ),
+        ConfigKey(
+            "volumeSize",
+            "integer",
+            "Size of the persistent block volume in GiB (whole number, at least 1).",
+            default=2,
+            example="2",
+            rule=_volume_size,
+            help=(
+                "GiB, whole number ≥ 1; a larger value later grows the volume in place, with its "
+                "data (see *Grow the volume*); a smaller one is refused"
+            ),
+            shown_default="`2`",
+        ),
+        ConfigKey(
+            "volumeType",
+            "string",
+            "Cinder volume type, if the site needs one. Empty: the site's default type.",
+            default="",
+            example="ceph-ssd",
+            rule=_string(CLOUD_NAME_PATTERN, _NAME_RULE),
+            help=(
+                "Cinder volume type, if the site needs one; it must match an existing volume's type"
+            ),
+            shown_default='`""`: the site\'s default',
+        ),
+        ConfigKey(
+            "allowedCidrs",
+            "array",
+            "IPv4 networks allowed on every opened port (SSH, Jupyter, MLflow, MinIO).",
+            default=["0.0.0.0/0"],
+            example="203.0.113.0/24",
+            rule=_cidrs,
+            help=(
+                "IPv4 networks allowed on every opened port; `pulumi config set --path "
+                "'chi-persist:allowedCidrs[0]' 203.0.113.0/24`"
+            ),
+            shown_default='`["0.0.0.0/0"]`',
+        ),
+        ConfigKey(
+            "existingSecurityGroups",
+            "array",
+            "Names of security groups that already exist in the project (e.g. the tutorial's "
+            "allow-ssh, allow-8888, ...). When set, they are used and no group is created. "
+            "Empty: the group persist-<netid> is created.",
+            default=[],
+            example="allow-ssh",
+            rule=_group_names,
+            help=(
+                "names of groups that already exist in the project (the tutorial's `allow-ssh`, "
+                "`allow-8888`, …); when set, they are used and no group is created"
+            ),
+            shown_default="`[]`: none",
+        ),
+        ConfigKey(
+            "mountPoint",
+            "string",
+            "Where the volume is mounted on the server.",
+            default="/mnt/block",
+            example="/mnt/block",
+            rule=_mount_point,
+            help="where the volume is mounted on the server",
+            shown_default="`/mnt/block`",
+        ),
+        ConfigKey(
+            "existingVolumeId",
+            "string",
+            "Id (UUID) of the volume block-persist-<netid> you already have (the tutorial's): "
+            "the program takes it over, with its data, instead of creating a volume. Find it "
+            "with: openstack volume show block-persist-<netid> -f value -c id",
+            default="",
+            example="$(openstack volume show block-persist-<netid> -f value -c id)",
+            rule=_existing_volume_id,
+            help=(
+                "id (UUID) of the volume `block-persist-<netid>` you made in the tutorial: it is "
+                "taken over (imported, protected) with its data instead of creating a volume; "
+                "`openstack volume show block-persist-<netid> -f value -c id` prints it (see *Take "
+                "it over*)"
+            ),
+            shown_default='`""` (none)',
+        ),
+    )
 }
 
 
@@ -638,7 +753,7 @@ def check_value(key: str, value: Any) -> tuple[Any, Problem | None]:
         known = ", ".join(CONFIG_KEYS)
         return None, Problem(key, value, f"is not a setting of this project (known: {known})",
                              "remove it, or correct its spelling")  # fmt: skip
-    normalised, rule = RULES[key](value)
+    normalised, rule = spec.rule(value)
     if rule is not None:
         return None, Problem(key, _printable(spec, value), rule, spec.fix())
     return normalised, None
@@ -657,29 +772,9 @@ def expand_key_path(path: str, home: str | None = None) -> Path:
     return Path(path)
 
 
-def validate(
-    raw: Mapping[str, Any],
-    stack: str,
-    *,
-    private_key_set: bool = False,
-    environment: Mapping[str, str] | None = None,
-    check_private_key: bool = True,
-    private_key_text: str | None = None,
-    password_set: bool = False,
-    password: str | None = None,
-    probe_agent: Callable[[str | None], ssh_auth.AgentState] = ssh_auth.probe_agent,
-) -> Settings:
-    """Check every setting at once; raise SettingsError listing all problems.
-
-    `raw` maps config keys to their values as Pulumi returns them (strings, or
-    lists for arrays); missing keys take their declared defaults, and a key's empty
-    default ("" or []) means it is not set. The secrets are not in `raw`: whether the
-    stack sets sshPrivateKey and sshPrivateKeyPassword, and their text when it is
-    known here (the program knows it; scripts/new-stack does not). The SSH login is
-    chosen and checked against `environment` (SSH_AUTH_SOCK, HOME) unless
-    `check_private_key` is False.
-    """
-    environment = os.environ if environment is None else environment
+def check_values(raw: Mapping[str, Any], stack: str) -> tuple[dict[str, Any], list[Problem]]:
+    """Every setting but the secrets by its key's rule, defaults applied (None: not set), and
+    every problem: a pure function of the values (the stack's name stands in for netid)."""
     problems: list[Problem] = []
     values: dict[str, Any] = {}
 
@@ -721,41 +816,88 @@ def validate(
                 spec.fix().replace(spec.example, "<key pair name>"),
             )
         )
+    problems.extend(_renewal_problems(values))
+    return values, problems
 
+
+def choose_login(
+    values: Mapping[str, Any],
+    environment: Mapping[str, str],
+    *,
+    private_key_set: bool,
+    private_key_text: str | None,
+    password_set: bool,
+    password: str | None,
+    probe_agent: Callable[[str | None], ssh_auth.AgentState] = ssh_auth.probe_agent,
+) -> tuple[ssh_auth.Login | None, list[Problem]]:
+    """How the provisioning commands log in (components/ssh_auth.py): it reads the key file
+    under the environment's HOME and asks the ssh agent at SSH_AUTH_SOCK."""
+    key_path = values.get("sshPrivateKeyPath") or DEFAULT_PRIVATE_KEY_PATH
+    if private_key_set:
+        key = ssh_auth.PrivateKey("config", f"{NAMESPACE}:sshPrivateKey", private_key_text)
+    else:
+        key = ssh_auth.read_key_file(expand_key_path(key_path, environment.get("HOME")), key_path)
+    chosen, found = ssh_auth.choose_login(
+        values["sshAuth"],
+        key,
+        key_path,
+        probe_agent(environment.get("SSH_AUTH_SOCK") or None),
+        password_set=password_set,
+        password=password,
+    )
+    problems = [
+        Problem(
+            problem.setting,
+            problem.value,
+            problem.rule,
+            problem.fix,
+            environment=problem.setting not in CONFIG_KEYS,
+        )
+        for problem in found
+    ]
+    return chosen, problems
+
+
+def validate(
+    raw: Mapping[str, Any],
+    stack: str,
+    *,
+    private_key_set: bool = False,
+    environment: Mapping[str, str] | None = None,
+    check_private_key: bool = True,
+    private_key_text: str | None = None,
+    password_set: bool = False,
+    password: str | None = None,
+    probe_agent: Callable[[str | None], ssh_auth.AgentState] = ssh_auth.probe_agent,
+) -> Settings:
+    """Check every setting at once; raise SettingsError listing all problems.
+
+    `raw` maps config keys to their values as Pulumi returns them (strings, or
+    lists for arrays); missing keys take their declared defaults, and a key's empty
+    default ("" or []) means it is not set. The secrets are not in `raw`: whether the
+    stack sets sshPrivateKey and sshPrivateKeyPassword, and their text when it is
+    known here (the program knows it; ./chi-persist init does not). The SSH login is
+    chosen and checked against `environment` (SSH_AUTH_SOCK, HOME) unless
+    `check_private_key` is False.
+    """
+    environment = os.environ if environment is None else environment
+    values, problems = check_values(raw, stack)
     login = ssh_auth.Login(ssh_auth.KEY, "config")
     if check_private_key and values.get("sshAuth") is not None:
-        key_path = values.get("sshPrivateKeyPath") or DEFAULT_PRIVATE_KEY_PATH
-        if private_key_set:
-            key = ssh_auth.PrivateKey("config", f"{NAMESPACE}:sshPrivateKey", private_key_text)
-        else:
-            key = ssh_auth.read_key_file(
-                expand_key_path(key_path, environment.get("HOME")), key_path
-            )
-        chosen, login_problems = ssh_auth.choose_login(
-            values["sshAuth"],
-            key,
-            key_path,
-            probe_agent(environment.get("SSH_AUTH_SOCK") or None),
+        chosen, login_problems = choose_login(
+            values,
+            environment,
+            private_key_set=private_key_set,
+            private_key_text=private_key_text,
             password_set=password_set,
             password=password,
+            probe_agent=probe_agent,
         )
-        problems.extend(
-            Problem(
-                found.setting,
-                found.value,
-                found.rule,
-                found.fix,
-                environment=found.setting not in CONFIG_KEYS,
-            )
-            for found in login_problems
-        )
+        problems.extend(login_problems)
         login = chosen or login
-
-    renew_window_seconds = _renew_window(values)
-    problems.extend(_renewal_problems(values))
-
     if problems:
         raise SettingsError(problems)
+    renew_window_seconds = _renew_window(values)
 
     return Settings(
         netid=values["netid"],

@@ -40,6 +40,7 @@ from typing import Any
 
 AUTO, KEY, AGENT = "auto", "key", "agent"
 METHODS = (AUTO, KEY, AGENT)
+# The project's config namespace (components.settings.NAMESPACE is this one).
 NAMESPACE = "chi-persist"
 
 # The ciphers and key derivation golang.org/x/crypto/ssh reads in an OpenSSH key.
@@ -307,7 +308,7 @@ class PrivateKey:
     location: str
     """How messages name it: the path as configured, or chi-persist:sshPrivateKey."""
     text: str | None
-    """None when only its existence is known here (scripts/new-stack knows no secret)."""
+    """None when only its existence is known here (./chi-persist init knows no secret)."""
     public_key: bytes | None = None
     """From the .pub file beside it, when its text does not hold it."""
     unreadable: str | None = None

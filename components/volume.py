@@ -19,7 +19,7 @@ DESCRIPTION = "chi-persist data volume: PostgreSQL, MinIO and notebooks. Protect
 ADOPTED_VOLUME_IGNORED = ["description", "snapshot_id", "source_vol_id", "backup_id", "image_id"]
 # An attached volume is extended online (Cinder microversion 3.42), where the cloud allows it.
 ONLINE_RESIZE_REFUSED_FIX = (
-    "if the cloud refuses to extend the attached volume, run scripts/recycle --stack {stack} "
+    "if the cloud refuses to extend the attached volume, run ./chi-persist recycle --stack {stack} "
     "(it stops the platform cleanly and detaches the volume), then pulumi up again: the "
     "detached volume is extended and the next server grows its filesystem"
 )

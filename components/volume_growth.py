@@ -74,7 +74,7 @@ def growth_problem(
         "GiB, so the next pulumi up asks again. Fix: most often no storage backend had room "
         f"for the new size: run pulumi up again later; or {less}; or take the path of README "
         f"'Grow the volume' for a cloud that will not extend an attached volume "
-        f"(scripts/recycle --stack {stack}, then pulumi up: the detached volume is extended "
+        f"(./chi-persist recycle --stack {stack}, then pulumi up: the detached volume is extended "
         "and the next server grows its filesystem). If it persists, ask the site's help "
         "desk, with the message above."
     )

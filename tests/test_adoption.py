@@ -154,5 +154,5 @@ def test_a_pending_create_is_named_with_the_command_that_clears_it() -> None:
     )
     notes = pending_create_notes(state, plan_adoption({}, STACK), STACK)
     assert len(notes) == 1 and "node-server" in notes[0]
-    assert f"scripts/repair --stack {STACK}" in notes[0]
+    assert f"./chi-persist repair --stack {STACK}" in notes[0]
     assert pending_create_notes(StackState(), plan_adoption({}, STACK), STACK) == []

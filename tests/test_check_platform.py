@@ -1,4 +1,4 @@
-"""scripts/check-platform: where it finds the platform, how it reports, what it refuses.
+"""./chi-persist check: where it finds the platform, how it reports, what it refuses.
 
 Stacks are read with the real Pulumi CLI: each stack's outputs, shaped like the
 program's (its credentials and Jupyter URL secret), are brought in with `pulumi
@@ -15,7 +15,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -29,12 +28,11 @@ from moto.server import ThreadedMotoServer
 from tests.engine.workspace import CLEARED_PREFIXES, StudentMachine, toolchain_skip_reason
 from tests.support.datapath import free_port, jupyter_stand_in, s3_server
 from tests.support.pulumi_state import outputs_deployment
-from tests.support.tools import SCRIPTS_DIR, import_tool
+from tests.support.tools import command_argv, command_env, import_tool
 
 check_platform = import_tool("check_platform")
 command_line = import_tool("command_line")
 
-CHECK_PLATFORM = SCRIPTS_DIR / "check-platform"
 MINIO_USER = "uminiotestuser"
 MINIO_PASSWORD = "MinioTestPassword0123456789"  # noqa: S105 (made up for the test)
 JUPYTER_TOKEN = "JupyterTestToken0123456789abcdef"  # noqa: S105
@@ -178,6 +176,11 @@ def closed_port_url() -> str:
             {"MINIO_ROOT_USER": MINIO_USER},
             "MINIO_ROOT_PASSWORD, JUPYTER_TOKEN not set",
         ),
+        (
+            ["--stack", "ab1234", "--url-base", "http://1.2.3.4"],
+            {},
+            "--stack and --url-base name two sources of URLs and credentials; give one, e.g.",
+        ),
     ],
     ids=[
         "url-base-without-scheme",
@@ -188,6 +191,7 @@ def closed_port_url() -> str:
         "no-credentials",
         "one-credential-missing",
         "service-urls-without-credentials",
+        "stack-and-url-base",
     ],
 )
 def test_bad_arguments_are_refused_with_the_fix(
@@ -204,7 +208,6 @@ def test_bad_arguments_are_refused_with_the_fix(
 @pytest.mark.parametrize(
     ("arguments", "expected"),
     [
-        (["--stack", "ab1234", "--url-base", "http://1.2.3.4"], "not allowed with argument"),
         (["--write-marker", "--verify-marker"], "not allowed with argument"),
         (["--wait", "soon"], "'soon' is not a number of seconds; e.g. --wait 300"),
         (["--wait", "-1"], "'-1' is out of range; give 0 to 3600 seconds"),
@@ -212,7 +215,6 @@ def test_bad_arguments_are_refused_with_the_fix(
         (["--stak", "ab1234"], "unrecognized arguments"),
     ],
     ids=[
-        "stack-and-url-base",
         "write-and-verify",
         "wait-not-a-number",
         "wait-negative",
@@ -226,14 +228,15 @@ def test_conflicting_or_malformed_flags_exit_2(arguments: list[str], expected: s
     captured = capsys.readouterr()
     assert status == 2
     assert expected in captured.err
-    assert "usage: check-platform" in captured.err
+    assert "usage: chi-persist check" in captured.err
 
 
 def test_help_documents_sources_markers_and_exit_status():
     """--help, run as a student would, names every source of URLs, the markers, the exit codes."""
     completed = subprocess.run(
-        [sys.executable, str(CHECK_PLATFORM), "--help"], capture_output=True, text=True, check=False
-    )
+        command_argv("check", "--help"), capture_output=True, text=True, check=False,
+        env=command_env(),
+    )  # fmt: skip
     assert completed.returncode == 0
     for text in (
         "--stack NETID",
@@ -300,7 +303,7 @@ def test_service_url_flags_override_the_stack(pulumi: StudentMachine):
 
 @needs_cli
 def test_the_student_command_reads_its_own_projects_stack(stacks, tmp_path):
-    """scripts/check-platform --stack, run from outside the project, finds the stack through
+    """./chi-persist check --stack, run from outside the project, finds the stack through
     the project it belongs to and checks the URLs the stack gives (nothing answers there)."""
     machine = stacks.clone(tmp_path)
     machine.record_pulumi_calls()
@@ -313,7 +316,7 @@ def test_the_student_command_reads_its_own_projects_stack(stacks, tmp_path):
     )
     machine.import_state("ab1234", outputs_deployment("ab1234", outputs, SECRET_OUTPUTS))
 
-    result = machine.script("check-platform", "--stack", "ab1234", cwd=machine.workdir)
+    result = machine.command("check", "--stack", "ab1234", cwd=machine.workdir)
 
     assert result.returncode == check_platform.EXIT_CHECK_FAILED, result.stderr
     assert rows(result.stdout)["MLflow answers"] == (
@@ -363,7 +366,7 @@ def test_jupyter_token_can_come_with_its_url():
             ["--stack", "nosuch"],
             False,
             "there is no stack named 'nosuch': create it with "
-            "`scripts/new-stack nosuch --key-pair NAME` and run `pulumi up --stack nosuch`; "
+            "`./chi-persist init nosuch --key-pair NAME` and run `pulumi up --stack nosuch`; "
             "`pulumi stack ls` lists the stacks that exist",
         ),
         ([], False, "no Pulumi stack is selected: give --stack NETID"),
@@ -665,8 +668,7 @@ def test_wait_retries_until_the_service_answers():
     waits = progress.getvalue().splitlines()
     assert len(waits) >= 1
     assert all(
-        line.startswith(f"check-platform: waiting for Jupyter: no answer from {url}")
-        for line in waits
+        line.startswith(f"check: waiting for Jupyter: no answer from {url}") for line in waits
     )
 
 
@@ -687,7 +689,7 @@ def test_wait_is_bounded():
     elapsed = time.monotonic() - started
     assert status == check_platform.EXIT_CHECK_FAILED
     assert 5 <= elapsed < 20
-    waits = [line for line in stderr.splitlines() if line.startswith("check-platform: waiting")]
+    waits = [line for line in stderr.splitlines() if line.startswith("check: waiting")]
     assert len(waits) >= 2
     assert all("s left)" in line for line in waits)
 
@@ -711,8 +713,7 @@ def test_table_goes_to_stdout_and_progress_to_stderr():
     """stdout holds only the table (scripts can read it); everything else is on stderr."""
     completed = subprocess.run(
         [
-            sys.executable,
-            str(CHECK_PLATFORM),
+            *command_argv("check"),
             "--mlflow-url",
             closed_port_url(),
             "--minio-url",
@@ -723,14 +724,14 @@ def test_table_goes_to_stdout_and_progress_to_stderr():
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, **CREDENTIAL_ENVIRONMENT},
+        env=command_env({**os.environ, **CREDENTIAL_ENVIRONMENT}),
         timeout=120,
     )
     lines = completed.stdout.splitlines()
     assert completed.returncode == 1
     assert [line.strip()[0] for line in lines[:-1]] == ["✗"] * 4
     assert lines[-1] == "4 of 4 checks failed"
-    assert "check-platform: checking the platform of flags" in completed.stderr
+    assert "check: checking the platform of flags" in completed.stderr
 
 
 def test_platform_repr_hides_credentials():
@@ -796,14 +797,14 @@ def test_a_lease_near_its_end_warns_what_happens_and_what_to_do(pulumi: StudentM
     assert lease_row(stdout).startswith(f"✓ lease {LEASE_ID}, ends ")
     assert lease_row(stdout).endswith("(from the stack's outputs): soon")
     warning = " ".join(line for line in stderr.splitlines() if "warning:" in line)
-    assert re.search(r"check-platform: warning: the lease ends in 3\d min, at ", warning)
+    assert re.search(r"check: warning: the lease ends in 3\d min, at ", warning)
     for text in (
         "KVM@TACC deletes the server at the lease's end",
         "the volume and all its data stay",
         "`pulumi up --stack ab1234` within the renewal window before the end",
         "makes the next lease first, then moves the server onto it the clean way",
         "if no host is free for the next lease, the server keeps running until the end",
-        "`scripts/recycle --stack ab1234 --end-lease`, then `pulumi up --stack ab1234` later",
+        "`./chi-persist recycle --stack ab1234 --end-lease`, then `pulumi up --stack ab1234` later",
         "let it end and run `pulumi up --stack ab1234` afterwards",
         "Blazar cannot extend this lease: a longer leaseDuration applies to the next one",
     ):

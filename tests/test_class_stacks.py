@@ -1,4 +1,4 @@
-"""scripts/class-stacks: a roster becomes stack files, or each problem is named, none written.
+"""./chi-persist class write: a roster becomes stack files, or each problem is named, none written.
 
 class-stacks itself never calls Pulumi; what it writes must still be what the real CLI
 reads. Where a test needs stack files as the CLI writes them (an encryption salt, an
@@ -82,8 +82,11 @@ def configured(tmp_path_factory: pytest.TempPathFactory) -> StudentMachine:
 
 
 def class_stacks(machine: StudentMachine, *arguments: str) -> subprocess.CompletedProcess:
-    """scripts/class-stacks as an instructor runs it, from a directory outside the project."""
-    return machine.script("class-stacks", *arguments, cwd=machine.workdir)
+    """`./chi-persist class write` (or, with --leaks among the arguments, `class leaks`) as an
+    instructor runs it, from a directory outside the project."""
+    verb = "leaks" if "--leaks" in arguments else "write"
+    rest = [argument for argument in arguments if argument != "--leaks"]
+    return machine.command("class", verb, *rest, cwd=machine.workdir)
 
 
 def write_roster(machine: StudentMachine, text: str) -> Path:
@@ -123,7 +126,7 @@ def test_roster_becomes_one_stack_file_per_student(machine, output_dir):
             "chi-persist:allowedCidrs": ["198.51.100.0/24", "192.0.2.7/32"],
         }
     }
-    assert "class-stacks: 2 created, 0 updated, 0 unchanged" in result.stdout
+    assert "class: 2 created, 0 updated, 0 unchanged" in result.stdout
     assert machine.calls() == []
 
 
@@ -144,7 +147,7 @@ def test_written_files_pass_the_programs_own_validation(machine, output_dir):
 def test_default_output_is_the_project_directory(tmp_path):
     """Without --output-dir, stack files go beside Pulumi.yaml, wherever the command runs."""
     module = import_tool("class_stacks")
-    arguments = module.build_parser().parse_args([str(tmp_path / "roster.yaml")])
+    arguments = module.build_parser().parse_args(["write", str(tmp_path / "roster.yaml")])
     assert arguments.output_dir == Path(__file__).resolve().parents[1]
     assert (arguments.output_dir / "Pulumi.yaml").is_file()
 
@@ -227,7 +230,7 @@ def test_a_roster_then_new_stack_gives_the_student_a_configured_stack(machine):
     assert class_stacks(machine, str(roster)).returncode == 0
     key = machine.home / ".ssh" / "id_rsa_chameleon"
     key.write_text(stand_in_private_key())
-    made = machine.script("new-stack", "cd5678", "--key-pair", "cd5678-key", cwd=machine.workdir)
+    made = machine.command("init", "cd5678", "--key-pair", "cd5678-key", cwd=machine.workdir)
     assert made.returncode == 0, made.stderr
     assert machine.stack_names() == ["cd5678"]
     assert machine.stack_file("cd5678")["encryptionsalt"].startswith("v1:")
@@ -294,7 +297,7 @@ def test_dry_run_prints_the_files_and_writes_nothing(machine, output_dir):
     assert "--- Pulumi.ab1234.yaml (would be updated)" in result.stdout
     assert "--- Pulumi.cd5678.yaml (would be created)" in result.stdout
     shown = result.stdout.split("--- Pulumi.cd5678.yaml (would be created)\n")[1]
-    shown = shown.split("class-stacks:")[0]
+    shown = shown.split("class:")[0]
     assert yaml.safe_load(shown)["config"]["chi-persist:volumeSize"] == 4
     assert "dry run, nothing written; would be: 1 created, 1 updated, 0 unchanged" in result.stdout
 

@@ -125,11 +125,11 @@ def test_the_example_stack_file_passes_the_engine_and_the_program(
 def test_a_stack_made_by_new_stack_passes_the_engine_and_the_program(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """scripts/new-stack's config (netid and keyPair only), as the real CLI stores it, is a
+    """./chi-persist init's config (netid and keyPair only), as the real CLI stores it, is a
     complete stack."""
     machine = StudentMachine.create(tmp_path)
     (machine.home / ".ssh" / "id_rsa_chameleon").write_text(PRIVATE_KEY)
-    result = machine.script("new-stack", "ab1234", "--key-pair", "ab1234-key")
+    result = machine.command("init", "ab1234", "--key-pair", "ab1234-key")
     assert result.returncode == 0, result.stderr
     path = machine.project / "Pulumi.ab1234.yaml"
     apply_project_config(project(), "ab1234", stack_file_values(path, "chi-persist"))
@@ -141,7 +141,7 @@ def test_a_stack_made_by_new_stack_passes_the_engine_and_the_program(
 def test_stacks_written_by_class_stacks_pass_the_engine_and_the_program(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every Pulumi.<netid>.yaml scripts/class-stacks writes is a complete stack."""
+    """Every Pulumi.<netid>.yaml ./chi-persist class write writes is a complete stack."""
     machine = StudentMachine.create(tmp_path)
     roster = machine.workdir / "roster.yaml"
     roster.write_text(
@@ -151,7 +151,7 @@ def test_stacks_written_by_class_stacks_pass_the_engine_and_the_program(
     )
     output = tmp_path / "stacks"
     output.mkdir()
-    result = machine.script("class-stacks", str(roster), "--output-dir", str(output))
+    result = machine.command("class", "write", str(roster), "--output-dir", str(output))
     assert result.returncode == 0, result.stderr
     monkeypatch.setenv("HOME", str(machine.home))
     (machine.home / ".ssh" / "id_rsa_chameleon").write_text(PRIVATE_KEY)
@@ -261,7 +261,7 @@ def test_settings_and_pulumi_yaml_declare_the_same_keys_alike() -> None:
     comments = [line for line in PROJECT_FILE.read_text().splitlines() if line.startswith("#")]
     for name, spec in CONFIG_KEYS.items():
         if spec.secret:
-            assert any(f"#   {name} " in line for line in comments), name
+            assert any(line.startswith(f"#   {name}: ") for line in comments), name
 
 
 def test_every_default_as_the_engine_passes_it_reads_as_valid_or_unset() -> None:

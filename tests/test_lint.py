@@ -36,7 +36,7 @@ def shell_scripts() -> list[Path]:
 
 
 def python_executables() -> list[Path]:
-    """Python commands without a .py suffix (scripts/new-stack and friends)."""
+    """Python commands without a .py suffix (chi-persist, scripts/clean-stop and friends)."""
     return sorted(
         path
         for path in tracked_files()

@@ -1,4 +1,4 @@
-"""scripts/new-stack on the real Pulumi CLI: values checked before any call, then the stack
+"""./chi-persist init on the real Pulumi CLI: values checked before any call, then the stack
 made and configured as the CLI stores it (the state directory, Pulumi.<netid>.yaml).
 
 Each test has a student machine of its own (tests/engine/workspace.py): a copy of the
@@ -9,20 +9,17 @@ on their way to the real CLI (tests/support/bin/pulumi).
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.engine.workspace import StudentMachine, toolchain_skip_reason
-from tests.support.paths import REPO_ROOT
 from tests.support.ssh_keys import (
     make_key,
     ssh_agent,
     ssh_agent_skip_reason,
     stand_in_private_key,
 )
-from tests.support.tools import SCRIPTS_DIR
 
 SCOPE = ["--stack", "ab1234", "--non-interactive"]
 LIST = ["stack", "ls", "--json", "--non-interactive"]
@@ -45,8 +42,8 @@ def machine(tmp_path: Path) -> StudentMachine:
 
 
 def new_stack(machine: StudentMachine, *arguments: str, **options) -> subprocess.CompletedProcess:
-    """scripts/new-stack as a student runs it, from a directory outside the project."""
-    return machine.script("new-stack", *arguments, cwd=machine.workdir, **options)
+    """./chi-persist init as a student runs it, from a directory outside the project."""
+    return machine.command("init", *arguments, cwd=machine.workdir, **options)
 
 
 def stack_config(machine: StudentMachine, stack: str = "ab1234") -> dict:
@@ -66,7 +63,7 @@ def test_help_explains_the_passphrase_and_gives_examples(machine):
     result = new_stack(machine, "--help")
     assert result.returncode == 0
     assert "PULUMI_CONFIG_PASSPHRASE" in result.stdout
-    assert "scripts/new-stack ab1234 --key-pair ab1234-key" in result.stdout
+    assert "./chi-persist init ab1234 --key-pair ab1234-key" in result.stdout
     assert machine.calls() == []
 
 
@@ -143,7 +140,7 @@ def test_every_option_is_set_and_the_cidr_list_replaces_the_old_one(machine):
     [
         pytest.param(
             ["AB1234", "--key-pair", "k"],
-            ["NETID 'AB1234'", "lowercase letter", "scripts/new-stack ab1234"],
+            ["NETID 'AB1234'", "lowercase letter", "./chi-persist init ab1234"],
             id="uppercase-netid",
         ),
         pytest.param(["a", "--key-pair", "k"], ["NETID 'a'", "2-32 characters"], id="short-netid"),
@@ -358,26 +355,6 @@ def test_failed_config_call_shows_what_pulumi_said(machine):
     assert result.returncode == 1
     assert "`pulumi config set chi-persist:netid ab1234 --stack ab1234" in result.stderr
     assert 'mapping key "chi-persist:keyPair" already defined' in result.stderr
-    assert "run new-stack again" in result.stderr
+    assert "run `./chi-persist init` again" in result.stderr
     assert "Traceback" not in result.stderr
     assert machine.calls()[-1][:3] == ["config", "set", "chi-persist:netid"]
-
-
-def test_launcher_without_the_pulumi_sdk_says_how_to_fix():
-    """Started by a Python without the project's packages, the command explains, not crashes."""
-    base_python = Path(sys.base_prefix) / "bin" / "python3"
-    if (REPO_ROOT / "venv").exists():
-        pytest.skip("the project has a ./venv, which the launcher would switch to")
-    probe = subprocess.run([base_python, "-c", "import pulumi"], capture_output=True, check=False)
-    if probe.returncode == 0:
-        pytest.skip(f"{base_python} has the pulumi SDK installed")
-    result = subprocess.run(
-        [base_python, str(SCRIPTS_DIR / "new-stack"), "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 1
-    assert "the Python module 'pulumi' is not installed" in result.stderr
-    assert "pulumi install" in result.stderr
-    assert "Traceback" not in result.stderr

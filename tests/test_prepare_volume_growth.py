@@ -295,7 +295,7 @@ def test_device_that_never_reaches_the_volume_size_is_left_untouched(loop_volume
 
     assert result.returncode == 3, result.stdout + result.stderr
     assert "is 2048 MiB, but volume" in result.stderr and "3 GiB" in result.stderr
-    assert "scripts/recycle" in result.stderr
+    assert "./chi-persist recycle" in result.stderr
     assert_untouched(loop_volume, before, server)
 
 

@@ -124,7 +124,7 @@ def test_growing_warns_with_the_way_through_a_refusal() -> None:
     grown = evaluate({"volumeSize": 5}, cloud=(own_volume(),))
     (warning,) = grown.warnings
     assert f"{NAME} grows from 2 GiB to 5 GiB" in warning
-    assert "scripts/recycle --stack ab1234" in warning and "pulumi up" in warning
+    assert "./chi-persist recycle --stack ab1234" in warning and "pulumi up" in warning
 
 
 SIZE_AND_TYPE_REFUSALS = [
@@ -332,7 +332,7 @@ def test_a_volume_left_at_its_old_size_fails_the_update_before_the_server_grows(
         evaluate({"volumeSize": 5}, cloud=(own_volume(),), volume_size_after=2)
     message = str(raised.value)
     assert f"the volume {NAME} is still 2 GiB, not the 5 GiB asked for" in message
-    assert "chi-persist:volumeSize" in message and "scripts/recycle --stack ab1234" in message
+    assert "chi-persist:volumeSize" in message and "./chi-persist recycle --stack ab1234" in message
     # The pretend project holds no message: the failure says so.
     assert "Cinder left no user message about it." in message
     names = [registration.name for registration in raised.value.registrations]

@@ -1,4 +1,4 @@
-"""scripts/recycle on the real Pulumi CLI: the server goes; volume, port and floating IP stay.
+"""./chi-persist recycle on the real Pulumi CLI: the server goes; volume, port and floating IP stay.
 
 The stack's state is tests/fixtures/pulumi-state/ab1234.json, brought in with the real
 `pulumi stack import`, its server one that the twin's Nova runs (`--machines null`):
@@ -166,8 +166,8 @@ def server_answers_ssh() -> Iterator[None]:
 
 
 def recycle(machine: StudentMachine, *arguments: str, **options) -> subprocess.CompletedProcess:
-    """scripts/recycle as a student runs it, from a directory outside the project."""
-    return machine.script("recycle", *arguments, cwd=machine.workdir, **options)
+    """./chi-persist recycle as a student runs it, from a directory outside the project."""
+    return machine.command("recycle", *arguments, cwd=machine.workdir, **options)
 
 
 def names(export: dict) -> set[str]:
@@ -379,7 +379,7 @@ def test_a_running_server_unreachable_from_here_keeps_its_volume(machine, deploy
     )
     assert "the volume is not detached without its clean stop" in result.stderr
     assert "chi-persist:allowedCidrs" in result.stderr
-    assert "scripts/recycle --stack ab1234 --stop-through-nova" in result.stderr
+    assert "./chi-persist recycle --stack ab1234 --stop-through-nova" in result.stderr
 
 
 @needs_cli
@@ -480,7 +480,7 @@ def test_no_selected_stack_asks_for_one(machine):
     result = recycle(machine, "--yes")
     assert result.returncode == 2
     assert "no stack is selected" in result.stderr
-    assert "scripts/recycle --stack NETID" in result.stderr
+    assert "./chi-persist recycle --stack NETID" in result.stderr
     assert machine.calls() == [LIST]
 
 
@@ -491,7 +491,7 @@ def test_unknown_stack_names_the_fix(machine):
     assert result.returncode == 1
     assert "error: no stack named 'zz9999' found" in result.stderr
     assert "pulumi stack ls" in result.stderr
-    assert "scripts/new-stack zz9999 --key-pair NAME" in result.stderr
+    assert "./chi-persist init zz9999 --key-pair NAME" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -602,7 +602,7 @@ def test_failed_destroy_shows_pulumi_output_and_how_to_go_on(machine, server_ans
     assert result.returncode == 1
     assert "compute quota service unavailable (HTTP 503)" in result.stdout + result.stderr
     assert "the volume was not a target" in result.stderr
-    assert "run `scripts/recycle --stack ab1234` again" in result.stderr
+    assert "run `./chi-persist recycle --stack ab1234` again" in result.stderr
     assert "Traceback" not in result.stderr
     assert machine.calls() == [EXPORT, DESTROY]
 
@@ -791,7 +791,7 @@ def test_end_lease_after_the_server_is_gone_ends_only_the_lease(machine):
     plain = recycle(machine, "--stack", "ab1234", "--yes")
     assert plain.returncode == 2
     assert "nothing to recycle" in plain.stderr
-    assert "end its lease: `scripts/recycle --stack ab1234 --end-lease`" in plain.stderr
+    assert "end its lease: `./chi-persist recycle --stack ab1234 --end-lease`" in plain.stderr
 
     result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
     assert result.returncode == 0, result.stderr
@@ -830,7 +830,7 @@ def test_end_lease_without_a_lease_of_its_own_is_refused(machine, make_state, wh
     assert result.returncode == 2
     assert "--end-lease: stack ab1234 has no lease of its own in its state" in result.stderr
     assert why in result.stderr
-    assert "recycle without --end-lease (`scripts/recycle --stack ab1234`)" in result.stderr
+    assert "recycle without --end-lease (`./chi-persist recycle --stack ab1234`)" in result.stderr
     assert "Horizon (KVM@TACC, Reservations > Leases, Delete Lease)" in result.stderr
     assert "pulumi config rm chi-persist:reservation --stack ab1234" in result.stderr
     assert machine.calls() == [EXPORT]
@@ -876,7 +876,7 @@ def test_failed_lease_end_says_the_reservation_is_still_held(machine):
     assert result.returncode == 1
     assert "Blazar answered HTTP 503" in result.stdout + result.stderr
     assert "the lease was not ended and its reservation is still held" in result.stderr
-    assert "`scripts/recycle --stack ab1234 --end-lease` again" in result.stderr
+    assert "`./chi-persist recycle --stack ab1234 --end-lease` again" in result.stderr
     assert machine.calls() == [EXPORT, END_LEASE]
     assert LEASE_URN in {r["urn"] for r in resources(machine.stack_export("ab1234"))}
 

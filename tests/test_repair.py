@@ -1,4 +1,4 @@
-"""scripts/repair's parts that need no cloud: the stale lock's fix, the empty metadata files,
+"""./chi-persist repair's parts that need no cloud: the stale lock's fix, the empty metadata files,
 the pending creates of a state (the whole command runs with the real engine in
 tests/engine/test_interrupted_up.py)."""
 

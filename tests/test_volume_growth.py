@@ -56,7 +56,7 @@ def test_the_refusal_says_what_happened_and_every_way_out() -> None:
     one_more = growth_problem("block-persist-ab1234", 3, 2, "ab1234", said)
     assert one_more is not None and "<from" not in one_more
     assert "pulumi config set chi-persist:volumeSize 2 keeps the size it has" in one_more
-    assert "scripts/recycle --stack ab1234, then pulumi up" in problem
+    assert "./chi-persist recycle --stack ab1234, then pulumi up" in problem
     assert "the next pulumi up asks again" in problem
 
 

@@ -1,4 +1,4 @@
-"""check-platform: is a student's platform up, and did its data survive a recycle?
+"""chi-persist check: is a student's platform up, and did its data survive a recycle?
 
 Reads the service URLs and credentials from a Pulumi stack's outputs (or from
 flags and environment variables), checks MLflow, MinIO and Jupyter, and prints
@@ -61,7 +61,6 @@ CREDENTIAL_VARIABLES = ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "JUPYTER_TOKEN
 REQUIRED_OUTPUTS = ("mlflow_url", "minio_api_url", "jupyter_url", "platform_credentials")
 RETRY_INTERVAL_SECONDS = 3.0
 HTTP_TIMEOUT_SECONDS = 10.0
-MAX_WAIT_SECONDS = 3600.0
 # A lease that ends within this is near its end: time enough to save work and choose
 # between renewing it (the next lease, then the server moved onto it) and letting it end.
 LEASE_WARNING_SECONDS = 3600
@@ -69,60 +68,12 @@ LEASE_WARNING_SECONDS = 3600
 # clouds.yaml, or an openrc's OS_AUTH_URL and the rest): the live lease is read only then.
 OPENSTACK_CREDENTIAL_VARIABLES = ("OS_CLOUD", "OS_AUTH_URL")
 
-EXIT_OK = 0
-EXIT_CHECK_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
-DESCRIPTION = """\
-Check that a chi-persist platform answers: MLflow (/health and its tracking API),
-MinIO (an S3 call with the root credentials, and the bucket mlflow-artifacts),
-and Jupyter (answers with its token, refuses without). Prints one row per check,
-✓ or ✗, and exits non-zero when any check fails.
-
-Where the URLs and credentials come from:
-  --stack NETID     `pulumi stack output --json --show-secrets --stack NETID`, run in
-                    the project directory (the default is the selected stack).
-  --url-base URL    the conventional ports of one host: MLflow URL:8000, MinIO URL:9000,
-                    Jupyter URL:8888. Credentials then come from the environment
-                    variables MINIO_ROOT_USER, MINIO_ROOT_PASSWORD and JUPYTER_TOKEN
-                    (never from flags: flags end up in shell history and `ps`).
-  --mlflow-url, --minio-url, --jupyter-url
-                    one service's URL, overriding the others (e.g. an SSH tunnel on
-                    localhost). Given all three, no stack is read and the credentials
-                    come from the environment, as with --url-base.
-
-The lease (a stack that makes its own KVM@TACC lease): a first row says when it
-ends, from the stack's outputs lease_id and lease_end, or live from KVM@TACC's
-reservation service when OS_CLOUD (or an openrc's OS_AUTH_URL) is set as for
-`pulumi up`. Within an hour of the end it warns: at the end KVM@TACC deletes the
-server (the volume and its data stay); `pulumi up` in the renewal window makes the
-next lease first and moves the server onto it cleanly. A lease in ERROR whose events
-say it still serves is shown as serving, with a warning saying why. An ended lease
-fails the row: `pulumi up` then makes a new lease and server.
-"""
-
-EPILOG = """\
-markers (proof that data outlives the compute):
-  --write-marker    log a run in experiment chi-persist-check with a metric and a small
-                    artifact (a text with a random nonce, its sha256 kept as a run tag),
-                    through the MLflow server only, and read the artifact back.
-  --verify-marker   find the newest marker run and check its metric and the artifact's
-                    exact bytes. Run it after `scripts/recycle` and `pulumi up`.
-
-exit status:
-  0  every check passed
-  1  at least one check failed (the ✗ rows say which and why)
-  2  wrong arguments, or the stack or credentials could not be read
-  130  interrupted (Ctrl-C)
-
-examples:
-  scripts/check-platform --stack ab1234 --wait 300 --write-marker
-  scripts/recycle --stack ab1234 && pulumi up --stack ab1234
-  scripts/check-platform --stack ab1234 --wait 300 --verify-marker
-  MINIO_ROOT_USER=... MINIO_ROOT_PASSWORD=... JUPYTER_TOKEN=... \\
-      scripts/check-platform --url-base http://129.114.25.10
-"""
+from chi_persist_tools.check_options import (  # noqa: E402 (after the module check above)
+    EXIT_CHECK_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 
 
 class UsageError(Exception):
@@ -174,53 +125,10 @@ class CheckResult:
 # --- arguments ---------------------------------------------------------------
 
 
-def positive_seconds(text: str) -> float:
-    """argparse type for --wait: a number of seconds from 0 to an hour."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of seconds; e.g. --wait 300"
-        ) from None
-    if not 0 <= value <= MAX_WAIT_SECONDS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is out of range; give 0 to {MAX_WAIT_SECONDS:.0f} seconds, e.g. --wait 300"
-        )
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="check-platform",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--stack", metavar="NETID", help="read URLs and credentials from this Pulumi stack"
-    )
-    source.add_argument(
-        "--url-base",
-        metavar="URL",
-        help="the platform's host, e.g. http://129.114.25.10; credentials from the environment",
-    )
-    parser.add_argument("--mlflow-url", metavar="URL", help="MLflow, e.g. http://localhost:8000")
-    parser.add_argument("--minio-url", metavar="URL", help="MinIO's S3 API, e.g. http://IP:9000")
-    parser.add_argument("--jupyter-url", metavar="URL", help="Jupyter, e.g. http://IP:8888")
-    marker = parser.add_mutually_exclusive_group()
-    marker.add_argument("--write-marker", action="store_true", help="log a marker run (see below)")
-    marker.add_argument(
-        "--verify-marker", action="store_true", help="find the marker run again (see below)"
-    )
-    parser.add_argument(
-        "--wait",
-        metavar="SECONDS",
-        type=positive_seconds,
-        default=0.0,
-        help="retry each service until it answers, at most this long in all (default 0: once)",
-    )
-    return parser
+    from chi_persist_tools.cli import parser_for
+
+    return parser_for("check")
 
 
 def validate_url(flag: str, value: str, *, base: bool = False) -> str:
@@ -275,7 +183,7 @@ def _explain_pulumi_failure(stack: str | None, failure: PulumiFailed) -> str:
     if stack and failure.mentions("no stack named"):
         return (
             f"there is no stack named {stack!r}: create it with "
-            f"`scripts/new-stack {stack} --key-pair NAME` and run `pulumi up --stack {stack}`; "
+            f"`./chi-persist init {stack} --key-pair NAME` and run `pulumi up --stack {stack}`; "
             "`pulumi stack ls` lists the stacks that exist"
         )
     if failure.mentions("PULUMI_CONFIG_PASSPHRASE"):
@@ -711,7 +619,7 @@ def lease_check(
             "then moves the server onto it the clean way (the same volume and address, nothing "
             "formatted), then deletes this lease; if no host is free for the next lease, the "
             f"server keeps running until the end and `{up}` says so. Or stop cleanly now: "
-            f"`scripts/recycle{stack} --end-lease`, then `{up}` later; or let it end and run "
+            f"`./chi-persist recycle{stack} --end-lease`, then `{up}` later; or let it end and run "
             f"`{up}` afterwards. Blazar cannot extend this lease: a longer leaseDuration "
             "applies to the next one"
         )
@@ -877,7 +785,7 @@ def run_with_retries(
             if not failure.retryable or remaining <= 0:
                 return CheckResult(name, False, failure.detail)
             print(
-                f"check-platform: waiting for {name.split()[0]}: {failure.detail} "
+                f"check: waiting for {name.split()[0]}: {failure.detail} "
                 f"(retrying, {remaining:.0f} s left)",
                 file=progress,
                 flush=True,
@@ -955,21 +863,40 @@ def main(
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
     arguments = build_parser().parse_args(argv)
+    return run_parsed(arguments, environ, stdout, stderr)
+
+
+def run_command(arguments: argparse.Namespace) -> int:
+    """`chi-persist check`."""
+    return run_parsed(arguments, dict(os.environ), sys.stdout, sys.stderr)
+
+
+def run_parsed(
+    arguments: argparse.Namespace, environ: dict[str, str], stdout: TextIO, stderr: TextIO
+) -> int:
+    for stream in (stdout, stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     try:
+        if arguments.stack and arguments.url_base:
+            raise UsageError(
+                "--stack and --url-base name two sources of URLs and credentials; give one, "
+                f"e.g. --stack {arguments.stack}"
+            )
         platform = resolve_platform(arguments, environ)
-        print(f"check-platform: checking the platform of {platform.source}", file=stderr)
+        print(f"check: checking the platform of {platform.source}", file=stderr)
         results = []
         if platform.lease_id or platform.lease_end:
             lease = read_lease(platform, environ)
             if lease.note:
-                print(f"check-platform: note: {lease.note}", file=stderr)
+                print(f"check: note: {lease.note}", file=stderr)
             row, warnings = lease_check(platform, lease, datetime.now(timezone.utc))
             for warning in warnings:
-                print(f"check-platform: warning: {warning}", file=stderr, flush=True)
+                print(f"check: warning: {warning}", file=stderr, flush=True)
             results.append(row)
         elif platform.stack is not None:
             print(
-                f"check-platform: note: {platform.source} has no lease of its own (no output "
+                f"check: note: {platform.source} has no lease of its own (no output "
                 "lease_end): its server boots from a reservation you made (chi-persist:"
                 "reservation). Horizon shows when that lease ends (KVM@TACC, Reservations > "
                 "Leases); at its end the server is deleted and the volume and its data stay",
@@ -983,10 +910,10 @@ def main(
             progress=stderr,
         )
     except UsageError as error:
-        print(f"check-platform: error: {error}", file=stderr)
+        print(f"check: error: {error}", file=stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("check-platform: interrupted", file=stderr)
+        print("check: interrupted", file=stderr)
         return EXIT_INTERRUPTED
     print(format_table(results), file=stdout, flush=True)
     return EXIT_OK if all(result.passed for result in results) else EXIT_CHECK_FAILED

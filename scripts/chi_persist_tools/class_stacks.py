@@ -1,4 +1,4 @@
-"""class-stacks: turn an instructor's roster into one Pulumi.<netid>.yaml per student.
+"""chi-persist class: an instructor's roster into one Pulumi.<netid>.yaml per student, and leaks.
 
 Every row is checked with the program's own rules (components.settings); all
 problems are reported, each with its line and row, and then nothing is written.
@@ -123,13 +123,13 @@ leaks (--leaks):
   line names the command that would delete it (a volume may hold data: look first).
 
 examples:
-  scripts/class-stacks roster.yaml --dry-run      # show what would be written
-  scripts/class-stacks roster.yaml --leaks        # what the class left in the cloud
-  scripts/class-stacks roster.yaml                # write Pulumi.<netid>.yaml here
-  scripts/class-stacks roster.yaml --output-dir handout/
+  ./chi-persist class write roster.yaml --dry-run      # show what would be written
+  ./chi-persist class leaks roster.yaml        # what the class left in the cloud
+  ./chi-persist class write roster.yaml                # write Pulumi.<netid>.yaml here
+  ./chi-persist class write roster.yaml --output-dir handout/
 
 then each student, in their copy of the project with their Pulumi.<netid>.yaml:
-  scripts/new-stack NETID --key-pair KEY_PAIR && pulumi up --stack NETID
+  ./chi-persist init NETID --key-pair KEY_PAIR && pulumi up --stack NETID
 
 exit status:
   0  every file was written (or, with --dry-run, would be; with --leaks, the report was made)
@@ -160,36 +160,61 @@ class RosterLines:
     students: int | None = None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="class-stacks",
-        description=DESCRIPTION,
+WRITE_DESCRIPTION = """\
+Write one Pulumi stack file, Pulumi.<netid>.yaml, per student of ROSTER.yaml, after
+checking every row (and, with the class's credentials, the project's quotas); if
+anything is wrong, every problem is listed and nothing is written."""
+
+LEAKS_DESCRIPTION = """\
+Read-only: every cloud resource of the project that carries a roster student's owner
+key and is in no stack state on this machine, with the command that would delete it."""
+
+
+def add_arguments(parser: argparse.ArgumentParser, parents: Sequence[Any] = ()) -> None:
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", title="verbs", required=True)
+    write = verbs.add_parser(
+        "write",
+        parents=list(parents),
+        help="write one stack file per student of the roster",
+        description=WRITE_DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("roster", metavar="ROSTER.yaml", type=Path, help="the class roster")
-    parser.add_argument(
+    write.add_argument("roster", metavar="ROSTER.yaml", type=Path, help="the class roster")
+    write.add_argument(
         "--dry-run", action="store_true", help="print the files that would be written; write none"
     )
-    parser.add_argument(
-        "--leaks",
-        action="store_true",
-        help="write nothing; list every cloud resource that carries a roster student's owner "
-        "key and is in no stack state this machine has (read-only)",
-    )
-    parser.add_argument(
+    write.add_argument(
         "--no-quota-check",
         action="store_true",
         help="write the files without reading the project's quotas",
     )
-    parser.add_argument(
+    write.add_argument(
         "--output-dir",
         metavar="DIR",
         type=Path,
         default=PROJECT_DIR,
         help=f"where the stack files go (default: the project directory, {PROJECT_DIR})",
     )
-    return parser
+    write.set_defaults(handler=run_command, leaks=False)
+    leaks = verbs.add_parser(
+        "leaks",
+        parents=list(parents),
+        help="list what the class left in the cloud (read-only)",
+        description=LEAKS_DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    leaks.add_argument("roster", metavar="ROSTER.yaml", type=Path, help="the class roster")
+    leaks.set_defaults(
+        handler=run_command, leaks=True, dry_run=False, no_quota_check=True, output_dir=PROJECT_DIR
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from chi_persist_tools.cli import parser_for
+
+    return parser_for("class")
 
 
 def _mapping_lines(node: Any) -> dict[str, int]:
@@ -409,7 +434,7 @@ def check_roster(text: str, name: str) -> tuple[list[Student], list[str]]:
 NO_CREDENTIALS = (
     "the project's quotas were not checked: this shell has no OpenStack credentials "
     "(`export OS_CLOUD=<the class's cloud in clouds.yaml>`, or `source` its openrc file, then "
-    "run class-stacks again; --no-quota-check says you do not want the check)"
+    "run `./chi-persist class write` again; --no-quota-check says you do not want the check)"
 )
 
 
@@ -435,7 +460,8 @@ def check_project_quotas(students: Sequence[Student]) -> tuple[list[str], list[s
         return [], [
             f"warning: the project's quotas were not checked: the cloud could not say what "
             f"it holds ({error}). Check the class's credentials in this shell (OS_CLOUD and "
-            "clouds.yaml, or its openrc file) and run class-stacks again to have them checked"
+            "clouds.yaml, or its openrc file) and run `./chi-persist class write` again to have "
+            "them checked"
         ]
     notes = [f"warning: quota not checked: {unread}" for unread in limits.unread]
     demands = []
@@ -494,7 +520,7 @@ def leak_report(students: Sequence[Student]) -> int:
         raise CommandError(
             f"the project could not be read: {error}",
             "fix: give this shell the class's credentials (OS_CLOUD with clouds.yaml, or "
-            "`source` the openrc file), then run class-stacks --leaks again",
+            "`source` the openrc file), then run `./chi-persist class leaks` again",
             exit_code=EXIT_FAILED,
         ) from None
     owners = {f"{student.netid}/{student.netid}": student for student in students}
@@ -514,7 +540,7 @@ def leak_report(students: Sequence[Student]) -> int:
             )
     others = sorted({r.found.owner for r in resources if r.found.owner not in owners})
     print(
-        f"class-stacks: {leaks} resource{'s' if leaks != 1 else ''} of the roster's "
+        f"class: {leaks} resource{'s' if leaks != 1 else ''} of the roster's "
         f"{len(students)} students in no stack state here"
         + (f"; resources of stacks not in the roster: {', '.join(others)}" if others else "")
     )
@@ -635,16 +661,16 @@ def run(arguments: argparse.Namespace) -> int:
             print(f"{outcome.status} {outcome.path}")
     summary = ", ".join(f"{count} {status}" for status, count in counts.items())
     if arguments.dry_run:
-        print(f"class-stacks: dry run, nothing written; would be: {summary}")
+        print(f"class: dry run, nothing written; would be: {summary}")
     else:
-        print(f"class-stacks: {summary} in {directory}")
+        print(f"class: {summary} in {directory}")
         print(
             "next: each student, with their Pulumi.<netid>.yaml in the project directory, runs "
-            "`scripts/new-stack NETID --key-pair KEY_PAIR` then `pulumi up --stack NETID`"
+            "`./chi-persist init NETID --key-pair KEY_PAIR` then `pulumi up --stack NETID`"
         )
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+def run_command(arguments: argparse.Namespace) -> int:
+    """`chi-persist class write` and `chi-persist class leaks`."""
     return run_main(lambda: run(arguments))

@@ -401,7 +401,7 @@ def _failure_lines(
     else:
         known = f"whether server {server_id} still exists is unknown ({lookup.problem})"
     recycle = (
-        "if the server is beyond reach for good, `scripts/recycle --stack <netid>` skips its "
+        "if the server is beyond reach for good, `./chi-persist recycle --stack <netid>` skips its "
         "clean stop, after a warning"
     )
     if result.returncode == SSH_ERROR:

@@ -1,4 +1,4 @@
-"""What new-stack, class-stacks and recycle share: errors without tracebacks, and the Pulumi CLI.
+"""What chi-persist's subcommands share: errors without tracebacks, and the Pulumi CLI.
 
 Every Pulumi call runs in the project directory (so its Pulumi.yaml and stack
 files are used, wherever the command was started), with an argument list and no
@@ -26,6 +26,15 @@ EXIT_FAILED = 1  # a Pulumi call failed, or the stack is not in a state the comm
 EXIT_USAGE = 2  # wrong arguments or input: nothing was changed
 
 PASSPHRASE_VARIABLES = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
+
+# How much of a long pulumi command's output is passed through: "quiet" (only when it
+# fails), "normal" (as it comes) or "verbose" (as it comes, with pulumi's own details).
+VERBOSITY = "normal"
+
+
+def set_verbosity(*, verbose: bool, quiet: bool) -> None:
+    global VERBOSITY
+    VERBOSITY = "verbose" if verbose else "quiet" if quiet else "normal"
 
 
 class CommandError(Exception):
@@ -170,6 +179,8 @@ def run_pulumi(arguments: Sequence[str]) -> str:
 def stream_pulumi(arguments: Sequence[str], stream=None) -> None:
     """Run a long Pulumi call, passing its output through as it comes; PulumiFailed on error."""
     stream = stream or sys.stdout
+    if VERBOSITY == "verbose" and arguments and arguments[0] in ("up", "destroy", "refresh"):
+        arguments = [*arguments, "--diff"]
     process = subprocess.Popen(
         [pulumi_executable(), *arguments],
         cwd=PROJECT_DIR,
@@ -183,8 +194,9 @@ def stream_pulumi(arguments: Sequence[str], stream=None) -> None:
     try:
         for line in process.stdout:
             lines.append(line)
-            stream.write(f"  | {line}")
-            stream.flush()
+            if VERBOSITY != "quiet":
+                stream.write(f"  | {line}")
+                stream.flush()
     except KeyboardInterrupt:
         # Pulumi got the same interrupt and is cancelling cleanly: let it finish.
         print("interrupted: waiting for pulumi to stop cleanly", file=sys.stderr, flush=True)
@@ -212,7 +224,7 @@ HOW_TO_UNLOCK_SECRETS = (
 def unknown_stack_fix(stack: str) -> str:
     return (
         f"fix: there is no stack named {stack!r}: check the name with `pulumi stack ls`, "
-        f"or create it with `scripts/new-stack {stack} --key-pair NAME`"
+        f"or create it with `./chi-persist init {stack} --key-pair NAME`"
     )
 
 

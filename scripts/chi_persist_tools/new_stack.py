@@ -1,4 +1,4 @@
-"""new-stack: create (or select) a student's stack and set its config through the Pulumi CLI.
+"""chi-persist init: create (or select) a student's stack and set its config through Pulumi.
 
 Every value is checked with the program's own rules (components.settings) before
 Pulumi is called at all, so a stack is never left half-configured by a typo.
@@ -73,10 +73,10 @@ passphrase:
 
 examples:
   export PULUMI_CONFIG_PASSPHRASE='a passphrase you will remember'
-  scripts/new-stack ab1234 --key-pair ab1234-key
-  scripts/new-stack ab1234 --key-pair ab1234-key --private-key-path ~/.ssh/id_rsa_chameleon \\
+  ./chi-persist init ab1234 --key-pair ab1234-key
+  ./chi-persist init ab1234 --key-pair ab1234-key --private-key-path ~/.ssh/id_rsa_chameleon \\
       --allowed-cidr 203.0.113.0/24 --allowed-cidr 198.51.100.7/32
-  scripts/new-stack ab1234 --key-pair ab1234-key \\
+  ./chi-persist init ab1234 --key-pair ab1234-key \\
       --existing-volume-id "$(openstack volume show block-persist-ab1234 -f value -c id)"
   pulumi up --stack ab1234
 
@@ -107,13 +107,7 @@ class Plan:
     notes: list[str]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="new-stack",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(parser: argparse.ArgumentParser, parents: Sequence[Any] = ()) -> None:
     parser.add_argument("netid", metavar="NETID", help="your netID, e.g. ab1234; the stack's name")
     parser.add_argument(
         "--key-pair",
@@ -146,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="id (UUID) of your tutorial volume block-persist-NETID, to take it over with its "
         "data instead of creating a new volume",
     )
-    return parser
 
 
 def _flag_problem(flag: str, value: Any, problem: Problem, fix: str) -> str:
@@ -184,7 +177,7 @@ def check_arguments(arguments: argparse.Namespace, environ: Mapping[str, str]) -
         if key == "netid":
             lowered = given.lower() if isinstance(given, str) else given
             example = lowered if check_value("netid", lowered)[1] is None else spec.example
-            fix = f"give your netID in lowercase, e.g. scripts/new-stack {example} --key-pair NAME"
+            fix = f"give your netID in lowercase, e.g. ./chi-persist init {example} --key-pair NAME"
         elif key == "allowedCidrs":
             fix = f"give each network once, in CIDR form, e.g. {flag} {spec.example}"
         elif key == "existingVolumeId":
@@ -241,7 +234,10 @@ def _private_key_source(
     except StackFileProblem as problem:
         return (
             "file",
-            [f"{path} {problem}; fix: correct it, or move it aside and run new-stack again"],
+            [
+                f"{path} {problem}; fix: correct it, or move it aside and run "
+                "`./chi-persist init` again"
+            ],
             [],
         )
     stack_config = existing.get("config") or {}
@@ -319,9 +315,9 @@ def run(arguments: argparse.Namespace, environ: Mapping[str, str]) -> int:
     netid = plan.netid
     exists = stack_exists(netid)
     if exists:
-        print(f"new-stack: stack {netid} exists: selecting it and updating its config")
+        print(f"init: stack {netid} exists: selecting it and updating its config")
     else:
-        print(f"new-stack: stack {netid} does not exist yet: creating it")
+        print(f"init: stack {netid} does not exist yet: creating it")
     passphrase_set = passphrase_is_set(dict(environ))
     if not passphrase_set:
         print(
@@ -337,10 +333,12 @@ def run(arguments: argparse.Namespace, environ: Mapping[str, str]) -> int:
             run_pulumi(command)
         except PulumiFailed as failure:
             if failure.mentions("passphrase"):
-                failure.with_fix(f"fix: {HOW_TO_UNLOCK_SECRETS}; then run new-stack again")
+                failure.with_fix(
+                    f"fix: {HOW_TO_UNLOCK_SECRETS}; then run `./chi-persist init` again"
+                )
             else:
                 failure.with_fix(
-                    "fix: correct what pulumi reports, then run new-stack again "
+                    "fix: correct what pulumi reports, then run `./chi-persist init` again "
                     "(it is safe to repeat)"
                 )
             raise
@@ -352,11 +350,11 @@ def run(arguments: argparse.Namespace, environ: Mapping[str, str]) -> int:
         "agent": "your ssh agent",
         "config": "the stack's secret chi-persist:sshPrivateKey",
     }[plan.key_source]
-    print(f"new-stack: stack {netid} is ready; `pulumi up` will log in with {source}")
+    print(f"init: stack {netid} is ready; `pulumi up` will log in with {source}")
     print(f"next: pulumi up --stack {netid}")
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+def run_command(arguments: argparse.Namespace) -> int:
+    """`chi-persist init`."""
     return run_main(lambda: run(arguments, os.environ))

@@ -103,11 +103,11 @@ Nova is asked first (with the OS_CLOUD / openrc credentials of `pulumi up`):
     down through Nova (a clean shutdown unmounts the volume), then recycles it.
 
 examples:
-  scripts/recycle --stack ab1234
-  scripts/recycle --stack ab1234 --yes && pulumi up --stack ab1234
-  scripts/recycle --stack ab1234 --end-lease   # done for the day: release the reservation
-  scripts/recycle --stack ab1234 --stop-through-nova   # SSH is closed to you here
-  scripts/recycle                   # the selected stack (`pulumi stack select NETID`)
+  ./chi-persist recycle --stack ab1234
+  ./chi-persist recycle --stack ab1234 --yes && pulumi up --stack ab1234
+  ./chi-persist recycle --stack ab1234 --end-lease   # done for the day: release the reservation
+  ./chi-persist recycle --stack ab1234 --stop-through-nova   # SSH is closed to you here
+  ./chi-persist recycle                   # the selected stack (`pulumi stack select NETID`)
 
 exit status:
   0  the server (and with --end-lease the lease) is gone and the volume, port and
@@ -264,7 +264,7 @@ def _server_of(
         if lease is not None:
             fix += (
                 f"; or, to release the stack's reservation until then, end its lease: "
-                f"`scripts/recycle --stack {stack} --end-lease`"
+                f"`./chi-persist recycle --stack {stack} --end-lease`"
             )
         raise CommandError(
             f"nothing to recycle: stack {stack} has no server named {SERVER_NAME_PREFIX}* in its "
@@ -324,7 +324,7 @@ def _lease_to_end(
     raise CommandError(
         f"--end-lease: stack {stack} has no lease of its own in its state (a {LEASE} named "
         f"{LEASE_NAME!r}): {why}; nothing was changed",
-        f"fix: recycle without --end-lease (`scripts/recycle --stack {stack}`), and end your "
+        f"fix: recycle without --end-lease (`./chi-persist recycle --stack {stack}`), and end your "
         "own lease where you made it: Horizon (KVM@TACC, Reservations > Leases, Delete Lease) "
         "or `openstack reservation lease delete LEASE`. To have the stack make and end its "
         f"own leases instead: `pulumi config rm chi-persist:reservation --stack {stack}`, "
@@ -349,7 +349,8 @@ def _check_lease_goes_alone(
             + ", ".join(resource.describe() for resource in dragged)
             + ", which depend on it and do not go with the server; nothing was changed",
             f"fix: the stack's program must not make these depend on the lease; recycle "
-            f"without --end-lease (`scripts/recycle --stack {stack}`) and ask your instructor",
+            f"without --end-lease (`./chi-persist recycle --stack {stack}`) and ask your "
+            "instructor",
             exit_code=EXIT_FAILED,
         )
     if lease.protect:
@@ -525,7 +526,8 @@ def decide_stop(
             ),
         )
     nova_fix = (
-        f"or shut it down through Nova first: `scripts/recycle --stack {stack} --stop-through-nova`"
+        "or shut it down through Nova first: "
+        f"`./chi-persist recycle --stack {stack} --stop-through-nova`"
         if lookup.exists
         else "or make Nova reachable (`export OS_CLOUD=...` with clouds.yaml, or `source` your "
         "openrc file) so recycle can tell whether the server still exists"
@@ -584,7 +586,7 @@ def refuse_a_dead_agent(environ: Mapping[str, str], stop_steps: Sequence[Resourc
             "nothing was changed",
             'fix: start an agent in this shell: eval "$(ssh-agent)" && ssh-add <your key>, '
             "or `unset SSH_AUTH_SOCK` and give the stack its key (pulumi config set "
-            "chi-persist:sshAuth key, then pulumi up); then scripts/recycle again",
+            "chi-persist:sshAuth key, then pulumi up); then ./chi-persist recycle again",
         )
 
 
@@ -639,7 +641,7 @@ def confirm(plan: Plan) -> bool:
         print()
         raise CommandError(
             "no answer (nothing to read a confirmation from); nothing was changed",
-            f"fix: run `scripts/recycle --stack {plan.stack}` in a terminal, or pass --yes",
+            f"fix: run `./chi-persist recycle --stack {plan.stack}` in a terminal, or pass --yes",
             exit_code=EXIT_USAGE,
         )
     return answer.strip().lower() in ("y", "yes")
@@ -661,7 +663,7 @@ def check_after(
         ):
             raise CommandError(
                 f"the lease is still in the state after its destroy: {plan.lease.describe()}",
-                f"fix: `pulumi stack --stack {plan.stack}` shows it; run `scripts/recycle "
+                f"fix: `pulumi stack --stack {plan.stack}` shows it; run `./chi-persist recycle "
                 f"--stack {plan.stack} --end-lease` again, or end it in Horizon (KVM@TACC, "
                 f"Reservations > Leases) and run `pulumi refresh --stack {plan.stack}`",
                 exit_code=EXIT_FAILED,
@@ -738,7 +740,7 @@ def end_lease(plan: Plan) -> None:
         raise failure.with_fix(
             f"{gone}the lease was not ended and its reservation is still held; the volume was "
             "not a target and is not destroyed by this command",
-            f"fix: correct what pulumi reports, then `scripts/recycle --stack {stack} "
+            f"fix: correct what pulumi reports, then `./chi-persist recycle --stack {stack} "
             "--end-lease` again (it ends only the lease now); or delete the lease in Horizon "
             f"(KVM@TACC, Reservations > Leases) and run `pulumi refresh --stack {stack}`",
         ) from None
@@ -808,7 +810,7 @@ def run(
                 "fix: nothing was destroyed yet; correct what pulumi reports and run recycle again"
             ) from None
 
-    again = f"scripts/recycle --stack {stack}" + (" --end-lease" if plan.lease else "")
+    again = f"./chi-persist recycle --stack {stack}" + (" --end-lease" if plan.lease else "")
     if plan.server is not None:
         destroy_server(plan, again)
         check_after(plan, export_state(stack), quiet=plan.lease is not None)
@@ -837,19 +839,7 @@ def run(
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="recycle",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--stack", metavar="NETID", help="the stack to recycle (default: the selected stack)"
-    )
-    parser.add_argument(
-        "--yes", action="store_true", help="do not ask for confirmation before destroying"
-    )
+def add_arguments(parser: argparse.ArgumentParser, parents: Sequence[Any] = ()) -> None:
     parser.add_argument(
         "--stop-through-nova",
         action="store_true",
@@ -863,11 +853,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="also end the stack's KVM@TACC lease, after the server, so nothing is reserved "
         "(the next `pulumi up` makes a new one)",
     )
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+def build_parser() -> argparse.ArgumentParser:
+    from chi_persist_tools.cli import parser_for
+
+    return parser_for("recycle")
+
+
+def run_command(arguments: argparse.Namespace) -> int:
+    """`chi-persist recycle`."""
     return run_main(
         lambda: run(
             arguments.stack,

@@ -156,19 +156,10 @@ def run(stack: str | None, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="repair",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--stack", metavar="NETID", help="the stack to repair (default: the selected stack)"
-    )
-    return parser
+def add_arguments(parser: argparse.ArgumentParser, parents: Sequence[Any] = ()) -> None:
+    """Nothing beyond --stack."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    arguments = build_parser().parse_args(argv)
+def run_command(arguments: argparse.Namespace) -> int:
+    """`chi-persist repair`."""
     return run_main(lambda: run(arguments.stack, os.environ))

@@ -29,6 +29,7 @@ import boto3
 import pytest
 
 from tests.engine.workspace import StudentMachine, toolchain_skip_reason
+from tests.support import readme
 from tests.support.block_devices import (
     LoopVolume,
     LoopVolumes,
@@ -45,8 +46,9 @@ from tests.support.datapath import (
     postgres_server,
     s3_server,
 )
-from tests.support.paths import REMOTE_SCRIPTS, REPO_ROOT
+from tests.support.paths import REMOTE_SCRIPTS
 from tests.support.pulumi_state import outputs_deployment
+from tests.support.tools import command_argv, command_env
 
 pytestmark = [
     pytest.mark.datapath,
@@ -58,7 +60,6 @@ pytestmark = [
     pytest.mark.skipif(toolchain_skip_reason() is not None, reason=str(toolchain_skip_reason())),
 ]
 
-CHECK_PLATFORM = REPO_ROOT / "scripts" / "check-platform"
 PREPARE_VOLUME = REMOTE_SCRIPTS / "prepare-volume"
 RELEASE_VOLUME = REMOTE_SCRIPTS / "release-volume.sh"
 NETID = "ab1234"
@@ -273,7 +274,7 @@ def check_platform(
     environ: dict[str, str] | None = None,
     student: StudentMachine | None = None,
 ):
-    """scripts/check-platform as a student runs it, from the project's virtual environment;
+    """./chi-persist check as a student runs it, from the project's virtual environment;
     with `student`, from that machine's copy of the project, reading its stacks."""
     base = student.env if student is not None else os.environ
     environment = {
@@ -281,9 +282,13 @@ def check_platform(
     }
     environment["PATH"] = f"{VENV_BIN}:{environment['PATH']}"
     environment.update(environ or {})
-    script = student.project / "scripts" if student is not None else CHECK_PLATFORM.parent
+    if student is not None:
+        command = [str(student.project / "chi-persist"), "check"]
+    else:
+        command = command_argv("check")
+        environment = command_env(environment)
     return subprocess.run(
-        [str(script / "check-platform"), *arguments],
+        [*command, *arguments],
         cwd=workspace,
         env=environment,
         stdin=subprocess.DEVNULL,
@@ -392,7 +397,8 @@ def test_marker_survives_a_recycle(workspace: Path, loop_volumes: LoopVolumes):
 
 
 def test_fresh_volume_has_no_marker(workspace: Path, loop_volumes: LoopVolumes):
-    """A new, empty volume: the services answer, and --verify-marker fails with a clear message."""
+    """A new, empty volume: the services answer (the README quickstart's check passes as
+    written), and --verify-marker fails with a clear message."""
     volume_id = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b"
     volume = loop_volumes.make(size_mib=2048, name="block-persist-new")
     server = new_server(workspace, "server-new")
@@ -400,6 +406,12 @@ def test_fresh_volume_has_no_marker(workspace: Path, loop_volumes: LoopVolumes):
 
     with platform_on(server.mount_point, workspace, "fresh") as platform:
         student = student_with_stack(workspace, platform)
+        # The README quickstart's check, as written: every service answers.
+        (line,) = [line for line in readme.quickstart() if line.startswith("./chi-persist check")]
+        (argv,) = readme.simple_commands(readme.fill(line, NETID))
+        quick = check_platform(*argv[2:], workspace=workspace, student=student)
+        assert quick.returncode == 0, quick.stdout + quick.stderr
+        assert all(table(quick.stdout)[name].startswith("✓") for name in CHECK_ROWS)
         verified = check_platform(
             "--stack", NETID, "--verify-marker", workspace=workspace, student=student
         )

@@ -5,6 +5,10 @@ stack import`); the real `pulumi destroy --target` of the clean-stop step makes 
 plugin run its delete as the engine runs it: from the directory the engine starts providers
 in, with the step's environment (the key, a secret of the state) and the OpenStack
 credentials of the shell that runs pulumi. Nothing else is destroyed.
+
+The fixture is a state of the layout before `./chi-persist`: its clean stop's delete is
+`python3 scripts/clean-stop ...`, which the engine runs as stored, so that entry point
+stays where it is, and such a stack still recycles with the one command.
 """
 
 from __future__ import annotations
@@ -64,6 +68,22 @@ def machine_with_stack(tmp_path: Path, twin: Twin, server_id: str) -> StudentMac
                 )
     machine.import_state("ab1234", state)
     return machine
+
+
+def test_the_fixture_is_a_state_of_the_layout_before_the_one_command() -> None:
+    (stop,) = [r for r in resources(state_fixture()) if name_of(r) == STOP]
+    assert stop["outputs"]["delete"].startswith("python3 scripts/clean-stop --server-id ")
+
+
+def test_a_stack_made_before_the_one_command_recycles_with_it(tmp_path: Path, twin: Twin) -> None:
+    """`./chi-persist recycle` on the old state: Nova no longer has its server, so the clean
+    stop is dropped with a warning; the server, attachment and steps go, the rest stays."""
+    machine = machine_with_stack(tmp_path, twin, str(uuid.uuid4()))
+    result = machine.command("recycle", "--stack", "ab1234", "--yes", timeout=900)
+    assert result.returncode == 0, explain(result)
+    left = {name_of(r) for r in resources(machine.stack_export("ab1234"))}
+    assert "node-server" not in left and STOP not in left
+    assert {"data-volume", "node-port", "node-floating-ip"} <= left, left
 
 
 def stop_urn(machine: StudentMachine) -> str:

@@ -1,7 +1,7 @@
 """The engine's own checks, with the real CLI, on the stacks students and instructors make.
 
-A stack made by `scripts/new-stack <netid> --key-pair <name>` and nothing else, the
-example `Pulumi.dev.yaml`, and the stack files `scripts/class-stacks` writes from a
+A stack made by `./chi-persist init <netid> --key-pair <name>` and nothing else, the
+example `Pulumi.dev.yaml`, and the stack files `./chi-persist class write` writes from a
 roster must all get past the engine's config check (required keys, types) and the
 program's validation, and fail only where the program must reach a cloud. Here the
 cloud is a closed port on 127.0.0.1, so the error must be the provider's connection
@@ -78,7 +78,7 @@ def assert_stopped_at_the_cloud(student: StudentMachine, result: subprocess.Comp
 
 def test_new_stack_needs_only_a_key_pair_and_config_lists_every_default(student):
     """`pulumi config` on a new-stack stack shows every declared setting with its default."""
-    made = student.script("new-stack", NETID, "--key-pair", KEY_PAIR)
+    made = student.command("init", NETID, "--key-pair", KEY_PAIR)
     assert made.returncode == 0, explain(made)
     listed = student.pulumi("config", "--stack", NETID, "--json")
     assert listed.returncode == 0, explain(listed)
@@ -99,14 +99,14 @@ def test_new_stack_needs_only_a_key_pair_and_config_lists_every_default(student)
 
 def test_new_stack_preview_gets_past_every_check_and_stops_at_the_cloud(student):
     """The engine's config check and the program's validation pass; the provider is reached."""
-    made = student.script("new-stack", NETID, "--key-pair", KEY_PAIR)
+    made = student.command("init", NETID, "--key-pair", KEY_PAIR)
     assert made.returncode == 0, explain(made)
     assert_stopped_at_the_cloud(student, preview(student, NETID))
 
 
 def test_invalid_settings_are_reported_by_the_program_with_their_fix(student):
     """Every bad value at once, each with the value seen and the command that fixes it."""
-    made = student.script("new-stack", NETID, "--key-pair", KEY_PAIR)
+    made = student.command("init", NETID, "--key-pair", KEY_PAIR)
     assert made.returncode == 0, explain(made)
     for key, value in (("volumeSize", "0"), ("mountPoint", "/etc"), ("netid", "AB 12")):
         student.pulumi("config", "set", f"chi-persist:{key}", value, "--stack", NETID, check=True)
@@ -123,7 +123,7 @@ def test_invalid_settings_are_reported_by_the_program_with_their_fix(student):
 
 def test_a_value_of_the_wrong_type_is_refused_by_the_engine_first(student):
     """Pulumi.yaml's declared types are the engine's to check, before the program runs."""
-    made = student.script("new-stack", NETID, "--key-pair", KEY_PAIR)
+    made = student.command("init", NETID, "--key-pair", KEY_PAIR)
     assert made.returncode == 0, explain(made)
     student.pulumi("config", "set", "chi-persist:volumeSize", "2.5", "--stack", NETID, check=True)
     result = preview(student, NETID)
@@ -151,7 +151,7 @@ def test_a_rosters_stack_files_pass_the_same_check(student):
         "  - {netid: ab1234, key_pair: ab1234-key}\n"
         "  - {netid: cd5678, key_pair: cd5678-key, volumeSize: 4}\n"
     )
-    written = student.script("class-stacks", str(roster))
+    written = student.command("class", "write", str(roster))
     assert written.returncode == 0, explain(written)
     for netid in ("ab1234", "cd5678"):
         assert (student.project / f"Pulumi.{netid}.yaml").is_file()

@@ -48,7 +48,7 @@ class KillPoint:
     says: str = "adopting"
     """What the converging `pulumi up` says it does about what the killed one made."""
     during: str = "up"
-    """"up": a first `pulumi up` is killed; "recycle": scripts/recycle, after one `up`."""
+    """"up": a first `pulumi up` is killed; "recycle": ./chi-persist recycle, after one `up`."""
 
 
 KILL_POINTS = [
@@ -116,7 +116,7 @@ def make_student(root: Path, netid: str) -> Iterator[Student]:
             check=True,
         )
         twin.add_keypair(KEY_PAIR, Path(f"{key}.pub").read_text().strip())
-        made = machine.script("new-stack", netid, "--key-pair", KEY_PAIR)
+        made = machine.command("init", netid, "--key-pair", KEY_PAIR)
         assert made.returncode == 0, explain(made)
         yield Student(twin, machine, netid)
     finally:
@@ -132,7 +132,7 @@ def killed_up(student: Student, point: KillPoint) -> str:
         assert first.returncode == 0, explain(first)
         with open(log, "wb") as output:
             process = subprocess.Popen(
-                [str(student.machine.project / "scripts" / "recycle"),
+                [str(student.machine.project / "chi-persist"), "recycle",
                  "--stack", student.netid, "--yes"],
                 cwd=student.machine.project, env=student.machine.env,
                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
@@ -221,7 +221,7 @@ def sweep_point(root: Path, point: KillPoint) -> Outcome:
         except AssertionError as error:
             failure = str(error)
         cloud = student.twin.state()
-        repaired = student.machine.script("repair", "--stack", student.netid)
+        repaired = student.machine.command("repair", "--stack", student.netid)
         repaired_export = student.machine.stack_export(student.netid)["deployment"]
         after_repair = student.pulumi(
             "preview", "--expect-no-changes", "--non-interactive", *WITHOUT_GUEST
@@ -263,13 +263,13 @@ def test_a_killed_first_up_is_repaired_by_cancel_and_up(sweep: dict[str, Outcome
     assert not outcome.failure, outcome.failure
     assert point.says in converged.stdout + converged.stderr, explain(converged)
     if outcome.pending:
-        assert "scripts/repair --stack ab1234" in converged.stdout + converged.stderr
+        assert "./chi-persist repair --stack ab1234" in converged.stdout + converged.stderr
     assert outcome.unchanged.returncode == 0, explain(outcome.unchanged)
 
 
 @pytest.mark.parametrize("point", KILL_POINTS, ids=[point.what for point in KILL_POINTS])
 def test_repair_clears_what_pulumi_still_records_and_changes_nothing(sweep, point):
-    """After the converging `up`, scripts/repair leaves no pending create, asks nothing, and
+    """After the converging `up`, ./chi-persist repair leaves no pending create, asks nothing, and
     the stack still has nothing to change."""
     outcome = sweep[point.what]
     assert outcome.repaired.returncode == 0, explain(outcome.repaired)
@@ -291,7 +291,7 @@ def test_another_stacks_resources_are_left_untouched_and_the_refusal_says_so(tmp
         key = first.machine.home / ".ssh" / "id_rsa_chameleon"
         (second.home / ".ssh" / "id_rsa_chameleon").write_bytes(key.read_bytes())
         (second.home / ".ssh" / "id_rsa_chameleon").chmod(0o600)
-        created = second.script("new-stack", "spring", "--key-pair", KEY_PAIR)
+        created = second.command("init", "spring", "--key-pair", KEY_PAIR)
         assert created.returncode == 0, explain(created)
         netid = second.pulumi("config", "set", "chi-persist:netid", "ab1234", "--stack", "spring")
         assert netid.returncode == 0, explain(netid)
@@ -322,14 +322,14 @@ def test_another_stacks_resources_are_left_untouched_and_the_refusal_says_so(tmp
 
 
 def test_repair_before_up_clears_the_record_and_up_still_converges(tmp_path: Path):
-    """`scripts/repair` right after `pulumi cancel`, before any `up`: the record of the
+    """`./chi-persist repair` right after `pulumi cancel`, before any `up`: the record of the
     interrupted create is cleared with no question, and one `pulumi up` then converges."""
     point = next(point for point in KILL_POINTS if point.what == "port")
     for student in make_student(tmp_path, "ab1234"):
         killed_up(student, point)
         cancelled = student.pulumi("cancel", "--yes", "--non-interactive")
         assert cancelled.returncode == 0, explain(cancelled)
-        repaired = student.machine.script("repair", "--stack", student.netid)
+        repaired = student.machine.command("repair", "--stack", student.netid)
         assert repaired.returncode == 0, explain(repaired)
         assert "node-port: not in the state: record cleared" in repaired.stdout, repaired.stdout
         export = student.machine.stack_export(student.netid)["deployment"]

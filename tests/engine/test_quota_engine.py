@@ -1,5 +1,5 @@
 """The quota check under the real Pulumi engine: the whole program, a student's stack made by
-`scripts/new-stack`, the real CLI and plugins, against the twin (no VMs: the refusal comes
+`./chi-persist init`, the real CLI and plugins, against the twin (no VMs: the refusal comes
 before any resource, so no server ever boots).
 
 A classmate's server fills the project's instance quota; the student's first `pulumi up`
@@ -57,7 +57,7 @@ def student(tmp_path: Path, twin: Twin) -> StudentMachine:
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", NETID, "-f", str(key)], check=True
     )
     twin.add_keypair(KEY_PAIR, Path(f"{key}.pub").read_text().strip())
-    made = machine.script("new-stack", NETID, "--key-pair", KEY_PAIR)
+    made = machine.command("init", NETID, "--key-pair", KEY_PAIR)
     assert made.returncode == 0, explain(made)
     return machine
 

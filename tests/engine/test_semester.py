@@ -6,14 +6,21 @@ runs the program's own first-boot user data, every volume attach hot-plugs a
 disk, every floating IP is a loopback address that reaches the guest. The steps
 run in order on one twin and one student, as the semester does:
 
- 1. new-stack, then a `pulumi up` killed right after Nova accepted the server, `pulumi
-    cancel` and `pulumi up`: the stack makes its lease, the platform comes up on one server,
-    and the volume is formatted once;
+ 1. from a fresh copy of the project (no ./venv, no Python environment on PATH), the
+    README quickstart's own commands: `./chi-persist init` (which makes ./venv with
+    `pulumi install`), then a `pulumi up` killed right after Nova accepted the server,
+    `pulumi cancel` and the quickstart's `pulumi up`: the stack makes its lease, the
+    platform comes up on one server, and the volume is formatted once; the quickstart's
+    `pulumi stack output` shows the URLs (its `./chi-persist check` needs the platform's
+    real services, which the guests do not run: it runs as written against real ones in
+    tests/datapath/test_persistence.py);
  2. `pulumi preview --expect-no-changes` right after, and a `pulumi up` that changes nothing;
  3. a marker written on the volume through the server;
- 4. `scripts/recycle`: server, attachment and commands gone, the rest untouched,
-    the volume cleanly unmounted before it was detached, detached before the delete;
- 5. `pulumi up`: a new server, same address and volume, nothing formatted, the marker there;
+ 4. the quickstart's `./chi-persist recycle`: server, attachment and commands gone, the
+    rest untouched, the volume cleanly unmounted before it was detached, detached before
+    the delete;
+ 5. the quickstart's `pulumi up`: a new server, same address and volume, nothing
+    formatted, the marker there;
     then recycle refuses a running server that SSH does not reach from its side;
  6. a changed file under docker/: the volume is mounted and the stack runs afterwards;
     then a longer leaseDuration is recorded and changes nothing until the renewal window,
@@ -23,7 +30,7 @@ run in order on one twin and one student, as the semester does:
     `pulumi up` makes a new lease and server, same volume and address, nothing formatted;
  7. a new `reservation`: the server is replaced through the clean stop, never resized;
  8. a larger `volumeSize`: the filesystem grows, the marker intact;
-10. faults: the server vanishes out of band, and `scripts/recycle` then `pulumi up`
+10. faults: the server vanishes out of band, and `./chi-persist recycle` then `pulumi up`
     recover it; an API call fails with 503 mid-`up` and a second `up` converges with
     nothing duplicated; the SSH session drops during the prepare step and a rerun
     converges with nothing formatted twice;
@@ -63,7 +70,13 @@ from typing import Any
 import pytest
 
 from tests.engine.timeline import Timeline, dependencies_of, read_events, timeline
-from tests.engine.workspace import StudentMachine, explain, toolchain_skip_reason
+from tests.engine.workspace import (
+    StudentMachine,
+    explain,
+    toolchain_skip_reason,
+    wheelhouse_skip_reason,
+)
+from tests.support import readme
 from tests.support.benchmarks import add_table
 from tests.twin.harness import Twin, wait_for
 
@@ -86,12 +99,30 @@ PLATFORM_RUNS = (
 
 
 def _skip_reason() -> str | None:
-    reason = toolchain_skip_reason()
+    reason = toolchain_skip_reason() or wheelhouse_skip_reason()
     if reason:
         return reason
     from tests.vm.rehearsal import vm_skip_reason
 
     return vm_skip_reason()
+
+
+def _quickstart() -> tuple[list[str], dict[str, list[str]]]:
+    """The README quickstart's lines for this student: the variables it exports, and each
+    command's argv by what it runs (`init`, `pulumi up`, ...); a command shown twice is
+    the same both times."""
+    exported, commands = [], {}
+    for line in readme.quickstart():
+        (argv,) = readme.simple_commands(readme.fill(line, NETID, key_pair_name=KEY_PAIR))
+        if argv[0] == "export":
+            exported.append(argv[1].split("=", 1)[0])
+            continue
+        what = " ".join(argv[:2]) if argv[0] == "pulumi" else argv[1]
+        assert commands.setdefault(what, argv) == argv, (what, commands[what], argv)
+    return exported, commands
+
+
+QUICKSTART_EXPORTS, QUICKSTART = _quickstart()
 
 
 @dataclass
@@ -107,8 +138,9 @@ class Semester:
     measured: list[tuple[str, float, Timeline | None]] = field(default_factory=list)
 
     def up(self, *extra: str, measure: str = "") -> subprocess.CompletedProcess[str]:
-        """`pulumi up`; with `measure`, timed, and its steps read from the engine's event log."""
-        arguments = ["up", "--yes", "--stack", self.netid, "--non-interactive", *extra]
+        """The quickstart's `pulumi up` (with --yes and --non-interactive: no terminal here);
+        with `measure`, timed, and its steps read from the engine's event log."""
+        arguments = [*QUICKSTART["pulumi up"][1:], "--yes", "--non-interactive", *extra]
         if not measure:
             return self.student.pulumi(*arguments, timeout=UP_TIMEOUT)
         log = self.student.root / f"events-{len(self.measured)}.jsonl"
@@ -129,10 +161,10 @@ class Semester:
         self.measured.append((measure if steps else f"{measure} (failed)", seconds, steps))
         return result
 
-    def script(self, measure: str, *arguments: str) -> subprocess.CompletedProcess[str]:
-        """One of the project's scripts, timed."""
+    def command(self, measure: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+        """`./chi-persist ARGUMENTS`, timed."""
         began = time.monotonic()
-        result = self.student.script(*arguments, timeout=UP_TIMEOUT)
+        result = self.student.command(*arguments, timeout=UP_TIMEOUT)
         self.measured.append((measure, time.monotonic() - began, None))
         return result
 
@@ -255,8 +287,9 @@ def semester(
     twin = Twin(root / "twin", machines="qemu").start()
     try:
         clouds = root / "twin" / "clouds.yaml"
+        # A fresh clone: the quickstart's first command makes ./venv.
         student = StudentMachine.create(
-            root, {"OS_CLOUD": "twin", "OS_CLIENT_CONFIG_FILE": str(clouds)}
+            root, {"OS_CLOUD": "twin", "OS_CLIENT_CONFIG_FILE": str(clouds)}, fresh=True
         )
         key = student.home / ".ssh" / "id_rsa_chameleon"
         subprocess.run(
@@ -275,14 +308,24 @@ def semester(
 
 
 def test_1_first_up_brings_the_platform_up_and_formats_the_volume_once(semester: Semester):
-    """new-stack with only a key pair, then a `pulumi up` the twin kills right after Nova
-    accepted the server (a laptop's lid closes): `pulumi cancel`, as Pulumi asks, and one
-    `pulumi up` bring the platform up on one server, the volume formatted once."""
-    made = semester.student.script("new-stack", NETID, "--key-pair", KEY_PAIR)
+    """A fresh copy and the quickstart: `./chi-persist init` makes ./venv and the stack with
+    only a key pair; then a `pulumi up` the twin kills right after Nova accepted the server
+    (a laptop's lid closes): `pulumi cancel`, as Pulumi asks, and the quickstart's `pulumi
+    up` bring the platform up on one server, the volume formatted once."""
+    # The quickstart's exports: the twin's clouds.yaml entry and the machine's passphrase.
+    assert set(QUICKSTART_EXPORTS) == {"OS_CLOUD", "PULUMI_CONFIG_PASSPHRASE"}
+    assert all(semester.student.env.get(name) for name in QUICKSTART_EXPORTS)
+    venv = semester.student.project / "venv"
+    assert not venv.exists()
+    init = QUICKSTART["init"]
+    assert init[:2] == ["./chi-persist", "init"], init
+    made = semester.student.command(*init[1:])
     assert made.returncode == 0, explain(made)
+    assert "making the project's virtual environment in ./venv" in made.stderr, explain(made)
+    assert (venv / "bin" / "python").is_file() and not venv.is_symlink()
     log = semester.student.root / "killed-first-up.log"
     killed = semester.student.start_pulumi(
-        "up", "--yes", "--stack", NETID, "--non-interactive", log=log
+        *QUICKSTART["pulumi up"][1:], "--yes", "--non-interactive", log=log
     )
     semester.twin.kill_after("POST", r"/compute/v2\.1/servers", killed.pid)
     assert killed.wait(timeout=UP_TIMEOUT) == -9, log.read_text()
@@ -299,6 +342,9 @@ def test_1_first_up_brings_the_platform_up_and_formats_the_volume_once(semester:
     address = outputs["floating_ip"]
     assert address.startswith("127.") and address != "127.0.0.1", outputs
     assert outputs["mlflow_url"] == f"http://{address}:8000"
+    shown = semester.student.pulumi(*QUICKSTART["pulumi stack"][1:])
+    assert shown.returncode == 0, explain(shown)
+    assert f"http://{address}:8000" in shown.stdout and "ssh_command" in shown.stdout
     state = semester.twin.state()
     assert [server["name"] for server in state["servers"]] == [f"node-persist-{NETID}"]
     (volume,) = state["volumes"]
@@ -345,7 +391,8 @@ def test_4_recycle_removes_the_server_and_keeps_everything_else(semester: Semest
     """Data safety: the clean stop unmounts before the detach, the detach precedes the delete,
     and the volume, port, floating IP and group stay."""
     events_before = len(semester.twin.events())
-    recycled = semester.script("`scripts/recycle`", "recycle", "--stack", NETID, "--yes")
+    # The quickstart's line, answered with --yes (no terminal here).
+    recycled = semester.command("`./chi-persist recycle`", *QUICKSTART["recycle"][1:], "--yes")
     assert recycled.returncode == 0, explain(recycled)
     state = semester.twin.state()
     assert state["servers"] == []
@@ -401,14 +448,15 @@ def test_5b_recycle_never_detaches_a_running_server_it_cannot_reach(semester: Se
     up = semester.up()
     assert up.returncode == 0, explain(up)
     events_before = len(semester.twin.events())
-    recycled = semester.student.script("recycle", "--stack", NETID, "--yes", timeout=UP_TIMEOUT)
+    recycled = semester.student.command("recycle", "--stack", NETID, "--yes", timeout=UP_TIMEOUT)
     assert recycled.returncode == 1, explain(recycled)
     assert "does not answer on SSH from here" in recycled.stderr, explain(recycled)
     assert "Nova says ACTIVE" in recycled.stderr and "--stop-through-nova" in recycled.stderr
+    # A token from Keystone (POST /v3/auth/tokens, to ask Nova) is a login, not a change.
     changes = [
         (method, path)
         for method, path in _api_calls(semester.twin, events_before)
-        if method in ("POST", "PUT", "DELETE")
+        if method in ("POST", "PUT", "DELETE") and path != "/v3/auth/tokens"
     ]
     assert changes == [], f"recycle changed the cloud: {changes}"
     (volume,) = semester.twin.state()["volumes"]
@@ -609,7 +657,7 @@ def test_10a_a_vanished_server_is_recycled_without_the_clean_stop(semester: Seme
     old = semester.learned["server_id"]
     vanished = semester.twin.admin("POST", f"/servers/{old}/vanish")
     assert vanished.status_code == 200, vanished.text
-    recycled = semester.student.script("recycle", "--stack", NETID, "--yes", timeout=UP_TIMEOUT)
+    recycled = semester.student.command("recycle", "--stack", NETID, "--yes", timeout=UP_TIMEOUT)
     assert recycled.returncode == 0, explain(recycled)
     assert "Nova no longer has the server" in recycled.stdout, explain(recycled)
     assert "PostgreSQL" in recycled.stdout, explain(recycled)
@@ -737,7 +785,7 @@ def test_10d_a_second_machine_builds_nothing_twice(semester: Semester, tmp_path:
     second = StudentMachine.create(tmp_path, semester.student_env)
     (second.home / ".ssh" / "id_rsa_chameleon").write_bytes(semester.key.read_bytes())
     (second.home / ".ssh" / "id_rsa_chameleon").chmod(0o600)
-    made = second.script("new-stack", NETID, "--key-pair", KEY_PAIR)
+    made = second.command("init", NETID, "--key-pair", KEY_PAIR)
     assert made.returncode == 0, explain(made)
     old_server = semester.learned["server_id"]
     events_before = len(semester.twin.events())
@@ -839,7 +887,7 @@ def test_11_and_12_two_students_at_once_one_adopting_a_tutorial_volume(
             check=True,
         )
         semester.twin.add_keypair(f"key-{netid}", Path(f"{key}.pub").read_text().strip())
-        made = student.script("new-stack", netid, "--key-pair", f"key-{netid}", *extra)
+        made = student.command("init", netid, "--key-pair", f"key-{netid}", *extra)
         assert made.returncode == 0, explain(made)
         students[netid] = Semester(twin=semester.twin, student=student, key=key, netid=netid)
 

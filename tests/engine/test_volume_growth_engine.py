@@ -124,7 +124,7 @@ def test_an_extend_with_no_room_fails_the_up_and_nothing_claims_growth(
     assert refused.returncode != 0, explain(refused)
     assert f"the volume {NAME} is still 2 GiB, not the 3 GiB asked for" in text, explain(refused)
     assert f"KVM@TACC's Cinder says: '{NO_ROOM}'" in text, explain(refused)
-    assert "scripts/recycle --stack ab1234" in text and "volumeSize" in text, explain(refused)
+    assert "./chi-persist recycle --stack ab1234" in text and "volumeSize" in text, explain(refused)
     assert "Traceback" not in text, explain(refused)
     assert (cloud_volume(twin)["size"], cloud_volume(twin)["status"]) == (2, "available")
     assert state_of(student, "::data-volume")["size"] == 2

@@ -35,6 +35,8 @@ import yaml
 from tests.support.paths import REPO_ROOT
 
 PROJECT_FILES = (
+    "chi-persist",
+    "pyproject.toml",
     "Pulumi.yaml",
     "Pulumi.dev.yaml",
     "__main__.py",
@@ -73,6 +75,26 @@ def toolchain_skip_reason() -> str | None:
     return None
 
 
+def wheelhouse_skip_reason() -> str | None:
+    """Why a fresh machine cannot install the project's packages here, or None."""
+    wheels = os.environ.get("CHI_PERSIST_WHEELHOUSE")
+    if not wheels:
+        return (
+            "CHI_PERSIST_WHEELHOUSE is not set: run the tests through tests/run, which "
+            "collects requirements.txt's wheels"
+        )
+    if not (Path(wheels) / ".complete").is_file():
+        return f"CHI_PERSIST_WHEELHOUSE={wheels} is not a complete wheelhouse (tests/run makes it)"
+    return None
+
+
+def wheelhouse() -> str:
+    reason = wheelhouse_skip_reason()
+    if reason:
+        raise RuntimeError(reason)
+    return os.environ["CHI_PERSIST_WHEELHOUSE"]
+
+
 @dataclass
 class StudentMachine:
     """A project copy, a home directory and an environment, as a student's laptop has."""
@@ -81,7 +103,12 @@ class StudentMachine:
     env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, tmp_path: Path, extra_env: Mapping[str, str] | None = None) -> StudentMachine:
+    def create(
+        cls, tmp_path: Path, extra_env: Mapping[str, str] | None = None, *, fresh: bool = False
+    ) -> StudentMachine:
+        """`fresh`: a clone as a student has it, with no ./venv and no Python environment
+        on PATH; its first `./chi-persist` or `pulumi install` makes ./venv from the wheels
+        tests/run collected (CHI_PERSIST_WHEELHOUSE), with no index."""
         root = tmp_path / "student"
         project = root / "chi-persist"
         project.mkdir(parents=True)
@@ -91,8 +118,9 @@ class StudentMachine:
                 shutil.copytree(source, project / name, ignore=IGNORED)
             else:
                 shutil.copy2(source, project / name)
-        # What `pulumi install` makes: the project's own virtual environment.
-        (project / "venv").symlink_to(Path(sys.prefix))
+        if not fresh:
+            # What `pulumi install` makes: the project's own virtual environment.
+            (project / "venv").symlink_to(Path(sys.prefix))
         for directory in ("home/.ssh", "state", "pulumi-home", "elsewhere"):
             (root / directory).mkdir(parents=True)
         # The resource plugins the toolchain installed, read-only; all else is this machine's.
@@ -102,8 +130,12 @@ class StudentMachine:
         env = {
             key: value for key, value in os.environ.items() if not key.startswith(CLEARED_PREFIXES)
         }
-        # The toolchain's CLI first, then the test environment's Python (an activated venv).
+        # The toolchain's CLI first, then the test environment's Python (an activated venv);
+        # a fresh machine's python3 is the system's.
         path = [str(Path(sys.executable).parent), env.get("PATH", "")]
+        if fresh:
+            path = [entry for entry in env.get("PATH", "").split(os.pathsep)
+                    if Path(entry) != Path(sys.executable).parent]  # fmt: skip
         toolchain = os.environ.get("CHI_PERSIST_TOOLCHAIN_BIN")
         if toolchain:
             path.insert(0, toolchain)
@@ -117,6 +149,12 @@ class StudentMachine:
             PULUMI_BACKEND_URL=f"file://{root / 'state'}?metadata=skip",
             PULUMI_CONFIG_PASSPHRASE=PASSPHRASE,
         )
+        if fresh:
+            env.update(
+                PIP_NO_INDEX="1",
+                PIP_FIND_LINKS=wheelhouse(),
+                PIP_DISABLE_PIP_VERSION_CHECK="1",
+            )
         env.update(extra_env or {})
         return cls(root=root, env=env)
 
@@ -223,6 +261,26 @@ class StudentMachine:
         from `cwd`; with the machine's environment, or `env`."""
         return self._run(
             [str(self.project / "scripts" / name), *arguments],
+            timeout=timeout,
+            stdin=stdin,
+            check=check,
+            cwd=cwd,
+            env=env,
+        )
+
+    def command(
+        self,
+        *arguments: str,
+        timeout: float = 600,
+        stdin: str = "",
+        check: bool = False,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """`./chi-persist ARGUMENTS`, the project's one command, as a student runs it: from the
+        project directory, or from `cwd`; with the machine's environment, or `env`."""
+        return self._run(
+            [str(self.project / "chi-persist"), *arguments],
             timeout=timeout,
             stdin=stdin,
             check=check,
