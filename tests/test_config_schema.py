@@ -261,7 +261,7 @@ def test_settings_and_pulumi_yaml_declare_the_same_keys_alike() -> None:
     comments = [line for line in PROJECT_FILE.read_text().splitlines() if line.startswith("#")]
     for name, spec in CONFIG_KEYS.items():
         if spec.secret:
-            assert any(f"#   {name} " in line for line in comments), name
+            assert any(line.startswith(f"#   {name}: ") for line in comments), name
 
 
 def test_every_default_as_the_engine_passes_it_reads_as_valid_or_unset() -> None:
