@@ -400,7 +400,11 @@ def test_a_login_that_would_fail_is_refused_with_its_fix(
 
 def connections(evaluation: Evaluation) -> list[dict[str, Any]]:
     remote = evaluation.of_type(REMOTE_COMMAND) + evaluation.of_type(COPY_TO_REMOTE)
-    assert len(remote) == 5
+    # Every step that logs in: boot, both copies, prepare, start, and the lease's stop timer.
+    assert {registration.name for registration in remote} == {
+        "provisioning-wait-for-boot", "provisioning-copy-scripts", "provisioning-copy-docker",
+        "provisioning-prepare-volume", "provisioning-start-stack", "provisioning-lease-stop",
+    }  # fmt: skip
     return [registration.inputs["connection"] for registration in remote]
 
 

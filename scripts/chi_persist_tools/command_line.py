@@ -267,6 +267,6 @@ def selected_stack(command: str) -> str:
             return str(entry.get("name", "")).rsplit("/", 1)[-1]
     raise CommandError(
         "no stack is selected",
-        f"fix: give it: scripts/{command} --stack NETID (`pulumi stack ls` lists the stacks)",
+        f"fix: give it: ./chi-persist {command} --stack NETID (`pulumi stack ls` lists the stacks)",
         exit_code=EXIT_USAGE,
     )

@@ -359,7 +359,7 @@ def real_toolchain_env() -> dict[str, str]:
     if not TOOLCHAIN.exists():
         pytest.skip("tests/engine/toolchain (the real Pulumi CLI and language host) is absent")
     printed = subprocess.run(
-        [str(TOOLCHAIN), "--print-env"],
+        [str(TOOLCHAIN), "--python", sys.executable, "--print-env"],
         capture_output=True,
         text=True,
         check=True,

@@ -235,6 +235,16 @@ def _api_calls(twin: Twin, since: int) -> list[tuple[str, str]]:
     ]
 
 
+def _cloud_changes(twin: Twin, since: int) -> list[tuple[str, str]]:
+    """The calls since event `since` that change the cloud; a Keystone token (POST
+    /v3/auth/tokens) is a login, not a change."""
+    return [
+        (method, path)
+        for method, path in _api_calls(twin, since)
+        if method in ("POST", "PUT", "DELETE") and path != "/v3/auth/tokens"
+    ]
+
+
 def _first(calls: list[tuple[str, str]], method: str, path_pattern: str) -> int:
     for index, (called, path) in enumerate(calls):
         if called == method and re.search(path_pattern, path):
@@ -452,12 +462,7 @@ def test_5b_recycle_never_detaches_a_running_server_it_cannot_reach(semester: Se
     assert recycled.returncode == 1, explain(recycled)
     assert "does not answer on SSH from here" in recycled.stderr, explain(recycled)
     assert "Nova says ACTIVE" in recycled.stderr and "--stop-through-nova" in recycled.stderr
-    # A token from Keystone (POST /v3/auth/tokens, to ask Nova) is a login, not a change.
-    changes = [
-        (method, path)
-        for method, path in _api_calls(semester.twin, events_before)
-        if method in ("POST", "PUT", "DELETE") and path != "/v3/auth/tokens"
-    ]
+    changes = _cloud_changes(semester.twin, events_before)
     assert changes == [], f"recycle changed the cloud: {changes}"
     (volume,) = semester.twin.state()["volumes"]
     assert [a["server_id"] for a in volume["attachments"]] == [semester.learned["server_id"]]
@@ -793,11 +798,7 @@ def test_10d_a_second_machine_builds_nothing_twice(semester: Semester, tmp_path:
     assert refused.returncode != 0, explain(refused)
     said = refused.stdout + refused.stderr
     assert f"openstack server stop {old_server}" in said and "Nothing was created" in said, said
-    changes = [
-        (method, path)
-        for method, path in _api_calls(semester.twin, events_before)
-        if method in ("POST", "PUT", "DELETE")
-    ]
+    changes = _cloud_changes(semester.twin, events_before)
     assert changes == [], f"the refused `up` changed the cloud: {changes}"
     unchanged = first.pulumi(
         "preview", "--expect-no-changes", "--stack", NETID, "--non-interactive", timeout=900
