@@ -78,6 +78,7 @@ from tests.engine.workspace import (
 )
 from tests.support import readme
 from tests.support.benchmarks import add_table
+from tests.twin import steps as twin_steps
 from tests.twin.harness import Twin, wait_for
 
 pytestmark = [pytest.mark.vm, pytest.mark.engine]
@@ -995,38 +996,7 @@ def _reserve_by_hand(twin: Twin, flavor_name: str, name: str) -> str:
     """What a student who brings their own reservation does in Horizon: a lease for one
     instance of a flavor, started now; the reservation's id once the lease is ACTIVE."""
     api = twin.api()
-    catalog = {
-        entry["type"]: entry["endpoints"][0]["url"] for entry in api.body["token"]["catalog"]
-    }
-    flavors = api.get(f"{api.compute}/flavors").json()["flavors"]
-    (flavor_id,) = [flavor["id"] for flavor in flavors if flavor["name"] == flavor_name]
-    end = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
-    made = api.post(
-        f"{catalog['reservation']}/leases",
-        json={
-            "name": name,
-            "start_date": "now",
-            "end_date": end.strftime("%Y-%m-%d %H:%M"),
-            "events": [],
-            "before_end_date": None,
-            "reservations": [
-                {
-                    "resource_type": "flavor:instance",
-                    "flavor_id": flavor_id,
-                    "amount": 1,
-                    "affinity": None,
-                }
-            ],
-        },
-    )
-    assert made.status_code == 201, made.text
-    lease_id = made.json()["lease"]["id"]
-
-    def active() -> dict[str, Any] | None:
-        lease = api.get(f"{catalog['reservation']}/leases/{lease_id}").json()["lease"]
-        return lease if lease["status"] == "ACTIVE" else None
-
-    lease = wait_for(active, timeout=120, what=f"lease {lease_id} ACTIVE", interval=2)
+    lease = twin_steps.lease(api, name, twin_steps.flavor_id(api, flavor_name))
     return lease["reservations"][0]["id"]
 
 
