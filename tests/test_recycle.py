@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.workspace import StudentMachine, toolchain_skip_reason
+from tests.engine.workspace import RECORDING_BIN, StudentMachine, toolchain_skip_reason
 from tests.support.loopback_sshd import loopback_sshd, sshd_skip_reason
 from tests.support.pulumi_state import name_of, of_type, resources, secret, state_fixture
 from tests.support.ssh_keys import stand_in_private_key
@@ -722,6 +722,26 @@ def test_export_refused_for_the_passphrase_names_the_variable(machine):
     assert "getting secrets manager: passphrase must be set" in result.stderr
     assert "fix: export PULUMI_CONFIG_PASSPHRASE=" in result.stderr
     assert machine.calls() == [EXPORT]
+
+
+def test_the_stand_in_fakes_no_failure_but_the_one_it_names(tmp_path):
+    """tests/support/bin/pulumi fakes only the export's passphrase refusal; asked for any
+    other failure (a destroy's, say), it refuses and names the way: a fault of the twin."""
+    machine = StudentMachine.create(tmp_path)
+    machine.record_pulumi_calls()
+    machine.fail_pulumi("destroy", "error: a made-up failure")
+    result = subprocess.run(
+        [str(RECORDING_BIN / "pulumi"), "destroy", "--yes"],
+        cwd=machine.project,
+        env=machine.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "no stand-in failure for 'destroy'" in result.stderr
+    assert "a fault of the stand-in cloud, tests/twin" in result.stderr
+    assert "a made-up failure" not in result.stderr
 
 
 def test_kept_resource_missing_afterwards_fails_loudly():
