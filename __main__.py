@@ -97,10 +97,10 @@ if settings.makes_lease:
             adopt_lease_id=adoption.import_id("lease"),
         ),
     )
-    flavor = ("id", lease.reservation_id)
+    flavor_id = lease.reservation_id
     lease_end = lease.end_date
 else:
-    flavor = settings.flavor_id_or_name
+    flavor_id = settings.reservation
     lease_end, lease_note = own_lease_end(settings.reservation or "", settings.lease_cloud)
     pulumi.log.info(lease_note)
 node = Node(
@@ -108,7 +108,8 @@ node = Node(
     NodeArgs(
         server_name=settings.server_name,
         image=settings.image,
-        flavor=flavor,
+        flavor_id=flavor_id,
+        flavor_name=None,
         key_pair=settings.key_pair,
         network=settings.network,
         floating_ip_pool=settings.floating_ip_pool,

@@ -95,6 +95,30 @@ def request_date(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.timezone.utc).strftime(REQUEST_DATE_FORMAT)
 
 
+def lease_request(name: str, flavor_id: str, end: datetime.datetime) -> dict[str, Any]:
+    """A new lease's body: one flavor:instance reservation of `flavor_id`, from now to `end`.
+
+    blazar/api/v1/leases/v1_0.py (leases_create) and blazar/manager/service.py
+    (create_lease); the reservation's keys are the flavor plugin's
+    (blazar/plugins/flavor/flavor_plugin.py), `affinity` required even when null.
+    """
+    return {
+        "name": name,
+        "start_date": "now",
+        "end_date": request_date(end),
+        "events": [],
+        "before_end_date": None,
+        "reservations": [
+            {
+                "resource_type": "flavor:instance",
+                "flavor_id": flavor_id,
+                "amount": 1,
+                "affinity": None,
+            }
+        ],
+    }
+
+
 def moment_text(moment: datetime.datetime) -> str:
     """A moment for a student to read: 2026-11-10 12:00 UTC."""
     return f"{moment.astimezone(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
@@ -275,27 +299,8 @@ class Blazar:
         return None
 
     def create_lease(self, name: str, flavor_id: str, end: datetime.datetime) -> Response:
-        """POST /v1/leases: one flavor:instance reservation of `flavor_id`, from now to `end`.
-
-        blazar/api/v1/leases/v1_0.py (leases_create) and blazar/manager/service.py
-        (create_lease); the reservation's keys are the flavor plugin's
-        (blazar/plugins/flavor/flavor_plugin.py), `affinity` required even when null.
-        """
-        body = {
-            "name": name,
-            "start_date": "now",
-            "end_date": request_date(end),
-            "events": [],
-            "before_end_date": None,
-            "reservations": [
-                {
-                    "resource_type": "flavor:instance",
-                    "flavor_id": flavor_id,
-                    "amount": 1,
-                    "affinity": None,
-                }
-            ],
-        }
+        """POST /v1/leases with `lease_request`'s body."""
+        body = lease_request(name, flavor_id, end)
         return self.call(BLAZAR, "POST", "/leases", json=body)
 
     def request_delete(self, lease_id: str) -> Response | None:

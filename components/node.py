@@ -20,9 +20,11 @@ class NodeArgs:
     """Nova name of the server, node-persist-<netid>."""
     image: str
     """Image name."""
-    flavor: tuple[str, pulumi.Input[str]]
-    """("name", flavor name) or ("id", reserved flavor id: the stack's lease's reservation
-    id, or the student's own reservation)."""
+    flavor_id: pulumi.Input[str] | None
+    """The reserved flavor's id: the stack's lease's reservation id, or the student's own
+    reservation (KVM@TACC boots only reserved flavors). None with flavor_name."""
+    flavor_name: str | None
+    """A flavor by name, for a site that boots unreserved flavors; None with flavor_id."""
     key_pair: str
     """Key pair registered at the site."""
     network: str
@@ -81,13 +83,14 @@ class Node(pulumi.ComponentResource):
             tags=tags,
             opts=pulumi.ResourceOptions(parent=self, **args.adoption.options("floating_ip")),
         )
-        flavor_kind, flavor = args.flavor
+        if (args.flavor_id is None) == (args.flavor_name is None):
+            raise ValueError("NodeArgs: give exactly one of flavor_id and flavor_name")
         self.server = openstack.compute.Instance(
             f"{name}-server",
             name=args.server_name,
             image_name=args.image,
-            flavor_name=flavor if flavor_kind == "name" else None,
-            flavor_id=flavor if flavor_kind == "id" else None,
+            flavor_name=args.flavor_name,
+            flavor_id=args.flavor_id,
             key_pair=args.key_pair,
             networks=[openstack.compute.InstanceNetworkArgs(port=port.id)],
             user_data=args.user_data,

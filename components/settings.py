@@ -240,13 +240,6 @@ class Settings:
             return f"ssh cc@{address}"
         return f"ssh -i {self.ssh_private_key_path} cc@{address}"
 
-    @property
-    def flavor_id_or_name(self) -> tuple[str, str]:
-        """("id", reservation) when a reservation is set, else ("name", flavor)."""
-        if self.reservation:
-            return ("id", self.reservation)
-        return ("name", self.flavor)
-
 
 def bounded(text: str, limit: int) -> str:
     """`text`, or when longer than `limit` its start and a digest of the whole: still unique."""

@@ -29,6 +29,7 @@ from tests.engine.workspace import CLEARED_PREFIXES, StudentMachine, toolchain_s
 from tests.support.datapath import free_port, jupyter_stand_in, s3_server
 from tests.support.pulumi_state import outputs_deployment
 from tests.support.tools import command_argv, command_env, import_tool
+from tests.twin import steps
 
 check_platform = import_tool("check_platform")
 command_line = import_tool("command_line")
@@ -883,27 +884,7 @@ def twin_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def twin_lease(twin) -> dict:
     """An ACTIVE lease of m1.large on the twin, made as the lease resource makes it."""
-    api = twin.api()
-    end = (datetime.now(timezone.utc) + timedelta(days=1)).strftime("%Y-%m-%d %H:%M")
-    body = {
-        "name": "lease-persist-ab1234",
-        "start_date": "now",
-        "end_date": end,
-        "events": [],
-        "before_end_date": None,
-        "reservations": [
-            {"resource_type": "flavor:instance", "flavor_id": "4", "amount": 1, "affinity": None}
-        ],
-    }
-    created = api.post(f"{api.reservation}/leases", json=body)
-    assert created.status_code == 201, created.text
-    lease_id = created.json()["lease"]["id"]
-    deadline = time.monotonic() + 60
-    while True:
-        lease = api.get(f"{api.reservation}/leases/{lease_id}").json()["lease"]
-        if lease["status"] == "ACTIVE" or time.monotonic() > deadline:
-            assert lease["status"] == "ACTIVE", lease
-            return lease
+    return steps.lease(twin.api(), "lease-persist-ab1234", "4")
 
 
 @needs_cli

@@ -514,23 +514,10 @@ def test_a_lease_in_error_that_never_started_is_replaced(
     """ERROR with its start_lease event ERROR served nothing: replaced, deleted first."""
     twin.configure(next_lease_error=True)
     api = twin.api()
-    flavor = steps.flavor_id(api)
-    end = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=8)).strftime(
-        "%Y-%m-%d %H:%M"
-    )
-    body = {
-        "name": f"lease-persist-{NETID}",
-        "start_date": "now",
-        "end_date": end,
-        "events": [],
-        "before_end_date": None,
-        "reservations": [
-            {"resource_type": "flavor:instance", "flavor_id": flavor, "amount": 1, "affinity": None}
-        ],
-    }
-    lease_id = api.post(f"{api.reservation}/leases", json=body).json()["lease"]["id"]
+    made = steps.lease(api, f"lease-persist-{NETID}", steps.flavor_id(api), hours=8, wait=False)
+    lease_id, end = made["id"], made["end_date"]
     wait_for(lambda: blazar(twin, lease_id)["status"] == "ERROR", what="lease ERROR")
-    olds = {**inputs(), "lease_id": lease_id, "end_date": f"{end.replace(' ', 'T')}:00Z"}
+    olds = {**inputs(), "lease_id": lease_id, "end_date": f"{end[:16]}:00Z"}
     result = provider.diff(lease_id, olds, inputs())
     assert result.replaces == ["status"] and result.delete_before_replace is True
 

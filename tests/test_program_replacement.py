@@ -1,16 +1,21 @@
-"""What a real `pulumi up` replaces, and in which order, when files, flavor, image or mount change.
+"""The edges a real `pulumi up` follows when files, flavor, image or mount change, as the program
+registers them (under mocks: fast graph checks, not claims about the engine).
 
 The engine orders a delete-before-replace by property dependencies only: it deletes
 first exactly the dependents that take a property (an output) of the replaced resource
 (github.com/pulumi/pulumi pkg/v3 v3.274.1, resource/deploy/step_generator.go,
-`calculateDependentReplacements`); a depends_on edge is not followed. The first tests
-assert those edges as the program registers them. The later ones derive the order of an
-update from two evaluations with tests/support/update_plan.py, a model of that function
-and of `continueStepsFromDiff`, and check it step by step.
+`calculateDependentReplacements`); a depends_on edge is not followed. These tests assert
+the property dependencies, replace-on-change inputs and delete commands that rule relies
+on. The order the engine then takes is proven with the engine itself, in
+tests/engine/test_semester.py: the event log of each `up` the semester runs (a changed file
+under docker/, a longer leaseDuration, a lease's end, a new reservation) and its
+`pulumi preview` of a changed file under scripts/remote/, a new mountPoint, flavor, image or
+reservation.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +25,17 @@ from components import project_files
 from tests.support.program import (
     ATTACHMENT,
     COPY_TO_REMOTE,
-    FLOATING_IP,
-    LEASE,
     LOCAL_COMMAND,
-    PORT,
     REMOTE_COMMAND,
     SERVER,
-    VOLUME,
     Evaluation,
     Registration,
     evaluate_program,
 )
 from tests.support.ssh_keys import stand_in_private_key
-from tests.support.update_plan import (
-    Step,
-    changed_copy,
-    dependent_replacements,
-    plan_update,
-)
 
 PRIVATE_KEY = stand_in_private_key()
 VOLUME_ID = "5b1e0a3c-7f42-4d8e-a1b9-0c6d2e8f4a17"
-RESERVATION = "3f1c5b9e-0d3a-4c1e-9b7a-2f6d8e4a1c00"
-OTHER_RESERVATION = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 
 
 def evaluate(config: dict[str, Any] | None = None) -> Evaluation:
@@ -66,18 +59,13 @@ def trigger_sources(registration: Registration) -> set[str]:
     return set(registration.property_dependencies.get("triggers", []))
 
 
-def names(steps: list[Step]) -> list[str]:
-    return [str(step) for step in steps]
-
-
-# The lease's timer step has no delete command, and its place in the state's order (the order
-# the engine registered it, once its inputs resolved) is not fixed: where its no-op delete
-# falls in a cascade changes nothing. Orders are compared without it; its presence apart.
-TIMER = "provisioning-lease-stop"
-
-
-def without_timer(order: list[str]) -> list[str]:
-    return [step for step in order if not step.endswith(f" {TIMER}")]
+def changed_copy(directory: Path, into: Path, file: str, line: str) -> Path:
+    """A copy of `directory`, under the same name inside `into`, with `line` added to `file`."""
+    copy = into / directory.name
+    shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copy / file, "a") as handle:
+        handle.write(line if line.endswith("\n") else line + "\n")
+    return copy
 
 
 # --- the edges the engine follows ----------------------------------------------------------
@@ -184,185 +172,3 @@ def test_every_dependent_of_the_server_takes_a_property_of_it(student: Evaluatio
     ]
     for registration in steps:
         assert server in trigger_sources(registration), registration.name
-
-
-# --- the order of an update, derived by the engine's rules ---------------------------------
-
-
-def test_the_model_follows_property_dependencies_and_not_depends_on(student: Evaluation) -> None:
-    """calculateDependentReplacements: a dependent by depends_on alone is not deleted first."""
-    wait_for_boot = student.named("wait-for-boot")
-    cascade = [r.name for r in dependent_replacements(student, wait_for_boot, set())]
-    # The copies depend on wait-for-boot by depends_on only: no cascade from it.
-    assert cascade == []
-    copy_docker = student.named("copy-docker")
-    cascade = [r.name for r in dependent_replacements(student, copy_docker, set())]
-    assert cascade == [
-        "provisioning-prepare-volume",
-        "provisioning-start-stack",
-        "provisioning-clean-stop",
-    ]
-
-
-@pytest.fixture(autouse=True)
-def own_lease_end(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What Blazar tells of a student's own lease (no cloud answers a mocked program)."""
-    monkeypatch.setattr(
-        "components.lease.own_lease_end",
-        lambda reservation_id, cloud: ("2026-11-12T18:00:00Z", f"{reservation_id} ends"),
-    )
-
-
-def changed_tree(
-    tree: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> tuple[Evaluation, str]:
-    """The program after a change under docker/ or scripts/remote/, and the copy step's name."""
-    if tree == "docker":
-        copy = changed_copy(project_files.DOCKER_DIR, tmp_path, "docker-compose.yaml", "# new")
-        monkeypatch.setattr("components.provisioning.DOCKER_DIR", copy)
-        # The first-boot user data carries docker/ too.
-        monkeypatch.setattr(
-            "components.project_files.first_boot_user_data", lambda: "#cloud-config\n{}\n"
-        )
-        return evaluate(), "provisioning-copy-docker"
-    copy = changed_copy(project_files.REMOTE_SCRIPTS_DIR, tmp_path, "prepare-volume", "# new")
-    monkeypatch.setattr("components.provisioning.REMOTE_SCRIPTS_DIR", copy)
-    return evaluate(), "provisioning-copy-scripts"
-
-
-@pytest.mark.parametrize("tree", ["docker", "scripts"])
-def test_a_changed_file_stops_the_stack_first_then_copies_mounts_and_starts(
-    student: Evaluation, tree: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The clean stop (stop, unmount) before the copy and the prepare step run again; new
-    scripts also set the lease's timer again (it runs release-volume.sh from them)."""
-    changed, copy = changed_tree(tree, tmp_path, monkeypatch)
-    order = names(plan_update(student, changed))
-    assert without_timer(order) == [
-        "delete provisioning-clean-stop",
-        "delete provisioning-start-stack",
-        "delete provisioning-prepare-volume",
-        f"delete {copy}",
-        f"create {copy}",
-        "create provisioning-prepare-volume",
-        "create provisioning-start-stack",
-        "create provisioning-clean-stop",
-    ]
-    timer = [f"delete {TIMER}", f"create {TIMER}"] if tree == "scripts" else []
-    assert [step for step in order if step.endswith(TIMER)] == timer
-    if timer:
-        assert order.index(f"create {TIMER}") > order.index("create provisioning-start-stack")
-
-
-def test_a_changed_docker_file_leaves_the_server_alone(
-    student: Evaluation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """New first-boot user data (it carries docker/) is ignored: no server step at all."""
-    changed, _ = changed_tree("docker", tmp_path, monkeypatch)
-    assert changed.one(SERVER).inputs["userData"] != student.one(SERVER).inputs["userData"]
-    touched = {step.registration.type for step in plan_update(student, changed)}
-    assert touched == {COPY_TO_REMOTE, REMOTE_COMMAND, LOCAL_COMMAND}
-
-
-def test_a_new_mount_point_releases_the_old_one_first(student: Evaluation) -> None:
-    """The old clean stop (release at the old mount point) runs before the new mount; the
-    lease's timer is set again for the new one."""
-    steps = plan_update(student, evaluate({"mountPoint": "/mnt/data"}))
-    timer = [step for step in steps if step.name == TIMER]
-    steps = [step for step in steps if step.name != TIMER]
-    assert names(steps) == [
-        "delete provisioning-clean-stop",
-        "delete provisioning-start-stack",
-        "delete provisioning-prepare-volume",
-        "create provisioning-prepare-volume",
-        "create provisioning-start-stack",
-        "create provisioning-clean-stop",
-    ]
-    assert "--mount-point /mnt/block" in steps[0].registration.inputs["delete"]
-    assert "--mount-point /mnt/data" in steps[3].registration.inputs["create"]
-    assert "--mount-point /mnt/data" in steps[5].registration.inputs["delete"]
-    assert names(timer) == [f"update {TIMER}"]
-    assert "--mount-point /mnt/data" in timer[0].registration.inputs["create"]
-
-
-# The lease's part: "replaced" (a new lease of the new flavor, deleted after the server and
-# made before the new one), "dropped" (the student's own reservation: the stack's lease is
-# deleted once the new server runs on the reservation), or None (untouched).
-SERVER_CHANGES = [
-    pytest.param({}, {"flavor": "m1.xlarge"}, "replaced", id="flavor"),
-    pytest.param({}, {"reservation": RESERVATION}, "dropped", id="first-reservation"),
-    pytest.param({"reservation": RESERVATION}, {"reservation": OTHER_RESERVATION}, None,
-                 id="new-reservation"),
-    pytest.param({}, {"image": "CC-Ubuntu24.04-CUDA"}, None, id="image"),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(("before", "after", "lease"), SERVER_CHANGES)
-def test_a_new_flavor_reservation_or_image_takes_the_recycle_path(
-    before: dict[str, str], after: dict[str, str], lease: str | None
-) -> None:
-    """Clean stop, detach, delete, new server, re-attach, prepare, start: what a recycle does."""
-    old = evaluate(before)
-    steps = plan_update(old, evaluate(after))
-    order = names(steps)
-    server = old.one(SERVER)
-    recycled = {
-        old.by_urn()[urn].name for urn in old.dependents_closure(server.urn)
-        if old.by_urn()[urn].custom
-    } | {server.name}  # fmt: skip
-    if lease == "dropped":
-        assert order[-1] == "delete lease", "the old lease goes once the new server runs"
-        steps, order = steps[:-1], order[:-1]
-    elif lease == "replaced":
-        # The old lease still serves: the next lease is made first, so its reservation is
-        # held before anything stops; the server boots its flavor, so it is recycled onto
-        # it; the old lease goes last, once the new server runs.
-        assert order[0] == "create lease" and order[-1] == "delete lease", order
-        steps, order = steps[1:-1], order[1:-1]
-    deleted = [step.name for step in steps if step.kind == "delete"]
-    created = [step.name for step in steps if step.kind == "create"]
-    assert without_timer(order)[0] == "delete provisioning-clean-stop", "the clean stop first"
-    assert set(deleted) == recycled == set(created)
-    assert len(deleted) == len(set(deleted))
-    assert [step.kind for step in steps] == ["delete"] * len(deleted) + ["create"] * len(created)
-    for first, then in [
-        ("delete provisioning-clean-stop", "delete node-volume-attachment"),
-        ("delete node-volume-attachment", "delete node-server"),
-        ("create node-server", "create node-volume-attachment"),
-        ("create node-volume-attachment", "create provisioning-prepare-volume"),
-        ("create provisioning-prepare-volume", "create provisioning-start-stack"),
-        ("create provisioning-start-stack", f"create {TIMER}"),
-    ]:
-        assert order.index(first) < order.index(then), (first, then)
-    untouched = {VOLUME, PORT, FLOATING_IP}
-    assert not [step for step in steps if step.registration.type in untouched]
-
-
-def test_an_ended_lease_takes_the_recycle_path(student: Evaluation) -> None:
-    """A lease replaced because it ended first deletes, by property dependencies, the server
-    that boots its flavor and everything on that server, the clean stop first; the volume,
-    port and floating IP stay."""
-    lease = student.one(LEASE)
-    # The provider's diff asks for delete-before-replace for an ended lease
-    # (tests/test_lease.py); the engine then deletes this cascade first.
-    cascade = [r.name for r in dependent_replacements(student, lease, set())]
-    server = student.one(SERVER)
-    on_the_server = {
-        student.by_urn()[urn].name
-        for urn in student.dependents_closure(server.urn)
-        if student.by_urn()[urn].custom
-    }
-    assert set(cascade) == on_the_server | {server.name}
-    assert cascade[0] == server.name
-    assert [name for name in cascade if name != TIMER][-1] == "provisioning-clean-stop"
-    kept = {r.name for r in student.registrations if r.type in (VOLUME, PORT, FLOATING_IP)}
-    assert not kept & set(cascade)
-
-
-def test_a_new_lease_duration_changes_only_the_lease_in_place(student: Evaluation) -> None:
-    """leaseDuration is recorded for the next lease (an update that sends Blazar nothing);
-    no server step, no new lease."""
-    steps = plan_update(student, evaluate({"leaseDuration": "1d"}))
-    assert names(steps) == ["update lease"]
-    assert steps[0].registration.inputs["duration_seconds"] == 86400
-    assert steps[0].old is not None and steps[0].old.inputs["duration_seconds"] == 8 * 3600

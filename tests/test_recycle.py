@@ -1,30 +1,35 @@
-"""./chi-persist recycle on the real Pulumi CLI: the server goes; volume, port and floating IP stay.
+"""./chi-persist recycle on the real Pulumi CLI and the stand-in cloud: the server goes; volume,
+port and floating IP stay.
 
 The stack's state is tests/fixtures/pulumi-state/ab1234.json, brought in with the real
-`pulumi stack import`, its server one that the twin's Nova runs (`--machines null`):
-recycle asks Nova whether the server still exists before it decides about the clean stop.
-recycle lists and reads stacks with the real CLI and forgets the stop step with the real
-`pulumi state delete`. Only its targeted `pulumi destroy` meets a
-stand-in (tests/support/bin/pulumi, which records every call): destroying cloud resources
-needs the providers and a cloud. Two failures the real CLI cannot be made to show here are
-stand-ins as well, and say so where they are used.
+`pulumi stack import`; its server (and, where a test ends it, its lease) is one the twin runs
+(`--machines null`: no VMs). Every pulumi command recycle runs is the real CLI's, its targeted
+`pulumi destroy` the real engine's, with the openstack and command plugins and the lease's own
+provider, on the twin: what the state names and the twin does not hold (the volume's
+attachment) answers 404, which the providers take as gone. A server that answers SSH is an
+OpenSSH sshd of the test's own on 127.0.0.1:22 (the fixture's floating IP), where the clean
+stop's remote part runs. tests/support/bin/pulumi records each call recycle makes and passes it
+to the real CLI. A cloud's error is a fault of the twin; the one failure the real CLI does not
+make here (an older CLI's refusal to export without the passphrase) is the stand-in's, and says
+so where it is used.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.engine.workspace import RECORDING_BIN, StudentMachine, toolchain_skip_reason
-from tests.support.pulumi_state import name_of, of_type, resources, state_fixture
+from tests.support.loopback_sshd import loopback_sshd, sshd_skip_reason
+from tests.support.pulumi_state import name_of, of_type, resources, secret, state_fixture
 from tests.support.ssh_keys import stand_in_private_key
 from tests.support.tools import import_tool
 from tests.twin import steps
@@ -54,6 +59,11 @@ LEASE_URN = "urn:pulumi:ab1234::chi-persist::pulumi-python:dynamic:Resource::lea
 LEASE_ID = "8e3f1a2b-4c5d-4e6f-9a0b-1c2d3e4f5a6b"
 RESERVATION_ID = "2d4f6a8c-0e1b-4d3f-8a5c-7e9b1d3f5a70"
 END_LEASE = ["destroy", "--stack", "ab1234", "--target", LEASE_URN, "--yes", "--non-interactive"]
+# The remote part of the fixture's clean stop, run over SSH on the server.
+RELEASE_VOLUME = "sudo bash /home/cc/chi-persist/scripts/remote/release-volume.sh"
+RELEASE_ARGUMENTS = (
+    "--mount-point /mnt/block --compose-file /home/cc/chi-persist/docker/docker-compose.yaml"
+)
 # What a recycle removes from the fixture's state, by the program's resource names.
 RECYCLED = {
     "node-server",
@@ -67,6 +77,11 @@ RECYCLED = {
     "provisioning-lease-stop",
     "provisioning-clean-stop",
 }
+# What the twin's services answer when a test makes them fail: Nova's compute fault, and
+# Blazar's policy refusal (blazar/exceptions.py PolicyNotAuthorized, for the delete's rule
+# blazar:leases:delete in blazar/policies/leases.py).
+COMPUTE_UNAVAILABLE = "compute quota service unavailable"
+LEASE_DELETE_REFUSED = "Policy doesn't allow blazar:leases:delete to be performed"
 
 needs_cli = pytest.mark.skipif(
     toolchain_skip_reason() is not None, reason=str(toolchain_skip_reason())
@@ -88,19 +103,36 @@ needs_closed_ssh_port = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="session")
-def nova(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
-    """The twin, for its Nova: the state's server is one it runs."""
-    started = Twin(tmp_path_factory.mktemp("recycle-twin") / "state").start()
+def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twin]:
+    """The stand-in KVM@TACC: its Nova runs the state's server, and the real engine's destroy
+    deletes there. Each test boots a server of its own and some make a lease: no quota, and
+    room for every lease."""
+    settings = {"lease_capacity": 40, "quota_instances": -1, "quota_cores": -1, "quota_ram": -1}
+    started = Twin(tmp_path_factory.mktemp("recycle-twin") / "state", settings=settings).start()
     yield started
     assert started.stop() == 0, started.log_text()
 
 
-def running_server(nova: Twin) -> str:
+def running_server(twin: Twin) -> str:
     """A new ACTIVE server in the twin's Nova; its id."""
-    api = nova.api()
+    api = twin.api()
     netid = uuid.uuid4().hex[:6]
     port = steps.port(api, f"node-persist-{netid}", [])
     return steps.boot(api, f"node-persist-{netid}", port["id"])["id"]
+
+
+def active_lease(twin: Twin) -> str:
+    """A new ACTIVE lease of one m1.large in the twin's Blazar; its id."""
+    api = twin.api()
+    name = f"lease-persist-{uuid.uuid4().hex[:6]}"
+    return steps.lease(api, name, steps.flavor_id(api, "m1.large"))["id"]
+
+
+def lease_in_twin(twin: Twin, lease_id: str) -> dict | None:
+    """The lease as the twin's Blazar shows it, or None once it is gone."""
+    api = twin.api()
+    answer = api.get(f"{api.reservation}/leases/{lease_id}")
+    return None if answer.status_code == 404 else answer.json()["lease"]
 
 
 def with_server(state: dict, server_id: str) -> dict:
@@ -109,32 +141,39 @@ def with_server(state: dict, server_id: str) -> dict:
     return json.loads(json.dumps(state).replace(server["id"], server_id))
 
 
+def with_lease(state: dict, lease_id: str) -> dict:
+    """The state with its lease's id (everywhere it appears) replaced by `lease_id`."""
+    return json.loads(json.dumps(state).replace(LEASE_ID, lease_id))
+
+
 @pytest.fixture(scope="session")
-def deployed(tmp_path_factory: pytest.TempPathFactory, nova: Twin) -> StudentMachine:
+def deployed(tmp_path_factory: pytest.TempPathFactory, twin: Twin) -> StudentMachine:
     """A machine whose stack ab1234 holds the fixture's state, its server running in the
     twin's Nova, and whose shell holds the twin's credentials; tests change only clones."""
     machine = StudentMachine.create(
         tmp_path_factory.mktemp("recycle-deployed"),
         {
             "OS_CLOUD": "twin",
-            "OS_CLIENT_CONFIG_FILE": str(nova.state_dir / "clouds.yaml"),
+            "OS_CLIENT_CONFIG_FILE": str(twin.state_dir / "clouds.yaml"),
             "NO_PROXY": "127.0.0.1,localhost",
         },
     )
-    machine.import_state("ab1234", with_server(state_fixture(), running_server(nova)))
+    machine.import_state("ab1234", with_server(state_fixture(), running_server(twin)))
     return machine
 
 
 @pytest.fixture(scope="session")
 def deployed_state(deployed: StudentMachine) -> dict:
-    """The deployed stack's state as `pulumi stack export` prints it: each clone's, before."""
+    """The deployed stack's state as `pulumi stack export` prints it."""
     return deployed.stack_export("ab1234")
 
 
 @pytest.fixture
-def machine(deployed: StudentMachine, tmp_path: Path) -> StudentMachine:
-    """A clone of the deployed machine, its pulumi calls recorded; no stack selected."""
+def machine(deployed: StudentMachine, twin: Twin, tmp_path: Path) -> StudentMachine:
+    """A clone of the deployed machine, its server one of its own that the twin runs (the real
+    destroy deletes it), its pulumi calls recorded; no stack selected."""
     clone = deployed.clone(tmp_path)
+    clone.import_state("ab1234", with_server(state_fixture(), running_server(twin)))
     clone.record_pulumi_calls()
     return clone
 
@@ -147,22 +186,57 @@ def gone(machine: StudentMachine) -> StudentMachine:
 
 
 @pytest.fixture
-def server_answers_ssh() -> Iterator[None]:
-    """Something accepts connections on 127.0.0.1:22, the fixture's floating IP and SSH port."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to listen on port 22")
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind(("127.0.0.1", 22))
-    except OSError as error:
-        listener.close()
-        pytest.skip(f"cannot listen on 127.0.0.1:22: {error}")
-    listener.listen(16)
-    try:
-        yield
-    finally:
-        listener.close()
+def own_lease(machine: StudentMachine, twin: Twin) -> str:
+    """The machine's stack, its lease one the twin's Blazar holds (ACTIVE); the lease's id."""
+    lease_id = active_lease(twin)
+    machine.import_state("ab1234", with_lease(machine.stack_export("ab1234"), lease_id))
+    return lease_id
+
+
+@dataclass
+class ReachableServer:
+    """The server's SSH: an sshd on 127.0.0.1:22 that lets the stack's key in, where the clean
+    stop's remote part, release-volume.sh, is a script that records what it was asked."""
+
+    released: Path
+
+    def releases(self) -> list[str]:
+        """The arguments of each run of the remote part, oldest first."""
+        return self.released.read_text().splitlines() if self.released.exists() else []
+
+
+@pytest.fixture
+def server_answers_ssh(machine: StudentMachine, tmp_path: Path) -> Iterator[ReachableServer]:
+    """The machine's server answers SSH on 127.0.0.1:22, the fixture's floating IP and port:
+    its clean stop logs in there with the stack's own key (a real one, a secret of the state,
+    as the program keeps it) and runs its remote part, which records its arguments."""
+    reason = sshd_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    if not ssh_port_is_closed():
+        pytest.skip("something listens on 127.0.0.1:22 here: the server's address is taken")
+    key = tmp_path / "stack-key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ab1234", "-f", str(key)],
+        check=True,
+        capture_output=True,
+    )
+    released = tmp_path / "released"
+    release_volume = tmp_path / "release-volume.sh"
+    release_volume.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {released}\n")
+    with loopback_sshd(tmp_path / "sshd", port=22) as sshd:
+        sshd.authorize(Path(f"{key}.pub"))
+        (server,) = of_type(machine.stack_export("ab1234"), SERVER)
+        state = with_server(state_fixture(), server["id"])
+        (stop,) = [r for r in resources(state) if r["urn"] == STOP_STEP]
+        for part in ("inputs", "outputs"):
+            delete = stop[part]["delete"]
+            assert "--user cc " in delete and RELEASE_VOLUME in delete, delete
+            delete = delete.replace("--user cc ", f"--user {sshd.user} ")
+            stop[part]["delete"] = delete.replace(RELEASE_VOLUME, f"sh {release_volume}")
+            stop[part]["environment"] = secret({"CHI_PERSIST_SSH_PRIVATE_KEY": key.read_text()})
+        machine.import_state("ab1234", state)
+        yield ReachableServer(released)
 
 
 def recycle(machine: StudentMachine, *arguments: str, **options) -> subprocess.CompletedProcess:
@@ -282,16 +356,19 @@ def test_the_imported_state_holds_the_secrets_encrypted(deployed_state):
 
 
 @needs_cli
-def test_reachable_server_is_stopped_cleanly_and_the_data_stays(
-    machine, deployed_state, server_answers_ssh
-):
+def test_reachable_server_is_stopped_cleanly_and_the_data_stays(machine, server_answers_ssh, twin):
     """Server answers SSH: one targeted destroy runs the stop; volume, port, IP keep their ids."""
-    before = deployed_state
+    before = machine.stack_export("ab1234")
+    (server,) = of_type(before, SERVER)
 
     result = recycle(machine, "--stack", "ab1234", "--yes")
 
     assert result.returncode == 0, result.stderr
     assert machine.calls() == [EXPORT, DESTROY, EXPORT]
+    # The engine ran the clean stop on the server, once, with the state's arguments, and
+    # deleted the server in Nova.
+    assert server_answers_ssh.releases() == [RELEASE_ARGUMENTS]
+    assert steps.status(twin.api(), server["id"]) is None
     after = machine.stack_export("ab1234")
     assert names(before) - names(after) == RECYCLED
     assert names(after) <= names(before)
@@ -327,21 +404,22 @@ def test_dead_agent_socket_is_refused_before_a_clean_stop_through_the_agent(
     assert f"SSH_AUTH_SOCK={gone}: no ssh agent answers there (no such socket)" in result.stderr
     assert 'fix: start an agent in this shell: eval "$(ssh-agent)"' in result.stderr
     assert machine.calls() == [EXPORT]
+    assert server_answers_ssh.releases() == []
 
 
 @needs_cli
-def test_a_dead_agent_does_not_stop_a_clean_stop_with_the_key(
-    machine, deployed_state, server_answers_ssh
-):
+def test_a_dead_agent_does_not_stop_a_clean_stop_with_the_key(machine, server_answers_ssh):
     """The stop logs in with the stack's key alone (scripts/clean-stop does not dial the agent):
     a stale SSH_AUTH_SOCK changes nothing."""
+    before = machine.stack_export("ab1234")
     gone = machine.root / "gone" / "agent.sock"
     result = recycle(
         machine, "--stack", "ab1234", "--yes", env=dict(machine.env, SSH_AUTH_SOCK=str(gone))
     )
     assert result.returncode == 0, result.stderr
     assert machine.calls() == [EXPORT, DESTROY, EXPORT]
-    assert names(deployed_state) - names(machine.stack_export("ab1234")) == RECYCLED
+    assert server_answers_ssh.releases() == [RELEASE_ARGUMENTS]
+    assert names(before) - names(machine.stack_export("ab1234")) == RECYCLED
 
 
 @needs_cli
@@ -367,13 +445,14 @@ def test_a_server_nova_no_longer_has_loses_its_clean_stop_with_a_warning(gone):
 
 @needs_cli
 @needs_closed_ssh_port
-def test_a_running_server_unreachable_from_here_keeps_its_volume(machine, deployed_state):
+def test_a_running_server_unreachable_from_here_keeps_its_volume(machine):
     """Data safety: Nova says ACTIVE and port 22 does not answer from here (a narrow
     allowedCidrs, a VPN): nothing is destroyed or forgotten, and both ways out are named."""
+    before = machine.stack_export("ab1234")
     result = recycle(machine, "--stack", "ab1234", "--yes")
     assert result.returncode == 1
     assert machine.calls() == [EXPORT]
-    assert machine.stack_export("ab1234") == deployed_state
+    assert machine.stack_export("ab1234") == before
     assert (
         "does not answer on SSH from here" in result.stderr and "Nova says ACTIVE" in result.stderr
     )
@@ -384,58 +463,63 @@ def test_a_running_server_unreachable_from_here_keeps_its_volume(machine, deploy
 
 @needs_cli
 @needs_closed_ssh_port
-def test_without_nova_an_unreachable_server_keeps_its_volume(machine, deployed_state):
+def test_without_nova_an_unreachable_server_keeps_its_volume(machine):
     """No credentials in the shell: existence unknown is never taken for gone."""
+    before = machine.stack_export("ab1234")
     env = {key: value for key, value in machine.env.items() if not key.startswith("OS_")}
     result = recycle(machine, "--stack", "ab1234", "--yes", env=env)
     assert result.returncode == 1
     assert machine.calls() == [EXPORT]
-    assert machine.stack_export("ab1234") == deployed_state
+    assert machine.stack_export("ab1234") == before
     assert "Nova could not be asked" in result.stderr and "OS_CLOUD" in result.stderr
 
 
 @needs_cli
 @needs_closed_ssh_port
-def test_stop_through_nova_shuts_the_server_down_before_the_detach(machine, nova):
+def test_stop_through_nova_shuts_the_server_down_before_the_detach(machine, twin):
     """--stop-through-nova: Nova's os-stop, SHUTOFF, then the stop step is forgotten (the
     shutdown unmounted the volume) and the destroy runs; the volume is kept."""
-    machine.import_state(
-        "ab1234", with_server(machine.stack_export("ab1234"), running_server(nova))
-    )
     before = machine.stack_export("ab1234")
     (server,) = of_type(before, SERVER)
-    since = len(nova.events())
+    since = twin.events()[-1]["seq"]
     result = recycle(machine, "--stack", "ab1234", "--yes", "--stop-through-nova")
     assert result.returncode == 0, result.stderr
     assert machine.calls() == [EXPORT, FORGET_STOP, DESTROY, EXPORT]
     assert f"server {server['id']} is shut off" in result.stdout
-    api = nova.api()
-    shown = api.get(f"{api.compute}/servers/{server['id']}").json()["server"]
-    assert shown["status"] == "SHUTOFF"
+    events = twin.events(since)
     stops = [
-        event for event in nova.events(since)
+        index for index, event in enumerate(events)
         if event.get("method") == "POST" and event.get("path", "").endswith("/action")
     ]  # fmt: skip
     assert stops, "Nova was never asked to stop the server"
+    # The machine was shut down (then SHUTOFF) before the real destroy's detach first asked
+    # Nova about the attachment.
+    powered_off = [
+        index for index, event in enumerate(events)
+        if (event.get("kind"), event.get("call"), event.get("outcome")) == ("driver", "stop", "ok")
+        and event.get("server_id") == server["id"]
+    ]  # fmt: skip
+    detach = [
+        index for index, event in enumerate(events)
+        if "/os-volume_attachments/" in event.get("path", "")
+    ]  # fmt: skip
+    assert powered_off and detach and stops[0] < powered_off[0] < detach[0], events
+    assert steps.status(twin.api(), server["id"]) is None
     assert_volume_kept(before, machine.stack_export("ab1234"))
 
 
 @needs_cli
 @needs_closed_ssh_port
-def test_without_skipping_the_stop_the_stand_in_destroy_gets_stuck(machine):
-    """The stand-in destroy fails a stop step on an unreachable server as Pulumi does, so the
-    test above bites; the real state keeps the server."""
-    result = subprocess.run(
-        [str(RECORDING_BIN / "pulumi"), *DESTROY],
-        cwd=machine.project,
-        env=machine.env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def test_without_skipping_the_stop_the_destroy_gets_stuck(machine, twin):
+    """The real destroy fails a stop step on a running server SSH cannot reach, so the tests
+    above bite (recycle must forget the stop, or refuse); the state and Nova keep the server."""
+    (server,) = of_type(machine.stack_export("ab1234"), SERVER)
+    result = machine.pulumi(*DESTROY)
     assert result.returncode != 0
-    assert "the clean stop could not run over SSH on cc@127.0.0.1:22" in result.stderr
+    output = result.stdout + result.stderr
+    assert "the clean stop could not run over SSH on cc@127.0.0.1:22" in output
     assert SERVER_URN in {r["urn"] for r in resources(machine.stack_export("ab1234"))}
+    assert steps.status(twin.api(), server["id"]) == "ACTIVE"
 
 
 @pytest.mark.parametrize(
@@ -557,12 +641,12 @@ def test_volume_among_the_servers_dependents_is_refused(machine):
 
 
 @needs_cli
-def test_unset_passphrase_is_refused_before_anything_changes(machine, deployed_state):
+def test_unset_passphrase_is_refused_before_anything_changes(machine):
     """A passphrase-protected stack without PULUMI_CONFIG_PASSPHRASE: exit 2, nothing changed.
 
     The real CLI exports the state without it, so recycle itself must notice."""
     env = {key: value for key, value in machine.env.items() if key != "PULUMI_CONFIG_PASSPHRASE"}
-    before = deployed_state
+    before = machine.stack_export("ab1234")
     result = recycle(machine, "--stack", "ab1234", "--yes", env=env)
     assert result.returncode == 2
     assert "PULUMI_CONFIG_PASSPHRASE is not set" in result.stderr
@@ -589,22 +673,37 @@ def test_wrong_passphrase_stops_before_anything_is_destroyed(gone):
 
 
 @needs_cli
-def test_failed_destroy_shows_pulumi_output_and_how_to_go_on(machine, server_answers_ssh):
+def test_failed_destroy_shows_pulumi_output_and_how_to_go_on(machine, server_answers_ssh, twin):
     """A failing destroy: exit 1, pulumi's own words, and what to run next.
 
-    The cloud's error is a stand-in's (tests/support/bin/pulumi): there is no cloud here."""
-    machine.fail_pulumi(
-        "destroy", "error: 1 error occurred: compute quota service unavailable (HTTP 503)"
+    The cloud's error is the twin's: Nova answers the server's delete with a 503."""
+    (server,) = of_type(machine.stack_export("ab1234"), SERVER)
+    fault = twin.admin(
+        "POST",
+        "/faults",
+        json={
+            "method": "DELETE",
+            "path": rf"/compute/v2\.1/servers/{server['id']}",
+            "status": 503,
+            "body": {"computeFault": {"code": 503, "message": COMPUTE_UNAVAILABLE}},
+            "count": 20,
+        },
     )
-
-    result = recycle(machine, "--stack", "ab1234", "--yes")
+    assert fault.status_code == 201, fault.text
+    try:
+        result = recycle(machine, "--stack", "ab1234", "--yes")
+    finally:
+        twin.admin("DELETE", "/faults")
 
     assert result.returncode == 1
-    assert "compute quota service unavailable (HTTP 503)" in result.stdout + result.stderr
+    said = result.stdout + result.stderr
+    assert "but got 503 instead" in said and COMPUTE_UNAVAILABLE in said, said
     assert "the volume was not a target" in result.stderr
     assert "run `./chi-persist recycle --stack ab1234` again" in result.stderr
     assert "Traceback" not in result.stderr
     assert machine.calls() == [EXPORT, DESTROY]
+    assert SERVER_URN in {r["urn"] for r in resources(machine.stack_export("ab1234"))}
+    assert steps.status(twin.api(), server["id"]) is not None
 
 
 @needs_cli
@@ -623,6 +722,26 @@ def test_export_refused_for_the_passphrase_names_the_variable(machine):
     assert "getting secrets manager: passphrase must be set" in result.stderr
     assert "fix: export PULUMI_CONFIG_PASSPHRASE=" in result.stderr
     assert machine.calls() == [EXPORT]
+
+
+def test_the_stand_in_fakes_no_failure_but_the_one_it_names(tmp_path):
+    """tests/support/bin/pulumi fakes only the export's passphrase refusal; asked for any
+    other failure (a destroy's, say), it refuses and names the way: a fault of the twin."""
+    machine = StudentMachine.create(tmp_path)
+    machine.record_pulumi_calls()
+    machine.fail_pulumi("destroy", "error: a made-up failure")
+    result = subprocess.run(
+        [str(RECORDING_BIN / "pulumi"), "destroy", "--yes"],
+        cwd=machine.project,
+        env=machine.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "no stand-in failure for 'destroy'" in result.stderr
+    assert "a fault of the stand-in cloud, tests/twin" in result.stderr
+    assert "a made-up failure" not in result.stderr
 
 
 def test_kept_resource_missing_afterwards_fails_loudly():
@@ -717,7 +836,7 @@ def test_help_names_end_lease():
 
 @needs_cli
 def test_end_lease_destroys_the_server_then_the_lease_and_keeps_the_volume(
-    machine, server_answers_ssh
+    machine, server_answers_ssh, own_lease, twin
 ):
     """--end-lease: the server's destroy (with the clean stop) first, then the lease alone; the
     volume, port and floating IP keep their ids and the volume is never named."""
@@ -727,6 +846,8 @@ def test_end_lease_destroys_the_server_then_the_lease_and_keeps_the_volume(
 
     assert result.returncode == 0, result.stderr
     assert machine.calls() == [EXPORT, DESTROY, EXPORT, END_LEASE, EXPORT]
+    assert server_answers_ssh.releases() == [RELEASE_ARGUMENTS]
+    assert lease_in_twin(twin, own_lease) is None, "Blazar still has the lease"
     after = machine.stack_export("ab1234")
     assert names(before) - names(after) == RECYCLED | {"lease"}
     assert_volume_kept(before, after)
@@ -734,7 +855,7 @@ def test_end_lease_destroys_the_server_then_the_lease_and_keeps_the_volume(
     plan = result.stdout[: result.stdout.index("recycle: pulumi destroy")]
     assert (
         "recycle: then, once the server is gone, the lease ends, and with it the reservation:\n"
-        f"  - lease lease-persist-ab1234 (lease), id {LEASE_ID}, ends 2026-11-20T23:02:00Z\n"
+        f"  - lease lease-persist-ab1234 (lease), id {own_lease}, ends 2026-11-20T23:02:00Z\n"
     ) in plan
     assert "done: the server of stack ab1234 is gone and its lease has ended" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == (
@@ -745,7 +866,7 @@ def test_end_lease_destroys_the_server_then_the_lease_and_keeps_the_volume(
 
 @needs_cli
 @needs_closed_ssh_port
-def test_end_lease_of_a_server_gone_forgets_the_stop_then_ends_the_lease(gone):
+def test_end_lease_of_a_server_gone_forgets_the_stop_then_ends_the_lease(gone, own_lease, twin):
     """The lease's own end took the server: the stop step is forgotten, the rest destroyed,
     then the lease ended."""
     machine = gone
@@ -753,6 +874,7 @@ def test_end_lease_of_a_server_gone_forgets_the_stop_then_ends_the_lease(gone):
     result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
     assert result.returncode == 0, result.stderr
     assert machine.calls() == [EXPORT, FORGET_STOP, DESTROY, EXPORT, END_LEASE, EXPORT]
+    assert lease_in_twin(twin, own_lease) is None, "Blazar still has the lease"
     after = machine.stack_export("ab1234")
     assert names(before) - names(after) == RECYCLED | {"lease"}
     assert_volume_kept(before, after)
@@ -778,10 +900,11 @@ def test_plain_recycle_keeps_the_lease_and_says_how_to_end_it(gone):
 
 
 @needs_cli
-def test_end_lease_after_the_server_is_gone_ends_only_the_lease(machine):
+def test_end_lease_after_the_server_is_gone_ends_only_the_lease(machine, twin):
     """A stack already recycled: --end-lease ends the lease alone; a plain recycle has nothing
     to do and names --end-lease."""
-    state = state_fixture()
+    lease_id = active_lease(twin)
+    state = with_lease(state_fixture(), lease_id)
     state["deployment"]["resources"] = [
         resource for resource in resources(state) if name_of(resource) not in RECYCLED
     ]
@@ -796,6 +919,7 @@ def test_end_lease_after_the_server_is_gone_ends_only_the_lease(machine):
     result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
     assert result.returncode == 0, result.stderr
     assert machine.calls() == [EXPORT, EXPORT, END_LEASE, EXPORT]
+    assert lease_in_twin(twin, lease_id) is None, "Blazar still has the lease"
     after = machine.stack_export("ab1234")
     assert names(before) - names(after) == {"lease"}
     assert_volume_kept(before, after)
@@ -861,24 +985,39 @@ def test_end_lease_refuses_when_the_volume_depends_on_the_lease(machine):
 
 
 @needs_cli
-def test_failed_lease_end_says_the_reservation_is_still_held(machine):
-    """The lease's destroy fails (the cloud's error is a stand-in's): exit 1, pulumi's words,
+def test_failed_lease_end_says_the_reservation_is_still_held(machine, twin):
+    """The lease's destroy fails (the twin's Blazar refuses the delete): exit 1, pulumi's words,
     the reservation still held, and the command to run again."""
-    state = state_fixture()
+    lease_id = active_lease(twin)
+    state = with_lease(state_fixture(), lease_id)
     state["deployment"]["resources"] = [
         resource for resource in resources(state) if name_of(resource) not in RECYCLED
     ]
     machine.import_state("ab1234", state)
-    machine.fail_pulumi("destroy", "error: Blazar answered HTTP 503: service unavailable")
-
-    result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
+    fault = twin.admin(
+        "POST",
+        "/faults",
+        json={
+            "method": "DELETE",
+            "path": rf"/v1/leases/{lease_id}",
+            "status": 403,
+            "body": {"error_code": 403, "error_message": LEASE_DELETE_REFUSED, "error_name": 403},
+        },
+    )
+    assert fault.status_code == 201, fault.text
+    try:
+        result = recycle(machine, "--stack", "ab1234", "--end-lease", "--yes")
+    finally:
+        twin.admin("DELETE", "/faults")
 
     assert result.returncode == 1
-    assert "Blazar answered HTTP 503" in result.stdout + result.stderr
+    said = result.stdout + result.stderr
+    assert f"HTTP 403: {LEASE_DELETE_REFUSED}" in said, said
     assert "the lease was not ended and its reservation is still held" in result.stderr
     assert "`./chi-persist recycle --stack ab1234 --end-lease` again" in result.stderr
     assert machine.calls() == [EXPORT, END_LEASE]
     assert LEASE_URN in {r["urn"] for r in resources(machine.stack_export("ab1234"))}
+    assert (lease_in_twin(twin, lease_id) or {}).get("status") == "ACTIVE"
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""The command resource plugin (tests/engine/plugins/command): its Go tests, and the built
-binary as the engine and the installed pulumi_command SDK see it."""
+"""The command resource plugin, this project's substitute for pulumi-command 1.2.1's
+(tests/engine/substitutes/command_plugin): its Go tests, and the built binary as the engine
+and the installed pulumi_command SDK see it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 from tests.support.paths import REPO_ROOT
 
-MODULE = REPO_ROOT / "tests" / "engine" / "plugins" / "command"
+MODULE = REPO_ROOT / "tests" / "engine" / "substitutes" / "command_plugin"
 BUILD = MODULE / "build"
 VERSION = "1.2.1"
 GO = shutil.which("go")

@@ -1,9 +1,10 @@
 """The Python language host under the real Pulumi CLI: programs, dynamic providers, errors.
 
-The CLI tests need a directory holding `pulumi` and the host's files, named by
-CHI_PERSIST_TOOLCHAIN_BIN (tests/engine/host_bin.py lays one out from a pulumi
-binary). Each runs in its own Pulumi home with the local file backend, and no
-plugin may be downloaded.
+The host is this project's substitute for upstream's (tests/engine/substitutes/language_host/
+README.md); these tests hold it to the upstream host's behaviour. The CLI tests need a
+directory holding `pulumi` and the host's files, named by CHI_PERSIST_TOOLCHAIN_BIN
+(tests/engine/substitutes/language_host/host_bin.py lays one out from a pulumi binary). Each
+runs in its own Pulumi home with the local file backend, and no plugin may be downloaded.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from google.protobuf import struct_pb2
 from pulumi.runtime.proto import language_pb2, language_pb2_grpc
 
-from tests.engine import host_bin, language_host
+from tests.engine.substitutes.language_host import host_bin, language_host
 
 HOST = Path(language_host.__file__)
 TOOLCHAIN_BIN = os.environ.get("CHI_PERSIST_TOOLCHAIN_BIN", "")
@@ -36,7 +37,8 @@ FAILED = 1  # the CLI's exit code for an operation that failed
 needs_cli = pytest.mark.skipif(
     not TOOLCHAIN_BIN,
     reason="CHI_PERSIST_TOOLCHAIN_BIN is unset: no directory with the real pulumi CLI and the "
-    "Python host's files (tests/engine/host_bin.py PULUMI DIR lays one out)",
+    "Python host's files (tests/engine/substitutes/language_host/host_bin.py PULUMI DIR lays "
+    "one out)",
 )
 
 PROGRAM = '''\

@@ -26,7 +26,8 @@ import pytest
 from components.blazar import parse_blazar_date
 from tests.engine.workspace import StudentMachine, explain, toolchain_skip_reason
 from tests.support.pulumi_state import STATE_FIXTURES
-from tests.twin.harness import Twin, wait_for
+from tests.twin import steps
+from tests.twin.harness import Twin
 
 pytestmark = [
     pytest.mark.engine,
@@ -133,27 +134,7 @@ def last_event(twin: Twin) -> int:
 def made_outside(twin: Twin, hours: int = 8) -> dict[str, Any]:
     """An ACTIVE lease made with Blazar's API, not by the stack, as the lease resource would
     make it; its body as Blazar shows it."""
-    api = twin.api()
-    end = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=hours)
-    body = {
-        "name": "lease-persist-ab1234",
-        "start_date": "now",
-        "end_date": end.strftime("%Y-%m-%d %H:%M"),
-        "events": [],
-        "before_end_date": None,
-        "reservations": [
-            {"resource_type": "flavor:instance", "flavor_id": "4", "amount": 1, "affinity": None}
-        ],
-    }
-    created = api.post(f"{api.reservation}/leases", json=body)
-    assert created.status_code == 201, created.text
-    lease_id = created.json()["lease"]["id"]
-
-    def active() -> dict[str, Any] | None:
-        lease = blazar_lease(twin, lease_id).json()["lease"]
-        return lease if lease["status"] == "ACTIVE" else None
-
-    return wait_for(active, what=f"lease {lease_id} ACTIVE")
+    return steps.lease(twin.api(), "lease-persist-ab1234", "4", hours=hours)
 
 
 def test_up_makes_an_active_lease_whose_reservation_is_a_flavor(

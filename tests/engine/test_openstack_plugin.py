@@ -1,8 +1,9 @@
 """The openstack resource plugin built here, against the SDK the program is written with.
 
-tests/engine/plugins/openstack/build makes pulumi-resource-openstack from
-terraform-provider-openstack v3.4.0 and pulumi-terraform-bridge v3.135.0 (the
-pair pulumi-openstack 5.5.x bridges). These tests hold it to the installed
+tests/engine/substitutes/openstack_plugin/build makes pulumi-resource-openstack
+from terraform-provider-openstack v3.4.0 and pulumi-terraform-bridge v3.135.0
+(the pair pulumi-openstack 5.5.x bridges), with this project's substitute for
+pulumi-openstack's token and name mapping. These tests hold it to the installed
 Python SDK pulumi_openstack: the version it asks for, every resource and
 function token, every property and its type, the provider's configuration
 and where it falls back to the environment; and they drive it over gRPC,
@@ -29,7 +30,7 @@ from tests.support.keystone_neutron import KeystoneNeutron, Server, network
 from tests.support.paths import REPO_ROOT
 from tests.support.resource_plugin import running_plugin
 
-PLUGIN_MODULE = REPO_ROOT / "tests" / "engine" / "plugins" / "openstack"
+PLUGIN_MODULE = REPO_ROOT / "tests" / "engine" / "substitutes" / "openstack_plugin"
 TOOLCHAIN = REPO_ROOT / "tests" / "engine" / "toolchain"
 # A cold build compiles the Terraform provider, the bridge and tfgen: allow an hour.
 BUILD_SECONDS = 3600
@@ -79,7 +80,7 @@ def sdk() -> sdk_surface.Sdk:
 def plugin(tmp_path_factory, sdk_version) -> Path:
     """The plugin, built (or taken from the build's cache) at the SDK's version."""
     if shutil.which("go") is None:
-        pytest.skip("Go is not installed: tests/engine/plugins/openstack/build needs it")
+        pytest.skip("Go is not installed: tests/engine/substitutes/openstack_plugin/build needs it")
     binary = tmp_path_factory.mktemp("plugin") / "pulumi-resource-openstack"
     result = subprocess.run(
         [str(PLUGIN_MODULE / "build"), str(binary), sdk_version],

@@ -22,13 +22,19 @@ run in order on one twin and one student, as the semester does:
  5. the quickstart's `pulumi up`: a new server, same address and volume, nothing
     formatted, the marker there;
     then recycle refuses a running server that SSH does not reach from its side;
- 6. a changed file under docker/: the volume is mounted and the stack runs afterwards;
-    then a longer leaseDuration is recorded and changes nothing until the renewal window,
-    where one `pulumi up` makes the next lease first, moves the server onto it the clean
-    way and deletes the old lease; then the server's timer stops the platform and the
-    stack's lease ends (the server is deleted with it) on a clean filesystem: the next
-    `pulumi up` makes a new lease and server, same volume and address, nothing formatted;
- 7. a new `reservation`: the server is replaced through the clean stop, never resized;
+ 6. a changed file under docker/: the engine's own steps stop the stack first, then copy,
+    mount and start, and the stack runs afterwards; the engine's plan (`pulumi preview`, which
+    changes nothing) for a changed file under scripts/remote/ (the same order), a new
+    mountPoint (the old mount released first) and a new flavor or image (the recycle path);
+    then a longer leaseDuration is recorded (the lease's one step) and changes nothing until
+    the renewal window, where one `pulumi up` makes the next lease first, moves the server
+    onto it the clean way and deletes the old lease; then the server's timer stops the
+    platform and the stack's lease ends (the server is deleted with it) on a clean
+    filesystem: the next
+    `pulumi up` makes a new lease and server, same volume and address, nothing formatted
+    (the ended lease's delete-first cascade, clean stop first, in the engine's own steps);
+ 7. a new `reservation`: the server is replaced through the clean stop, never resized (the
+    recycle path in the engine's own steps); the plan for another reservation, the same;
  8. a larger `volumeSize`: the filesystem grows, the marker intact;
 10. faults: the server vanishes out of band, and `./chi-persist recycle` then `pulumi up`
     recover it; an API call fails with 503 mid-`up` and a second `up` converges with
@@ -55,6 +61,7 @@ at the first).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime
 import functools
 import json
@@ -70,7 +77,15 @@ from typing import Any
 
 import pytest
 
-from tests.engine.timeline import Timeline, dependencies_of, read_events, timeline
+from tests.engine.timeline import (
+    EngineStep,
+    Timeline,
+    dependencies_of,
+    read_events,
+    steps_of_preview,
+    steps_of_update,
+    timeline,
+)
 from tests.engine.workspace import (
     StudentMachine,
     explain,
@@ -79,6 +94,7 @@ from tests.engine.workspace import (
 )
 from tests.support import readme
 from tests.support.benchmarks import add_table
+from tests.twin import steps as twin_steps
 from tests.twin.harness import Twin, wait_for
 
 pytestmark = [pytest.mark.vm, pytest.mark.engine]
@@ -90,6 +106,17 @@ PREPARE = "provisioning-prepare-volume"
 START = "provisioning-start-stack"
 SERVER_TYPE = "openstack:compute/instance:Instance"
 COMMAND_TYPE = "command:remote:Command"
+LOCAL_COMMAND_TYPE = "command:local:Command"
+COPY_TYPE = "command:remote:CopyToRemote"
+# What a recycle keeps: never a step of the engine's when the server is replaced.
+KEPT_TYPES = {
+    "openstack:blockstorage/volume:Volume",
+    "openstack:networking/port:Port",
+    "openstack:networking/floatingIp:FloatingIp",
+}
+CLEAN_STOP = "provisioning-clean-stop"
+# The lease's stop timer: its place among the steps it shares no dependency with is not fixed.
+TIMER = "provisioning-lease-stop"
 UP_TIMEOUT = 3600
 # On the server: the volume is mounted and the compose project start-stack.sh recorded runs.
 PLATFORM_RUNS = (
@@ -137,14 +164,21 @@ class Semester:
     learned: dict[str, Any] = field(default_factory=dict)
     # What the benchmark table shows: (what was run, wall seconds, its timeline or None).
     measured: list[tuple[str, float, Timeline | None]] = field(default_factory=list)
+    # The steps the last `up(steps=True)` took, in the engine's order (its event log).
+    steps: list[EngineStep] = field(default_factory=list)
+    event_logs: int = 0
 
-    def up(self, *extra: str, measure: str = "") -> subprocess.CompletedProcess[str]:
+    def up(
+        self, *extra: str, measure: str = "", steps: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """The quickstart's `pulumi up` (with --yes and --non-interactive: no terminal here);
-        with `measure`, timed, and its steps read from the engine's event log."""
+        with `measure`, timed, and its steps read from the engine's event log; with `steps`,
+        the steps it took kept in `self.steps`, in the engine's order."""
         arguments = [*QUICKSTART["pulumi up"][1:], "--yes", "--non-interactive", *extra]
-        if not measure:
+        if not (measure or steps):
             return self.student.pulumi(*arguments, timeout=UP_TIMEOUT)
-        log = self.student.root / f"events-{len(self.measured)}.jsonl"
+        self.event_logs += 1
+        log = self.student.root / f"events-{self.event_logs}.jsonl"
         began = time.monotonic()
         # `--event-log` is one of the CLI's debug flags (cmd/pulumi/operations/up.go).
         result = self.student._run(
@@ -155,12 +189,28 @@ class Semester:
             env={**self.student.env, "PULUMI_DEBUG_COMMANDS": "true"},
         )
         seconds = time.monotonic() - began
-        steps = None
+        events = read_events(log) if log.exists() else []
+        if steps:
+            self.steps = steps_of_update(events)
+        if not measure:
+            return result
+        timed = None
         if result.returncode == 0:
             export = self.student.stack_export(self.netid)
-            steps = timeline(read_events(log), dependencies_of(export))
-        self.measured.append((measure if steps else f"{measure} (failed)", seconds, steps))
+            timed = timeline(events, dependencies_of(export))
+        self.measured.append((measure if timed else f"{measure} (failed)", seconds, timed))
         return result
+
+    def planned(self) -> list[EngineStep]:
+        """The steps `pulumi preview` plans for the stack as it is configured now, in the
+        engine's order, a replacement as its delete and its create (a preview changes
+        nothing in the cloud or the state)."""
+        preview = self.student.pulumi(
+            "preview", "--json", "--show-replacement-steps", "--stack", self.netid,
+            "--non-interactive", timeout=900,
+        )  # fmt: skip
+        assert preview.returncode == 0, explain(preview)
+        return steps_of_preview(json.loads(preview.stdout))
 
     def command(self, measure: str, *arguments: str) -> subprocess.CompletedProcess[str]:
         """`./chi-persist ARGUMENTS`, timed."""
@@ -478,15 +528,78 @@ def test_5b_recycle_never_detaches_a_running_server_it_cannot_reach(semester: Se
 def test_6_a_changed_compose_file_leaves_the_volume_mounted_and_the_stack_running(
     semester: Semester,
 ):
-    """The stack step is stopped before the prepare step runs again, then started again."""
+    """The stack step is stopped before the prepare step runs again, then started again: the
+    engine's own steps (the `up`'s event log) are the clean stop, the stack step and the
+    prepare step deleted, then the copy of docker/ made again, the volume mounted, the stack
+    started; the server has no step (its new first-boot user data is ignored)."""
     _touch_compose_file(semester, "a new line under docker/")
-    up = semester.up()
+    up = semester.up(steps=True)
     assert up.returncode == 0, explain(up)
+    _assert_stop_first_then_copy_mount_start(
+        semester.steps, "provisioning-copy-docker", timer_again=False
+    )
+    assert {step.type for step in semester.steps} == {COPY_TYPE, COMMAND_TYPE, LOCAL_COMMAND_TYPE}
     assert semester.outputs()["server_id"] == semester.learned["server_id"]
     ready = _ready_line(semester.command_stdout(PREPARE))
     assert ready["formatted"] == "no" and ready["uuid"] == semester.learned["uuid"], ready
     running = semester.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt")
     assert running.returncode == 0 and running.stdout.strip() == MARKER, explain(running)
+
+
+def test_6b_a_changed_remote_script_is_planned_stop_first_then_copy_mount_start(
+    semester: Semester,
+):
+    """A changed file under scripts/remote/, as the engine plans it (`pulumi preview`): the
+    clean stop, the stack step and the prepare step deleted first, then the scripts copied,
+    the volume mounted, the stack started; the lease's timer set again after the stack starts.
+    Nothing else: no server step."""
+    script = semester.student.project / "scripts" / "remote" / "prepare-volume"
+    with _changed_for_a_preview(script, "# a new line under scripts/remote/\n"):
+        planned = semester.planned()
+    _assert_stop_first_then_copy_mount_start(planned, "provisioning-copy-scripts", timer_again=True)
+
+
+def test_6c_a_new_mount_point_is_planned_to_release_the_old_mount_first(semester: Semester):
+    """A new mountPoint, as the engine plans it: the old clean stop (release at the old mount
+    point) runs before the prepare step mounts at the new one; the lease's timer is updated in
+    place for the new mount point (it follows the stack step by depends_on alone, which the
+    engine's delete-before-replace does not follow: it is not deleted first)."""
+    with _configured_for_a_preview(semester, mountPoint="/mnt/data"):
+        planned = semester.planned()
+    timer = [step for step in planned if step.name == TIMER]
+    steps = [step for step in planned if step.name != TIMER]
+    assert _order(steps) == [
+        f"delete {CLEAN_STOP}",
+        f"delete {START}",
+        f"delete {PREPARE}",
+        f"create {PREPARE}",
+        f"create {START}",
+        f"create {CLEAN_STOP}",
+    ], _order(planned)
+    assert "--mount-point /mnt/block" in steps[0].old_inputs["delete"]
+    assert "--mount-point /mnt/data" in steps[3].new_inputs["create"]
+    assert "--mount-point /mnt/data" in steps[5].new_inputs["delete"]
+    assert _order(timer) == [f"update {TIMER}"]
+    assert "--mount-point /mnt/data" in timer[0].new_inputs["create"]
+
+
+@pytest.mark.parametrize(
+    ("change", "lease"),
+    [
+        pytest.param({"flavor": "m1.xlarge"}, "replaced", id="flavor"),
+        pytest.param({"image": "CC-Ubuntu24.04-CUDA"}, None, id="image"),
+    ],
+)
+def test_6d_a_new_flavor_or_image_is_planned_as_the_recycle_path(
+    semester: Semester, change: dict[str, str], lease: str | None
+):
+    """A new flavor or image, as the engine plans it: never a resize or a rebuild in place, but
+    the recycle path (clean stop, detach, delete, new server, attach, mount without format,
+    start); a new flavor is a new lease, made first, and the old one deleted last."""
+    before = semester.student.stack_export(NETID)
+    with _configured_for_a_preview(semester, **change):
+        planned = semester.planned()
+    _assert_the_recycle_path(planned, before, lease)
 
 
 def test_renewal_in_the_window_makes_the_next_lease_first_then_moves_the_server(
@@ -497,14 +610,19 @@ def test_renewal_in_the_window_makes_the_next_lease_first_then_moves_the_server(
     holds the lease's end, one `pulumi up` renews: the next lease is made first; then the
     server is replaced the clean way onto its flavor (detach, delete, a new server on the same
     address with the same volume, nothing formatted, the marker there); then the old lease is
-    deleted; the new server's timer stops the platform 10 minutes before the new end."""
+    deleted; the new server's timer stops the platform 10 minutes before the new end. The
+    longer duration is the engine's one step: the lease updated in place (recorded)."""
     first = semester.outputs()
     old_server = semester.learned["server_id"]
     _set_config(semester, leaseDuration="7d")
     since = semester.twin.events()[-1]["seq"]
-    recorded = semester.up()
+    recorded = semester.up(steps=True)
     assert recorded.returncode == 0, explain(recorded)
     assert "is recorded" in recorded.stdout + recorded.stderr, explain(recorded)
+    assert _order(semester.steps) == ["update lease"], _order(semester.steps)
+    (update,) = semester.steps
+    assert update.new_inputs["duration_seconds"] == 7 * 86400
+    assert update.old_inputs["duration_seconds"] == 8 * 3600
     kept = semester.outputs()
     assert (kept["lease_id"], kept["lease_end"], kept["server_id"]) == (
         first["lease_id"],
@@ -557,7 +675,10 @@ def test_lease_end_is_repaired_by_the_next_up_with_the_same_volume_unformatted(
     calendar would); then the lease ends (Blazar deletes the server, then the flavor) and
     meets a stopped platform: the volume's filesystem is clean. One `pulumi up` makes a new
     lease and a new server on the same address with the same volume, formats nothing, and
-    says that the clean stop could not run."""
+    says that the clean stop could not run. The engine's own steps: the ended lease replaced
+    delete-first deletes, before anything is made, the server that booted its flavor and
+    everything on that server, the clean stop first and the server last; the volume, port and
+    floating IP have no step."""
     old_lease = semester.outputs()["lease_id"]
     stopped = semester.ssh(
         "sudo systemctl start chi-persist-lease-stop.service"
@@ -572,9 +693,21 @@ def test_lease_end_is_repaired_by_the_next_up_with_the_same_volume_unformatted(
     assert semester.twin.state()["servers"] == []
     (volume,) = semester.twin.state()["volumes"]
     assert _filesystem_state(Path(volume["disk"])) == "clean"
-    up = semester.up()
+    before = semester.student.stack_export(NETID)
+    up = semester.up(steps=True)
     assert up.returncode == 0, explain(up)
     assert "PostgreSQL" in up.stdout + up.stderr, explain(up)
+    order = _order(semester.steps)
+    deleted = [step.name for step in semester.steps if step.change == "delete"]
+    assert deleted[-1] == "lease", order
+    assert set(deleted[:-1]) == _on_the_server(before), order
+    assert [name for name in deleted if name != TIMER][0] == CLEAN_STOP, order
+    assert deleted[-2] == "node-server", order
+    assert order.index("delete lease") < order.index("create lease"), order
+    assert max(order.index(f"delete {name}") for name in deleted) < min(
+        index for index, step in enumerate(order) if step.startswith("create ")
+    ), order
+    assert not [step for step in semester.steps if step.type in KEPT_TYPES], order
     outputs = semester.outputs()
     assert outputs["lease_id"] != old_lease
     assert outputs["server_id"] != semester.learned["server_id"]
@@ -593,15 +726,20 @@ def test_lease_end_is_repaired_by_the_next_up_with_the_same_volume_unformatted(
 
 
 def test_7_a_new_reservation_replaces_the_server_through_the_clean_stop(semester: Semester):
-    """Never a resize in place: the old server is detached, deleted, then a new one made."""
+    """Never a resize in place: the old server is detached, deleted, then a new one made. The
+    engine's own steps are the recycle path (clean stop first, everything on the server deleted
+    before anything is made, the volume, port and floating IP untouched), and the stack's lease
+    is deleted last, once the new server runs on the student's reservation."""
     reservation = _reserve_by_hand(semester.twin, "m1.medium", f"by-hand-{NETID}")
     events_before = len(semester.twin.events())
     changed = semester.student.pulumi(
         "config", "set", "chi-persist:reservation", reservation, "--stack", NETID
     )
     assert changed.returncode == 0, explain(changed)
-    up = semester.up()
+    before = semester.student.stack_export(NETID)
+    up = semester.up(steps=True)
     assert up.returncode == 0, explain(up)
+    _assert_the_recycle_path(semester.steps, before, lease="dropped")
     outputs = semester.outputs()
     old = semester.learned["server_id"]
     assert outputs["server_id"] != old
@@ -636,6 +774,21 @@ def test_7_a_new_reservation_replaces_the_server_through_the_clean_stop(semester
         f"by-hand-{NETID}"
     ], own
     semester.learned["server_id"] = outputs["server_id"]
+
+
+def test_7b_another_reservation_is_planned_as_the_recycle_path(semester: Semester):
+    """From one reservation of the student's own to another, as the engine plans it: the
+    recycle path, and no lease of the stack's to make or delete."""
+    api = semester.twin.api()
+    other = twin_steps.lease(api, f"another-{NETID}", twin_steps.flavor_id(api, "m1.medium"))
+    try:
+        before = semester.student.stack_export(NETID)
+        with _configured_for_a_preview(semester, reservation=other["reservations"][0]["id"]):
+            planned = semester.planned()
+    finally:
+        gone = api.delete(f"{api.reservation}/leases/{other['id']}")
+        assert gone.status_code in (200, 202, 204), gone.text
+    _assert_the_recycle_path(planned, before, lease=None)
 
 
 def test_8_a_larger_volume_grows_the_filesystem_and_keeps_the_marker(semester: Semester):
@@ -961,6 +1114,131 @@ def _tutorial_volume(directory: Path) -> tuple[Path, str]:
     return disk, uuid
 
 
+# --- the engine's own order of an update ------------------------------------------------------
+# The order of the steps of an update is the engine's (pkg/resource/deploy/step_generator.go: a
+# delete-before-replace first deletes the dependents that take a property of the replaced
+# resource, in reverse order). These read it from the engine itself: the event log of a
+# semester's `up`, or `pulumi preview` for a change the semester does not make.
+
+
+def _order(steps: list[EngineStep]) -> list[str]:
+    """`delete NAME`, `create NAME`, `update NAME`: a replacement is a delete and a create."""
+    return [str(step) for step in steps]
+
+
+def _without_timer(order: list[str]) -> list[str]:
+    return [step for step in order if not step.endswith(f" {TIMER}")]
+
+
+def _assert_stop_first_then_copy_mount_start(
+    steps: list[EngineStep], copy: str, timer_again: bool
+) -> None:
+    """A new copy of `copy`'s files: the clean stop (stop, unmount), the stack step and the
+    prepare step deleted before the copy is made again, then the prepare step (mount) and the
+    stack step made again, and the clean stop last; new scripts also set the lease's timer
+    again (it runs release-volume.sh from them), after the stack has started."""
+    order = _order(steps)
+    assert _without_timer(order) == [
+        f"delete {CLEAN_STOP}",
+        f"delete {START}",
+        f"delete {PREPARE}",
+        f"delete {copy}",
+        f"create {copy}",
+        f"create {PREPARE}",
+        f"create {START}",
+        f"create {CLEAN_STOP}",
+    ], order
+    timer = [f"delete {TIMER}", f"create {TIMER}"] if timer_again else []
+    assert [step for step in order if step.endswith(TIMER)] == timer, order
+    if timer:
+        assert order.index(f"create {TIMER}") > order.index(f"create {START}"), order
+
+
+def _on_the_server(export: dict[str, Any]) -> set[str]:
+    """The names of the server and of every resource that depends on it, transitively (by a
+    dependency or an input), as the state records them."""
+    resources = export["deployment"].get("resources") or []
+    (server,) = [r for r in resources if r["type"] == SERVER_TYPE]
+    found = {server["urn"]}
+    grew = True
+    while grew:
+        grew = False
+        for resource in resources:
+            edges = set(resource.get("dependencies") or [])
+            for urns in (resource.get("propertyDependencies") or {}).values():
+                edges.update(urns or [])
+            if resource["urn"] not in found and edges & found:
+                found.add(resource["urn"])
+                grew = True
+    return {
+        urn.rsplit("::", 1)[-1]
+        for urn in found
+        if next(r for r in resources if r["urn"] == urn).get("custom")
+    }
+
+
+def _assert_the_recycle_path(
+    steps: list[EngineStep], before: dict[str, Any], lease: str | None
+) -> None:
+    """Clean stop, detach, delete, new server, re-attach, prepare, start: what a recycle does,
+    every step on the server deleted before anything is made, the volume, port and floating IP
+    untouched. `lease`: "replaced" (a new lease of a new flavor, made first and the old one
+    deleted last), "dropped" (a reservation of the student's own: the stack's lease deleted
+    once the new server runs) or None (untouched)."""
+    order = _order(steps)
+    if lease == "dropped":
+        assert order[-1] == "delete lease", f"the old lease goes once the new server runs: {order}"
+        steps, order = steps[:-1], order[:-1]
+    elif lease == "replaced":
+        # The old lease still serves: the next lease is made first, so its reservation is held
+        # before anything stops; the server boots its flavor, so it is recycled onto it; the
+        # old lease goes last, once the new server runs.
+        assert order[0] == "create lease" and order[-1] == "delete lease", order
+        steps, order = steps[1:-1], order[1:-1]
+    recycled = _on_the_server(before)
+    deleted = [step.name for step in steps if step.change == "delete"]
+    created = [step.name for step in steps if step.change == "create"]
+    assert _without_timer(order)[0] == f"delete {CLEAN_STOP}", f"the clean stop first: {order}"
+    assert set(deleted) == recycled == set(created), (order, recycled)
+    assert len(deleted) == len(set(deleted)), order
+    assert [step.change for step in steps] == ["delete"] * len(deleted) + ["create"] * len(
+        created
+    ), order
+    for first, then in [
+        (f"delete {CLEAN_STOP}", "delete node-volume-attachment"),
+        ("delete node-volume-attachment", "delete node-server"),
+        ("create node-server", "create node-volume-attachment"),
+        ("create node-volume-attachment", f"create {PREPARE}"),
+        (f"create {PREPARE}", f"create {START}"),
+        (f"create {START}", f"create {TIMER}"),
+    ]:
+        assert order.index(first) < order.index(then), (first, then, order)
+    assert not [step for step in steps if step.type in KEPT_TYPES], order
+
+
+@contextlib.contextmanager
+def _configured_for_a_preview(semester: Semester, **values: str) -> Iterator[None]:
+    """The stack's config with `values` set, then exactly as it was (its stack file's bytes)."""
+    stack_file = semester.student.project / f"Pulumi.{NETID}.yaml"
+    kept = stack_file.read_bytes()
+    try:
+        _set_config(semester, **values)
+        yield
+    finally:
+        stack_file.write_bytes(kept)
+
+
+@contextlib.contextmanager
+def _changed_for_a_preview(path: Path, line: str) -> Iterator[None]:
+    """`path` with `line` added, then exactly as it was."""
+    kept = path.read_bytes()
+    try:
+        path.write_bytes(kept + line.encode())
+        yield
+    finally:
+        path.write_bytes(kept)
+
+
 def _set_config(semester: Semester, **values: str) -> None:
     for key, value in values.items():
         changed = semester.student.pulumi(
@@ -998,38 +1276,7 @@ def _reserve_by_hand(twin: Twin, flavor_name: str, name: str) -> str:
     """What a student who brings their own reservation does in Horizon: a lease for one
     instance of a flavor, started now; the reservation's id once the lease is ACTIVE."""
     api = twin.api()
-    catalog = {
-        entry["type"]: entry["endpoints"][0]["url"] for entry in api.body["token"]["catalog"]
-    }
-    flavors = api.get(f"{api.compute}/flavors").json()["flavors"]
-    (flavor_id,) = [flavor["id"] for flavor in flavors if flavor["name"] == flavor_name]
-    end = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
-    made = api.post(
-        f"{catalog['reservation']}/leases",
-        json={
-            "name": name,
-            "start_date": "now",
-            "end_date": end.strftime("%Y-%m-%d %H:%M"),
-            "events": [],
-            "before_end_date": None,
-            "reservations": [
-                {
-                    "resource_type": "flavor:instance",
-                    "flavor_id": flavor_id,
-                    "amount": 1,
-                    "affinity": None,
-                }
-            ],
-        },
-    )
-    assert made.status_code == 201, made.text
-    lease_id = made.json()["lease"]["id"]
-
-    def active() -> dict[str, Any] | None:
-        lease = api.get(f"{catalog['reservation']}/leases/{lease_id}").json()["lease"]
-        return lease if lease["status"] == "ACTIVE" else None
-
-    lease = wait_for(active, timeout=120, what=f"lease {lease_id} ACTIVE", interval=2)
+    lease = twin_steps.lease(api, name, twin_steps.flavor_id(api, flavor_name))
     return lease["reservations"][0]["id"]
 
 

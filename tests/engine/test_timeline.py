@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.timeline import dependencies_of, read_events, timeline
+from tests.engine.timeline import (
+    dependencies_of,
+    read_events,
+    steps_of_preview,
+    steps_of_update,
+    timeline,
+)
 
 PREFIX = "urn:pulumi:ab1234::chi-persist::"
 SERVER = PREFIX + "chi-persist:index:Node$openstack:compute/instance:Instance::node-server"
@@ -134,3 +140,61 @@ def test_a_step_with_known_dependencies_that_did_not_run_begins_the_path(tmp_pat
     # Without the state, the volume that ended before it is taken as its predecessor.
     path = timeline(read_events(log)).critical_path()
     assert [step.name for step, _ in path] == ["data (Volume)", "node-server (Instance)"]
+
+
+def test_the_steps_of_an_update_in_the_engines_order_without_preview_or_no_op_steps():
+    """A delete-before-replace as the engine logs it: the replaced ones deleted, the logical
+    `replace` marker, the new one created; the preview's events, `same` steps and the
+    providers' own steps left out."""
+    events = [
+        event(1, 100, "resourcePreEvent", "replace", PREPARE, planning=True),
+        event(2, 101, "resourcePreEvent", "delete-replaced", PREPARE),
+        event(3, 102, "resOutputsEvent", "delete-replaced", PREPARE),
+        event(4, 102, "resourcePreEvent", "replace", PREPARE),
+        event(5, 102, "resourcePreEvent", "same", VOLUME),
+        event(6, 103, "resourcePreEvent", "create-replacement", PREPARE),
+        event(7, 104, "resourcePreEvent", "update", SERVER),
+        # A provider's own update (its configuration) is not a step on a resource.
+        event(8, 105, "resourcePreEvent", "update", PREFIX + "pulumi:providers:openstack::default"),
+    ]
+    events[6]["resourcePreEvent"]["metadata"].update(
+        old={"inputs": {"name": "old"}}, new={"inputs": {"name": "new"}}
+    )
+    steps = steps_of_update(events)
+    assert [str(step) for step in steps] == [
+        "delete provisioning-prepare-volume",
+        "create provisioning-prepare-volume",
+        "update node-server",
+    ]
+    assert steps[0].type == "command:remote:Command"
+    assert steps[-1].type == "openstack:compute/instance:Instance"
+    assert (steps[-1].old_inputs, steps[-1].new_inputs) == ({"name": "old"}, {"name": "new"})
+
+
+def test_the_steps_of_a_preview_in_its_order():
+    """`pulumi preview --json --show-replacement-steps`: each step with its old and new
+    inputs; `same` and `replace` change nothing."""
+    provider = PREFIX + "pulumi:providers:openstack::default::1"
+    document = {
+        "steps": [
+            {"op": "same", "urn": PREFIX + "pulumi:pulumi:Stack::x"},
+            {"op": "update", "urn": PREFIX + "pulumi:providers:openstack::default"},
+            {"op": "same", "urn": VOLUME, "provider": provider},
+            {
+                "op": "delete-replaced",
+                "urn": SERVER,
+                "provider": provider,
+                "oldState": {"inputs": {"imageName": "a"}},
+            },
+            {"op": "replace", "urn": SERVER, "provider": provider},
+            {
+                "op": "create-replacement",
+                "urn": SERVER,
+                "provider": provider,
+                "newState": {"inputs": {"imageName": "b"}},
+            },
+        ]
+    }
+    steps = steps_of_preview(document)
+    assert [str(step) for step in steps] == ["delete node-server", "create node-server"]
+    assert steps[0].old_inputs == {"imageName": "a"} and steps[1].new_inputs == {"imageName": "b"}

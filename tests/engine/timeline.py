@@ -14,6 +14,11 @@ begins; for a resource the state does not list, the step that ended last before 
 Time between a predecessor's end and the step's start is waiting (the engine's own
 work, the program's callbacks); everything not on the path overlapped with it.
 
+The same log, or the JSON of `pulumi preview --json --show-replacement-steps`, also gives
+the engine's steps in the order it took them (`steps_of_update`, `steps_of_preview`): what
+the engine itself does when a change replaces resources, with its delete-before-replace
+ordering, rather than a model of it.
+
     python -m tests.engine.timeline EVENT_LOG [STACK_EXPORT_JSON]
 """
 
@@ -123,6 +128,87 @@ class Timeline:
                 {step.name for step in self.steps if id(step) not in on_path and step.seconds > 0}
             ),
         }
+
+
+# The engine's step kinds (pkg/resource/deploy/step.go), as a change of the resource: a
+# replacement is a delete of the old (`delete-replaced`) and a create of the new
+# (`create-replacement`); `replace` is the engine's logical marker between them and does
+# nothing, and `same`, `read`, `refresh` change nothing.
+CHANGE_OF_OP = {
+    "create": "create",
+    "create-replacement": "create",
+    "delete": "delete",
+    "delete-replaced": "delete",
+    "update": "update",
+}
+
+
+@dataclass(frozen=True)
+class EngineStep:
+    """One step the engine took (or plans) on one resource."""
+
+    op: str
+    urn: str
+    old_inputs: Mapping[str, Any] = field(default_factory=dict)
+    new_inputs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The resource's name, the last part of its URN: `provisioning-clean-stop`."""
+        return self.urn.rsplit("::", 1)[-1]
+
+    @property
+    def type(self) -> str:
+        """The resource's type token, from its URN (a child's URN names its parent's first)."""
+        return self.urn.split("::")[-2].split("$")[-1]
+
+    @property
+    def change(self) -> str | None:
+        """`create`, `delete` or `update` (a replacement is a delete and a create), or None
+        for a step that changes nothing."""
+        return CHANGE_OF_OP.get(self.op)
+
+    def __str__(self) -> str:
+        return f"{self.change or self.op} {self.name}"
+
+
+def steps_of_update(events: Iterable[Mapping[str, Any]]) -> list[EngineStep]:
+    """The steps a `pulumi up` took that change a resource, in the order the engine started
+    them (each step's resourcePreEvent in its `--event-log`; the preview's are left out, and
+    so are those of what has no provider: components, the stack, the providers themselves)."""
+    steps = []
+    for event in events:
+        body = event.get("resourcePreEvent")
+        if not body or body.get("planning"):
+            continue
+        metadata = body.get("metadata") or {}
+        if CHANGE_OF_OP.get(metadata.get("op", "")) is None or not metadata.get("provider"):
+            continue
+        steps.append(
+            EngineStep(
+                op=metadata["op"],
+                urn=metadata["urn"],
+                old_inputs=(metadata.get("old") or {}).get("inputs") or {},
+                new_inputs=(metadata.get("new") or {}).get("inputs") or {},
+            )
+        )
+    return steps
+
+
+def steps_of_preview(document: Mapping[str, Any]) -> list[EngineStep]:
+    """The steps `pulumi preview --json --show-replacement-steps` plans that change a resource,
+    in its order (without --show-replacement-steps a replacement is one `replace` step); what
+    has no provider is left out, as above."""
+    return [
+        EngineStep(
+            op=step["op"],
+            urn=step["urn"],
+            old_inputs=(step.get("oldState") or {}).get("inputs") or {},
+            new_inputs=(step.get("newState") or {}).get("inputs") or {},
+        )
+        for step in document.get("steps") or []
+        if CHANGE_OF_OP.get(step.get("op", "")) is not None and step.get("provider")
+    ]
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

@@ -46,7 +46,8 @@ PROJECT_FILES = (
     "docker",
 )
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
-# tests/support/bin/pulumi: records each call and passes it to the real CLI (see its docstring).
+# tests/support/bin/pulumi: records each call and passes it to the real CLI; fakes only the one
+# failure its docstring names, which the real CLI does not make here.
 RECORDING_BIN = REPO_ROOT / "tests" / "support" / "bin"
 # Values of the environment that name places inside a machine, rewritten by `clone`.
 MACHINE_PATHS = ("HOME", "PULUMI_HOME", "PULUMI_BACKEND_URL", "STAND_IN_PULUMI_LOG")
@@ -196,13 +197,14 @@ class StudentMachine:
 
     def record_pulumi_calls(self) -> None:
         """Put tests/support/bin/pulumi first on PATH: it records each call, with its working
-        directory, and passes it to the real CLI (a targeted `destroy` excepted)."""
+        directory, and passes it to the real CLI."""
         self.env["PATH"] = os.pathsep.join([str(RECORDING_BIN), self.env["PATH"]])
         self.env["STAND_IN_PULUMI_LOG"] = str(self.calls_log)
 
     def fail_pulumi(self, command: str, message: str) -> None:
         """Make recorded calls of `command` (its first words) fail with `message`: only for the
-        failures tests/support/bin/pulumi names, which the real CLI cannot show here."""
+        failure tests/support/bin/pulumi names, which the real CLI does not make here (any
+        other is refused; a cloud's error is a fault of the twin instead)."""
         failures = json.loads(self.env.get("STAND_IN_PULUMI_FAIL") or "{}")
         failures[command] = message
         self.env["STAND_IN_PULUMI_FAIL"] = json.dumps(failures)

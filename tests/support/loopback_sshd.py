@@ -66,8 +66,9 @@ def _banner(port: int) -> bool:
 
 
 @contextmanager
-def loopback_sshd(directory: Path) -> Iterator[LoopbackSshd]:
-    """sshd listening on 127.0.0.1 only, stopped afterwards; its files live in `directory`."""
+def loopback_sshd(directory: Path, port: int | None = None) -> Iterator[LoopbackSshd]:
+    """sshd listening on 127.0.0.1 only (on `port`, else a free one), stopped afterwards; its
+    files live in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     host_key = directory / "host_ed25519"
     subprocess.run(
@@ -78,7 +79,7 @@ def loopback_sshd(directory: Path) -> Iterator[LoopbackSshd]:
     )
     authorized_keys = directory / "authorized_keys"
     authorized_keys.touch(mode=0o600)
-    port = _free_port()
+    port = port or _free_port()
     config = directory / "sshd_config"
     config.write_text(
         "\n".join(

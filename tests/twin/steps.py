@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import datetime
 from typing import Any
 
+from components.blazar import lease_request
 from tests.twin.harness import Api, wait_for
 
 
@@ -126,3 +128,20 @@ def attach(api: Api, server_id: str, volume_id: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     wait_for(lambda: volume_status(api, volume_id) == "in-use", what="volume in-use")
     return response.json()["volumeAttachment"]
+
+
+def lease(api: Api, name: str, flavor: str, hours: float = 24, wait: bool = True) -> dict[str, Any]:
+    """A lease of one `flavor` (its id), made as the stack's lease makes it (the same body),
+    from now for `hours`; with `wait`, as Blazar shows it once ACTIVE."""
+    end = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=hours)
+    made = api.post(f"{api.reservation}/leases", json=lease_request(name, flavor, end))
+    assert made.status_code == 201, made.text
+    lease_id = made.json()["lease"]["id"]
+    if not wait:
+        return made.json()["lease"]
+
+    def active() -> dict[str, Any] | None:
+        shown = api.get(f"{api.reservation}/leases/{lease_id}").json()["lease"]
+        return shown if shown["status"] == "ACTIVE" else None
+
+    return wait_for(active, timeout=120, what=f"lease {lease_id} ACTIVE", interval=2)

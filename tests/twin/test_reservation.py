@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import requests
 
+from components.blazar import lease_request
 from tests.twin import steps
 from tests.twin.harness import Api, Twin, wait_for
 
@@ -23,22 +24,12 @@ def later(days: int = 1) -> str:
 
 
 def lease_body(flavor_id: str = LARGE, **changes: Any) -> dict[str, Any]:
-    """What the lease resource sends (FIELD-NOTES: affinity present and null)."""
-    reservation = {
-        "resource_type": "flavor:instance",
-        "flavor_id": flavor_id,
-        "amount": 1,
-        "affinity": None,
-    }
-    reservation.update(changes.pop("reservation", {}))
-    body = {
-        "name": "lease-persist-ab1234",
-        "start_date": "now",
-        "end_date": later(),
-        "events": [],
-        "before_end_date": None,
-        "reservations": [reservation],
-    }
+    """What the lease resource sends (components/blazar.py lease_request), with `changes`:
+    top-level keys replaced, and `reservation=` merged into the one reservation."""
+    body = lease_request(
+        "lease-persist-ab1234", flavor_id, datetime.now(timezone.utc) + timedelta(days=1)
+    )
+    body["reservations"][0].update(changes.pop("reservation", {}))
     body.update(changes)
     return body
 

@@ -1,5 +1,6 @@
 // Command pulumi-tfgen-openstack writes the Pulumi schema and the bridge
-// metadata of the openstack provider, which pulumi-resource-openstack embeds.
+// metadata of the openstack provider, which pulumi-resource-openstack embeds,
+// from this project's substitute mapping (../../provider, README.md).
 //
 // Usage: pulumi-tfgen-openstack OUT_DIR TF_PROVIDER_SOURCE_DIR
 //
@@ -20,7 +21,7 @@ import (
 	"github.com/pulumi/pulumi-terraform-bridge/v3/pkg/tfgen"
 	"github.com/spf13/afero"
 
-	"chi-persist.invalid/tests/engine/plugins/openstack/provider"
+	"chi-persist.invalid/tests/engine/substitutes/openstack_plugin/provider"
 )
 
 func main() {

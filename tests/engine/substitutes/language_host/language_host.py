@@ -1,4 +1,9 @@
-"""The Python language host, `pulumi-language-python`, for the Pulumi CLI.
+"""This project's substitute for Pulumi's Python language host, `pulumi-language-python` v3.274.1.
+
+A substitute: the Go module proxy refuses the upstream host's module
+(github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3: 403 at every version),
+so this Python program stands in for it. tests/engine/test_language_host.py holds it to
+the upstream host's behaviour; README.md beside this file says how far.
 
 The CLI starts it as a plugin: it serves the LanguageRuntime gRPC service on a
 loopback port, prints the port on the first line of stdout, and runs the
@@ -12,7 +17,7 @@ the same executor flags and PULUMI_CONFIG / PULUMI_CONFIG_SECRET_KEYS; exit
 code 32 means the program already reported its error; the same messages.
 
 Launch (what the CLI runs): `pulumi-language-python [flags] ENGINE_ADDRESS`,
-here through a wrapper next to `pulumi` (tests/engine/host_bin.py writes it):
+here through a wrapper next to `pulumi` (host_bin.py, beside this file, writes it):
 
     #!/bin/sh
     exec PYTHON /path/to/language_host.py \\

@@ -2,6 +2,11 @@
 // pulumi_command 1.2.1: command:local:Command, command:local:run,
 // command:remote:Command, command:remote:CopyToRemote and
 // command:remote:CopyFile, behaving as pulumi-command 1.2.1 does.
+//
+// A substitute, written for this project: the Go module proxy refuses
+// upstream's module (github.com/pulumi/pulumi-command/provider, 403 for its
+// versions, 404 for v1.2.1), so none of upstream's code is built here. Its Go
+// tests and tests/engine/test_command_plugin.py hold it to upstream (README.md).
 package main
 
 import (

@@ -1,4 +1,4 @@
-module chi-persist.invalid/tests/engine/plugins/openstack
+module chi-persist.invalid/tests/engine/substitutes/openstack_plugin
 
 go 1.25.11
 

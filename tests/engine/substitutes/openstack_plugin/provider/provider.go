@@ -4,6 +4,11 @@
 // environment. It is written so that the installed Python SDK
 // pulumi_openstack 5.5.3 meets the same Terraform resources and attributes as
 // it does under the published plugin.
+//
+// A substitute for the provider package of pulumi-openstack 5.5.3
+// (github.com/pulumi/pulumi-openstack/provider/v5), whose module the Go module
+// proxy refuses (403); tests/engine/test_openstack_plugin.py holds the schema
+// it yields to the installed SDK (README.md).
 package provider
 
 import (
@@ -66,5 +71,5 @@ func configDefaults() map[string]*tfbridge.SchemaInfo {
 }
 
 // Version is the provider's version (no leading "v"), set at link time:
-// -ldflags "-X chi-persist.invalid/tests/engine/plugins/openstack/provider.Version=5.5.3".
+// -ldflags "-X chi-persist.invalid/tests/engine/substitutes/openstack_plugin/provider.Version=5.5.3".
 var Version string

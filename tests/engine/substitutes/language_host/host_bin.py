@@ -1,17 +1,21 @@
 """Lays out a bin directory in which a `pulumi` binary runs Python programs with our language host.
 
-The layout is the one the Pulumi CLI expects of its bundled Python support, all in one
-directory (the CLI looks next to its own executable, then on PATH):
+The host is this project's substitute for upstream's `pulumi-language-python`, whose Go
+module the module proxy refuses (README.md beside this file). The layout is the one the
+Pulumi CLI expects of its bundled Python support, all in one directory (the CLI looks next
+to its own executable, then on PATH):
 
     pulumi                           the CLI (a hard link or a copy: never a symlink, or the CLI
                                      warns that the host on PATH is not the one beside it)
     pulumi-language-python           a wrapper: PYTHON language_host.py -use-executor ... "$@"
-    language_host.py                 a copy of tests/engine/language_host.py, so the directory
-                                     stands alone and can be cached outside the checkout
+    language_host.py                 a copy of language_host.py beside this file, so the
+                                     directory stands alone and can be cached outside the
+                                     checkout
     pulumi-language-python-exec      from the Go module cache, sdk/v3@<version>/python/cmd/
     pulumi-resource-pulumi-python    from the Go module cache, sdk/v3@<version>/python/dist/
 
-Usage: python tests/engine/host_bin.py PULUMI OUT_DIR [--python PYTHON] [--sdk-version V]
+Usage: python tests/engine/substitutes/language_host/host_bin.py PULUMI OUT_DIR
+           [--python PYTHON] [--sdk-version V]
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""This project's substitutes for upstream pieces of the Pulumi toolchain (README.md here)."""

@@ -1,0 +1,1 @@
+"""The stand-in for upstream's `pulumi-language-python` (README.md here)."""
