@@ -106,8 +106,9 @@ class ObjectStoreBackend:
 
     def account(self, name: str) -> dict[str, Any]:
         """Keystone accounts exist as soon as their project does (swift's account_autocreate)."""
-        return self._accounts().setdefault(name, {"created": stamp(), "timestamp": _timestamp(),
-                                                  "containers": {}})  # fmt: skip
+        return self._accounts().setdefault(
+            name, {"created": stamp(), "timestamp": _timestamp(), "containers": {}}
+        )
 
     # --- accounts --------------------------------------------------------------------------
 
@@ -255,16 +256,23 @@ class ObjectStoreBackend:
         computed = digest.hexdigest()
         if etag is not None and etag.strip('"').lower() != computed:
             path.unlink()
-            raise SwiftError(422, "<html><h1>Unprocessable Entity</h1><p>Unable to process the "
-                                  "contained instructions</p></html>")  # fmt: skip
-        return self._store(objects, name, {
-            "bytes": size,
-            "etag": computed,
-            "content_type": content_type or "application/octet-stream",
-            "metadata": dict(metadata),
-            "file": file_id,
-            "slo": None,
-        })  # fmt: skip
+            raise SwiftError(
+                422,
+                "<html><h1>Unprocessable Entity</h1><p>Unable to process the "
+                "contained instructions</p></html>",
+            )
+        return self._store(
+            objects,
+            name,
+            {
+                "bytes": size,
+                "etag": computed,
+                "content_type": content_type or "application/octet-stream",
+                "metadata": dict(metadata),
+                "file": file_id,
+                "slo": None,
+            },
+        )
 
     def put_manifest(
         self,
@@ -308,13 +316,15 @@ class ObjectStoreBackend:
                 problems.append((path, "Size Mismatch"))
             if segment.get("etag") is not None and segment["etag"] != target["etag"]:
                 problems.append((path, "Etag Mismatch"))
-            stored.append({
-                "name": "/" + path.lstrip("/"),
-                "bytes": size,
-                "hash": target["etag"],
-                "content_type": target["content_type"],
-                "last_modified": target["last_modified"],
-            })  # fmt: skip
+            stored.append(
+                {
+                    "name": "/" + path.lstrip("/"),
+                    "bytes": size,
+                    "hash": target["etag"],
+                    "content_type": target["content_type"],
+                    "last_modified": target["last_modified"],
+                }
+            )
         if problems:
             lines = "".join(f"{path}, {reason}\n" for path, reason in problems)
             raise SwiftError(400, f"Errors:\n{lines}")
@@ -322,23 +332,30 @@ class ObjectStoreBackend:
             "".join(segment["hash"] for segment in stored).encode("ascii"), usedforsecurity=False
         ).hexdigest()
         if etag is not None and etag.strip('"').lower() != slo_etag:
-            raise SwiftError(422, "<html><h1>Unprocessable Entity</h1><p>Unable to process the "
-                                  "contained instructions</p></html>")  # fmt: skip
+            raise SwiftError(
+                422,
+                "<html><h1>Unprocessable Entity</h1><p>Unable to process the "
+                "contained instructions</p></html>",
+            )
         manifest_json = json.dumps(stored).encode()
         self.check_quota(account, len(manifest_json))
         self.directory.mkdir(parents=True, exist_ok=True)
         file_id = new_hex_id()
         (self.directory / file_id).write_bytes(manifest_json)
-        return self._store(objects, name, {
-            "bytes": len(manifest_json),
-            "etag": hashlib.md5(manifest_json, usedforsecurity=False).hexdigest(),
-            "content_type": content_type or "application/octet-stream",
-            "metadata": dict(metadata),
-            "file": file_id,
-            "slo": stored,
-            "slo_etag": slo_etag,
-            "slo_size": sum(segment["bytes"] for segment in stored),
-        })  # fmt: skip
+        return self._store(
+            objects,
+            name,
+            {
+                "bytes": len(manifest_json),
+                "etag": hashlib.md5(manifest_json, usedforsecurity=False).hexdigest(),
+                "content_type": content_type or "application/octet-stream",
+                "metadata": dict(metadata),
+                "file": file_id,
+                "slo": stored,
+                "slo_etag": slo_etag,
+                "slo_size": sum(segment["bytes"] for segment in stored),
+            },
+        )
 
     def _store(self, objects: dict[str, Any], name: str, entry: dict[str, Any]) -> dict[str, Any]:
         entry.update(name=name, last_modified=stamp(), timestamp=_timestamp())
@@ -470,8 +487,10 @@ def _parse_manifest(body: bytes, request_path: str) -> list[dict[str, Any]]:
             continue
         path = segment.get("path")
         if not isinstance(path, str) or path.count("/") < 2 or not path.startswith("/"):
-            errors.append(f"Index {index}: path does not refer to an object. Path must be of the "
-                          "form /container/object.")  # fmt: skip
+            errors.append(
+                f"Index {index}: path does not refer to an object. Path must be of the "
+                "form /container/object."
+            )
             continue
         if path.lstrip("/") == request_path.split("/", 4)[-1]:
             errors.append(f"Index {index}: manifest must not include itself as a segment")
@@ -492,15 +511,17 @@ def _check_container_name(name: str) -> None:
     if not name or "/" in name:
         raise SwiftError(400, "Container name must not be empty or contain '/'")
     if len(name.encode()) > MAX_CONTAINER_NAME_LENGTH:
-        raise SwiftError(400, f"Container name length of {len(name)} longer than "
-                              f"{MAX_CONTAINER_NAME_LENGTH}")  # fmt: skip
+        raise SwiftError(
+            400, f"Container name length of {len(name)} longer than {MAX_CONTAINER_NAME_LENGTH}"
+        )
 
 
 def _check_object_name(name: str) -> None:
     """swift/common/constraints.py check_object_creation: 400 for a name over the limit."""
     if len(name.encode()) > MAX_OBJECT_NAME_LENGTH:
-        raise SwiftError(400, f"Object name length of {len(name)} longer than "
-                              f"{MAX_OBJECT_NAME_LENGTH}")  # fmt: skip
+        raise SwiftError(
+            400, f"Object name length of {len(name)} longer than {MAX_OBJECT_NAME_LENGTH}"
+        )
 
 
 def encode_metadata(prefix: str, metadata: dict[str, str]) -> dict[str, str]:

@@ -277,9 +277,14 @@ def create_object(account: str, container: str, object_name: str) -> Response:
     try:
         if request.args.get("multipart-manifest") == "put":
             entry = store().put_manifest(
-                account, container, object_name, request.get_data(),
-                content_type=content_type, etag=etag, metadata=metadata,
-            )  # fmt: skip
+                account,
+                container,
+                object_name,
+                request.get_data(),
+                content_type=content_type,
+                etag=etag,
+                metadata=metadata,
+            )
             etag_header = f'"{entry["slo_etag"]}"'
         else:
             if request.content_length is None and (
@@ -287,10 +292,15 @@ def create_object(account: str, container: str, object_name: str) -> Response:
             ):
                 raise SwiftError(411, "<html><h1>Length Required</h1><p>Length Required</p></html>")
             entry = store().put_object(
-                account, container, object_name, request.stream,
-                content_length=request.content_length, content_type=content_type,
-                etag=etag, metadata=metadata,
-            )  # fmt: skip
+                account,
+                container,
+                object_name,
+                request.stream,
+                content_length=request.content_length,
+                content_type=content_type,
+                etag=etag,
+                metadata=metadata,
+            )
             etag_header = entry["etag"]
     except SwiftError as error:
         raise _fail(error) from None
