@@ -15,7 +15,7 @@ without --force only onto a platform that holds nothing.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -52,7 +52,13 @@ from chi_persist_tools.backup_settings import (
     stack_values,
 )
 from chi_persist_tools.backup_store import ObjectStore
-from chi_persist_tools.command_line import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
+from chi_persist_tools.command_line import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    selected_stack,
+)
 from components.settings import NAMESPACE
 
 # A backup older than this, with backups on, is worth a warning in `check`.
@@ -226,33 +232,37 @@ def restore_backup(
 
 
 def newest_backup_row(settings: BackupSettings, now: datetime) -> tuple[bool, str, list[str]]:
-    """For `check`: (passed, detail, warnings) of the newest complete backup."""
+    """For `check`: (passed, detail, warnings) of the newest complete backup in the store."""
     try:
         store = ObjectStore(settings)
-        complete = [backup for backup in store.backups() if backup.complete]
+        found = store.backups()
     except CommandError as error:
         return False, f"the backups could not be listed: {error.lines[0]}", []
+    return newest_backup_check(found, settings, store.where, now)
+
+
+def newest_backup_check(
+    found: Sequence[Backup], settings: BackupSettings, where: str, now: datetime
+) -> tuple[bool, str, list[str]]:
+    """The newest complete backup's age; a warning past a week; a failure when there is none."""
+    complete = [backup for backup in found if backup.complete]
+    take = f"`./chi-persist backup --stack {settings.stack}`"
     if not complete:
-        return (
-            False,
-            (
-                f"no complete backup in {store.where}: take one with `./chi-persist backup --stack "
-                f"{settings.stack}`"
-            ),
-            [],
-        )
+        return False, f"no complete backup in {where}: take one with {take}", []
     newest = max(complete, key=lambda backup: backup.name)
     age = now - newest.taken
     detail = f"{newest.name}, {format_age(age)} old, {format_size(newest.size)}"
-    warnings_found = []
-    if age > STALE_AFTER:
-        detail += ": old"
-        warnings_found.append(
+    if age <= STALE_AFTER:
+        return True, detail, []
+    return (
+        True,
+        f"{detail}: old",
+        [
             f"the newest backup ({newest.name}) is {format_age(age)} old, more than a week: take "
-            f"one with `./chi-persist backup --stack {settings.stack}`, or let every recycle take "
-            f"one (`pulumi config set {NAMESPACE}:backupOnRecycle true --stack {settings.stack}`)"
-        )
-    return True, detail, warnings_found
+            f"one with {take}, or let every recycle take one (`pulumi config set "
+            f"{NAMESPACE}:backupOnRecycle true --stack {settings.stack}`)"
+        ],
+    )
 
 
 def ask(question: str) -> bool:
@@ -347,6 +357,31 @@ def backup_before_recycle(stack: str, address: str | None) -> None:
     server.run("writers", ["stop"], None)
     try:
         take_backup(settings, store, server, mode="writers stopped (recycle)")
+    except CommandError as error:
+        server.run("writers", ["start"], None)
+        raise error.with_lines(
+            "the recycle stopped before anything was destroyed; MLflow and Jupyter run again",
+            f"fix: correct what is said above and recycle again, or recycle without a backup "
+            f"this time: `pulumi config set {NAMESPACE}:backupOnRecycle false --stack {stack}`",
+        ) from None
     except BaseException:
         server.run("writers", ["start"], None)
         raise
+
+
+def check_rows(stack: str | None, note: Callable[[str], None]) -> list[tuple[str, bool, str]]:
+    """`check`'s row for the backups of a stack with backups on (none when they are off, with
+    a note on how to turn them on); a warning through `note` when the newest is old."""
+    try:
+        name = stack or selected_stack("check")
+        settings = read_settings(name)
+    except CommandError as error:
+        note(f"the backups were not looked at: {error.lines[0]}")
+        return []
+    if not settings.on:
+        note(f"backups are off for stack {name}; " + OFF_FIX.format(stack=name))
+        return []
+    passed, detail, warnings_found = newest_backup_row(settings, datetime.now(timezone.utc))
+    for warning in warnings_found:
+        note(f"warning: {warning}")
+    return [("Newest backup", passed, detail)]

@@ -3,21 +3,18 @@ read from its config and checked by the program's own rules (components/settings
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from chi_persist_tools.command_line import (
-    EXIT_FAILED,
     EXIT_USAGE,
-    HOW_TO_UNLOCK_SECRETS,
+    PROJECT_DIR,
     CommandError,
-    PulumiFailed,
-    run_pulumi,
     selected_stack,
 )
+from chi_persist_tools.stack_files import StackFileProblem, read_stack_file, stack_file
 from components.settings import NAMESPACE, check_value, check_values
 
 OFF_FIX = (
@@ -59,32 +56,25 @@ def settings_from_values(values: Mapping[str, Any], stack: str) -> BackupSetting
 
 
 def stack_values(stack: str) -> dict[str, Any]:
-    """The stack's own settings as `pulumi config --json` shows them (secrets left out)."""
-    arguments = ["config", "--json", "--stack", stack]
+    """The stack's own settings, read from its file Pulumi.<stack>.yaml beside Pulumi.yaml (no
+    pulumi call, no passphrase); the secrets left out. A stack without a file sets nothing."""
+    path = stack_file(PROJECT_DIR, stack)
     try:
-        printed = run_pulumi(arguments)
-    except PulumiFailed as failure:
-        if failure.mentions("no stack named"):
-            raise failure.with_fix(
-                f"fix: there is no stack named {stack!r}: `pulumi stack ls` lists them"
-            ) from None
-        if failure.mentions("passphrase"):
-            raise failure.with_fix(f"fix: {HOW_TO_UNLOCK_SECRETS}") from None
-        raise
-    try:
-        shown = json.loads(printed or "{}")
-    except json.JSONDecodeError:
+        document = read_stack_file(path) or {}
+    except StackFileProblem as problem:
         raise CommandError(
-            f"`pulumi config --json --stack {stack}` printed something that is not JSON",
-            "fix: check the Pulumi CLI with `pulumi version` (3.x is needed)",
-            exit_code=EXIT_FAILED,
+            f"{path} {problem}",
+            "fix: correct it (`pulumi config --stack {stack}` shows what Pulumi reads), then run "
+            "this again",
+            exit_code=EXIT_USAGE,
         ) from None
     prefix = f"{NAMESPACE}:"
-    return {
-        key[len(prefix) :]: entry.get("value")
-        for key, entry in shown.items()
-        if key.startswith(prefix) and isinstance(entry, dict) and not entry.get("secret")
-    }
+    values: dict[str, Any] = {}
+    for key, value in (document.get("config") or {}).items():
+        if not str(key).startswith(prefix) or isinstance(value, dict):
+            continue  # another namespace's, or a secret ({"secure": ...})
+        values[str(key)[len(prefix) :]] = value
+    return values
 
 
 def read_settings(stack: str, values: Mapping[str, Any] | None = None) -> BackupSettings:

@@ -246,17 +246,14 @@ class ObjectStore:
         return self._call("issuing a token for the server", issue)
 
     def revoke(self, token: ServerToken) -> str | None:
-        """DELETE /v3/auth/tokens for the server's token; None when done, else why not."""
-        session = self.connection.session
+        """The server's token revoked (openstacksdk's identity revoke_token: DELETE
+        /v3/auth/tokens); None when done or already gone, else why not."""
+        from openstack import exceptions as sdk
+
         try:
-            answer = session.delete(
-                "/auth/tokens",
-                headers={"X-Subject-Token": token.token},
-                endpoint_filter={"service_type": "identity", "interface": "public"},
-                raise_exc=False,
-            )
-        except Exception as error:  # keystoneauth's connection errors
-            return str(error)
-        if answer.status_code in (204, 404):
+            self.connection.identity.revoke_token(token.token)
+        except sdk.NotFoundException:
             return None
-        return f"Keystone answered HTTP {answer.status_code}"
+        except Exception as error:  # the SDK's and keystoneauth's errors alike
+            return " ".join(str(error).split())[:200]
+        return None
