@@ -47,7 +47,8 @@ class SwiftError(Exception):
 
 
 def capabilities() -> dict[str, Any]:
-    """GET /info (swift/proxy/server.py Application.get_info via register_swift_info)."""
+    """GET /info: the capabilities each middleware registers, as
+    swift/proxy/controllers/info.py InfoController.GETorHEAD answers them."""
     return {
         "swift": {
             "version": "2.38.3",
@@ -183,8 +184,8 @@ class ObjectStoreBackend:
     def list_objects(self, account: str, name: str, query: dict[str, str]) -> list[dict[str, Any]]:
         """swift/container/server.py ContainerController.GET_object: names after marker and
         before end_marker, starting with prefix, rolled up at delimiter, at most limit; an SLO
-        manifest is listed with the total size of its segments (ContainerController.
-        update_object_record reads swift_bytes)."""
+        manifest is listed with the total size of its segments (swift_bytes, which
+        ContainerController.update_object_record reads)."""
         container = self.container(account, name)
         rows = []
         for object_name, entry in container["objects"].items():
@@ -506,8 +507,8 @@ def _parse_manifest(body: bytes, request_path: str) -> list[dict[str, Any]]:
 
 
 def _check_container_name(name: str) -> None:
-    """swift/common/constraints.py check_utf8 and the length checks of the proxy's
-    ContainerController.PUT (400 when the name is too long, or holds '/')."""
+    """The proxy's checks of a new container's name (swift/proxy/controllers/container.py
+    ContainerController.PUT): 400 when it is too long, or holds '/'."""
     if not name or "/" in name:
         raise SwiftError(400, "Container name must not be empty or contain '/'")
     if len(name.encode()) > MAX_CONTAINER_NAME_LENGTH:

@@ -123,7 +123,8 @@ def _query() -> dict[str, str]:
 
 
 def info() -> Response:
-    """GET /info: the cluster's capabilities, without a token (swift/proxy/server.py)."""
+    """GET /info: the cluster's capabilities, without a token
+    (swift/proxy/controllers/info.py InfoController.GETorHEAD)."""
     response = _answer(200, json.dumps(capabilities()))
     response.headers["Content-Type"] = "application/json; charset=utf-8"
     return response
@@ -311,7 +312,8 @@ def create_object(account: str, container: str, object_name: str) -> Response:
 
 def delete_object(account: str, container: str, object_name: str) -> Response:
     """DELETE: 204; with multipart-manifest=delete the segments too, answered as the bulk
-    middleware reports (swift/common/middleware/bulk.py get_response_body)."""
+    middleware reports (swift/common/middleware/bulk.py Bulk.handle_delete_iter, its body made
+    by swift/common/request_helpers.py get_heartbeat_response_body)."""
     _own_account(account)
     with_segments = request.args.get("multipart-manifest") == "delete"
     try:
@@ -346,7 +348,8 @@ def _bulk_result(deleted: int, not_found: int) -> Response:
 
 
 def unauthenticated() -> ObjectStoreError:
-    """No valid token for CHI@TACC: Swift's 401, pointing at CHI@TACC's Keystone."""
+    """No valid token for CHI@TACC: Swift's 401 (swift/common/middleware/keystoneauth.py
+    KeystoneAuth.denied_response), pointing at CHI@TACC's Keystone."""
     from tests.twin.chi_tacc.urls import PREFIX as IDENTITY_PREFIX
 
     where = f'Keystone uri="{base_url()}{IDENTITY_PREFIX}/v3"'
