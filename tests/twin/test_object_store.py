@@ -40,8 +40,9 @@ def test_chi_tacc_has_its_own_keystone_and_catalog(twin: Twin, site: Any) -> Non
     entry = twin.clouds()["chi_tacc"]
     assert entry["region_name"] == "CHI@TACC"
     assert entry["auth"]["auth_url"] == f"{twin.url}/chi-tacc/v3"
-    assert entry["auth"]["application_credential_id"] != (
-        twin.clouds()["twin"]["auth"]["application_credential_id"]
+    assert (
+        entry["auth"]["application_credential_id"]
+        != (twin.clouds()["twin"]["auth"]["application_credential_id"])
     )
     endpoint = site.object_store.get_endpoint()
     project = site.session.get_project_id()
@@ -147,8 +148,9 @@ def test_a_manifest_with_a_missing_or_different_segment_is_refused(site: Any) ->
     session.put(f"{account}/c", timeout=30)
     segment = b"12345"
     session.put(f"{account}/c/m/000000", data=segment, timeout=30)
+    etag = hashlib.md5(segment, usedforsecurity=False).hexdigest()
     body = json.dumps([
-        {"path": "/c/m/000000", "size_bytes": 4, "etag": hashlib.md5(segment, usedforsecurity=False).hexdigest()},
+        {"path": "/c/m/000000", "size_bytes": 4, "etag": etag},
         {"path": "/c/m/000001", "size_bytes": 5},
     ])  # fmt: skip
     refused = session.put(
