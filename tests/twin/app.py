@@ -221,6 +221,10 @@ def admin_blueprint(cloud: Cloud, faults: Faults) -> Blueprint:
                 "config": dict(cloud.config),
                 "project_id": cloud.identity.project_id,
                 "user_id": cloud.identity.user_id,
+                # CHI@TACC: its project, and every token its Keystone issued (tests look for
+                # where the object store's tokens went).
+                "chi_tacc_project_id": cloud.chi_tacc_identity.project_id,
+                "chi_tacc_tokens": cloud.chi_tacc_identity.issued(),
                 "events": cloud.state.events_since(int(since)),
             }
             return json_response(body)
@@ -425,6 +429,7 @@ def create_app(cloud: Cloud) -> Flask:
                 query=request.query_string.decode(errors="replace"),
                 status=response.status_code,
                 seconds=round(time.monotonic() - g.get("twin_started", time.monotonic()), 4),
+                agent=request.headers.get("User-Agent", ""),
             )
             if request.method not in ("GET", "HEAD") and g.get("twin_locked"):
                 cloud.state.save()

@@ -285,7 +285,18 @@ class IdentityBackend:
         return token
 
     def revoke(self, token_id: str) -> bool:
-        return self.state.collection(self.TOKENS).pop(token_id, None) is not None
+        """The token is no longer valid; the admin API still lists it, for tests that look for
+        where a token went (Keystone keeps revocation events, not the token)."""
+        token = self.state.collection(self.TOKENS).pop(token_id, None)
+        if token is None:
+            return False
+        self.state.collection(f"{self.TOKENS}_revoked")[token_id] = token
+        return True
+
+    def issued(self) -> list[str]:
+        """Every token this Keystone issued that is still in the state, revoked ones too."""
+        live = self.state.collection(self.TOKENS)
+        return sorted([*live, *self.state.collection(f"{self.TOKENS}_revoked")])
 
     # --- trusts (keystone/api/trusts.py) -------------------------------------------------
 
