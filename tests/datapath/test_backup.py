@@ -30,15 +30,21 @@ import boto3
 import pytest
 
 from tests.datapath.test_persistence import (
+    RunningPlatform,
+    check_platform,
     credentials,
     new_server,
     prepare_volume,
     release_volume,
+    student_with_stack,
+    table,
 )
+from tests.engine.workspace import toolchain_skip_reason
 from tests.support.block_devices import LoopVolumes, block_device_skip_reason
 from tests.support.datapath import (
     POSTGRES_BIN,
     datapath_skip_reason,
+    jupyter_stand_in,
     mlflow_launch,
     mlflow_server,
     postgres_server,
@@ -446,12 +452,14 @@ def test_an_interrupted_upload_never_looks_complete_and_the_next_backup_succeeds
     release_volume(mount)
 
 
+@pytest.mark.skipif(toolchain_skip_reason() is not None, reason=str(toolchain_skip_reason()))
 def test_retention_deletes_only_older_complete_backups_and_quota_is_reported(
     workspace: Path, loop_volumes: LoopVolumes, twin: Twin
 ):
     """backupKeep 2 after three backups: the oldest complete one goes; an incomplete backup
-    (older, or newer) stays. An account over its quota refuses the upload with 413, which the
-    error names with its fix."""
+    (older, or newer) stays. `./chi-persist check` on the stack shows the newest backup's age
+    and warns that it is more than a week old. An account over its quota refuses the upload
+    with 413, which the error names with its fix."""
     backup = import_tool("backup")
 
     config = settings(keep=2)
@@ -480,6 +488,22 @@ def test_retention_deletes_only_older_complete_backups_and_quota_is_reported(
             taken[2]: True,
             "20991231T000000Z": False,
         }
+        with jupyter_stand_in(platform.values["JUPYTER_TOKEN"]) as jupyter_url:
+            student = student_with_stack(
+                workspace,
+                RunningPlatform(platform.mlflow_url, platform.s3.url, jupyter_url, platform.values),
+            )
+            student.pulumi("config", "set", "chi-persist:backupCloud", "chi_tacc", "--stack", NETID,
+                           check=True)  # fmt: skip
+            checked = check_platform(
+                "--stack", NETID, workspace=workspace, student=student,
+                environ={"OS_CLIENT_CONFIG_FILE": os.environ["OS_CLIENT_CONFIG_FILE"]},
+            )  # fmt: skip
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        row = table(checked.stdout)["Newest backup"]
+        assert row.startswith(f"✓ {taken[2]}, ") and row.endswith(": old"), checked.stdout
+        assert f"the newest backup ({taken[2]}) is " in checked.stderr
+        assert "more than a week" in checked.stderr
         twin.configure(quota_object_store_bytes=1)
         with pytest.raises(backup.CommandError) as full:
             backup.take_backup(config, store, server, segment_bytes=SEGMENT)
