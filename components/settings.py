@@ -107,7 +107,7 @@ class ConfigKey:
     are generated from these (`./chi-persist dev docs`)."""
 
     name: str
-    type: str  # "string", "integer" or "array" (Pulumi.yaml's config types)
+    type: str  # "string", "integer", "boolean" or "array" (Pulumi.yaml's config types)
     description: str
     """One or two sentences: Pulumi.yaml's description."""
     rule: Rule
@@ -454,6 +454,44 @@ def _passphrase(value: Any) -> tuple[Any, str | None]:
     return None, "must be the passphrase of the private key"
 
 
+# --- backups to an object store (scripts/chi_persist_tools/backup.py) --------------------
+# Swift's container names: 1 to 256 bytes, no "/" (swift/common/constraints.py).
+MAX_CONTAINER_NAME_BYTES = 256
+DEFAULT_BACKUP_KEEP = 3
+MAX_BACKUP_KEEP = 100
+
+
+def _container_name(value: Any) -> tuple[Any, str | None]:
+    rule = (
+        "must be the name of an object store container: 1 to 256 bytes, without '/' or "
+        "control characters, like chi-persist-ab1234"
+    )
+    if (
+        not isinstance(value, str)
+        or not CLOUD_NAME_PATTERN.fullmatch(value)
+        or "/" in value
+        or len(value.encode()) > MAX_CONTAINER_NAME_BYTES
+    ):
+        return None, rule
+    return value, None
+
+
+def _backup_keep(value: Any) -> tuple[Any, str | None]:
+    rule = f"must be a whole number of backups to keep, from 1 to {MAX_BACKUP_KEEP}"
+    number, problem = _volume_size(value)
+    if problem is not None or not 1 <= number <= MAX_BACKUP_KEEP:
+        return None, rule
+    return number, None
+
+
+def _boolean(value: Any) -> tuple[Any, str | None]:
+    if isinstance(value, bool):
+        return value, None
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true", None
+    return None, "must be true or false"
+
+
 _NAME_RULE = "must be a non-empty name without control characters"
 
 CONFIG_KEYS: dict[str, ConfigKey] = {
@@ -734,6 +772,61 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
                 "it over*)"
             ),
             shown_default='`""` (none)',
+        ),
+        ConfigKey(
+            "backupCloud",
+            "string",
+            "Name of the clouds.yaml entry of the object store backups go to, e.g. chi_tacc "
+            "(CHI@TACC's Swift; `ccauth clouds-yaml --all-sites` writes it). Empty: backups "
+            "are off.",
+            default="",
+            example="chi_tacc",
+            rule=_string(CLOUD_NAME_PATTERN, "must be the name of an entry in clouds.yaml"),
+            help=(
+                "the `clouds.yaml` entry of the object store backups go to, e.g. `chi_tacc` "
+                "(KVM@TACC has none; CHI@TACC's Swift serves it); empty: backups are off (see "
+                "*Backups*)"
+            ),
+            shown_default='`""`: off',
+        ),
+        ConfigKey(
+            "backupContainer",
+            "string",
+            "Object store container the backups go to; made if missing. Empty: "
+            "chi-persist-<netid>.",
+            default="",
+            example="chi-persist-ab1234",
+            rule=_container_name,
+            help="the container the backups go to, made if missing",
+            shown_default='`""`: `chi-persist-<netid>`',
+        ),
+        ConfigKey(
+            "backupKeep",
+            "integer",
+            "How many complete backups to keep: older ones are deleted after a new one "
+            f"succeeds (1 to {MAX_BACKUP_KEEP}).",
+            default=DEFAULT_BACKUP_KEEP,
+            example="3",
+            rule=_backup_keep,
+            help=(
+                "how many complete backups to keep; the older ones are deleted after each "
+                f"successful backup (1 to {MAX_BACKUP_KEEP})"
+            ),
+            shown_default=f"`{DEFAULT_BACKUP_KEEP}`",
+        ),
+        ConfigKey(
+            "backupOnRecycle",
+            "boolean",
+            "Take a backup during the clean stop of every `./chi-persist recycle`, while the "
+            "platform is stopped (needs backupCloud).",
+            default=False,
+            example="true",
+            rule=_boolean,
+            help=(
+                "`true`: `./chi-persist recycle` takes a backup during its clean stop, while "
+                "MLflow and Jupyter are stopped (needs `backupCloud`)"
+            ),
+            shown_default="`false`",
         ),
     )
 }

@@ -56,13 +56,22 @@ def test_every_subcommand_has_help_before_any_venv(words: list[str]) -> None:
     assert "ModuleNotFoundError" not in result.stderr
 
 
-@pytest.mark.parametrize("name", ["check", "recycle", "repair"])
+@pytest.mark.parametrize("name", ["check", "recycle", "repair", "backup", "backups", "restore"])
 def test_commands_on_one_stack_share_stack_yes_and_verbosity(name: str) -> None:
     parser = cli.parser_for(name)
     parsed = parser.parse_args(["--stack", "ab1234", "--yes", "-v"])
     assert (parsed.stack, parsed.yes, parsed.verbose, parsed.quiet) == ("ab1234", True, True, False)
     with pytest.raises(SystemExit):
         parser.parse_args(["-v", "-q"])
+
+
+def test_restore_takes_a_backup_name_and_force() -> None:
+    """`restore [BACKUP] --force`: the name is optional (the newest complete backup)."""
+    parser = cli.parser_for("restore")
+    named = parser.parse_args(["20260503T142205Z", "--force", "--stack", "ab1234"])
+    assert (named.backup, named.force, named.stack) == ("20260503T142205Z", True, "ab1234")
+    newest = parser.parse_args(["--stack", "ab1234"])
+    assert (newest.backup, newest.force) == (None, False)
 
 
 def test_wrong_arguments_exit_2_before_any_venv(tmp_path: Path) -> None:
@@ -236,7 +245,8 @@ def test_completion_is_offered_when_argcomplete_is_installed() -> None:
     with os.fdopen(read) as completions:
         offered = completions.read().split("\n")
     assert result.returncode == 0, result.stderr
-    assert sorted(word.strip() for word in offered if word.strip()) == ["recycle", "repair"]
+    offered_words = sorted(word.strip() for word in offered if word.strip())
+    assert offered_words == ["recycle", "repair", "restore"]
 
 
 def _is_open(descriptor: int) -> bool:

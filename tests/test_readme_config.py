@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pulumi
@@ -52,6 +53,7 @@ def test_every_setting_has_a_row_with_its_default() -> None:
             assert shown.strip("`").replace('"', "") in (
                 str(spec.default),
                 str(spec.default).replace("'", ""),
+                json.dumps(spec.default),  # a boolean, as Pulumi.yaml writes it
             ), name
 
 

@@ -909,6 +909,12 @@ def run_parsed(
             verify=arguments.verify_marker,
             progress=stderr,
         )
+        if platform.stack is not None:
+            # The newest backup's age, when the stack has backups on (backup.py).
+            from chi_persist_tools.backup import check_rows
+
+            note = lambda line: print(f"check: {line}", file=stderr, flush=True)  # noqa: E731
+            results += [CheckResult(*row) for row in check_rows(platform.stack, note)]
     except UsageError as error:
         print(f"check: error: {error}", file=stderr)
         return EXIT_USAGE

@@ -47,7 +47,8 @@ class Command:
     name: str
     summary: str
     options: str
-    """Module with DESCRIPTION, EPILOG and add_arguments(parser): standard library only."""
+    """Module with DESCRIPTION, EPILOG and add_arguments(parser): standard library only; or
+    `module:NAME`, an object of that module with those attributes."""
     stack: bool = True
     """It acts on one stack: it takes --stack."""
 
@@ -57,6 +58,11 @@ COMMANDS = (
     Command("check", "check that the platform answers and the data is there", "check_options"),
     Command("recycle", "remove the server (the data stays); --end-lease ends the lease", "recycle"),
     Command("repair", "repair the stack's state after an interrupted pulumi up", "repair"),
+    Command("backup", "back the platform's data up to the object store", "backup_options:BACKUP"),
+    Command("backups", "list the backups in the object store", "backup_options:BACKUPS"),
+    Command(
+        "restore", "restore a backup onto the stack's platform", "backup_options:RESTORE"
+    ),  # fmt: skip
     Command(
         "class",
         "for instructors: a class roster's stack files, its leaks",
@@ -94,7 +100,9 @@ def stack_option() -> argparse.ArgumentParser:
 
 
 def options_module(command: Command):
-    return importlib.import_module(f"chi_persist_tools.{command.options}")
+    module, _, name = command.options.partition(":")
+    found = importlib.import_module(f"chi_persist_tools.{module}")
+    return getattr(found, name) if name else found
 
 
 def build_parser() -> argparse.ArgumentParser:

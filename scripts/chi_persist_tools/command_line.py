@@ -51,6 +51,11 @@ class CommandError(Exception):
         self.exit_code = exit_code
         self.output = output
 
+    def with_lines(self, *lines: str) -> CommandError:
+        """The same error with more lines: what the caller knows of the outcome, its fix."""
+        self.lines.extend(lines)
+        return self
+
 
 class PulumiFailed(CommandError):
     """A Pulumi CLI call exited non-zero; `output` holds what it printed."""

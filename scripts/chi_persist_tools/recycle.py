@@ -795,6 +795,12 @@ def run(
         print("recycle: not confirmed; nothing was changed")
         return EXIT_USAGE
 
+    if plan.stop_steps and not forget and not stop_through_nova:
+        # backupOnRecycle: a backup while MLflow and Jupyter are stopped, before the clean
+        # stop stops the rest (backup.py); it does nothing when the setting is off.
+        from chi_persist_tools.backup import backup_before_recycle
+
+        backup_before_recycle(stack, plan.address)
     if stop_through_nova:
         assert plan.server is not None and plan.server.id
         stop_server_through_nova(plan.server.id)

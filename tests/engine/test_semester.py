@@ -45,6 +45,11 @@ run in order on one twin and one student, as the semester does:
     everything else and brings the data back on a new server;
  9. `pulumi destroy` stops at the protected volume; the README's "delete everything"
     commands then leave the twin empty (the semester's end, so it runs after the faults);
+    before it, `./chi-persist backup` sends the volume's data from the server to the twin's
+    CHI@TACC Swift (the marker, a notebook), and after it a new stack of the same netid is
+    brought up and `./chi-persist restore` puts them back; no disk of either guest holds the
+    object store's token afterwards (the guests' Docker is the stand-in: what the database and
+    MinIO hold is proven by tests/datapath/test_backup.py);
 11. and 12. two more students at once on the same twin: one adopts a tutorial-formatted
     volume pre-made in the twin with `existingVolumeId` (mounted as it is, data intact),
     the other starts from nothing; no cloud name is shared.
@@ -1003,6 +1008,94 @@ def test_10d_a_second_machine_builds_nothing_twice(semester: Semester, tmp_path:
     assert changes == [], f"the first machine's stale state changed the cloud: {changes}"
 
 
+NOTEBOOK = "/mnt/block/jupyter_work/week3.ipynb"
+NETID_SERVER = f"chi-persist; node-persist-{NETID}"
+NOTEBOOK_TEXT = '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
+# The guests run the stand-in Docker, so no MinIO: this stands in for an empty one on the
+# port compose publishes, answering the calls a backup and a restore make of an empty bucket.
+EMPTY_MINIO = """
+import http.server
+LISTING = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult '
+           b'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>mlflow-artifacts</Name>'
+           b'<KeyCount>0</KeyCount><IsTruncated>false</IsTruncated></ListBucketResult>')
+class Bucket(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(LISTING)))
+        self.end_headers()
+        self.wfile.write(LISTING)
+http.server.HTTPServer(("127.0.0.1", 9000), Bucket).serve_forever()
+"""
+
+
+def _empty_minio_on_the_server(semester: Semester) -> None:
+    started = semester.ssh(
+        "sudo systemd-run --unit twin-empty-minio --quiet python3 -c "
+        + shlex.quote(EMPTY_MINIO)
+        + " && for i in $(seq 30); do (exec 3<>/dev/tcp/127.0.0.1/9000) 2>/dev/null && exit 0; "
+        "sleep 1; done; exit 1"
+    )
+    assert started.returncode == 0, explain(started)
+
+
+def _token_on_the_disks(semester: Semester, server_id: str, volume_disk: str) -> list[str]:
+    """Which of the object store's tokens (every one CHI@TACC's Keystone issued) is in a file of
+    the guest: its root overlay, blank disk, config drive and console log, and the volume."""
+    synced = semester.ssh("sync && sudo sync")
+    assert synced.returncode == 0, explain(synced)
+    tokens = [token.encode() for token in semester.twin.state()["chi_tacc_tokens"]]
+    assert tokens, "CHI@TACC's Keystone issued no token"
+    machine = semester.twin.state_dir / "machines" / server_id
+    files = [path for path in machine.iterdir() if path.is_file()] + [Path(volume_disk)]
+    found = []
+    for path in files:
+        with open(path, "rb") as handle:
+            tail = b""
+            while chunk := handle.read(64 * 1024 * 1024):
+                window = tail + chunk
+                found += [f"{path.name}: {token[:12]!r}…" for token in tokens if token in window]
+                tail = window[-256:]
+    return sorted(set(found))
+
+
+def test_9a_a_backup_goes_from_the_server_to_the_object_store(semester: Semester):
+    """With backupCloud the twin's CHI@TACC entry: `./chi-persist backup` takes the marker and a
+    notebook from the server straight to Swift (the upload goes from the guest, through the
+    twin's route to its public address), writes the manifest last, and `backups` lists it
+    complete; the token that went to the server is on none of its disks."""
+    _set_config(semester, backupCloud="chi_tacc")
+    wrote = semester.ssh(
+        f"echo {shlex.quote(NOTEBOOK_TEXT)} | sudo tee {NOTEBOOK} >/dev/null"
+        f" && sudo chown 1000:100 {NOTEBOOK} && sync"
+    )
+    assert wrote.returncode == 0, explain(wrote)
+    _empty_minio_on_the_server(semester)
+    events_before = len(semester.twin.events())
+    taken = semester.command("`./chi-persist backup`", "backup", "--stack", NETID)
+    assert taken.returncode == 0, explain(taken)
+    assert re.search(r"backup: \d{8}T\d{6}Z complete: ", taken.stdout), explain(taken)
+    # The parts went up from the guest itself (its hostname in the script's User-Agent), the
+    # manifest from the student's machine (openstacksdk's).
+    calls = [
+        event
+        for event in semester.twin.events(events_before)
+        if event.get("kind") == "api" and "/chi-tacc/swift/" in event.get("path", "")
+    ]
+    segments = [e for e in calls if e["method"] == "PUT" and "/notebooks.tar/" in e["path"]]
+    assert segments and all(f"({NETID_SERVER})" in e.get("agent", "") for e in segments), segments
+    (manifest,) = [e for e in calls if e["path"].endswith("/manifest.json")]
+    assert "openstacksdk" in manifest.get("agent", ""), manifest
+    listed = semester.student.command("backups", "--stack", NETID)
+    assert listed.returncode == 0, explain(listed)
+    (row,) = [line for line in listed.stdout.splitlines() if re.search(r"\d{8}T\d{6}Z", line)]
+    assert "4 of 4" in row and " yes: " in row, listed.stdout
+    state = semester.twin.state()
+    (server,) = state["servers"]
+    (volume,) = state["volumes"]
+    assert _token_on_the_disks(semester, server["id"], volume["disk"]) == []
+    semester.learned["backup"] = row.split()[0]
+
+
 def test_9_destroy_stops_at_the_volume_and_the_readme_deletes_everything(semester: Semester):
     """Protection holds against `pulumi destroy`; the documented way out empties the twin."""
     destroy = semester.student.pulumi(
@@ -1020,6 +1113,40 @@ def test_9_destroy_stops_at_the_volume_and_the_readme_deletes_everything(semeste
         assert result.returncode == 0, f"{command}\n{explain(result)}"
     assert _leftovers(semester.twin.state()) == {}
     assert NETID not in semester.student.stack_names()
+
+
+def test_9b_a_new_stack_of_the_same_netid_gets_the_data_back_with_restore(semester: Semester):
+    """After "delete everything": the quickstart's `init` and `pulumi up` make a new stack with a
+    new, empty volume; `./chi-persist restore` (no --force: the platform is empty) puts the
+    backup's marker and notebook back, owners kept; no disk of the new guest holds a token.
+    Then the stack is deleted again, as the semester's end."""
+    made = semester.student.command(*QUICKSTART["init"][1:])
+    assert made.returncode == 0, explain(made)
+    _set_config(semester, backupCloud="chi_tacc")
+    up = semester.up()
+    assert up.returncode == 0, explain(up)
+    assert _ready_line(semester.command_stdout(PREPARE))["formatted"] == "yes"
+    assert semester.ssh("test ! -e /mnt/block/marker.txt").returncode == 0
+    _empty_minio_on_the_server(semester)
+    restored = semester.command("`./chi-persist restore`", "restore", "--stack", NETID)
+    assert restored.returncode == 0, explain(restored)
+    assert f"restore: done: backup {semester.learned['backup']} is in place" in restored.stdout
+    back = semester.ssh(
+        f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt && sudo stat -c '%u:%g' {NOTEBOOK}"
+        f" && sudo cat {NOTEBOOK}"
+    )
+    assert back.returncode == 0, explain(back)
+    assert back.stdout.splitlines() == [MARKER, "1000:100", NOTEBOOK_TEXT], explain(back)
+    state = semester.twin.state()
+    (server,) = state["servers"]
+    (volume,) = state["volumes"]
+    assert _token_on_the_disks(semester, server["id"], volume["disk"]) == []
+    for command in _readme_delete_everything_commands(NETID):
+        result = semester.student._run(
+            ["bash", "-c", command], timeout=UP_TIMEOUT, stdin="", check=False
+        )
+        assert result.returncode == 0, f"{command}\n{explain(result)}"
+    assert _leftovers(semester.twin.state()) == {}
 
 
 def test_11_and_12_two_students_at_once_one_adopting_a_tutorial_volume(

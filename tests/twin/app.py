@@ -5,6 +5,8 @@ Paths (one port; the catalog points each service at its own prefix):
   /compute           Nova v2.1          /network   Neutron v2.0
   /image             Glance v2          /volume    Cinder v3
   /v1                Blazar v1 (its catalog entry ends in the version, as KVM@TACC's)
+  /chi-tacc          CHI@TACC, a second site: its own Keystone (/chi-tacc/v3) and Swift
+                     (/chi-tacc/swift), whose tokens are CHI@TACC's Keystone's
   /_twin             the admin API for tests (state, faults, pre-made volumes, key pairs,
                      settings, ending a lease now)
 Every service call but the version documents needs a valid X-Auth-Token, as
@@ -31,12 +33,14 @@ from typing import Any
 from flask import Blueprint, Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from tests.twin.chi_tacc import urls as chi_tacc_urls
 from tests.twin.cloud import Cloud, ConfigError, checked_config
 from tests.twin.compute import urls as compute_urls
 from tests.twin.core import RawError, ServiceError, Unauthenticated, base_url, json_response
 from tests.twin.identity import urls as identity_urls
 from tests.twin.image import urls as image_urls
 from tests.twin.network import urls as network_urls
+from tests.twin.object_store import urls as object_store_urls
 from tests.twin.reservation import urls as reservation_urls
 from tests.twin.volume import urls as volume_urls
 
@@ -47,6 +51,9 @@ SERVICES = (
     image_urls,
     volume_urls,
     reservation_urls,
+    # CHI@TACC: its Swift's prefix lies under its Keystone's, so Swift is matched first.
+    object_store_urls,
+    chi_tacc_urls,
     identity_urls,
 )
 ADMIN_PREFIX = "/_twin"
@@ -214,6 +221,10 @@ def admin_blueprint(cloud: Cloud, faults: Faults) -> Blueprint:
                 "config": dict(cloud.config),
                 "project_id": cloud.identity.project_id,
                 "user_id": cloud.identity.user_id,
+                # CHI@TACC: its project, and every token its Keystone issued (tests look for
+                # where the object store's tokens went).
+                "chi_tacc_project_id": cloud.chi_tacc_identity.project_id,
+                "chi_tacc_tokens": cloud.chi_tacc_identity.issued(),
                 "events": cloud.state.events_since(int(since)),
             }
             return json_response(body)
@@ -394,9 +405,14 @@ def create_app(cloud: Cloud) -> Flask:
             if fault["status"] is not None:
                 raise RawError(fault["status"], fault["body"], fault["headers"])
         if module.AUTHENTICATED and request.endpoint not in module.UNAUTHENTICATED_ENDPOINTS:
+            # A service of another site (CHI@TACC's Swift) takes that site's tokens, and
+            # refuses in its own words.
+            identity = module.identity(cloud) if hasattr(module, "identity") else cloud.identity
             with cloud.state.lock:
-                token = cloud.identity.token(request.headers.get("X-Auth-Token"))
+                token = identity.token(request.headers.get("X-Auth-Token"))
             if token is None or token["project_id"] is None:
+                if hasattr(module, "unauthenticated"):
+                    raise module.unauthenticated()
                 raise Unauthenticated(f"{base_url()}/v3")
             g.twin_token = token
         cloud.state.lock.acquire()
@@ -413,6 +429,7 @@ def create_app(cloud: Cloud) -> Flask:
                 query=request.query_string.decode(errors="replace"),
                 status=response.status_code,
                 seconds=round(time.monotonic() - g.get("twin_started", time.monotonic()), 4),
+                agent=request.headers.get("User-Agent", ""),
             )
             if request.method not in ("GET", "HEAD") and g.get("twin_locked"):
                 cloud.state.save()

@@ -22,11 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.twin.chi_tacc.models import ChiTaccIdentity
 from tests.twin.compute.models import ComputeBackend
 from tests.twin.identity.models import IdentityBackend
 from tests.twin.image.models import ImageBackend
 from tests.twin.machines import MachineDriver, create_machines
 from tests.twin.network.models import NetworkBackend
+from tests.twin.object_store.models import ObjectStoreBackend
 from tests.twin.reservation.models import ReservationBackend
 from tests.twin.state import State
 from tests.twin.volume.models import VolumeBackend
@@ -62,6 +64,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "quota_port": 500,
     "quota_volumes": 10,
     "quota_gigabytes": 1000,
+    # CHI@TACC's Swift: the account's quota in bytes, as X-Account-Meta-Quota-Bytes set by the
+    # operator (swift/common/middleware/account_quotas.py); -1: none.
+    "quota_object_store_bytes": -1,
     # The guest ports a floating IP reaches, when the port's security groups allow them
     # to a client at `client_address` (whoever connects to a floating IP here comes from
     # the loopback interface).
@@ -219,6 +224,9 @@ class Cloud:
         self.volume = VolumeBackend(self)
         self.compute = ComputeBackend(self)
         self.reservation = ReservationBackend(self)
+        # CHI@TACC, a second site: its own Keystone, and its Swift.
+        self.chi_tacc_identity = ChiTaccIdentity(self)
+        self.object_store = ObjectStoreBackend(self)
         with state.lock:
             if state.fresh:
                 for backend in self.backends:
@@ -239,6 +247,8 @@ class Cloud:
             self.volume,
             self.compute,
             self.reservation,
+            self.chi_tacc_identity,
+            self.object_store,
         )
 
     @property

@@ -12,7 +12,13 @@ disk besides its root, so a volume is never the disk a fixed name would pick.
 Networking is qemu's user mode (slirp), restricted so the guest reaches nothing
 outside: the guest gets the port's fixed IP and MAC by DHCP, and a floating IP
 is a loopback address (127.0.0.0/8) whose ports are forwarded to the guest's
-while it is exposed. Volumes are hot-plugged as virtio-blk disks whose serial is
+while it is exposed. The one thing outside a guest reaches is the twin's own
+address (`reach_host`), at the URL its catalog gives clients (127.0.0.1:PORT), as
+a real server reaches a site's public endpoints (CHI@TACC's object store from a
+KVM@TACC server): qemu forwards an address of the guest's network to it (guestfwd,
+one tests/twin/host_forward.py per connection), and the config drive's vendor data
+makes the guest's own 127.0.0.1:PORT lead there (systemd-socket-proxyd).
+Volumes are hot-plugged as virtio-blk disks whose serial is
 the first 20 characters of the volume id; detaching waits until the guest has
 released the disk. Each qemu is driven through its QMP socket.
 
@@ -54,6 +60,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -97,6 +104,7 @@ RECORD = "machine.json"
 SOCKETS_PARENT = Path("/tmp")
 SOCKETS_PREFIX = "chi-twin-qmp-"
 LOG_TAIL_LINES = 30
+HOST_FORWARD = Path(__file__).resolve().parent / "host_forward.py"
 
 EventSink = Callable[[str, str, str], None]
 
@@ -164,6 +172,31 @@ def slirp_network(fixed_ip: str) -> dict[str, str]:
     }
 
 
+def host_route_address(fixed_ip: str) -> str:
+    """The guest network's address whose ports qemu forwards to the host's loopback."""
+    network = ipaddress.IPv4Network(f"{fixed_ip}/24", strict=False)
+    return str([host for host in network.hosts() if str(host) != fixed_ip][2])
+
+
+def host_route_vendor_data(ports: list[int], route_address: str) -> dict[str, Any]:
+    """Vendor data (what an operator adds to every server's first boot, Nova's
+    vendor_data.json, {"cloud-init": ...}) that makes the guest's 127.0.0.1:PORT reach the
+    twin through `route_address`:PORT, with a socket-activated systemd-socket-proxyd."""
+    lines = ["#!/bin/sh", "# The twin's address, as its catalog gives it, reached from the guest.",
+             "set -eu"]  # fmt: skip
+    for port in ports:
+        unit = f"/etc/systemd/system/twin-route-{port}"
+        lines += [
+            f"printf '[Socket]\\nListenStream=127.0.0.1:{port}\\n[Install]\\n"
+            f"WantedBy=sockets.target\\n' > {unit}.socket",
+            f"printf '[Service]\\nExecStart=/usr/lib/systemd/systemd-socket-proxyd "
+            f"{route_address}:{port}\\n' > {unit}.service",
+        ]
+    lines += ["systemctl daemon-reload"]
+    lines += [f"systemctl enable --now twin-route-{port}.socket" for port in ports]
+    return {"cloud-init": "\n".join(lines) + "\n"}
+
+
 def config_drive_files(
     server_id: str,
     *,
@@ -171,6 +204,7 @@ def config_drive_files(
     public_keys: list[str],
     metadata: Mapping[str, str],
     hostname: str,
+    vendor_data: Mapping[str, Any] | None = None,
 ) -> dict[str, bytes]:
     """The files of Nova's config drive for one server, by path inside the drive.
 
@@ -195,7 +229,7 @@ def config_drive_files(
     }
     files = {
         "openstack/latest/meta_data.json": json.dumps(meta_data, indent=1).encode(),
-        "openstack/latest/vendor_data.json": b"{}",
+        "openstack/latest/vendor_data.json": json.dumps(vendor_data or {}).encode(),
         "openstack/latest/vendor_data2.json": b"{}",
     }
     if user_data is not None:
@@ -434,7 +468,13 @@ class QemuMachines:
         self._machines: dict[str, _Machine] = {}
         self._sockets = _socket_directory()
         self._spawner = _Spawner()
+        self.host_ports: list[int] = []
         self._load()
+
+    def reach_host(self, ports: list[int]) -> None:
+        """Guests booted from now on reach these ports of the host's 127.0.0.1 at their own
+        127.0.0.1 (the twin's API, whose catalog gives clients that address)."""
+        self.host_ports = sorted(set(ports))
 
     def __enter__(self) -> QemuMachines:
         return self
@@ -499,6 +539,12 @@ class QemuMachines:
                 "metadata": dict(metadata),
                 "hostname": hostname,
             }
+            if self.host_ports:
+                machine.record["host_ports"] = list(self.host_ports)
+                seed["vendor_data"] = host_route_vendor_data(
+                    self.host_ports, host_route_address(fixed_ip)
+                )
+                machine.save()
             machine.starting = threading.Thread(
                 target=self._start_guest,
                 args=(machine, seed),
@@ -923,9 +969,19 @@ class QemuMachines:
     def _command_line(self, machine: _Machine, image: GuestImage) -> list[str]:
         record = machine.record
         network = slirp_network(record["fixed_ip"])
-        netdev = ",".join(
-            [f"user,id={NETDEV},restrict=on"] + [f"{key}={value}" for key, value in network.items()]
-        )
+        options = [f"user,id={NETDEV},restrict=on"]
+        options += [f"{key}={value}" for key, value in network.items()]
+        route = host_route_address(record["fixed_ip"])
+        if any("," in str(path) for path in (sys.executable, HOST_FORWARD)):
+            raise MachineError(
+                f"server {machine.server_id}: {sys.executable} or {HOST_FORWARD} holds a comma, "
+                "which would split qemu's -netdev option; run the twin from another directory"
+            )
+        for port in record.get("host_ports", []):
+            # One forwarder process per connection; restrict=on leaves explicit forwards open.
+            forward = f"{sys.executable} {HOST_FORWARD} 127.0.0.1 {port}"
+            options.append(f"guestfwd=tcp:{route}:{port}-cmd:{forward}")
+        netdev = ",".join(options)
         prefix = ["setpriv", "--pdeathsig", "KILL", "--"]
         if self.niceness:
             prefix += ["nice", "-n", str(self.niceness)]

@@ -38,7 +38,7 @@ REPO = TWIN.parents[1]
 MAP_FILES = sorted(TWIN.glob("*/behaviour.toml"))
 SOURCE_MAP = TWIN / "source_map.toml"
 # The services whose maps this project keeps beside their models.
-SERVICES = ("compute", "network", "volume", "image")
+SERVICES = ("compute", "network", "volume", "image", "object_store")
 UPSTREAM = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[0-9][A-Za-z0-9.]*)$")
 ENTRY_KEYS = {"what", "upstream", "file", "function", "twin"}
 PYPI = os.environ.get("CHI_PERSIST_PYPI_JSON", "https://pypi.org/pypi")

@@ -8,11 +8,16 @@ through the builders it delegates to and the package's constants), and the named
 function is defined in results.go; each terraform-provider-openstack v3.4.0 function named is
 defined in its file. Reservation (Blazar) routes are called by the project's own lease
 resource, not by the Go provider: they name the Blazar API source instead, which is not checked
-here. What a call sends and reads is compared with the twin's answer in each service's tests.
+here. CHI@TACC's routes (its Keystone and Swift) are called by Python clients, not the Go
+provider: they name openstacksdk's and keystoneauth1's functions, found in the installed
+distribution of the version pinned, and this project's functions that make the call.
+What a call sends and reads is compared with the twin's answer in each service's tests.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
 import os
 import re
@@ -235,7 +240,13 @@ ROUTE_KEYS = {
     "gophercloud_none",
     "blazar",
     "upstream",
+    "sdk",
+    "sdk_none",
+    "chi_persist",
 }
+# CHI@TACC's services: Python clients call them (openstacksdk, keystoneauth1).
+SDK_SERVICES = ("identity_chi_tacc", "object_store")
+REPO = Path(__file__).resolve().parents[2]
 CALL_KEYS = {
     "package",
     "request",
@@ -257,12 +268,27 @@ def test_entry_has_only_the_maps_keys(route: dict[str, Any]) -> None:
         assert set(call) <= CALL_KEYS, f"{route_id(route)}: {sorted(set(call) - CALL_KEYS)}"
     for source in route.get("upstream", []) + route.get("blazar", []):
         assert set(source) <= {"upstream", "file", "function"}, f"{route_id(route)}: {source}"
+    for source in route.get("sdk", []):
+        assert set(source) == {"distribution", "file", "function"}, f"{route_id(route)}: {source}"
+    for source in route.get("chi_persist", []):
+        assert set(source) == {"file", "function"}, f"{route_id(route)}: {source}"
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=route_id)
 def test_entry_says_who_calls_it_and_why_it_is_served(route: dict[str, Any]) -> None:
     """Each entry names its callers, or says why the twin serves a call the provider does not make
     for this program; a Go call is named or its absence explained."""
+    if route["service"] in SDK_SERVICES:
+        assert isinstance(route["for_this_program"], bool)
+        assert bool(route.get("sdk")) != bool(route.get("sdk_none")), (
+            f"{route_id(route)}: name the client functions or say why there are none (not both)"
+        )
+        if route["for_this_program"]:
+            assert route.get("chi_persist"), f"{route_id(route)}: name this project's caller"
+        else:
+            assert route.get("served_because"), f"{route_id(route)}: say why the twin serves it"
+        assert not route.get("provider") and not route.get("gophercloud")
+        return
     if route["service"] == "reservation":
         assert route.get("blazar"), f"{route_id(route)}: name the Blazar API source"
         for source in route["blazar"]:
@@ -283,6 +309,82 @@ def test_entry_says_who_calls_it_and_why_it_is_served(route: dict[str, Any]) -> 
     for call in calls:
         assert call.get("url") or call.get("no_url_builder"), f"{route_id(route)}: {call}"
         assert call.get("result") or call.get("no_result"), f"{route_id(route)}: {call}"
+
+
+# --- the map against the Python clients and this project ------------------------------------
+
+
+def python_defines(text: str, qualname: str) -> bool:
+    """`name` (a function or class at the top) or `Class.method` defined in the source."""
+    scope: list[ast.stmt] = ast.parse(text).body
+    parts = qualname.split(".")
+    for depth, part in enumerate(parts):
+        found = next(
+            (
+                node
+                for node in scope
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                and node.name == part
+            ),
+            None,
+        )
+        if found is None:
+            return False
+        if depth < len(parts) - 1:
+            if not isinstance(found, ast.ClassDef):
+                return False
+            scope = found.body
+    return True
+
+
+def installed_file(distribution: str, file: str) -> Path:
+    """The file of an installed distribution, which must be the version the map pins."""
+    name, _, version = distribution.partition("==")
+    installed = importlib.metadata.version(name)
+    assert installed == version, (
+        f"{name} {installed} is installed, the map names {version}: pin and map one version"
+    )
+    path = Path(str(importlib.metadata.distribution(name).locate_file(file)))
+    assert path.is_file(), f"{distribution} has no {file}"
+    return path
+
+
+SDK_SOURCES = [
+    pytest.param(source, id=f"{route_id(route)}: {source['function']}")
+    for route in ROUTES
+    for source in route.get("sdk", [])
+]
+PROJECT_CALLERS = [
+    pytest.param(source, id=f"{route_id(route)}: {source['function']}")
+    for route in ROUTES
+    for source in route.get("chi_persist", [])
+]
+
+
+@pytest.mark.parametrize("source", SDK_SOURCES)
+def test_client_functions_are_defined_where_named(source: dict[str, str]) -> None:
+    """Each openstacksdk or keystoneauth1 function named is defined in that file of the
+    installed distribution, of the version pinned."""
+    text = installed_file(source["distribution"], source["file"]).read_text()
+    assert python_defines(text, source["function"]), (
+        f"{source['distribution']} {source['file']} defines no {source['function']}"
+    )
+
+
+@pytest.mark.parametrize("source", PROJECT_CALLERS)
+def test_this_projects_callers_are_defined_where_named(source: dict[str, str]) -> None:
+    """Each of this project's callers is defined in the file named."""
+    path = REPO / source["file"]
+    assert path.is_file(), f"{source['file']} does not exist"
+    assert python_defines(path.read_text(), source["function"]), (
+        f"{source['file']} defines no {source['function']}"
+    )
+
+
+def test_the_python_checker_finds_methods_and_nothing_else() -> None:
+    text = "class Proxy:\n    def get_info(self):\n        def inner():\n            pass\n"
+    assert python_defines(text, "Proxy.get_info") and python_defines(text, "Proxy")
+    assert not python_defines(text, "Proxy.inner") and not python_defines(text, "get_info")
 
 
 # --- the map against the Go sources -------------------------------------------------------

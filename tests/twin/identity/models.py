@@ -46,6 +46,15 @@ def unauthorized(message: str = UNAUTHORIZED) -> IdentityError:
 
 
 class IdentityBackend:
+    """One site's Keystone. KVM@TACC's by default; another site (CHI@TACC, in
+    tests/twin/chi_tacc) keeps its own data, tokens, region and catalog under other names."""
+
+    DATA_KEY = "identity"
+    TOKENS = "tokens"
+    REGION = REGION
+    SERVICES = SERVICES
+    PROJECT_NAME = "CHI-twin"
+
     def __init__(self, cloud: Cloud) -> None:
         self.cloud = cloud
         self.state = cloud.state
@@ -55,9 +64,9 @@ class IdentityBackend:
     def seed(self) -> None:
         domain = {"id": "default", "name": "Default"}
         project_id = new_hex_id()
-        self.state.data["identity"] = {
+        self.state.data[self.DATA_KEY] = {
             "domain": domain,
-            "project": {"id": project_id, "name": "CHI-twin", "domain_id": domain["id"]},
+            "project": {"id": project_id, "name": self.PROJECT_NAME, "domain_id": domain["id"]},
             # Owner of the shared networks, as an operator's admin project is.
             "admin_project_id": new_hex_id(),
             "user": {
@@ -71,16 +80,16 @@ class IdentityBackend:
                 "name": "twin",
                 "secret": new_secret(32),
             },
-            "services": {kind: new_hex_id() for kind, _, _ in SERVICES},
-            "endpoints": {kind: new_hex_id() for kind, _, _ in SERVICES},
+            "services": {kind: new_hex_id() for kind, _, _ in self.SERVICES},
+            "endpoints": {kind: new_hex_id() for kind, _, _ in self.SERVICES},
             # The services' own users, trustees of the trusts they are given.
             "service_users": {name: new_hex_id() for name in SERVICE_USERS},
         }
         self.state.data.setdefault("trusts", {})
 
     def recover(self) -> None:
-        identity = self.state.data["identity"]
-        for kind, _, _ in SERVICES:
+        identity = self.state.data[self.DATA_KEY]
+        for kind, _, _ in self.SERVICES:
             identity["services"].setdefault(kind, new_hex_id())
             identity["endpoints"].setdefault(kind, new_hex_id())
         users = identity.setdefault("service_users", {})
@@ -88,7 +97,7 @@ class IdentityBackend:
             users.setdefault(name, new_hex_id())
         self.state.data.setdefault("trusts", {})
         moment = now()
-        tokens = self.state.collection("tokens")
+        tokens = self.state.collection(self.TOKENS)
         for token_id in [
             key for key, token in tokens.items() if parse_stamp(token["expires_at"]) <= moment
         ]:
@@ -98,7 +107,7 @@ class IdentityBackend:
 
     @property
     def data(self) -> dict[str, Any]:
-        return self.state.data["identity"]
+        return self.state.data[self.DATA_KEY]
 
     @property
     def project(self) -> dict[str, Any]:
@@ -141,7 +150,7 @@ class IdentityBackend:
 
     def catalog(self, base_url: str) -> list[dict[str, Any]]:
         entries = []
-        for kind, name, path in SERVICES:
+        for kind, name, path in self.SERVICES:
             url = base_url + path.format(project_id=self.project_id)
             entries.append(
                 {
@@ -152,8 +161,8 @@ class IdentityBackend:
                         {
                             "id": self.data["endpoints"][kind],
                             "interface": "public",
-                            "region": REGION,
-                            "region_id": REGION,
+                            "region": self.REGION,
+                            "region_id": self.REGION,
                             "url": url,
                         }
                     ],
@@ -209,7 +218,7 @@ class IdentityBackend:
             "application_credential_id": app_credential_id,
         }
         token_id = "gAAAAAB" + new_secret(90)
-        self.state.collection("tokens")[token_id] = token
+        self.state.collection(self.TOKENS)[token_id] = token
         return token_id, token
 
     def _check_application_credential(self, given: dict[str, Any]) -> str:
@@ -270,13 +279,24 @@ class IdentityBackend:
         """The live token `token_id`, or None (unknown, revoked or expired)."""
         if not token_id:
             return None
-        token = self.state.collection("tokens").get(token_id)
+        token = self.state.collection(self.TOKENS).get(token_id)
         if token is None or parse_stamp(token["expires_at"]) <= now():
             return None
         return token
 
     def revoke(self, token_id: str) -> bool:
-        return self.state.collection("tokens").pop(token_id, None) is not None
+        """The token is no longer valid; the admin API still lists it, for tests that look for
+        where a token went (Keystone keeps revocation events, not the token)."""
+        token = self.state.collection(self.TOKENS).pop(token_id, None)
+        if token is None:
+            return False
+        self.state.collection(f"{self.TOKENS}_revoked")[token_id] = token
+        return True
+
+    def issued(self) -> list[str]:
+        """Every token this Keystone issued that is still in the state, revoked ones too."""
+        live = self.state.collection(self.TOKENS)
+        return sorted([*live, *self.state.collection(f"{self.TOKENS}_revoked")])
 
     # --- trusts (keystone/api/trusts.py) -------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, request
+from flask import Response, g, request
 
 from tests.twin.core import (
     IdentityError,
@@ -37,12 +37,22 @@ def _version(base: str) -> dict[str, Any]:
     }
 
 
+def site_identity() -> Any:
+    """The Keystone this request reached: KVM@TACC's, unless a site's blueprint named its own
+    (CHI@TACC's, tests/twin/chi_tacc/urls.py)."""
+    return g.get("twin_identity") or twin().identity
+
+
+def _site_base() -> str:
+    return base_url() + g.get("twin_identity_prefix", "")
+
+
 def versions() -> Response:
-    return json_response({"versions": {"values": [_version(base_url())]}}, 300)
+    return json_response({"versions": {"values": [_version(_site_base())]}}, 300)
 
 
 def version() -> Response:
-    return json_response({"version": _version(base_url())})
+    return json_response({"version": _version(_site_base())})
 
 
 _DOMAIN = {
@@ -121,7 +131,7 @@ def _bad_request(message: str) -> IdentityError:
 
 
 def render_token(token: dict[str, Any]) -> dict[str, Any]:
-    identity = twin().identity
+    identity = site_identity()
     domain = identity.data["domain"]
     body: dict[str, Any] = {
         "methods": token["methods"],
@@ -160,12 +170,12 @@ def render_token(token: dict[str, Any]) -> dict[str, Any]:
 def create_token() -> Response:
     body = request_json(_bad_request)
     validate_body(body, AUTH_SCHEMA, _bad_request, style="keystone")
-    token_id, token = twin().identity.authenticate(body["auth"])
+    token_id, token = site_identity().authenticate(body["auth"])
     return json_response(render_token(token), 201, {"X-Subject-Token": token_id})
 
 
 def _caller_and_subject() -> tuple[dict[str, Any], str]:
-    identity = twin().identity
+    identity = site_identity()
     if identity.token(request.headers.get("X-Auth-Token")) is None:
         raise IdentityError(401, UNAUTHORIZED)
     subject = request.headers.get("X-Subject-Token")
@@ -191,7 +201,7 @@ def show_token() -> Response:
 
 def revoke_token() -> Response:
     _, subject = _caller_and_subject()
-    twin().identity.revoke(subject)
+    site_identity().revoke(subject)
     return Response(status=204)
 
 

@@ -1,0 +1,1 @@
+"""CHI@TACC's object store (Swift) on the twin."""
