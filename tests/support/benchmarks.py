@@ -25,6 +25,20 @@ def benchmark_summary(request: pytest.FixtureRequest) -> Callable[..., None]:
     return add
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On an xdist worker: hand the tables to the controller, which prints the summary."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["benchmark_tables"] = session.config.stash.get(BENCHMARK_TABLES, [])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # noqa: ARG001
+    """On the controller: the tables of a worker that finished."""
+    tables = getattr(node, "workeroutput", {}).get("benchmark_tables", [])
+    node.config.stash.setdefault(BENCHMARK_TABLES, []).extend(tuple(t) for t in tables)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
     for title, table in config.stash.get(BENCHMARK_TABLES, []):
         terminalreporter.section(title)
