@@ -42,9 +42,19 @@ def enterable_by_everyone(path: Path) -> bool:
 
 
 def interpreter_of(script: Path) -> str:
-    """python3 for a script whose first line names it, else bash."""
+    """python3 for a script whose first line names it, else bash: the first on PATH that
+    nobody can run (a python3 under root's home, such as pyenv's shim, is refused to them)."""
     first_line = script.read_bytes()[:64].split(b"\n", 1)[0]
-    return "python3" if b"python3" in first_line else "bash"
+    name = "python3" if b"python3" in first_line else "bash"
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = Path(directory or ".") / name
+        if (
+            candidate.is_file()
+            and os.stat(candidate).st_mode & stat.S_IXOTH
+            and enterable_by_everyone(candidate.parent)
+        ):
+            return str(candidate)
+    return name
 
 
 def shared_directory() -> Path:
