@@ -172,6 +172,7 @@ class IdentityBackend:
 
     # --- authentication (keystone/auth/core.py, keystone/auth/plugins) ----------------
 
+    # Upstream: keystone/auth/plugins/application_credential.py ApplicationCredential.authenticate.
     def authenticate(self, auth: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """A new token for a validated `auth` object: (token id, token record)."""
         identity = auth["identity"]

@@ -163,6 +163,7 @@ class ReservationBackend:
             raise lease_not_found(lease_id)
         return lease
 
+    # Upstream: blazar/api/v1/leases/service.py API.get_leases.
     def of_project(self, project_id: str) -> list[dict[str, Any]]:
         return [lease for lease in self.leases.values() if lease["project_id"] == project_id]
 
@@ -228,6 +229,7 @@ class ReservationBackend:
             )
             raise internal_error() from None
 
+    # Upstream: blazar/plugins/flavor/flavor_plugin.py FlavorPlugin._get_flavor_details.
     def _source_flavor(self, flavor_id: Any) -> dict[str, Any]:
         """The flavor to reserve, as novaclient's flavors.get(id).to_dict() plus extra_specs
         (flavor_plugin.py _get_flavor_details)."""
@@ -240,6 +242,9 @@ class ReservationBackend:
             )
         return flavor
 
+    # Upstream: blazar/plugins/flavor/flavor_plugin.py:
+    #   FlavorPlugin._validate_reservation_params
+    #   FlavorPlugin._pick_hosts
     def _pick_hosts(
         self, values: dict[str, Any], start: datetime, end: datetime
     ) -> tuple[dict[str, Any], int]:
@@ -277,6 +282,10 @@ class ReservationBackend:
             # The manager's own code failing on a malformed value: not a Blazar exception.
             raise internal_error() from None
 
+    # Upstream: blazar/manager/service.py:
+    #   ManagerService.validate_params
+    #   ManagerService._parse_lease_dates
+    #   ManagerService._allocation_candidates
     def _create(self, values: dict[str, Any], token: dict[str, Any], trust_id: str) -> dict:
         MANAGER.validate_params(values, ["name", "start_date", "end_date"])
         events = values.pop("events", [])
@@ -306,6 +315,7 @@ class ReservationBackend:
         before_end = self._before_end(values.get("before_end_date"), start, end)
         return self._record(values, token, trust_id, start, end, before_end, picked)
 
+    # Upstream: blazar/manager/service.py ManagerService._update_before_end_event_date.
     def _before_end(self, value: Any, start: datetime, end: datetime) -> datetime:
         """The manager's create_lease: a given before_end_date, checked within the lease, or
         minutes_before_end_lease before the end, never before the start."""
@@ -319,6 +329,10 @@ class ReservationBackend:
         MANAGER._update_before_end_event_date(event, moment, limits)
         return aware(event["time"])
 
+    # Upstream: blazar/manager/service.py ManagerService.create_lease.
+    # Upstream: blazar/db/migration/alembic_migrations/versions/
+    #   6bfd1c23aa18_allow_duplicate_lease_names.py:
+    #   upgrade
     def _record(
         self,
         values: dict[str, Any],
@@ -422,6 +436,9 @@ class ReservationBackend:
 
     # --- update ----------------------------------------------------------------------------
 
+    # Upstream: blazar/manager/service.py:
+    #   ManagerService.update_lease
+    #   ManagerService._handle_resource_type_exception
     def update(self, lease: dict[str, Any], values: Any) -> dict[str, Any]:
         """The manager's update_lease, upstream's own: a new name alone is kept; any other
         change of a flavor:instance lease is refused (409) and, being no non-fatal exception
@@ -443,6 +460,7 @@ class ReservationBackend:
 
     # --- what moves in time ----------------------------------------------------------------
 
+    # Upstream: blazar/manager/service.py ManagerService._process_events_concurrently.
     def tick(self) -> None:
         """The manager's event loop (_process_events): events whose time came, of leases
         whose status is stable, are set IN_PROGRESS and run."""
@@ -483,6 +501,7 @@ class ReservationBackend:
 
         return run
 
+    # Upstream: blazar/manager/service.py ManagerService._exec_event.
     def _run_event(self, event_function: Any, lease_id: str) -> None:
         """The manager's _exec_event: a refused transition or any failure marks the event
         ERROR (after its retries, which the twin does not wait for)."""
@@ -512,6 +531,8 @@ class ReservationBackend:
         """The manager's start_lease, in upstream's decorator; the plugin's on_start modelled."""
         self._start_body(lease_id)
 
+    # Upstream: blazar/manager/service.py ManagerService._basic_action.
+    # Upstream: blazar/plugins/instances/instance_plugin.py VirtualInstancePlugin.on_start.
     def _start_body(self, lease_id: str) -> None:
         """_basic_action(on_start): each reservation's flavor opened, or its error; the event
         DONE, or ERROR when a reservation failed."""
@@ -532,6 +553,7 @@ class ReservationBackend:
             self._set_event(lease, "start_lease", status)
             self.state.save()
 
+    # Upstream: blazar/plugins/flavor/flavor_plugin.py FlavorPlugin._create_flavor.
     def _open_flavor(self, reservation: dict[str, Any]) -> None:
         """flavor_plugin.py _create_flavor, visible to the project from on_start."""
         source = json.loads(reservation["resource_properties"])
@@ -570,6 +592,7 @@ class ReservationBackend:
         self.cloud.jobs.submit(key, lambda: self._run_event(self._end_lease, lease_id))
         return key
 
+    # Upstream: blazar/manager/service.py ManagerService.end_lease.
     @LeaseStatus.lease_status(
         transition=LeaseStatus.TERMINATING,
         result_in=(LeaseStatus.TERMINATED, LeaseStatus.ERROR),
@@ -578,6 +601,8 @@ class ReservationBackend:
         """The manager's end_lease, in upstream's decorator; the plugin's on_end modelled."""
         self._end_body(lease_id)
 
+    # Upstream: blazar/plugins/instances/instance_plugin.py:
+    #   VirtualInstancePlugin._check_server_deletion
     def _end_body(self, lease_id: str) -> None:
         """_basic_action(on_end): the servers on each flavor deleted (instance_plugin.py
         on_end), then the flavor; a reservation whose servers outlive the wait is in error,
@@ -592,6 +617,7 @@ class ReservationBackend:
             self._set_event(lease, "end_lease", EventStatus.ERROR if left else EventStatus.DONE)
             self.state.save()
 
+    # Upstream: blazar/plugins/instances/instance_plugin.py VirtualInstancePlugin.on_end.
     def _delete_servers(self, lease_id: str) -> list[str]:
         """instance_plugin.py on_end for the reservations not yet deleted: every server on
         their flavors deleted as Nova deletes it, waited for (outside the state's lock);
@@ -664,6 +690,7 @@ class ReservationBackend:
         self.cloud.jobs.submit(call.key, run)
         return call
 
+    # Upstream: blazar/status.py LeaseStatus.is_valid_transition.
     @LeaseStatus.lease_status(transition=LeaseStatus.DELETING, result_in=(LeaseStatus.ERROR,))
     def _delete_lease(self, lease_id: str, call: DeleteCall) -> None:
         """The manager's delete_lease, in upstream's decorator (a lease that is not destroyed
@@ -671,6 +698,7 @@ class ReservationBackend:
         call.started.set()
         self._delete_body(lease_id)
 
+    # Upstream: blazar/manager/service.py ManagerService.delete_lease.
     def _delete_body(self, lease_id: str) -> None:
         with self.state.lock:
             lease = self.leases.get(lease_id)

@@ -79,6 +79,7 @@ def _space(value: str | None) -> str | None:
     return moment.isoformat(" ")
 
 
+# Upstream: blazar/db/sqlalchemy/models.py Lease.to_dict.
 def render(lease: dict[str, Any]) -> dict[str, Any]:
     reservations = [
         {

@@ -98,6 +98,7 @@ class TwinLeaseDB:
                 "reservations": [dict(each) for each in lease["reservations"]],
             }
 
+    # Upstream: blazar/manager/service.py ManagerService.update_lease.
     def lease_update(self, lease_id: str, values: dict[str, Any]) -> None:
         with self.backend.state.lock:
             lease = self._lease(lease_id)
