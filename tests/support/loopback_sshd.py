@@ -45,6 +45,8 @@ class LoopbackSshd:
     authorized_keys: Path
     log: Path
     process: subprocess.Popen
+    host_key: str
+    """Its ed25519 host key, `ssh-ed25519 BASE64`, as a client pins it."""
 
     def authorize(self, public_key_file: Path) -> None:
         with open(self.authorized_keys, "a") as handle:
@@ -113,7 +115,11 @@ def loopback_sshd(directory: Path) -> Iterator[LoopbackSshd]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"sshd did not answer on 127.0.0.1:{port}:\n{log.read_text()}")
             time.sleep(0.1)
-        yield LoopbackSshd("127.0.0.1", port, getpass.getuser(), authorized_keys, log, process)
+        public = Path(f"{host_key}.pub").read_text().split()
+        yield LoopbackSshd(
+            "127.0.0.1", port, getpass.getuser(), authorized_keys, log, process,
+            host_key=" ".join(public[:2]),
+        )  # fmt: skip
     finally:
         if process.poll() is None:
             process.terminate()
