@@ -138,6 +138,17 @@ def test_no_key_is_said_with_its_cause_and_the_wait_is_bounded(answers, says) ->
     assert says in str(raised.value)
 
 
+def test_a_long_running_server_whose_console_rolled_over_fails_at_once() -> None:
+    """A server launched hours ago (a stack from before keys were pinned) whose console no
+    longer holds the block: no 45-minute wait, the cause and the recycle that gives a key."""
+    with pytest.raises(host_key.HostKeyUnavailable) as raised:
+        host_key.read_console_key(
+            "s1", timeout=3600, interval=0.1, read=reader((200, "login:")), settled=True
+        )
+    assert "no longer shows the host keys" in str(raised.value)
+    assert "scripts/recycle --stack <netid>" in str(raised.value)
+
+
 def test_the_key_is_waited_for_until_cloud_init_prints_it() -> None:
     """Not ready, then a console still booting, then the block: the key, after the wait."""
     found = host_key.read_console_key(

@@ -31,6 +31,9 @@ EXIT_USAGE = 2
 # prints the keys (keys-to-console runs after the user data's commands); on a busy site that
 # is many minutes.
 WAIT_SECONDS = 2700.0
+# A server launched longer ago than this has finished its first boot: a console without the key
+# block will not get one (the log rolled over, or cloud-init printed none), so no wait.
+SETTLED_SECONDS = 3600.0
 INTERVAL_SECONDS = 10.0
 PROGRESS_EVERY_SECONDS = 60.0
 NOVA_TIMEOUT_SECONDS = 30
@@ -70,6 +73,24 @@ class NovaConsole:
         except CloudUnavailable as error:
             raise HostKeyUnavailable(str(error)) from None
 
+    def launched_seconds_ago(self, server_id: str) -> float | None:
+        """How long ago Nova launched the server (OS-SRV-USG:launched_at, UTC), if it says."""
+        from datetime import datetime, timezone
+
+        from components.openstack_api import CloudUnavailable
+
+        try:
+            answer = self.api.call(
+                "compute", "GET", f"/servers/{server_id}", timeout=NOVA_TIMEOUT_SECONDS
+            )
+        except CloudUnavailable:
+            return None
+        launched = (answer.body.get("server") or {}).get("OS-SRV-USG:launched_at")
+        if answer.status != 200 or not launched:
+            return None
+        moment = datetime.fromisoformat(str(launched)).replace(tzinfo=timezone.utc)
+        return (datetime.now(timezone.utc) - moment).total_seconds()
+
     def __call__(self, server_id: str) -> tuple[int, str]:
         """(HTTP status, console text or Nova's message) of os-getConsoleOutput; status 0 when
         the cloud did not answer (tried again)."""
@@ -96,9 +117,17 @@ def read_console_key(
     interval: float = INTERVAL_SECONDS,
     say: Callable[[str], None] = lambda text: None,
     read: Callable[[str], tuple[int, str]] | None = None,
+    settled: bool | None = None,
 ) -> HostKey:
-    """The server's ed25519 key from its console, waiting up to `timeout` for cloud-init."""
-    read = read or NovaConsole()
+    """The server's ed25519 key from its console, waiting up to `timeout` for cloud-init;
+    for a server whose first boot is long over (`settled`: asked of Nova unless given), a
+    console without the key fails at once."""
+    if read is None:
+        nova = NovaConsole()
+        read = nova
+        if settled is None:
+            age = nova.launched_seconds_ago(server_id)
+            settled = age is not None and age > SETTLED_SECONDS
     started = time.monotonic()
     deadline = started + timeout
     last_said = started
@@ -121,6 +150,14 @@ def read_console_key(
                     f"cloud-init finished on server {server_id} without printing its host keys "
                     "on the console (the image's cloud-init may not run keys-to-console, or "
                     "sets ssh.emit_keys_to_console false)"
+                )
+            if settled:
+                raise HostKeyUnavailable(
+                    f"server {server_id} was launched over {SETTLED_SECONDS / 3600:.0f} h ago and "
+                    "its console no longer shows the host keys cloud-init printed at its first "
+                    "boot (Nova keeps the last 100 KiB of it); a new server prints them again: "
+                    "`scripts/recycle --stack <netid>`, then `pulumi up` (the volume and its "
+                    "data stay)"
                 )
             waiting_for = "cloud-init to print the host keys at the end of the first boot"
         elif status == 404:

@@ -104,7 +104,7 @@ def held_urns(export: Mapping[str, Any]) -> set[str]:
 def cloud_ids(stack: str, export: Mapping[str, Any], names: Sequence[str]) -> dict[str, str]:
     """For each resource name of the program, the id of the one resource the cloud holds with
     this stack's owner key and the state lacks (the program's own survey answers)."""
-    from components.access import AccessRulesArgs, opened_ports
+    from components.access import AccessRulesArgs, opened_ports, ports_for
     from components.cloud_inventory import CloudInventory
     from components.openstack_api import CloudUnavailable, OpenStack
     from components.settings import NAMESPACE, SettingsError, validate
@@ -134,6 +134,7 @@ def cloud_ids(stack: str, export: Mapping[str, Any], names: Sequence[str]) -> di
             settings.security_group_name,
             settings.allowed_cidrs,
             settings.existing_security_groups,
+            ports=ports_for(settings.platform_access),
         )
     )
     try:
