@@ -59,17 +59,21 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _banner(port: int) -> bool:
+def _banner(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as connection:
+        with socket.create_connection((host, port), timeout=2) as connection:
             return connection.recv(64).startswith(b"SSH-")
     except OSError:
         return False
 
 
 @contextmanager
-def loopback_sshd(directory: Path) -> Iterator[LoopbackSshd]:
-    """sshd listening on 127.0.0.1 only, stopped afterwards; its files live in `directory`."""
+def loopback_sshd(
+    directory: Path, host: str = "127.0.0.1", port: int | None = None
+) -> Iterator[LoopbackSshd]:
+    """sshd listening on one loopback address only (127.0.0.1 and a free port unless given: an
+    address of 127.0.0.0/8 and port 22 stand for a server's floating IP), stopped afterwards;
+    its files live in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     host_key = directory / "host_ed25519"
     subprocess.run(
@@ -80,12 +84,12 @@ def loopback_sshd(directory: Path) -> Iterator[LoopbackSshd]:
     )
     authorized_keys = directory / "authorized_keys"
     authorized_keys.touch(mode=0o600)
-    port = _free_port()
+    port = port or _free_port()
     config = directory / "sshd_config"
     config.write_text(
         "\n".join(
             [
-                f"ListenAddress 127.0.0.1:{port}",
+                f"ListenAddress {host}:{port}",
                 f"HostKey {host_key}",
                 f"AuthorizedKeysFile {authorized_keys}",
                 f"PidFile {directory / 'sshd.pid'}",
@@ -111,13 +115,13 @@ def loopback_sshd(directory: Path) -> Iterator[LoopbackSshd]:
         )
     try:
         deadline = time.monotonic() + READY_SECONDS
-        while not _banner(port):
+        while not _banner(port, host):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"sshd did not answer on 127.0.0.1:{port}:\n{log.read_text()}")
+                raise RuntimeError(f"sshd did not answer on {host}:{port}:\n{log.read_text()}")
             time.sleep(0.1)
         public = Path(f"{host_key}.pub").read_text().split()
         yield LoopbackSshd(
-            "127.0.0.1", port, getpass.getuser(), authorized_keys, log, process,
+            host, port, getpass.getuser(), authorized_keys, log, process,
             host_key=" ".join(public[:2]),
         )  # fmt: skip
     finally:
