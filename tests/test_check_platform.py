@@ -955,3 +955,42 @@ def test_the_lease_is_read_live_from_blazar_when_credentials_are_set(
     assert lease_row(stdout).startswith(
         f"✗ lease {lease['id']} no longer exists at KVM@TACC: it ended or was deleted."
     )
+
+
+def test_a_stack_in_tunnel_mode_is_checked_through_the_tunnel(monkeypatch: pytest.MonkeyPatch):
+    """platformAccess tunnel: the checks reach the services at the tunnel's local URLs; a
+    tunnel started for them is stopped after, one already running is left running."""
+    tunnel = import_tool("tunnel")
+    calls: list[tuple[str, str]] = []
+    opened = tunnel.Tunnel(
+        "ab1234",
+        "129.114.25.10",
+        {
+            "jupyter": "http://127.0.0.1:41001",
+            "mlflow": "http://127.0.0.1:41002",
+            "minio_api": "http://127.0.0.1:41003",
+            "minio_console": "http://127.0.0.1:41004",
+        },
+    )
+    platform = check_platform.platform_from_outputs(
+        stack_outputs(platform_access="tunnel"), "ab1234"
+    )
+    arguments = check_platform.build_parser().parse_args(["--stack", "ab1234"])
+    for started in (True, False):
+        monkeypatch.setattr(
+            tunnel,
+            "start",
+            lambda stack, environ, s=started: (calls.append(("start", stack)), (opened, s))[1],
+        )
+        monkeypatch.setattr(tunnel, "stop", lambda stack: calls.append(("stop", stack)))
+        with check_platform.through_tunnel(platform, arguments, {}, io.StringIO()) as reached:
+            assert (reached.mlflow_url, reached.minio_url, reached.jupyter_url) == (
+                "http://127.0.0.1:41002",
+                "http://127.0.0.1:41003",
+                "http://127.0.0.1:41001",
+            )
+            assert reached.mlflow_password == MLFLOW_PASSWORD
+    assert calls == [("start", "ab1234"), ("stop", "ab1234"), ("start", "ab1234")]
+    public = check_platform.platform_from_outputs(stack_outputs(), "ab1234")
+    with check_platform.through_tunnel(public, arguments, {}, io.StringIO()) as reached:
+        assert reached is public
