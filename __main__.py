@@ -14,7 +14,7 @@ from components import (
     Provisioning,
     ProvisioningArgs,
 )
-from components.access import opened_ports
+from components.access import opened_ports, ports_for
 from components.adoption import AdoptionRefused, pending_create_notes, plan_adoption
 from components.lease import lease_cloud_problem, own_lease_end
 from components.project_files import PROJECT_ROOT, first_boot_user_data
@@ -41,6 +41,7 @@ try:
         group_name=settings.security_group_name,
         allowed_cidrs=settings.allowed_cidrs,
         existing_groups=settings.existing_security_groups,
+        ports=ports_for(settings.platform_access),
         owner_tag=settings.owner_tag,
         owner_description=settings.owner_suffix,
     )
@@ -64,7 +65,7 @@ except SettingsError as error:
     raise pulumi.RunError(error.report()) from None
 except (SurveyFailed, VolumeRefused, AdoptionRefused, QuotaExceeded) as error:
     raise pulumi.RunError(str(error)) from None
-for note in settings.ssh_notes:
+for note in [*settings.ssh_notes, *settings.access_notes]:
     pulumi.log.warn(note)
 for note in settings.lease_notes:
     pulumi.log.info(note)
@@ -133,13 +134,23 @@ provisioning = Provisioning(
         private_key=private_key(pulumi.Config(NAMESPACE), settings),
         private_key_password=private_key_password(pulumi.Config(NAMESPACE), settings),
         lease_end=lease_end,
+        platform_access=settings.platform_access,
     ),
 )
 
 ip = node.floating_ip
-token = provisioning.credentials.apply(lambda credentials: credentials.get("jupyter_token", ""))
+credentials = provisioning.credentials
+token = credentials.apply(lambda values: values.get("jupyter_token", ""))
 pulumi.export("floating_ip", ip)
-pulumi.export("ssh_command", ip.apply(lambda address: settings.ssh_command(address)))
+# The student's own ssh is pinned to the server's key too (a recycled server has a new one).
+pulumi.export("known_hosts", pulumi.Output.format("{0} {1}", ip, provisioning.host_key))
+pulumi.export(
+    "ssh_command",
+    pulumi.Output.all(ip, provisioning.host_key).apply(
+        lambda values: settings.ssh_command(values[0], values[1])
+    ),
+)
+pulumi.export("platform_access", settings.platform_access)
 pulumi.export("mlflow_url", pulumi.Output.format("http://{0}:{1}", ip, PLATFORM_PORTS["mlflow"]))
 pulumi.export(
     "jupyter_url",
@@ -154,9 +165,18 @@ pulumi.export(
 pulumi.export(
     "minio_api_url", pulumi.Output.format("http://{0}:{1}", ip, PLATFORM_PORTS["minio-api"])
 )
+# MLflow's login (its basic-auth app's admin, generated once on the volume).
+pulumi.export(
+    "mlflow_username",
+    pulumi.Output.secret(credentials.apply(lambda values: values.get("mlflow_user", ""))),
+)
+pulumi.export(
+    "mlflow_password",
+    pulumi.Output.secret(credentials.apply(lambda values: values.get("mlflow_password", ""))),
+)
 pulumi.export("volume_id", volume.volume_id)
 pulumi.export("server_id", node.server_id)
-pulumi.export("platform_credentials", provisioning.credentials)
+pulumi.export("platform_credentials", credentials)
 if lease is not None:
     pulumi.export("lease_id", lease.lease_id)
     pulumi.export("lease_end", lease.end_date)

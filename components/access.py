@@ -18,6 +18,14 @@ PLATFORM_PORTS: dict[str, int] = {
     "minio-api": 9000,
     "minio-console": 9001,
 }
+# In platformAccess tunnel, only SSH is open: the others answer on the server's 127.0.0.1,
+# through an SSH tunnel (`./chi-persist open`).
+TUNNEL_PORTS: dict[str, int] = {"ssh": PLATFORM_PORTS["ssh"]}
+
+
+def ports_for(platform_access: str) -> dict[str, int]:
+    """The ports the security group opens for a platformAccess mode ("public" or "tunnel")."""
+    return dict(TUNNEL_PORTS if platform_access == "tunnel" else PLATFORM_PORTS)
 
 
 @dataclass
@@ -66,6 +74,8 @@ class AccessRules(pulumi.ComponentResource):
             group = openstack.networking.SecGroup(
                 f"{name}-group",
                 name=args.group_name,
+                # The description is the group's, whatever ports its rules open (Neutron
+                # has no update for it, and a switch of platformAccess keeps the group).
                 description="chi-persist: SSH, Jupyter, MLflow and MinIO" + args.owner_description,
                 tags=[args.owner_tag] if args.owner_tag else None,
                 opts=pulumi.ResourceOptions(parent=self, **args.adoption.options("group")),

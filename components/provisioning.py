@@ -1,10 +1,10 @@
-"""What runs on the server over SSH: wait for it, copy the project's files, prepare the volume,
-start the platform, stop it cleanly before the volume is detached, unless the server is gone, and
-before the lease the server boots from ends."""
+"""What runs on the server over SSH: wait for it, pin its host key, copy the project's files,
+prepare the volume, start the platform, stop it cleanly before the volume is detached, unless the
+server is gone, and before the lease the server boots from ends. Every SSH connection accepts only
+the key the server's own console shows."""
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass
 
@@ -18,6 +18,7 @@ from components.project_files import (
     REMOTE_SCRIPTS_DIR,
     tree_digest,
 )
+from components.sealed_credentials import KEY_COMMAND, credentials_from_stdout
 
 SSH_USER = "cc"
 REMOTE_SCRIPTS = f"{REMOTE_HOME_DIR}/scripts/remote"
@@ -47,12 +48,16 @@ class ProvisioningArgs:
     lease_end: pulumi.Input[str] | None = None
     """When the lease the server boots from ends (ISO 8601 UTC): a timer on the server stops
     the platform cleanly before then. None: the end is not known, no timer."""
+    platform_access: str = "public"
+    """"public": the platform's ports are published on every address of the server;
+    "tunnel": on its 127.0.0.1 only (reached through an SSH tunnel)."""
 
 
 class Provisioning(pulumi.ComponentResource):
     """The remote steps, in order; each re-runs on a new server or when its files change."""
 
     credentials: pulumi.Output[dict[str, str]]
+    host_key: pulumi.Output[str]
     start_stack: command.remote.Command
     clean_stop: command.local.Command
     lease_stop: command.remote.Command | None
@@ -61,23 +66,49 @@ class Provisioning(pulumi.ComponentResource):
         self, name: str, args: ProvisioningArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("chi-persist:index:Provisioning", name, None, opts)
-        connection = command.remote.ConnectionArgs(
-            host=args.host,
-            user=SSH_USER,
-            private_key=args.private_key,
-            private_key_password=args.private_key_password,
-            # The local wait below has already seen sshd answer; these cover a slow first login.
-            per_dial_timeout=30,
-            dial_error_limit=20,
-        )
         # Dial retries do not pause between attempts, so a booting server could use them
         # all up in a second: wait here, patiently and with a bound, for sshd to answer.
+        # (Any banner will do: it is only a wait. What is trusted is the key below.)
         wait_for_ssh = command.local.Command(
             f"{name}-wait-for-ssh",
             create=pulumi.Output.from_input(args.host).apply(wait_for_ssh_command),
             dir=str(PROJECT_ROOT),
             triggers=[args.server_id],
             opts=pulumi.ResourceOptions(parent=self),
+        )
+        # The server's host key, from its own console through Nova, once per server (its id
+        # in the triggers): a replaced server gets its new key, one that stays is not read
+        # again. Without a pinned key pulumi-command accepts any (remote/connection.go,
+        # ssh.InsecureIgnoreHostKey), and whoever answered at the floating IP (a classmate
+        # can move it to their VM) would get the commands and hand back the outputs. No
+        # `dir`: the engine runs it in the project's root, and the state keeps no path.
+        host_key = command.local.Command(
+            f"{name}-host-key",
+            create=pulumi.Output.all(args.server_id, args.host).apply(
+                lambda values: host_key_command(values[0], values[1])
+            ),
+            triggers=[args.server_id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[wait_for_ssh]),
+        )
+        self.host_key = host_key.stdout
+        connection = command.remote.ConnectionArgs(
+            host=args.host,
+            user=SSH_USER,
+            private_key=args.private_key,
+            private_key_password=args.private_key_password,
+            # Every connection accepts this key only: a mismatch fails the step.
+            host_key=host_key.stdout,
+            # The local wait above has already seen sshd answer; these cover a slow first login.
+            per_dial_timeout=30,
+            dial_error_limit=20,
+        )
+        # The key that seals the platform's credentials on their way back from the server
+        # (components/sealed_credentials.py): made once per stack, a secret in the state.
+        credentials_key = command.local.Command(
+            f"{name}-credentials-key",
+            create=KEY_COMMAND,
+            logging=command.local.Logging.NONE,
+            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["stdout"]),
         )
         wait_for_boot = command.remote.Command(
             f"{name}-wait-for-boot",
@@ -147,8 +178,10 @@ class Provisioning(pulumi.ComponentResource):
             f"{name}-start-stack",
             connection=connection,
             create=pulumi.Output.from_input(args.host).apply(
-                lambda host: start_stack_command(args.mount_point, host)
+                lambda host: start_stack_command(args.mount_point, host, args.platform_access)
             ),
+            # The sealing key on stdin, which no error text repeats (the command line is).
+            stdin=pulumi.Output.secret(credentials_key.stdout.apply(lambda key: f"{key}\n")),
             triggers=[
                 args.server_id,
                 args.attachment_id,
@@ -157,8 +190,8 @@ class Provisioning(pulumi.ComponentResource):
                 prepare_volume.id,
             ],
             add_previous_output_in_env=False,
-            # stdout carries the platform's credentials as JSON: keep it secret, and out
-            # of the logs.
+            # stdout carries the platform's credentials, sealed: keep it secret, and out of
+            # the logs.
             logging=command.remote.Logging.STDERR,
             opts=pulumi.ResourceOptions(
                 parent=self,
@@ -195,8 +228,10 @@ class Provisioning(pulumi.ComponentResource):
         login = _login_method(args.private_key)
         self.clean_stop = command.local.Command(
             f"{name}-clean-stop",
-            delete=pulumi.Output.all(args.server_id, args.host).apply(
-                lambda values: clean_stop_command(values[0], values[1], login, args.mount_point)
+            delete=pulumi.Output.all(args.server_id, args.host, host_key.stdout).apply(
+                lambda values: clean_stop_command(
+                    values[0], values[1], login, args.mount_point, values[2]
+                )
             ),
             environment=ssh_environment(args.private_key, args.private_key_password),
             triggers=[args.server_id, args.attachment_id, self.start_stack.id],
@@ -207,13 +242,22 @@ class Provisioning(pulumi.ComponentResource):
                 delete_before_replace=True,
             ),
         )
-        self.credentials = pulumi.Output.secret(self.start_stack.stdout.apply(parse_credentials))
+        self.credentials = pulumi.Output.secret(
+            pulumi.Output.all(self.start_stack.stdout, credentials_key.stdout).apply(
+                lambda values: credentials_from_stdout(values[0], values[1])
+            )
+        )
         self.register_outputs({})
 
 
 def wait_for_ssh_command(host: str) -> str:
     """Poll the server's SSH port from this machine until sshd answers, with a bound."""
     return shlex.join(["python3", "scripts/wait-for-ssh", "--timeout", str(SSH_WAIT_SECONDS), host])
+
+
+def host_key_command(server_id: str, host: str) -> str:
+    """Read the server's host key from its console (Nova) and check it at its address."""
+    return shlex.join(["python3", HOST_KEY_SCRIPT, "--server-id", server_id, "--host", host])
 
 
 def wait_for_boot_command() -> str:
@@ -243,8 +287,8 @@ def prepare_volume_command(volume_id: str, mount_point: str, size_gib: int) -> s
     )  # fmt: skip
 
 
-def start_stack_command(mount_point: str, host_ip: str) -> str:
-    """Make sure Docker is there, then start the platform and print its credentials."""
+def start_stack_command(mount_point: str, host_ip: str, platform_access: str = "public") -> str:
+    """Make sure Docker is there, then start the platform and print its sealed credentials."""
     install = shlex.join(
         ["sudo", "bash", f"{REMOTE_SCRIPTS}/install-docker.sh", "--user", SSH_USER]
     )
@@ -254,11 +298,13 @@ def start_stack_command(mount_point: str, host_ip: str) -> str:
             "--mount-point", mount_point,
             "--host-ip", host_ip,
             "--compose-file", REMOTE_COMPOSE_FILE,
-            "--print-credentials",
+            "--platform-access", platform_access,
+            "--print-sealed-credentials",
         ]
     )  # fmt: skip
-    # Only the credentials may reach stdout: everything else goes to stderr.
-    return f"{install} >&2 && {start}"
+    # Only the sealed credentials may reach stdout: everything else goes to stderr. The
+    # sealing key on stdin is start-stack.sh's alone.
+    return f"{install} >&2 </dev/null && {start}"
 
 
 def release_volume_command(mount_point: str) -> str:
@@ -288,6 +334,7 @@ def schedule_lease_stop_command(lease_end: str, mount_point: str) -> str:
 # starts its providers there (pkg/engine/project.go, getPwdMain), and a delete runs with the
 # inputs in the state, so no path of this checkout is kept in them.
 CLEAN_STOP_SCRIPT = "scripts/clean-stop"
+HOST_KEY_SCRIPT = "scripts/host-key"
 SSH_KEY_VARIABLE = "CHI_PERSIST_SSH_PRIVATE_KEY"
 SSH_PASSPHRASE_VARIABLE = "CHI_PERSIST_SSH_KEY_PASSPHRASE"  # noqa: S105 (a name)
 
@@ -296,8 +343,12 @@ def _login_method(private_key: pulumi.Input[str] | None) -> str:
     return "agent" if private_key is None else "key"
 
 
-def clean_stop_command(server_id: str, host: str, login: str, mount_point: str) -> str:
-    """Ask Nova whether the server is still there; if so, release the volume over SSH."""
+def clean_stop_command(
+    server_id: str, host: str, login: str, mount_point: str, host_key: str | None = None
+) -> str:
+    """Ask Nova whether the server is still there; if so, release the volume over SSH, with
+    the server's pinned host key the only one accepted."""
+    pinned = ["--host-key", host_key] if host_key else []
     return shlex.join(
         [
             "python3", CLEAN_STOP_SCRIPT,
@@ -305,6 +356,7 @@ def clean_stop_command(server_id: str, host: str, login: str, mount_point: str) 
             "--host", host,
             "--user", SSH_USER,
             "--login", login,
+            *pinned,
             "--", *shlex.split(release_volume_command(mount_point)),
         ]
     )  # fmt: skip
@@ -320,11 +372,3 @@ def ssh_environment(
         if private_key_password is not None:
             environment[SSH_PASSPHRASE_VARIABLE] = pulumi.Output.secret(private_key_password)
     return environment
-
-
-def parse_credentials(stdout: str | None) -> dict[str, str]:
-    """The JSON line start-stack.sh prints with --print-credentials; empty while unknown."""
-    if not stdout:
-        return {}
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    return json.loads(lines[-1]) if lines else {}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from components import openstack_api
-from components.access import PLATFORM_PORTS
+from components.access import PLATFORM_PORTS, ports_for
 from components.settings import NAMESPACE, Settings
 
 # The egress rules Neutron gives every new group (its default security group rule
@@ -142,7 +142,9 @@ def demand_of(settings: Settings, holdings: Holdings, volume_now: int | None) ->
             counts["cores"], counts["ram_mib"] = specs
     if not settings.existing_security_groups:
         wanted = {
-            (port, cidr) for port in PLATFORM_PORTS.values() for cidr in settings.allowed_cidrs
+            (port, cidr)
+            for port in ports_for(settings.platform_access).values()
+            for cidr in settings.allowed_cidrs
         }
         existing = holdings.groups.get(settings.security_group_name)
         if existing is None:
@@ -356,7 +358,8 @@ def stack_fix(name: str, settings: Settings) -> str:
         "security_group_rules": [
             shared,
             f"open the ports to fewer networks ({NAMESPACE}:allowedCidrs has "
-            f"{len(settings.allowed_cidrs)}; each adds {len(PLATFORM_PORTS)} rules)",
+            f"{len(settings.allowed_cidrs)}; each adds "
+            f"{len(ports_for(settings.platform_access))} rules)",
             ASK,
         ],
         "instances": [

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,6 +70,13 @@ DEFAULT_LEASE_RENEW_WINDOW = "1h"
 MAX_LEASE_RENEW_WINDOW_SECONDS = 24 * 3600
 # "8h", "3d", "90m", "1d12h": days, hours and minutes, in that order, each at most once.
 LEASE_DURATION_PATTERN = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")
+
+# How the platform's web ports (Jupyter, MLflow, MinIO) are reached: through the security
+# group from allowedCidrs, or only through an SSH tunnel (only SSH is open).
+PUBLIC, TUNNEL = "public", "tunnel"
+PLATFORM_ACCESS_MODES = (PUBLIC, TUNNEL)
+DEFAULT_ALLOWED_CIDRS = ("0.0.0.0/0",)
+WHOLE_INTERNET = "0.0.0.0/0"
 
 
 class SettingsError(Exception):
@@ -179,6 +187,8 @@ class Settings:
     lease_cloud: str | None = None
     # The Pulumi stack these settings are of; empty means the netid's own stack.
     stack: str = ""
+    # How the platform's web ports are reached: "public" or "tunnel".
+    platform_access: str = PUBLIC
 
     @property
     def owner(self) -> str:
@@ -234,11 +244,44 @@ class Settings:
             f"{NAMESPACE}:reservation` to let the stack make its own lease.",
         )
 
-    def ssh_command(self, address: str) -> str:
-        """How the student logs in to the server."""
-        if self.ssh_key_source == "agent":
-            return f"ssh cc@{address}"
-        return f"ssh -i {self.ssh_private_key_path} cc@{address}"
+    @property
+    def tunnel_only(self) -> bool:
+        return self.platform_access == TUNNEL
+
+    @property
+    def access_notes(self) -> tuple[str, ...]:
+        """What `pulumi up` says about who can reach the server (one line each)."""
+        if self.existing_security_groups:
+            groups = ", ".join(self.existing_security_groups)
+            return (
+                f"{NAMESPACE}:existingSecurityGroups is set ({groups}): those groups' own "
+                f"rules decide who reaches the server, and {NAMESPACE}:allowedCidrs is not "
+                "used; check them with `openstack security group rule list <group>`",
+            )
+        if WHOLE_INTERNET in self.allowed_cidrs and not self.tunnel_only:
+            return (
+                "Jupyter, MLflow and MinIO are reachable from the whole internet "
+                f"({NAMESPACE}:allowedCidrs {WHOLE_INTERNET}), behind their credentials; "
+                f"narrow it with `pulumi config set --path '{NAMESPACE}:allowedCidrs[0]' "
+                "<your network>/24`, or open only SSH with `pulumi config set "
+                f"{NAMESPACE}:platformAccess tunnel` and reach them with `./chi-persist open`",
+            )
+        return ()
+
+    def ssh_command(self, address: str, host_key: str | None = None) -> str:
+        """How the student logs in to the server: shell-quoted, with the server's pinned key
+        the only one accepted (OpenSSH 8.5 or later for KnownHostsCommand)."""
+        words = ["ssh"]
+        if self.ssh_key_source != "agent":
+            # ssh expands a leading ~ in -i itself.
+            words += ["-i", self.ssh_private_key_path]
+        if host_key:
+            words += [
+                "-o", "StrictHostKeyChecking=yes",
+                "-o", f"HostKeyAlgorithms={host_key.split()[0]}",
+                "-o", f"KnownHostsCommand=/bin/echo {address} {host_key}",
+            ]  # fmt: skip
+        return shlex.join([*words, f"cc@{address}"])
 
 
 def bounded(text: str, limit: int) -> str:
@@ -408,6 +451,15 @@ def _cidrs(value: Any) -> tuple[Any, str | None]:
     if len(set(normalised)) != len(normalised):
         return None, "lists the same network twice"
     return tuple(normalised), None
+
+
+def _platform_access(value: Any) -> tuple[Any, str | None]:
+    if value in PLATFORM_ACCESS_MODES:
+        return value, None
+    return None, (
+        "must be public (Jupyter, MLflow and MinIO open to allowedCidrs) or tunnel (only SSH "
+        "open; `./chi-persist open` reaches them through an SSH tunnel)"
+    )
 
 
 def _group_names(value: Any) -> tuple[Any, str | None]:
@@ -721,15 +773,36 @@ CONFIG_KEYS: dict[str, ConfigKey] = {
         ConfigKey(
             "allowedCidrs",
             "array",
-            "IPv4 networks allowed on every opened port (SSH, Jupyter, MLflow, MinIO).",
+            "IPv4 networks allowed on every opened port (SSH, and in platformAccess public "
+            "Jupyter, MLflow, MinIO). Not used with existingSecurityGroups.",
             default=["0.0.0.0/0"],
             example="203.0.113.0/24",
             rule=_cidrs,
             help=(
                 "IPv4 networks allowed on every opened port; `pulumi config set --path "
-                "'chi-persist:allowedCidrs[0]' 203.0.113.0/24`"
+                "'chi-persist:allowedCidrs[0]' 203.0.113.0/24`; refused beside "
+                "`existingSecurityGroups`, whose own rules decide"
             ),
             shown_default='`["0.0.0.0/0"]`',
+        ),
+        ConfigKey(
+            "platformAccess",
+            "string",
+            "How Jupyter, MLflow and MinIO are reached: public (their ports are open to "
+            "allowedCidrs, each behind its credentials) or tunnel (only SSH is open, the "
+            "ports answer on the server's 127.0.0.1 only, and `./chi-persist open` reaches "
+            "them through an SSH tunnel). Switching changes only the group's rules and the "
+            "ports' bindings: the server and the data stay.",
+            default=PUBLIC,
+            example=TUNNEL,
+            rule=_platform_access,
+            help=(
+                "`public`: Jupyter, MLflow and MinIO open to `allowedCidrs`, each behind its "
+                "credentials; `tunnel`: only SSH is open and `./chi-persist open` reaches them "
+                "through an SSH tunnel (see *Who can reach your data*); switching keeps the "
+                "server and the data"
+            ),
+            shown_default="`public`",
         ),
         ConfigKey(
             "existingSecurityGroups",
@@ -892,6 +965,23 @@ def check_values(raw: Mapping[str, Any], stack: str) -> tuple[dict[str, Any], li
             problems.append(problem)
         values[name] = normalised
 
+    groups, cidrs = values.get("existingSecurityGroups"), values.get("allowedCidrs")
+    if groups and cidrs is not None and tuple(cidrs) != DEFAULT_ALLOWED_CIDRS:
+        problems.append(
+            Problem(
+                "allowedCidrs",
+                list(cidrs),
+                f"is not applied: {NAMESPACE}:existingSecurityGroups is set "
+                f"({', '.join(groups)}), and then those groups' own rules decide who reaches "
+                "the server; the stack makes no rule of its own, so this narrowing would only "
+                "seem to hold",
+                f"pulumi config rm {NAMESPACE}:allowedCidrs (and narrow the groups' rules in "
+                "Horizon), or pulumi config rm "
+                f"{NAMESPACE}:existingSecurityGroups to let the stack make its own group from "
+                "allowedCidrs",
+            )
+        )
+
     if values.get("keyPair") is None and not any(p.key == "keyPair" for p in problems):
         spec = CONFIG_KEYS["keyPair"]
         problems.append(
@@ -1009,6 +1099,7 @@ def validate(
         lease_renew_window_seconds=renew_window_seconds,
         lease_cloud=values["leaseCloud"],
         stack=stack,
+        platform_access=values["platformAccess"],
     )
 
 

@@ -37,10 +37,14 @@ command_line = import_tool("command_line")
 MINIO_USER = "uminiotestuser"
 MINIO_PASSWORD = "MinioTestPassword0123456789"  # noqa: S105 (made up for the test)
 JUPYTER_TOKEN = "JupyterTestToken0123456789abcdef"  # noqa: S105
+MLFLOW_USER = "umlflowtestuser"
+MLFLOW_PASSWORD = "MlflowTestPassword0123456789"  # noqa: S105
 CREDENTIAL_ENVIRONMENT = {
     "MINIO_ROOT_USER": MINIO_USER,
     "MINIO_ROOT_PASSWORD": MINIO_PASSWORD,
     "JUPYTER_TOKEN": JUPYTER_TOKEN,
+    "MLFLOW_TRACKING_USERNAME": MLFLOW_USER,
+    "MLFLOW_TRACKING_PASSWORD": MLFLOW_PASSWORD,
 }
 
 
@@ -58,6 +62,8 @@ def stack_outputs(host: str = "129.114.25.10", **overrides) -> dict:
             "minio_root_user": MINIO_USER,
             "minio_root_password": MINIO_PASSWORD,
             "jupyter_token": JUPYTER_TOKEN,
+            "mlflow_user": MLFLOW_USER,
+            "mlflow_password": MLFLOW_PASSWORD,
         },
         "ssh_command": f"ssh cc@{host}",
         "volume_id": "0b6e5a3c-9d2f-4a57-8b0e-3f1c2d4e5f60",
@@ -158,11 +164,16 @@ def closed_port_url() -> str:
         (
             ["--url-base", "http://129.114.25.10"],
             {},
-            "MINIO_ROOT_USER, MINIO_ROOT_PASSWORD, JUPYTER_TOKEN not set",
+            "MINIO_ROOT_USER, MINIO_ROOT_PASSWORD, JUPYTER_TOKEN, MLFLOW_TRACKING_USERNAME, "
+            "MLFLOW_TRACKING_PASSWORD not set",
         ),
         (
             ["--url-base", "http://129.114.25.10"],
-            {"MINIO_ROOT_USER": MINIO_USER, "JUPYTER_TOKEN": JUPYTER_TOKEN},
+            {
+                key: value
+                for key, value in CREDENTIAL_ENVIRONMENT.items()
+                if key != "MINIO_ROOT_PASSWORD"
+            },
             "MINIO_ROOT_PASSWORD not set",
         ),
         (
@@ -175,7 +186,8 @@ def closed_port_url() -> str:
                 "http://a:3",
             ],
             {"MINIO_ROOT_USER": MINIO_USER},
-            "MINIO_ROOT_PASSWORD, JUPYTER_TOKEN not set",
+            "MINIO_ROOT_PASSWORD, JUPYTER_TOKEN, MLFLOW_TRACKING_USERNAME, "
+            "MLFLOW_TRACKING_PASSWORD not set",
         ),
         (
             ["--stack", "ab1234", "--url-base", "http://1.2.3.4"],
@@ -242,7 +254,8 @@ def test_help_documents_sources_markers_and_exit_status():
     for text in (
         "--stack NETID",
         "--url-base URL",
-        "MINIO_ROOT_USER, MINIO_ROOT_PASSWORD and JUPYTER_TOKEN",
+        "MINIO_ROOT_USER, MINIO_ROOT_PASSWORD, JUPYTER_TOKEN,",
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
         "--mlflow-url",
         "--write-marker",
         "--verify-marker",
@@ -344,20 +357,21 @@ def test_url_base_uses_conventional_ports_and_environment_credentials(pulumi: St
     assert pulumi.calls() == []
 
 
-def test_jupyter_token_can_come_with_its_url():
-    """The URL Jupyter prints (…/lab?token=…) is accepted; the token is not kept in the URL."""
-    environ = {
-        key: value for key, value in CREDENTIAL_ENVIRONMENT.items() if key != "JUPYTER_TOKEN"
-    }
-    platform = resolve(
+def test_a_token_on_the_command_line_is_refused():
+    """The URL Jupyter prints (…/lab?token=…) given as a flag would put the token in shell
+    history and `ps`: refused, with where the token goes instead; nothing is checked."""
+    status, stdout, stderr = run_main(
         "--url-base",
         "http://129.114.25.10",
         "--jupyter-url",
         "http://129.114.25.10:8888/lab?token=FromTheUrl123",
-        environ=environ,
+        environ=CREDENTIAL_ENVIRONMENT,
     )
-    assert platform.jupyter_token == "FromTheUrl123"
-    assert platform.jupyter_url == "http://129.114.25.10:8888"
+    assert status == check_platform.EXIT_USAGE
+    assert "the Jupyter URL given carries its token" in stderr
+    assert "export JUPYTER_TOKEN" in stderr
+    assert "FromTheUrl123" not in stderr
+    assert stdout == ""
 
 
 @pytest.mark.parametrize(
@@ -381,7 +395,8 @@ def test_jupyter_token_can_come_with_its_url():
         (
             ["--stack", "gh3456"],
             False,
-            "platform_credentials lacks minio_root_user, minio_root_password, jupyter_token",
+            "platform_credentials lacks minio_root_user, minio_root_password, jupyter_token, "
+            "mlflow_user, mlflow_password",
         ),
         (["--stack", "ab1234"], True, "export PULUMI_CONFIG_PASSPHRASE="),
         (
@@ -947,3 +962,42 @@ def test_a_lease_in_error_that_still_serves_is_shown_serving_with_why(
     assert f"lease {lease['id']} is ERROR" in warning
     assert "it still serves, and the server keeps running until" in warning
     assert "refuses a change of it" in warning
+
+
+def test_a_stack_in_tunnel_mode_is_checked_through_the_tunnel(monkeypatch: pytest.MonkeyPatch):
+    """platformAccess tunnel: the checks reach the services at the tunnel's local URLs; a
+    tunnel started for them is stopped after, one already running is left running."""
+    tunnel = import_tool("tunnel")
+    calls: list[tuple[str, str]] = []
+    opened = tunnel.Tunnel(
+        "ab1234",
+        "129.114.25.10",
+        {
+            "jupyter": "http://127.0.0.1:41001",
+            "mlflow": "http://127.0.0.1:41002",
+            "minio_api": "http://127.0.0.1:41003",
+            "minio_console": "http://127.0.0.1:41004",
+        },
+    )
+    platform = check_platform.platform_from_outputs(
+        stack_outputs(platform_access="tunnel"), "ab1234"
+    )
+    arguments = check_platform.build_parser().parse_args(["--stack", "ab1234"])
+    for started in (True, False):
+        monkeypatch.setattr(
+            tunnel,
+            "start",
+            lambda stack, environ, s=started: (calls.append(("start", stack)), (opened, s))[1],
+        )
+        monkeypatch.setattr(tunnel, "stop", lambda stack: calls.append(("stop", stack)))
+        with check_platform.through_tunnel(platform, arguments, {}, io.StringIO()) as reached:
+            assert (reached.mlflow_url, reached.minio_url, reached.jupyter_url) == (
+                "http://127.0.0.1:41002",
+                "http://127.0.0.1:41003",
+                "http://127.0.0.1:41001",
+            )
+            assert reached.mlflow_password == MLFLOW_PASSWORD
+    assert calls == [("start", "ab1234"), ("stop", "ab1234"), ("start", "ab1234")]
+    public = check_platform.platform_from_outputs(stack_outputs(), "ab1234")
+    with check_platform.through_tunnel(public, arguments, {}, io.StringIO()) as reached:
+        assert reached is public

@@ -53,11 +53,17 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     )
 
 
+# The host key the stack pinned for the server: the module's sshd's, once it runs.
+PINNED: dict[str, str] = {}
+SSHD_KEY = "the module's sshd's key"
+
+
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[LoopbackSshd]:
     with loopback_sshd(tmp_path_factory.mktemp("sshd")) as server:
         server.authorize(Path(f"{keys.plain}.pub"))
         server.authorize(Path(f"{keys.protected}.pub"))
+        PINNED[SSHD_KEY] = server.host_key
         yield server
 
 
@@ -114,7 +120,11 @@ def run_clean_stop(
     environment: dict[str, str],
     remote: str,
     cwd: Path,
+    host_key: str | None = SSHD_KEY,
 ) -> subprocess.CompletedProcess[str]:
+    """scripts/clean-stop as the program's step runs it; `host_key` is the pinned key (the
+    module's sshd's by default; None: the step of a stack from before keys were pinned)."""
+    pinned = [] if host_key is None else ["--host-key", PINNED.get(host_key, host_key)]
     command = [
         sys.executable, str(SCRIPT),
         "--server-id", server_id,
@@ -122,6 +132,7 @@ def run_clean_stop(
         "--port", str(port),
         "--user", getpass.getuser(),
         "--login", login,
+        *pinned,
         "--attempts", "2",
         "--pause", "0.2",
         "--", "sh", "-c", remote,
@@ -232,7 +243,7 @@ def test_the_key_file_is_gone_after_the_stop(
     result = run_clean_stop(server, sshd.port, "key", environment, remote, tmp_path)
     assert result.returncode == 0, result.stderr
     # While ssh ran, the directory held the key; afterwards nothing is left.
-    assert "chi-persist-clean-stop-" in result.stdout
+    assert "chi-persist-ssh-" in result.stdout
     assert list(temporary.iterdir()) == []
 
 
@@ -402,6 +413,73 @@ def test_a_key_login_ignores_a_dead_agent(
         result = run_clean_stop(server, sshd.port, "key", environment, remote, tmp_path)
     assert result.returncode == 0, result.stderr
     assert marker.read_text() == "released\n"
+
+
+# --- the pinned host key ---------------------------------------------------------------------
+
+
+def other_host_key(directory: Path) -> str:
+    """A host key that is not the sshd's: what another machine at the address would show."""
+    path = directory / "other_host_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+        check=True, capture_output=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    return " ".join(Path(f"{path}.pub").read_text().split()[:2])
+
+
+def test_a_server_showing_another_key_is_refused_once_and_the_volume_kept(
+    twin: Twin, server: str, sshd: LoopbackSshd, keys: Keys, home: Path, tmp_path: Path
+) -> None:
+    """The address shows another host key than the pinned one (the floating IP moved to another
+    machine): nothing runs there, no second try, exit 1 with the cause and what to check."""
+    marker, remote = stop_marker(tmp_path)
+    environment = with_key(cloud_environment(twin, home), keys.plain)
+    pinned = other_host_key(tmp_path)
+    result = run_clean_stop(
+        server, sshd.port, "key", environment, remote, tmp_path, host_key=pinned
+    )
+    assert result.returncode == 1
+    assert not marker.exists(), "the stop ran on a machine that is not the server"
+    assert f"does not show server {server}'s host key" in result.stderr
+    assert "Nothing was sent to it, and the volume was not detached" in result.stderr
+    assert "openstack floating ip show 127.0.0.1" in result.stderr
+    assert "try 1 of" not in result.stderr, "another key is not a hiccup to try again"
+    assert_no_secret(result)
+
+
+def test_a_stack_from_before_the_pin_uses_the_key_its_console_shows(
+    twin: Twin, server: str, sshd: LoopbackSshd, keys: Keys, home: Path, tmp_path: Path
+) -> None:
+    """A clean-stop step written before keys were pinned has no --host-key: the key is read
+    from the server's console through Nova; the sshd's key there logs in, another is refused."""
+    environment = with_key(cloud_environment(twin, home), keys.plain)
+    shown = twin.admin(
+        "POST", f"/servers/{server}/host-keys", json={"forged": [f"{sshd.host_key} root@node"]}
+    )
+    assert shown.status_code == 200, shown.text
+    marker, remote = stop_marker(tmp_path)
+    result = run_clean_stop(server, sshd.port, "key", environment, remote, tmp_path, None)
+    assert result.returncode == 0, result.stderr
+    assert marker.read_text() == "released\n"
+    marker.unlink()
+    assert (
+        twin.admin("POST", f"/servers/{server}/host-keys", json={"forged": True}).status_code == 200
+    )
+    refused = run_clean_stop(server, sshd.port, "key", environment, remote, tmp_path, None)
+    assert refused.returncode == 1
+    assert f"does not show server {server}'s host key" in refused.stderr
+    assert not marker.exists()
+
+
+def test_a_malformed_pinned_key_is_a_usage_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--server-id", "x", "--host", "127.0.0.1",
+         "--login", "key", "--host-key", "ssh-ed25519 not-base64!", "--", "true"],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--host-key 'ssh-ed25519 not-base64!' is not a public key" in result.stderr
 
 
 # --- the remote command's own result ----------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import re
@@ -18,6 +19,8 @@ import yaml
 from tests.support.compose import (
     COMPOSE_FILE,
     CREDENTIAL_KEYS,
+    MLFLOW_ARTIFACTS_POLICY,
+    MLFLOW_AUTH_CONFIG,
     MLFLOW_DOCKERFILE,
     OBJECT_STORE_OVERRIDE,
     go_duration_seconds,
@@ -40,10 +43,19 @@ CREDENTIALS = {
     "MINIO_ROOT_USER": "umnusr3x8c1v6b9n2m5q7w4e0",
     "MINIO_ROOT_PASSWORD": "MinioSecret9zY8xW7vU6tS5rQ4pO3nM2lK1jI0h",
     "JUPYTER_TOKEN": "JupyterToken5gF4eD3cB2aZ1yX0wV9uT8sR7qP6oN5mL4k",
+    "MLFLOW_ADMIN_USER": "umlfadm4q8w2e6r0t3y7u1i5o9",
+    "MLFLOW_ADMIN_PASSWORD": "MlflowAdmin7hG6fE5dC4bA3zY2xW1vU0tS9rQ8p",
+    "MLFLOW_FLASK_SECRET_KEY": "FlaskSecret3kJ2hG1fD0sA9pO8iU7yT6rE5wQ4zX3cV2bN1m",
+    "MLFLOW_S3_ACCESS_KEY": "umls3key5t9r3e7w1q6y0u4i8",
+    "MLFLOW_S3_SECRET_KEY": "MlflowS3Secret2wE4rT6yU8iO0pA1sD3fG5hJ7kL",
 }
-SECRET_KEYS = ("POSTGRES_USER", "POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")
+SECRET_KEYS = tuple(key for key in CREDENTIAL_KEYS if key not in ("POSTGRES_DB", "JUPYTER_TOKEN"))
 LONG_RUNNING = ("postgres", "minio", "mlflow", "jupyter")
-ONE_SHOTS = ("credentials-check", "create-bucket")
+ONE_SHOTS = ("credentials-check", "minio-setup")
+PUBLISHED = {("mlflow", 8000), ("jupyter", 8888), ("minio", 9000), ("minio", 9001)}
+# MLflow's basic-auth app shipped this admin password in older releases
+# (GHSA-gq3w-7jj3-x7gr); it must never be configured.
+LEGACY_MLFLOW_PASSWORD = "password1234"  # noqa: S105 (a well-known value, asserted absent)
 
 
 @pytest.fixture
@@ -67,6 +79,13 @@ def _requirement_pins() -> dict[str, str]:
             if match:
                 pins[match.group(1).lower()] = match.group(3)
     return pins
+
+
+def _command_lines(service: dict) -> str:
+    """Everything of a service that becomes a process's argv: entrypoint, command, healthcheck."""
+    parts = [service.get("entrypoint"), service.get("command")]
+    parts.append((service.get("healthcheck") or {}).get("test"))
+    return repr(parts)
 
 
 def _dockerfile_pins() -> dict[str, str]:
@@ -112,14 +131,21 @@ def _expected_credential_values() -> list[tuple[str, str, str]]:
         ("postgres", "POSTGRES_DB", "mlflowdb"),
         ("minio", "MINIO_ROOT_USER", c["MINIO_ROOT_USER"]),
         ("minio", "MINIO_ROOT_PASSWORD", c["MINIO_ROOT_PASSWORD"]),
-        ("mlflow", "AWS_ACCESS_KEY_ID", c["MINIO_ROOT_USER"]),
-        ("mlflow", "AWS_SECRET_ACCESS_KEY", c["MINIO_ROOT_PASSWORD"]),
+        ("mlflow", "AWS_ACCESS_KEY_ID", c["MLFLOW_S3_ACCESS_KEY"]),
+        ("mlflow", "AWS_SECRET_ACCESS_KEY", c["MLFLOW_S3_SECRET_KEY"]),
+        ("mlflow", "MLFLOW_AUTH_ADMIN_USERNAME", c["MLFLOW_ADMIN_USER"]),
+        ("mlflow", "MLFLOW_AUTH_ADMIN_PASSWORD", c["MLFLOW_ADMIN_PASSWORD"]),
+        ("mlflow", "MLFLOW_FLASK_SERVER_SECRET_KEY", c["MLFLOW_FLASK_SECRET_KEY"]),
         (
-            "create-bucket",
+            "minio-setup",
             "MC_HOST_store",
             f"http://{c['MINIO_ROOT_USER']}:{c['MINIO_ROOT_PASSWORD']}@minio:9000",
         ),
+        ("minio-setup", "MLFLOW_S3_ACCESS_KEY", c["MLFLOW_S3_ACCESS_KEY"]),
+        ("minio-setup", "MLFLOW_S3_SECRET_KEY", c["MLFLOW_S3_SECRET_KEY"]),
         ("jupyter", "JUPYTER_TOKEN", c["JUPYTER_TOKEN"]),
+        ("jupyter", "MLFLOW_TRACKING_USERNAME", c["MLFLOW_ADMIN_USER"]),
+        ("jupyter", "MLFLOW_TRACKING_PASSWORD", c["MLFLOW_ADMIN_PASSWORD"]),
     ]
 
 
@@ -136,11 +162,21 @@ def test_every_credential_reaches_its_service(
 
 
 def test_mlflow_reaches_postgres_with_the_generated_password(services: dict) -> None:
-    """MLflow's backend store is database mlflowdb on postgres, with the generated user."""
-    command = services["mlflow"]["command"]
-    backend = command[command.index("--backend-store-uri") + 1]
+    """MLflow's backend store is database mlflowdb on postgres, with the generated user, given
+    in the environment `mlflow server` reads, not on its command line."""
+    backend = services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
     user, password = CREDENTIALS["POSTGRES_USER"], CREDENTIALS["POSTGRES_PASSWORD"]
     assert backend == f"postgresql://{user}:{password}@postgres:5432/mlflowdb"
+    assert "--backend-store-uri" not in services["mlflow"]["command"]
+
+
+@pytest.mark.parametrize("service", [*LONG_RUNNING, *ONE_SHOTS])
+def test_no_secret_is_on_any_command_line(services: dict, service: str) -> None:
+    """No credential is in an entrypoint, command or healthcheck: each becomes an argv that
+    every user of the server reads in `ps` and /proc/*/cmdline."""
+    argv = _command_lines(services[service])
+    for key in (*SECRET_KEYS, "JUPYTER_TOKEN"):
+        assert CREDENTIALS[key] not in argv, f"{service}: {key} is on a command line"
 
 
 @pytest.mark.parametrize(
@@ -148,19 +184,36 @@ def test_mlflow_reaches_postgres_with_the_generated_password(services: dict) -> 
     [
         ("postgres", {"POSTGRES_USER", "POSTGRES_PASSWORD"}),
         ("minio", {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}),
-        ("create-bucket", {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}),
+        (
+            "minio-setup",
+            {
+                "MINIO_ROOT_USER",
+                "MINIO_ROOT_PASSWORD",
+                "MLFLOW_S3_ACCESS_KEY",
+                "MLFLOW_S3_SECRET_KEY",
+            },
+        ),
         (
             "mlflow",
-            {"POSTGRES_USER", "POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"},
-        ),
-        ("jupyter", {"JUPYTER_TOKEN"}),
+            {
+                "POSTGRES_USER",
+                "POSTGRES_PASSWORD",
+                "MLFLOW_S3_ACCESS_KEY",
+                "MLFLOW_S3_SECRET_KEY",
+                "MLFLOW_ADMIN_USER",
+                "MLFLOW_ADMIN_PASSWORD",
+                "MLFLOW_FLASK_SECRET_KEY",
+            },
+        ),  # fmt: skip
+        ("jupyter", {"JUPYTER_TOKEN", "MLFLOW_ADMIN_USER", "MLFLOW_ADMIN_PASSWORD"}),
         ("credentials-check", set(CREDENTIAL_KEYS) - {"POSTGRES_DB"}),
     ],
 )
 def test_secrets_reach_only_the_services_that_use_them(
     services: dict, service: str, allowed: set[str]
 ) -> None:
-    """A service's resolved definition holds no credential it does not need."""
+    """A service's resolved definition holds no credential it does not need: MLflow has its
+    own MinIO user and never MinIO's root keys."""
     definition = repr(services[service])
     present = {key for key in (*SECRET_KEYS, "JUPYTER_TOKEN") if CREDENTIALS[key] in definition}
     assert present == allowed
@@ -173,22 +226,22 @@ def test_no_credential_is_a_literal() -> None:
         for variable, value in (service.get("environment") or {}).items():
             if variable in CREDENTIAL_KEYS or variable.startswith("AWS_"):
                 assert value == "", f"{name}: {variable} has a value without credentials: {value!r}"
-    assert services["create-bucket"]["environment"]["MC_HOST_store"] == "http://:@minio:9000"
-    command = services["mlflow"]["command"]
-    assert command[command.index("--backend-store-uri") + 1] == "postgresql://:@postgres:5432/"
+    assert services["minio-setup"]["environment"]["MC_HOST_store"] == "http://:@minio:9000"
+    backend = services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
+    assert backend == "postgresql://:@postgres:5432/"
 
 
 def test_every_credential_in_the_file_comes_from_a_variable() -> None:
     """In the file as written, every credential-like setting is a ${...} reference."""
     raw = yaml.safe_load(COMPOSE_FILE.read_text())
-    pattern = re.compile(r"PASSWORD|USER|TOKEN|SECRET|ACCESS_KEY|MC_HOST")
+    pattern = re.compile(r"PASSWORD|USER|TOKEN|SECRET|ACCESS_KEY|MC_HOST|STORE_URI")
     checked = 0
     for name, service in raw["services"].items():
         for variable, value in (service.get("environment") or {}).items():
             if pattern.search(variable):
                 checked += 1
                 assert "${" in str(value), f"{name}: {variable} is a literal: {value!r}"
-    assert checked >= 12
+    assert checked >= 26
 
 
 @pytest.mark.parametrize(
@@ -197,9 +250,18 @@ def test_every_credential_in_the_file_comes_from_a_variable() -> None:
         (CREDENTIALS, 0),
         ({**CREDENTIALS, "MINIO_ROOT_PASSWORD": ""}, 1),
         ({**CREDENTIALS, "JUPYTER_TOKEN": ""}, 1),
+        ({**CREDENTIALS, "MLFLOW_ADMIN_PASSWORD": ""}, 1),
+        ({**CREDENTIALS, "MLFLOW_S3_SECRET_KEY": ""}, 1),
         ({key: "" for key in CREDENTIALS}, 1),
     ],
-    ids=["complete", "no-minio-password", "no-jupyter-token", "no-env-file"],
+    ids=[
+        "complete",
+        "no-minio-password",
+        "no-jupyter-token",
+        "no-mlflow-password",
+        "no-mlflow-minio-key",
+        "no-env-file",
+    ],  # fmt: skip
 )
 def test_credentials_check_stops_an_up_without_credentials(
     environment: dict[str, str], expected_exit: int, tmp_path: Path
@@ -221,7 +283,7 @@ def test_credentials_check_stops_an_up_without_credentials(
     assert completed.returncode == expected_exit, completed.stderr
     if expected_exit:
         assert "start-stack.sh" in completed.stderr
-        assert re.search(r"credential [A-Z_]+ is empty", completed.stderr)
+        assert re.search(r"credential [A-Z0-9_]+ is empty", completed.stderr)
 
 
 # --- images -----------------------------------------------------------------------
@@ -233,14 +295,39 @@ def test_credentials_check_stops_an_up_without_credentials(
         ("postgres", r"^postgres:17\.\d+-bookworm$"),
         ("credentials-check", r"^postgres:17\.\d+-bookworm$"),
         ("minio", r"^minio/minio:RELEASE\.\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z$"),
-        ("create-bucket", r"^minio/mc:RELEASE\.\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z$"),
+        ("minio-setup", r"^minio/mc:RELEASE\.\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z$"),
         ("jupyter", r"^quay\.io/jupyter/pytorch-notebook:pytorch-\d+\.\d+\.\d+$"),
         ("mlflow", r"^chi-persist/mlflow:\d+\.\d+\.\d+$"),
     ],
 )
 def test_every_image_is_pinned_to_a_version(services: dict, service: str, pattern: str) -> None:
-    """No `latest` and no bare names: each image names an exact release."""
-    assert re.match(pattern, services[service]["image"]), services[service]["image"]
+    """No `latest` and no bare names: each image names an exact release (the tag, for readers;
+    a digest, where one is written, follows it and is checked below)."""
+    image = services[service]["image"].split("@", 1)[0]
+    assert re.match(pattern, image), services[service]["image"]
+
+
+DIGEST = re.compile(r"^[^@\s]+:[^@:\s]+@sha256:[0-9a-f]{64}$")
+
+
+def test_a_digest_is_written_whole_and_beside_its_tag() -> None:
+    """An image pinned by digest reads `name:tag@sha256:<64 lowercase hex>`: a digest written
+    wrong (short, upper case, another algorithm, without its tag) fails here, not at a pull on
+    every student's server. The file as written is read, the base image of the MLflow build
+    too."""
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())
+    images = [service["image"] for service in raw["services"].values() if "image" in service]
+    images += re.findall(r"^FROM\s+(\S+)", MLFLOW_DOCKERFILE.read_text(), re.M)
+    for image in images:
+        if "@" in image:
+            assert DIGEST.match(image), f"{image}: not name:tag@sha256:<64 lowercase hex>"
+    for wrong in (
+        "postgres@sha256:" + "a" * 64,
+        "postgres:17.6-bookworm@sha256:" + "A" * 64,
+        "postgres:17.6-bookworm@sha256:" + "a" * 63,
+        "postgres:17.6-bookworm@sha512:" + "a" * 64,
+    ):
+        assert not DIGEST.match(wrong), wrong
 
 
 def test_postgres_data_mount_matches_the_pinned_major_version(services: dict) -> None:
@@ -260,7 +347,10 @@ def test_mlflow_image_is_built_here_and_never_pulled(services: dict) -> None:
 def test_mlflow_image_has_the_tested_versions() -> None:
     """The Dockerfile installs the MLflow, psycopg and boto3 releases the test suite runs."""
     dockerfile, requirements = _dockerfile_pins(), _requirement_pins()
-    assert set(dockerfile) == {"mlflow", "psycopg", "boto3"}
+    assert set(dockerfile) == {"mlflow", "flask-wtf", "psycopg", "boto3"}
+    # The basic-auth app and its CSRF package, in the image and where it is tested.
+    assert "'mlflow[auth]==" in MLFLOW_DOCKERFILE.read_text()
+    assert "mlflow[auth]==" in (REPO_ROOT / "requirements-test.txt").read_text()
     for package, version in dockerfile.items():
         assert requirements.get(package) == version, f"{package}: {version} vs {requirements}"
     image = resolved_config()["services"]["mlflow"]["image"]
@@ -274,14 +364,22 @@ EXPECTED_DATA_MOUNTS = {
     ("postgres", "postgres_data", "/var/lib/postgresql/data"),
     ("minio", "minio_data", "/data"),
     ("jupyter", "jupyter_work", "/home/jovyan/work"),
+    ("mlflow", "mlflow_auth", "/var/lib/mlflow-auth"),
+}
+# Files of docker/ a service reads, read-only.
+EXPECTED_CONFIG_MOUNTS = {
+    ("mlflow", MLFLOW_AUTH_CONFIG, "/etc/chi-persist/mlflow-basic-auth.ini"),
+    ("minio-setup", MLFLOW_ARTIFACTS_POLICY, "/etc/chi-persist/mlflow-artifacts-policy.json"),
 }
 
 
-def _bind_mounts(services: dict) -> list[tuple[str, dict]]:
+def _bind_mounts(services: dict, data: bool = True) -> list[tuple[str, dict]]:
+    """The bind mounts of data on the volume (`data`), or of the files of docker/."""
     return [
         (name, volume)
         for name, service in services.items()
         for volume in service.get("volumes") or []
+        if Path(volume["source"]).is_relative_to(COMPOSE_FILE.parent) != data
     ]
 
 
@@ -296,6 +394,12 @@ def test_every_data_path_is_under_the_mount_point(mount_point: str, env_file: Pa
     }
     assert found == EXPECTED_DATA_MOUNTS
     assert all(volume["type"] == "bind" for _, volume in mounts)
+    config = {
+        (name, Path(volume["source"]), volume["target"])
+        for name, volume in _bind_mounts(services, data=False)
+    }
+    assert config == EXPECTED_CONFIG_MOUNTS
+    assert all(volume["read_only"] for _, volume in _bind_mounts(services, data=False))
 
 
 def test_mount_point_defaults_to_mnt_block(env_file: Path) -> None:
@@ -306,12 +410,14 @@ def test_mount_point_defaults_to_mnt_block(env_file: Path) -> None:
         "/mnt/block/postgres_data",
         "/mnt/block/minio_data",
         "/mnt/block/jupyter_work",
+        "/mnt/block/mlflow_auth",
     }
 
 
 def test_data_mounts_never_create_their_source(services: dict) -> None:
-    """A missing data directory (no volume at reboot) fails the container, not the root disk."""
-    for name, volume in _bind_mounts(services):
+    """A missing data directory (no volume at reboot) fails the container, not the root disk;
+    a missing file of docker/ fails it too, rather than becoming an empty directory."""
+    for name, volume in _bind_mounts(services) + _bind_mounts(services, data=False):
         assert not (volume.get("bind") or {}).get("create_host_path", False), name
 
 
@@ -342,19 +448,30 @@ def test_object_store_is_not_mounted_without_the_override(services: dict) -> Non
 # --- network ------------------------------------------------------------------------------
 
 
-def test_published_ports_are_exactly_the_platforms(services: dict) -> None:
-    """Only MLflow 8000, Jupyter 8888 and MinIO 9000/9001 are published, each to itself."""
-    published = {
-        (name, int(port["published"]), port["target"])
+def _published(services: dict) -> set[tuple[str, str, int, int]]:
+    return {
+        (name, port.get("host_ip", ""), int(port["published"]), port["target"])
         for name, service in services.items()
         for port in service.get("ports") or []
     }
-    assert published == {
-        ("mlflow", 8000, 8000),
-        ("jupyter", 8888, 8888),
-        ("minio", 9000, 9000),
-        ("minio", 9001, 9001),
-    }
+
+
+@pytest.mark.parametrize(
+    ("publish_address", "host_ip"),
+    [("0.0.0.0", "0.0.0.0"), ("127.0.0.1", "127.0.0.1"), (None, "127.0.0.1")],  # noqa: S104
+    ids=["public", "tunnel", "unset"],
+)
+def test_published_ports_are_exactly_the_platforms(
+    env_file: Path, publish_address: str | None, host_ip: str
+) -> None:
+    """Only MLflow 8000, Jupyter 8888 and MinIO 9000/9001 are published, each to itself, on
+    PUBLISH_ADDRESS: every address in platformAccess public, the server's 127.0.0.1 in tunnel
+    (reached through SSH only), and 127.0.0.1 for a compose run by hand without it."""
+    variables = {"HOST_IP": HOST_IP}
+    if publish_address is not None:
+        variables["PUBLISH_ADDRESS"] = publish_address
+    services = resolved_config(env_file, variables=variables)["services"]
+    assert _published(services) == {(name, host_ip, port, port) for name, port in PUBLISHED}
 
 
 def test_postgres_is_not_published(services: dict) -> None:
@@ -389,10 +506,10 @@ def test_services_have_healthchecks(services: dict, service: str, fragments: tup
     [
         ("postgres", "credentials-check", "service_completed_successfully"),
         ("minio", "credentials-check", "service_completed_successfully"),
-        ("create-bucket", "minio", "service_healthy"),
+        ("minio-setup", "minio", "service_healthy"),
         ("mlflow", "postgres", "service_healthy"),
         ("mlflow", "minio", "service_healthy"),
-        ("mlflow", "create-bucket", "service_completed_successfully"),
+        ("mlflow", "minio-setup", "service_completed_successfully"),
         ("jupyter", "mlflow", "service_healthy"),
     ],
 )
@@ -443,26 +560,101 @@ def test_mlflow_serves_artifacts_from_the_minio_bucket(services: dict) -> None:
     mlflow = services["mlflow"]
     command = mlflow["command"]
     assert command[:2] == ["mlflow", "server"]
+    assert command[command.index("--app-name") + 1] == "basic-auth"
     assert command[command.index("--host") + 1] == "0.0.0.0"  # noqa: S104 (inside its container)
     assert command[command.index("--port") + 1] == "8000"
     assert "--serve-artifacts" in command
     assert command[command.index("--artifacts-destination") + 1] == "s3://mlflow-artifacts/"
     assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
-    bucket = services["create-bucket"]
-    assert [*bucket["entrypoint"], *bucket["command"]] == [
-        "mc",
-        "mb",
-        "--ignore-existing",
-        "store/mlflow-artifacts",
-    ]
+    setup = services["minio-setup"]["entrypoint"][2]
+    assert "mc mb --ignore-existing store/mlflow-artifacts;" in setup
 
 
 def test_jupyter_uses_the_token_and_this_mlflow(services: dict) -> None:
-    """Jupyter requires the generated token and logs to the stack's MLflow."""
+    """Jupyter requires the generated token and logs to the stack's MLflow with its login."""
     environment = services["jupyter"]["environment"]
     assert environment["JUPYTER_TOKEN"] == CREDENTIALS["JUPYTER_TOKEN"]
     assert environment["MLFLOW_TRACKING_URI"] == "http://mlflow:8000"
+    assert environment["MLFLOW_TRACKING_USERNAME"] == CREDENTIALS["MLFLOW_ADMIN_USER"]
+    assert environment["MLFLOW_TRACKING_PASSWORD"] == CREDENTIALS["MLFLOW_ADMIN_PASSWORD"]
     assert "mlflow" in services
+
+
+def test_mlflow_runs_basic_auth_with_no_default_credential(services: dict) -> None:
+    """MLflow's basic-auth app, its users on the volume, its admin from the generated
+    credentials only: no password in its settings file, none on its command line, never the
+    password1234 older MLflow shipped, and a user it did not make sees nothing."""
+    mlflow = services["mlflow"]
+    environment = mlflow["environment"]
+    assert environment["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/chi-persist/mlflow-basic-auth.ini"
+    assert environment["MLFLOW_AUTH_ADMIN_PASSWORD"] == CREDENTIALS["MLFLOW_ADMIN_PASSWORD"]
+    settings = MLFLOW_AUTH_CONFIG.read_text()
+    assert not re.search(r"^\s*admin_(password|username)\s*=", settings, re.M)
+    assert re.search(r"^default_permission = NO_PERMISSIONS$", settings, re.M)
+    assert re.search(
+        r"^database_uri = sqlite:////var/lib/mlflow-auth/basic_auth\.db$", settings, re.M
+    )
+    assert LEGACY_MLFLOW_PASSWORD not in COMPOSE_FILE.read_text() + settings
+    without = resolved_config(variables={"HOST_IP": HOST_IP})["services"]["mlflow"]["environment"]
+    assert without["MLFLOW_AUTH_ADMIN_USERNAME"] == without["MLFLOW_AUTH_ADMIN_PASSWORD"] == ""
+
+
+def test_minio_setup_gives_mlflows_secret_on_stdin_never_as_an_argument(
+    services: dict, tmp_path: Path
+) -> None:
+    """The minio-setup script, run with a stand-in `mc` that records each call: the bucket, the
+    policy from its file, MLflow's user with its secret read on stdin, the policy attached;
+    no secret in any argv, and nothing mc prints about the user reaches the log."""
+    service = services["minio-setup"]
+    record = tmp_path / "mc-calls"
+    stand_in = tmp_path / "bin" / "mc"
+    stand_in.parent.mkdir()
+    stand_in.write_text(
+        "#!/bin/sh\n"
+        f"printf '%s\\n' \"argv: $*\" >> {record}\n"
+        f'case "$*" in *"user add"*) IFS= read -r secret; '
+        f"printf 'stdin: %s\\n' \"$secret\" >> {record}; "
+        "echo 'Added user `x` successfully.';; esac\n"
+    )
+    stand_in.chmod(0o755)
+    script = (
+        service["entrypoint"][2]
+        .replace("$$", "$")
+        .replace("/etc/chi-persist/mlflow-artifacts-policy.json", str(MLFLOW_ARTIFACTS_POLICY))
+    )
+    completed = subprocess.run(
+        [*service["entrypoint"][:2], script],
+        env={"PATH": f"{stand_in.parent}:{os.environ['PATH']}", **service["environment"]},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert completed.returncode == 0, completed.stderr
+    calls = record.read_text().splitlines()
+    access, secret = CREDENTIALS["MLFLOW_S3_ACCESS_KEY"], CREDENTIALS["MLFLOW_S3_SECRET_KEY"]
+    assert calls == [
+        "argv: mb --ignore-existing store/mlflow-artifacts",
+        f"argv: admin policy create store chi-persist-mlflow-artifacts {MLFLOW_ARTIFACTS_POLICY}",
+        f"argv: admin user add store {access}",
+        f"stdin: {secret}",
+        f"argv: admin policy attach store chi-persist-mlflow-artifacts --user {access}",
+    ]
+    assert secret not in completed.stdout + completed.stderr
+
+
+def test_mlflows_minio_user_is_limited_to_its_bucket() -> None:
+    """The policy MLflow's MinIO user gets names the artifact bucket, and nothing else."""
+    import json
+
+    policy = json.loads(MLFLOW_ARTIFACTS_POLICY.read_text())
+    resources = {
+        resource for statement in policy["Statement"] for resource in statement["Resource"]
+    }
+    assert resources == {"arn:aws:s3:::mlflow-artifacts", "arn:aws:s3:::mlflow-artifacts/*"}
+    assert all(statement["Effect"] == "Allow" for statement in policy["Statement"])
+    actions = {action for statement in policy["Statement"] for action in statement["Action"]}
+    assert not any(action.endswith("*") or action.startswith("admin:") for action in actions)
 
 
 def test_mlflow_allows_the_public_address_and_the_stack_network(services: dict) -> None:
@@ -496,7 +688,8 @@ def _request(port: int, method: str, path: str, headers: dict, body: str | None 
 
 @pytest.mark.datapath
 def test_mlflow_answers_browsers_at_the_public_address(services: dict, tmp_path: Path) -> None:
-    """A real MLflow server with the service's settings serves HOST_IP and refuses other hosts."""
+    """A real MLflow server with the service's settings serves HOST_IP to its user and refuses
+    other hosts and other origins."""
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     if not mlflow_bin.exists():
         pytest.skip(f"mlflow is not installed in {mlflow_bin.parent} (requirements-test.txt)")
@@ -506,14 +699,21 @@ def test_mlflow_answers_browsers_at_the_public_address(services: dict, tmp_path:
     command[command.index("--host") + 1] = "127.0.0.1"
     command[command.index("--port") + 1] = str(port)
     # PostgreSQL and MinIO are not needed to check the HTTP front: SQLite and a
-    # local directory stand in for them.
-    command[command.index("--backend-store-uri") + 1] = f"sqlite:///{tmp_path}/mlflow.db"
+    # local directory stand in for them, and the users' store moves out of the volume.
     command[command.index("--artifacts-destination") + 1] = (tmp_path / "artifacts").as_uri()
     command += ["--workers", "1"]
+    settings = tmp_path / "basic_auth.ini"
+    settings.write_text(
+        MLFLOW_AUTH_CONFIG.read_text().replace(
+            "sqlite:////var/lib/mlflow-auth/", f"sqlite:///{tmp_path}/"
+        )
+    )
     environment = {
         key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "MLFLOW_"))
     }
     environment.update(service["environment"])
+    environment["MLFLOW_BACKEND_STORE_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
+    environment["MLFLOW_AUTH_CONFIG_PATH"] = str(settings)
     log = tmp_path / "mlflow.log"
     with open(log, "wb") as output:
         process = subprocess.Popen(
@@ -540,12 +740,17 @@ def test_mlflow_answers_browsers_at_the_public_address(services: dict, tmp_path:
             assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
             time.sleep(1)
 
+        login = base64.b64encode(
+            f"{CREDENTIALS['MLFLOW_ADMIN_USER']}:{CREDENTIALS['MLFLOW_ADMIN_PASSWORD']}".encode()
+        ).decode()
+        user = {"Authorization": f"Basic {login}"}
         search = "/api/2.0/mlflow/experiments/search?max_results=1"
-        assert _request(port, "GET", search, {"Host": f"{HOST_IP}:8000"}) == 200
-        assert _request(port, "GET", search, {"Host": "mlflow:8000"}) == 200
-        assert _request(port, "GET", search, {"Host": "attacker.example:8000"}) == 403
+        assert _request(port, "GET", search, {**user, "Host": f"{HOST_IP}:8000"}) == 200
+        assert _request(port, "GET", search, {**user, "Host": "mlflow:8000"}) == 200
+        assert _request(port, "GET", search, {**user, "Host": "attacker.example:8000"}) == 403
+        assert _request(port, "GET", search, {"Host": f"{HOST_IP}:8000"}) == 401
         create = '{"name": "from-the-browser"}'
-        json_headers = {"Content-Type": "application/json"}
+        json_headers = {**user, "Content-Type": "application/json"}
         from_ui = {**json_headers, "Host": f"{HOST_IP}:8000", "Origin": f"http://{HOST_IP}:8000"}
         assert _request(port, "POST", "/api/2.0/mlflow/experiments/create", from_ui, create) == 200
         foreign = {**from_ui, "Origin": "http://attacker.example"}

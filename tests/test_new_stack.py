@@ -20,6 +20,7 @@ from tests.support.ssh_keys import (
     ssh_agent_skip_reason,
     stand_in_private_key,
 )
+from tests.support.tools import import_tool
 
 SCOPE = ["--stack", "ab1234", "--non-interactive"]
 LIST = ["stack", "ls", "--json", "--non-interactive"]
@@ -323,6 +324,52 @@ def test_secret_key_in_the_stack_is_enough(machine):
     assert stack_config(machine)["chi-persist:sshPrivateKey"] == {"secure": secure}
     secrets = machine.config("ab1234", show_secrets=True)
     assert secrets["chi-persist:sshPrivateKey"] == stand_in_private_key().strip()
+
+
+@needs_cli
+def test_an_empty_passphrase_is_refused_before_any_stack_is_made(machine):
+    """PULUMI_CONFIG_PASSPHRASE set but empty would encrypt the stack's secrets with nothing
+    (Pulumi takes it before the file): refused with the passphrase file as the fix, and no
+    pulumi call at all."""
+    result = new_stack(
+        machine, "ab1234", "--key-pair", "k", env={**machine.env, "PULUMI_CONFIG_PASSPHRASE": ""}
+    )
+    assert result.returncode == 2
+    assert "PULUMI_CONFIG_PASSPHRASE is set but empty" in result.stderr
+    assert "export PULUMI_CONFIG_PASSPHRASE_FILE=" in result.stderr
+    assert machine.calls() == []
+    assert machine.stack_names() == []
+
+
+@pytest.mark.parametrize(
+    ("environ", "content", "mode", "says"),
+    [
+        ({"PULUMI_CONFIG_PASSPHRASE": "  "}, None, None, "is set but empty"),
+        ({}, "a passphrase\n", 0o644, "has mode 644: others on this machine can read"),
+        ({}, "\n", 0o600, "is empty"),
+        ({}, None, None, "the file cannot be read"),
+        ({}, "a passphrase\n", 0o600, None),
+        ({"PULUMI_CONFIG_PASSPHRASE": "a passphrase"}, None, None, None),
+    ],
+    ids=["blank", "readable-by-others", "empty-file", "missing-file", "file", "variable"],
+)
+def test_the_passphrase_protects_something(environ, content, mode, says, tmp_path: Path):
+    """An empty passphrase, or a passphrase file that others can read, that is empty or
+    missing, is refused with the fix; a real one passes."""
+    command_line = import_tool("command_line")
+    path = tmp_path / "passphrase"
+    if content is not None:
+        path.write_text(content)
+        path.chmod(mode)
+    if "PULUMI_CONFIG_PASSPHRASE" not in environ:
+        environ = {**environ, "PULUMI_CONFIG_PASSPHRASE_FILE": str(path)}
+    if says is None:
+        command_line.check_passphrase(environ)
+        return
+    with pytest.raises(command_line.CommandError) as refused:
+        command_line.check_passphrase(environ)
+    assert says in " ".join(refused.value.lines)
+    assert "fix:" in refused.value.lines[-1]
 
 
 @needs_cli

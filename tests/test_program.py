@@ -20,7 +20,9 @@ from tests.support.program import (
     LEASE,
     LOCAL_COMMAND,
     MOCK_CREDENTIALS,
+    MOCK_HOST_KEY,
     MOCK_RESERVATION_ID,
+    MOCK_SEAL_KEY,
     PORT,
     REMOTE_COMMAND,
     SECURITY_GROUP,
@@ -317,10 +319,11 @@ def test_start_stack_prints_only_credentials_and_undoes_nothing_itself(
     """The stack starts on the mount point with the floating IP; its clean stop is a step apart."""
     start = student.named("start-stack")
     create = start.inputs["create"]
-    assert "install-docker.sh --user cc >&2 &&" in create
+    assert "install-docker.sh --user cc >&2 </dev/null &&" in create
     assert (
         "start-stack.sh --mount-point /mnt/block --host-ip 129.114.26.77 --compose-file "
-        "/home/cc/chi-persist/docker/docker-compose.yaml --print-credentials"
+        "/home/cc/chi-persist/docker/docker-compose.yaml --platform-access public "
+        "--print-sealed-credentials"
     ) in create
     # A remote delete dials SSH first: a server that is gone would block every update.
     assert "delete" not in start.inputs
@@ -336,7 +339,7 @@ def test_the_clean_stop_asks_nova_then_releases_the_volume_over_ssh(student: Eva
     assert "create" not in stop.inputs and "update" not in stop.inputs
     assert stop.inputs["delete"] == (
         "python3 scripts/clean-stop --server-id server-node-persist-ab1234 "
-        f"--host {FLOATING} --user cc --login key -- "
+        f"--host {FLOATING} --user cc --login key --host-key '{MOCK_HOST_KEY}' -- "
         "sudo bash /home/cc/chi-persist/scripts/remote/release-volume.sh "
         "--mount-point /mnt/block --compose-file /home/cc/chi-persist/docker/docker-compose.yaml"
     )
@@ -374,6 +377,10 @@ def test_every_remote_step_connects_as_cc_to_the_floating_ip_with_a_secret_key(
         assert connection["perDialTimeout"] >= 30
         assert connection["dialErrorLimit"] >= 10
         assert _is_secret(registration.raw_inputs["connection"], "privateKey"), registration.name
+        # Only the key the server's console showed is accepted, on every connection.
+        assert connection["hostKey"] == MOCK_HOST_KEY, registration.name
+        host_key_step = student.named("host-key").urn
+        assert host_key_step in registration.property_dependencies["connection"]
     for registration in student.of_type(REMOTE_COMMAND):
         assert registration.inputs["addPreviousOutputInEnv"] is False
 
@@ -384,7 +391,7 @@ def test_every_step_reruns_on_a_new_server(student: Evaluation) -> None:
     steps = [
         *student.of_type(REMOTE_COMMAND),
         *student.of_type(COPY_TO_REMOTE),
-        *student.of_type(LOCAL_COMMAND),
+        *(s for s in student.of_type(LOCAL_COMMAND) if not s.name.endswith("credentials-key")),
     ]
     assert len(steps) == 8
     for registration in steps:
@@ -453,6 +460,100 @@ def test_wait_for_ssh_runs_locally_before_any_remote_step(student: Evaluation) -
     assert wait.urn in student.depends_on(student.named("wait-for-boot"))
 
 
+def test_the_host_key_is_read_once_per_server_before_the_first_ssh_step(
+    student: Evaluation,
+) -> None:
+    """A local step reads the server's key from its console (Nova) after sshd answers; its id
+    holds only the server's, so a server that stays is not read again and a new one is."""
+    step = student.named("host-key")
+    assert step.type == LOCAL_COMMAND
+    assert step.inputs["create"] == (
+        f"python3 scripts/host-key --server-id server-node-persist-ab1234 --host {FLOATING}"
+    )
+    assert step.inputs["triggers"] == ["server-node-persist-ab1234"]
+    assert "dir" not in step.inputs, "the state would keep this checkout's path"
+    assert student.named("wait-for-ssh").urn in student.depends_on(step)
+    assert step.urn in student.depends_on(student.named("wait-for-boot"))
+    assert student.outputs["known_hosts"] == f"{FLOATING} {MOCK_HOST_KEY}"
+
+
+def test_the_credentials_come_back_sealed_with_a_key_of_the_stacks_own(
+    student: Evaluation,
+) -> None:
+    """The sealing key is made once per stack (no trigger), kept secret and out of the logs,
+    and reaches start-stack.sh on stdin, never in its command line."""
+    key = student.named("credentials-key")
+    assert key.type == LOCAL_COMMAND
+    assert key.inputs["create"] == ('python3 -c "import secrets; print(secrets.token_hex(32))"')
+    assert "triggers" not in key.inputs
+    assert key.inputs["logging"] == "none"
+    assert "stdout" in key.additional_secret_outputs
+    start = student.named("start-stack")
+    assert start.inputs["stdin"] == f"{MOCK_SEAL_KEY}\n"
+    assert _is_secret(start.raw_inputs["stdin"], "stdin")
+    assert MOCK_SEAL_KEY not in start.inputs["create"]
+    # What the step printed is opened with that key into the stack's outputs.
+    assert student.outputs["platform_credentials"] == MOCK_CREDENTIALS
+
+
+def test_tunnel_access_opens_only_ssh_and_binds_the_ports_to_the_servers_loopback() -> None:
+    """platformAccess tunnel: one rule (22); start-stack publishes on 127.0.0.1 only."""
+    tunnel = evaluate(config={"platformAccess": "tunnel"})
+    rules = [r.inputs for r in tunnel.of_type(SECURITY_GROUP_RULE)]
+    assert [(r["portRangeMin"], r["remoteIpPrefix"]) for r in rules] == [(22, "0.0.0.0/0")]
+    assert "--platform-access tunnel" in tunnel.named("start-stack").inputs["create"]
+    assert tunnel.outputs["platform_access"] == "tunnel"
+    assert not [w for w in tunnel.warnings if "whole internet" in w]
+
+
+def test_switching_access_changes_only_the_rules_and_the_start_step(student: Evaluation) -> None:
+    """Between public and tunnel, every resource but the four web rules keeps its name and
+    its inputs, except the start step's command (its port bindings): the server stays."""
+    tunnel = evaluate(config={"platformAccess": "tunnel"})
+    public = {r.name: r for r in student.registrations}
+    tunneled = {r.name: r for r in tunnel.registrations}
+    assert sorted(set(public) - set(tunneled)) == sorted(
+        f"access-{service}-0.0.0.0-0"
+        for service in ("jupyter", "mlflow", "minio-api", "minio-console")
+    )
+    assert set(tunneled) <= set(public)
+    changed = sorted(name for name in tunneled if public[name].inputs != tunneled[name].inputs)
+    assert changed == ["provisioning-start-stack"]
+    before, after = (
+        r.inputs["create"]
+        for r in (public["provisioning-start-stack"], tunneled["provisioning-start-stack"])
+    )
+    assert before.replace("--platform-access public", "--platform-access tunnel") == after
+
+
+def test_the_whole_internet_is_said_in_one_line_with_how_to_narrow_it(
+    student: Evaluation,
+) -> None:
+    """With 0.0.0.0/0 and the web ports open, `pulumi up` warns once, naming both ways out."""
+    said = [w for w in student.warnings if "whole internet" in w]
+    assert len(said) == 1 and "\n" not in said[0]
+    assert "behind their credentials" in said[0]
+    assert "chi-persist:allowedCidrs[0]" in said[0]
+    assert "chi-persist:platformAccess tunnel" in said[0]
+    narrowed = evaluate(config={"allowedCidrs": ["203.0.113.0/24"]})
+    assert not [w for w in narrowed.warnings if "whole internet" in w]
+
+
+def test_existing_groups_with_allowed_cidrs_are_refused_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """allowedCidrs would not narrow anything beside existingSecurityGroups: refused."""
+    with pytest.raises(pulumi.RunError) as raised:
+        evaluate(config={"existingSecurityGroups": ["allow-ssh"], "allowedCidrs": ["10.1.0.0/16"]})
+    message = str(raised.value)
+    assert "chi-persist:allowedCidrs = ['10.1.0.0/16']: is not applied" in message
+    assert "those groups' own rules decide who reaches the server" in message
+    assert "pulumi config rm chi-persist:allowedCidrs" in message
+    assert raised.value.registrations == []
+    shared = evaluate(config={"existingSecurityGroups": ["allow-ssh"]})
+    assert [w for w in shared.warnings if "allowedCidrs is not used" in w]
+
+
 def test_recycle_removes_only_the_server_its_attachment_and_the_commands(
     student: Evaluation,
 ) -> None:
@@ -462,8 +563,10 @@ def test_recycle_removes_only_the_server_its_attachment_and_the_commands(
     by_urn = student.by_urn()
     removed_types = sorted(by_urn[urn].type for urn in removed)
     assert removed_types == sorted(
-        [ATTACHMENT] + [LOCAL_COMMAND] * 2 + [REMOTE_COMMAND] * 4 + [COPY_TO_REMOTE] * 2
+        [ATTACHMENT] + [LOCAL_COMMAND] * 3 + [REMOTE_COMMAND] * 4 + [COPY_TO_REMOTE] * 2
     )
+    # The sealing key is the stack's, not the server's: a recycle keeps it.
+    assert student.named("credentials-key").urn not in removed
     kept = {VOLUME, PORT, FLOATING_IP, SECURITY_GROUP, SECURITY_GROUP_RULE}
     for registration in student.registrations:
         if registration.type in kept:
@@ -485,7 +588,13 @@ def test_outputs_name_every_service(student: Evaluation) -> None:
     """The outputs give the address, the login and every service's URL."""
     outputs = student.outputs
     assert outputs["floating_ip"] == FLOATING
-    assert outputs["ssh_command"] == f"ssh -i ~/.ssh/id_rsa_chameleon cc@{FLOATING}"
+    assert outputs["known_hosts"] == f"{FLOATING} {MOCK_HOST_KEY}"
+    assert outputs["ssh_command"] == (
+        "ssh -i '~/.ssh/id_rsa_chameleon' -o StrictHostKeyChecking=yes -o "
+        f"HostKeyAlgorithms=ssh-ed25519 -o 'KnownHostsCommand=/bin/echo {FLOATING} "
+        f"{MOCK_HOST_KEY}' cc@{FLOATING}"
+    )
+    assert outputs["platform_access"] == "public"
     assert outputs["mlflow_url"] == f"http://{FLOATING}:8000"
     assert outputs["minio_api_url"] == f"http://{FLOATING}:9000"
     assert outputs["minio_console_url"] == f"http://{FLOATING}:9001"
@@ -495,11 +604,19 @@ def test_outputs_name_every_service(student: Evaluation) -> None:
     assert outputs["volume_id"] == VOLUME_ID
     assert outputs["server_id"] == "server-node-persist-ab1234"
     assert outputs["platform_credentials"] == MOCK_CREDENTIALS
+    assert outputs["mlflow_username"] == MOCK_CREDENTIALS["mlflow_user"]
+    assert outputs["mlflow_password"] == MOCK_CREDENTIALS["mlflow_password"]
 
 
 def test_outputs_carrying_credentials_are_secret(student: Evaluation) -> None:
-    """The Jupyter URL (token) and the platform credentials are secrets; the rest are not."""
-    assert student.secret_outputs == {"jupyter_url", "platform_credentials"}
+    """The Jupyter URL (token), MLflow's login and the platform credentials are secrets; the
+    rest are not."""
+    assert student.secret_outputs == {
+        "jupyter_url",
+        "mlflow_username",
+        "mlflow_password",
+        "platform_credentials",
+    }
 
 
 def test_key_file_is_read_as_a_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -98,7 +98,7 @@ def test_stack_volume_is_kept_not_created_again() -> None:
     assert volume.inputs["size"] == 2
     assert volume.inputs["metadata"] == {OWNER_KEY: OWNER}
     assert evaluation.outputs["volume_id"] == OWN_ID
-    assert evaluation.warnings == []
+    assert evaluation.other_warnings == []
 
 
 def test_larger_size_grows_the_same_volume_in_place() -> None:
@@ -122,7 +122,7 @@ def test_larger_size_grows_the_same_volume_in_place() -> None:
 def test_growing_warns_with_the_way_through_a_refusal() -> None:
     """The growth is announced next to the volume, with what to do if the cloud refuses it."""
     grown = evaluate({"volumeSize": 5}, cloud=(own_volume(),))
-    (warning,) = grown.warnings
+    (warning,) = grown.other_warnings
     assert f"{NAME} grows from 2 GiB to 5 GiB" in warning
     assert "./chi-persist recycle --stack ab1234" in warning and "pulumi up" in warning
 
@@ -231,7 +231,8 @@ def test_adopted_volume_can_grow() -> None:
     evaluation = evaluate({"existingVolumeId": TUTORIAL_ID, "volumeSize": 4}, cloud=(adopted,))
     assert evaluation.one(VOLUME).inputs["size"] == 4
     assert evaluation.one(VOLUME).import_id == TUTORIAL_ID
-    assert len(evaluation.warnings) == 1 and "from 2 GiB to 4 GiB" in evaluation.warnings[0]
+    assert len(evaluation.other_warnings) == 1
+    assert "from 2 GiB to 4 GiB" in evaluation.other_warnings[0]
 
 
 ADOPTION_REFUSALS = [

@@ -231,7 +231,7 @@ def test_a_deployed_stack_at_full_quota_is_not_refused() -> None:
         id=OWN_VOLUME, name="block-persist-ab1234", metadata={"chi-persist-stack": "ab1234/ab1234"}
     )
     evaluation = evaluate(project, cloud_volumes=(own,))
-    assert evaluation.warnings == []
+    assert evaluation.other_warnings == []
     grown = refused(project, {"volumeSize": 3}, cloud_volumes=(own,))
     assert "Cinder gigabytes (all volumes' sizes): 1000 of 1000 in use" in grown
     assert "needs 1 more" in grown and "chi-persist:volumeSize" in grown

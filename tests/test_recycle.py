@@ -69,6 +69,7 @@ RECYCLED = {
     "node-server",
     "node-volume-attachment",
     "provisioning-wait-for-ssh",
+    "provisioning-host-key",
     "provisioning-wait-for-boot",
     "provisioning-copy-scripts",
     "provisioning-copy-docker",

@@ -511,7 +511,7 @@ def test_a_key_is_used_alone_while_a_live_agent_runs(
         assert "agentSocketPath" not in connection
         assert "privateKeyPassword" not in connection
     assert clean_stop_login(evaluation) == (KEY, {"CHI_PERSIST_SSH_PRIVATE_KEY": PLAIN})
-    assert evaluation.outputs["ssh_command"].startswith("ssh -i ~/.ssh/id_rsa_chameleon cc@")
+    assert evaluation.outputs["ssh_command"].startswith("ssh -i '~/.ssh/id_rsa_chameleon' -o ")
 
 
 @needs_ssh_agent
@@ -527,7 +527,8 @@ def test_the_agent_logs_in_when_no_key_exists(
     for connection in connections(evaluation):
         assert "privateKey" not in connection
     assert clean_stop_login(evaluation) == (AGENT, {})
-    assert evaluation.outputs["ssh_command"] == "ssh cc@129.114.27.10"
+    assert evaluation.outputs["ssh_command"].startswith("ssh -o StrictHostKeyChecking=yes ")
+    assert evaluation.outputs["ssh_command"].endswith("' cc@129.114.27.10")
 
 
 @needs_ssh_agent

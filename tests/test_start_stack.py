@@ -17,8 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from components.sealed_credentials import credentials_from_stdout
 from tests.support.block_devices import LoopVolumes, link_by_id, run
-from tests.support.compose import COMPOSE_FILE, CREDENTIAL_KEYS, OBJECT_STORE_OVERRIDE
+from tests.support.compose import (
+    ADDED_CREDENTIAL_KEYS,
+    COMPOSE_FILE,
+    CREDENTIAL_KEYS,
+    OBJECT_STORE_OVERRIDE,
+    ORIGINAL_CREDENTIAL_KEYS,
+)
 from tests.support.paths import REMOTE_SCRIPTS
 from tests.support.stand_ins import StandIns
 
@@ -32,7 +39,11 @@ JSON_KEYS = {
     "minio_root_user",
     "minio_root_password",
     "jupyter_token",
+    "mlflow_user",
+    "mlflow_password",
 }
+# What the program's credentials-key step makes: the key start-stack.sh seals with.
+SEAL_KEY = "0123456789abcdef" * 4
 
 DOCKER = """
 record()
@@ -45,7 +56,8 @@ sys.exit(int(exit_code.read_text()) if exit_code.exists() else 0)
 def docker(tmp_path: Path) -> StandIns:
     """A stand-in `docker` that records each call and succeeds (unless told otherwise)."""
     stand_ins = StandIns.create(
-        tmp_path / "docker", watched=("MOUNT_POINT", "HOST_IP", "OBJECT_STORE_DIR")
+        tmp_path / "docker",
+        watched=("MOUNT_POINT", "HOST_IP", "OBJECT_STORE_DIR", "PUBLISH_ADDRESS"),
     )
     stand_ins.add("docker", DOCKER)
     return stand_ins
@@ -120,8 +132,10 @@ def start(
     compose_file: Path = COMPOSE_FILE,
     object_store: Path | None = None,
     host_ip: str = HOST_IP,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run start-stack.sh as the program does, the stand-in docker first on PATH."""
+    """Run start-stack.sh as the program does, the stand-in docker first on PATH; `stdin` is
+    what the command gets on its standard input (the sealing key), else nothing."""
     object_store = object_store or mount_point.parent / "no-object-store"
     return subprocess.run(
         [
@@ -141,9 +155,14 @@ def start(
         capture_output=True,
         text=True,
         check=False,
-        stdin=subprocess.DEVNULL,
+        input=stdin if stdin is not None else "",
         timeout=120,
     )
+
+
+def sealed_start(docker: StandIns, mount_point: Path, *extra: str):
+    """start-stack.sh as the program runs it: --print-sealed-credentials, the key on stdin."""
+    return start(docker, mount_point, "--print-sealed-credentials", *extra, stdin=f"{SEAL_KEY}\n")
 
 
 def credentials_of(mount_point: Path) -> dict[str, str]:
@@ -237,7 +256,8 @@ def _give_to_a_user(path: Path) -> None:
 
 
 def _drop_the_token(path: Path) -> None:
-    path.write_text("".join(f"{k}=Value0123456789abcdefghij\n" for k in CREDENTIAL_KEYS[:-1]))
+    keys = [k for k in CREDENTIAL_KEYS if k != "JUPYTER_TOKEN"]
+    path.write_text("".join(f"{k}=Value0123456789abcdefghij\n" for k in keys))
 
 
 def _put_a_quote_in_a_value(path: Path) -> None:
@@ -341,6 +361,8 @@ def test_starts_the_stack_on_a_prepared_volume(docker: StandIns, prepared_volume
     ]
     assert calls[0]["env"]["MOUNT_POINT"] == str(prepared_volume)
     assert calls[0]["env"]["HOST_IP"] == HOST_IP
+    # platformAccess public by default: the ports are published on every address.
+    assert calls[0]["env"]["PUBLISH_ADDRESS"] == "0.0.0.0"  # noqa: S104
     for url in (f"http://{HOST_IP}:{port}" for port in (8000, 8888, 9000, 9001)):
         assert url in completed.stderr
     assert completed.stdout == ""
@@ -379,46 +401,134 @@ def test_credentials_survive_restarts_and_a_new_server(
     run("umount", str(prepared_volume))
     assert not (prepared_volume / ".chi-persist").exists()
     prepare(prepared_volume, tmp_path / "by-id", tmp_path / "fstab")
-    completed = start(docker, prepared_volume, "--print-credentials")
+    completed = sealed_start(docker, prepared_volume)
     assert completed.returncode == 0, completed.stderr
     assert credentials_of(prepared_volume) == first
-    assert json.loads(completed.stdout)["postgres_password"] == first["POSTGRES_PASSWORD"]
+    opened = credentials_from_stdout(completed.stdout, SEAL_KEY)
+    assert opened["postgres_password"] == first["POSTGRES_PASSWORD"]
 
 
-def test_print_credentials_writes_one_json_line_and_secrets_never_reach_stderr(
+def test_credentials_leave_sealed_and_open_only_with_the_programs_key(
     docker: StandIns, prepared_volume: Path
 ) -> None:
-    """stdout is exactly one JSON object with the credentials; no secret appears on stderr."""
-    completed = start(docker, prepared_volume, "--print-credentials")
+    """stdout is one JSON line whose only value is the sealed credentials: no credential in
+    it, in stderr, or in any argument; the program's key (components/sealed_credentials.py)
+    opens it to every credential, another key does not."""
+    completed = sealed_start(docker, prepared_volume)
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.splitlines()
     assert len(lines) == 1
     printed = json.loads(lines[0])
+    assert list(printed) == ["sealed_credentials"]
+    assert printed["sealed_credentials"].startswith("U2FsdGVkX1")  # base64 of "Salted__"
     credentials = credentials_of(prepared_volume)
-    assert printed == {
+    opened = credentials_from_stdout(completed.stdout, SEAL_KEY)
+    assert opened == {
         "postgres_user": credentials["POSTGRES_USER"],
         "postgres_password": credentials["POSTGRES_PASSWORD"],
         "minio_root_user": credentials["MINIO_ROOT_USER"],
         "minio_root_password": credentials["MINIO_ROOT_PASSWORD"],
         "jupyter_token": credentials["JUPYTER_TOKEN"],
+        "mlflow_user": credentials["MLFLOW_ADMIN_USER"],
+        "mlflow_password": credentials["MLFLOW_ADMIN_PASSWORD"],
     }
-    assert set(printed) == JSON_KEYS
-    again = start(docker, prepared_volume, "--print-credentials")
+    assert set(opened) == JSON_KEYS
+    with pytest.raises(ValueError):
+        credentials_from_stdout(completed.stdout, "f" * 64)
+    again = sealed_start(docker, prepared_volume)
     for run_output in (completed, again):
         for key, value in credentials.items():
             if key != "POSTGRES_DB":
-                assert value not in run_output.stderr, f"{key} leaked to stderr"
+                assert value not in run_output.stdout + run_output.stderr, f"{key} leaked"
+    for call in docker.calls("docker"):
+        for key, value in credentials.items():
+            if key != "POSTGRES_DB":
+                assert value not in " ".join(call["argv"]), f"{key} is an argument of docker"
+
+
+@pytest.mark.parametrize(
+    ("stdin", "says"),
+    [
+        ("", "no key on stdin"),
+        ("not-a-key\n", "not a key of 64 lowercase hex digits"),
+        (SEAL_KEY.upper() + "\n", "not a key of 64 lowercase hex digits"),
+    ],
+    ids=["no-key", "not-hex", "upper-case"],
+)
+def test_sealing_without_a_key_starts_nothing(
+    docker: StandIns, prepared_volume: Path, stdin: str, says: str
+) -> None:
+    """--print-sealed-credentials without a usable key on stdin: exit 7 before anything."""
+    completed = start(docker, prepared_volume, "--print-sealed-credentials", stdin=stdin)
+    assert completed.returncode == 7, completed.stderr
+    assert says in completed.stderr
+    assert docker.calls() == []
+    assert not (prepared_volume / ".chi-persist" / "credentials.env").exists()
+
+
+@pytest.mark.parametrize(
+    ("access", "address"),
+    [("public", "0.0.0.0"), ("tunnel", "127.0.0.1")],  # noqa: S104
+)
+def test_platform_access_chooses_where_the_ports_are_published(
+    docker: StandIns, prepared_volume: Path, access: str, address: str
+) -> None:
+    """public: every address of the server (the security group decides); tunnel: 127.0.0.1,
+    reached through SSH only. The same volume, credentials and compose files either way."""
+    completed = start(docker, prepared_volume, "--platform-access", access)
+    assert completed.returncode == 0, completed.stderr
+    (call,) = docker.calls("docker")
+    assert call["env"]["PUBLISH_ADDRESS"] == address
+    assert f"platform access {access}" in completed.stderr
+
+
+def test_an_unknown_platform_access_is_a_usage_error(
+    docker: StandIns, prepared_volume: Path
+) -> None:
+    completed = start(docker, prepared_volume, "--platform-access", "open")
+    assert completed.returncode == 2
+    assert "--platform-access must be public or tunnel, got 'open'" in completed.stderr
+    assert docker.calls() == []
+
+
+def test_a_file_from_before_mlflows_login_gets_the_new_credentials_and_keeps_the_rest(
+    docker: StandIns, prepared_volume: Path
+) -> None:
+    """A volume made before MLflow's login and its MinIO user: its six credentials stay as
+    they were (the database and MinIO use them); the new ones are generated, added once, and
+    kept at the next start; the file stays root:root 0600."""
+    (prepared_volume / ".chi-persist").mkdir(exist_ok=True)
+    path = prepared_volume / ".chi-persist" / "credentials.env"
+    old = {key: f"Old{key.title().replace('_', '')}Value123" for key in ORIGINAL_CREDENTIAL_KEYS}
+    old["POSTGRES_DB"] = "mlflowdb"
+    path.write_text("".join(f"{key}={value}\n" for key, value in old.items()))
+    path.chmod(0o600)
+    completed = start(docker, prepared_volume)
+    assert completed.returncode == 0, completed.stderr
+    assert "credentials: added MLFLOW_ADMIN_USER" in completed.stderr
+    updated = credentials_of(prepared_volume)
+    assert list(updated) == list(CREDENTIAL_KEYS)
+    assert {key: updated[key] for key in ORIGINAL_CREDENTIAL_KEYS} == old
+    for key in ADDED_CREDENTIAL_KEYS:
+        assert re.fullmatch(r"[A-Za-z0-9]{24,}", updated[key]), key
+    status = path.stat()
+    assert (status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode)) == (0, 0, 0o600)
+    again = start(docker, prepared_volume)
+    assert again.returncode == 0 and "credentials: added" not in again.stderr
+    assert credentials_of(prepared_volume) == updated
 
 
 def test_data_directories_are_created_with_their_services_owners(
     docker: StandIns, prepared_volume: Path
 ) -> None:
-    """postgres_data for uid 999 (0700), minio_data for root, jupyter_work for jovyan 1000:100."""
+    """postgres_data for uid 999 (0700), minio_data for root, jupyter_work for jovyan 1000:100,
+    mlflow_auth (MLflow's users) for the MLflow image's uid 10001 (0700)."""
     assert start(docker, prepared_volume).returncode == 0
     expected = {
         "postgres_data": (999, 999, 0o700),
         "minio_data": (0, 0, 0o750),
         "jupyter_work": (1000, 100, 0o775),
+        "mlflow_auth": (10001, 10001, 0o700),
     }
     for name, (uid, gid, mode) in expected.items():
         status = (prepared_volume / name).stat()
@@ -465,7 +575,7 @@ def test_object_store_is_left_out_when_absent(docker: StandIns, prepared_volume:
 def test_a_failed_compose_up_is_reported(docker: StandIns, prepared_volume: Path) -> None:
     """When compose fails or times out: exit 6, where to look, and no credentials on stdout."""
     (docker.state / "docker-exit-code").write_text("1")
-    completed = start(docker, prepared_volume, "--print-credentials")
+    completed = sealed_start(docker, prepared_volume)
     assert completed.returncode == 6
     assert "docker compose --project-name chi-persist logs" in completed.stderr
     assert completed.stdout == ""
@@ -503,7 +613,10 @@ def test_help_describes_the_options_and_exit_codes() -> None:
         ["bash", str(SCRIPT), "--help"], capture_output=True, text=True, check=False
     )
     assert completed.returncode == 0
-    for word in ("--mount-point", "--host-ip", "--compose-file", "--print-credentials", "Exit"):
+    for word in (
+        "--mount-point", "--host-ip", "--compose-file", "--platform-access",
+        "--print-sealed-credentials", "Exit",
+    ):  # fmt: skip
         assert word in completed.stdout
 
 

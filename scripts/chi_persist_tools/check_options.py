@@ -15,18 +15,23 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 DESCRIPTION = """\
-Check that a chi-persist platform answers: MLflow (/health and its tracking API),
-MinIO (an S3 call with the root credentials, and the bucket mlflow-artifacts),
-and Jupyter (answers with its token, refuses without). Prints one row per check,
-✓ or ✗, and exits non-zero when any check fails.
+Check that a chi-persist platform answers: MLflow (/health, and its tracking API
+with its login; refuses without), MinIO (an S3 call with the root credentials, and
+the bucket mlflow-artifacts), and Jupyter (answers with its token, refuses without).
+Prints one row per check, ✓ or ✗, and exits non-zero when any check fails.
 
 Where the URLs and credentials come from:
   --stack NETID     `pulumi stack output --json --show-secrets --stack NETID`, run in
                     the project directory (the default is the selected stack).
+                    A stack with platformAccess tunnel is reached through the SSH
+                    tunnel of `./chi-persist open` (the one running, or one started
+                    for the checks and stopped after).
   --url-base URL    the conventional ports of one host: MLflow URL:8000, MinIO URL:9000,
                     Jupyter URL:8888. Credentials then come from the environment
-                    variables MINIO_ROOT_USER, MINIO_ROOT_PASSWORD and JUPYTER_TOKEN
-                    (never from flags: flags end up in shell history and `ps`).
+                    variables MINIO_ROOT_USER, MINIO_ROOT_PASSWORD, JUPYTER_TOKEN,
+                    MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (never from
+                    flags: flags end up in shell history and `ps`; a URL with a token
+                    is refused).
   --mlflow-url, --minio-url, --jupyter-url
                     one service's URL, overriding the others (e.g. an SSH tunnel on
                     localhost). Given all three, no stack is read and the credentials
@@ -60,8 +65,9 @@ examples:
   ./chi-persist check --stack ab1234 --wait 300 --write-marker
   ./chi-persist recycle --stack ab1234 && pulumi up --stack ab1234
   ./chi-persist check --stack ab1234 --wait 300 --verify-marker
-  MINIO_ROOT_USER=... MINIO_ROOT_PASSWORD=... JUPYTER_TOKEN=... \\
-      ./chi-persist check --url-base http://129.114.25.10
+  export MINIO_ROOT_USER MINIO_ROOT_PASSWORD JUPYTER_TOKEN MLFLOW_TRACKING_USERNAME \\
+      MLFLOW_TRACKING_PASSWORD      # set beforehand, e.g. read with `read -rs NAME`
+  ./chi-persist check --url-base http://129.114.25.10
 """
 
 

@@ -1,8 +1,10 @@
 """chi-persist check: is a student's platform up, and did its data survive a recycle?
 
 Reads the service URLs and credentials from a Pulumi stack's outputs (or from
-flags and environment variables), checks MLflow, MinIO and Jupyter, and prints
-one row per check. A stack that made its own KVM@TACC lease gets a row for the
+flags and environment variables, never from flags for a secret), checks MLflow,
+MinIO and Jupyter (each answers with its credentials and refuses without), and
+prints one row per check. A stack with platformAccess tunnel is reached through
+`./chi-persist open`'s SSH tunnel. A stack that made its own KVM@TACC lease gets a row for the
 lease too: when it ends (read live from Blazar when the OpenStack credentials are
 in the environment), and a warning when that is near. `--write-marker` logs a
 small run through MLflow; `--verify-marker` finds it again after the compute was
@@ -22,7 +24,7 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -57,7 +59,13 @@ METRIC_VALUE_TAG = "chi-persist.metric-value"
 MARKER_METRIC = "marker_value"
 MARKER_ARTIFACT = "marker.txt"
 SERVICE_PORTS = {"mlflow": 8000, "minio": 9000, "jupyter": 8888}
-CREDENTIAL_VARIABLES = ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "JUPYTER_TOKEN")
+CREDENTIAL_VARIABLES = (
+    "MINIO_ROOT_USER",
+    "MINIO_ROOT_PASSWORD",
+    "JUPYTER_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+)
 REQUIRED_OUTPUTS = ("mlflow_url", "minio_api_url", "jupyter_url", "platform_credentials")
 RETRY_INTERVAL_SECONDS = 3.0
 HTTP_TIMEOUT_SECONDS = 10.0
@@ -100,11 +108,15 @@ class Platform:
     minio_user: str
     minio_password: str = ""
     jupyter_token: str = ""
+    mlflow_user: str = ""
+    mlflow_password: str = ""
     # The stack the platform came from ("" for the selected stack or none), and its lease
     # as its outputs describe it ("" when it made none).
     stack: str | None = None
     lease_id: str = ""
     lease_end: str = ""
+    # "tunnel": the platform's ports answer on the server's 127.0.0.1 only (`./chi-persist open`).
+    platform_access: str = "public"
 
     def __repr__(self) -> str:
         return (
@@ -210,7 +222,8 @@ def platform_from_outputs(outputs: dict, stack_label: str) -> Platform:
             "and try again"
         )
     credentials = outputs["platform_credentials"]
-    needed = ("minio_root_user", "minio_root_password", "jupyter_token")
+    needed = ("minio_root_user", "minio_root_password", "jupyter_token", "mlflow_user",
+              "mlflow_password")  # fmt: skip
     absent = [
         key for key in needed if not isinstance(credentials, dict) or not credentials.get(key)
     ]
@@ -238,9 +251,12 @@ def platform_from_outputs(outputs: dict, stack_label: str) -> Platform:
         minio_user=str(credentials["minio_root_user"]),
         minio_password=str(credentials["minio_root_password"]),
         jupyter_token=str(credentials["jupyter_token"]),
+        mlflow_user=str(credentials["mlflow_user"]),
+        mlflow_password=str(credentials["mlflow_password"]),
         stack=stack_label,
         lease_id=str(outputs.get("lease_id") or ""),
         lease_end=str(outputs.get("lease_end") or ""),
+        platform_access=str(outputs.get("platform_access") or "public"),
     )
 
 
@@ -271,11 +287,14 @@ def resolve_platform(arguments: argparse.Namespace, environ: dict[str, str]) -> 
             source = base
             for service, port in SERVICE_PORTS.items():
                 urls[service] = urls[service] or f"{base}:{port}"
-        jupyter_token = _token_in_url(urls["jupyter"])
-        environment = dict(environ)
-        if jupyter_token and not environment.get("JUPYTER_TOKEN"):
-            environment["JUPYTER_TOKEN"] = jupyter_token
-        credentials = credentials_from_environment(environment)
+        if _token_in_url(urls["jupyter"]):
+            raise UsageError(
+                "the Jupyter URL given carries its token: a flag ends up in shell history and in "
+                "`ps`, where every user of this machine reads it. Give the URL without "
+                "?token=..., and the token in the environment: export JUPYTER_TOKEN (e.g. "
+                "`read -rs JUPYTER_TOKEN && export JUPYTER_TOKEN`)"
+            )
+        credentials = credentials_from_environment(dict(environ))
         return Platform(
             source=source,
             mlflow_url=urls["mlflow"],
@@ -284,6 +303,8 @@ def resolve_platform(arguments: argparse.Namespace, environ: dict[str, str]) -> 
             minio_user=credentials["MINIO_ROOT_USER"],
             minio_password=credentials["MINIO_ROOT_PASSWORD"],
             jupyter_token=credentials["JUPYTER_TOKEN"],
+            mlflow_user=credentials["MLFLOW_TRACKING_USERNAME"],
+            mlflow_password=credentials["MLFLOW_TRACKING_PASSWORD"],
         )
     outputs = read_stack_outputs(arguments.stack)
     platform = platform_from_outputs(outputs, arguments.stack or "")
@@ -303,6 +324,50 @@ def _without_query(url: str) -> str:
     """Jupyter's server root: a URL like http://IP:8888/lab?token=... loses path and token."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+@contextlib.contextmanager
+def through_tunnel(
+    platform: Platform, arguments: argparse.Namespace, environ: dict[str, str], progress: TextIO
+) -> Iterator[Platform]:
+    """The platform as the checks reach it: a stack in platformAccess tunnel through the SSH
+    tunnel of `./chi-persist open` (the one running, or one started here and stopped after)."""
+    given = arguments.mlflow_url or arguments.minio_url or arguments.jupyter_url
+    if platform.platform_access != "tunnel" or platform.stack is None or given:
+        yield platform
+        return
+    from chi_persist_tools import tunnel
+    from chi_persist_tools.command_line import CommandError
+
+    stack = platform.stack or selected_stack_name()
+    try:
+        opened, started = tunnel.start(stack, environ)
+    except CommandError as error:
+        raise UsageError(
+            f"{platform.source} answers only through an SSH tunnel (platformAccess tunnel), "
+            f"which did not start: {'; '.join(error.lines)}"
+        ) from None
+    print(
+        f"check: {platform.source} has platformAccess tunnel: checking through the SSH "
+        f"tunnel to {opened.address}{' (started for the checks)' if started else ''}",
+        file=progress,
+    )
+    try:
+        yield dataclasses.replace(
+            platform,
+            mlflow_url=opened.urls["mlflow"],
+            minio_url=opened.urls["minio_api"],
+            jupyter_url=opened.urls["jupyter"],
+        )
+    finally:
+        if started:
+            tunnel.stop(stack)
+
+
+def selected_stack_name() -> str:
+    from chi_persist_tools.command_line import selected_stack
+
+    return selected_stack("check")
 
 
 # --- the checks --------------------------------------------------------------
@@ -347,18 +412,40 @@ def check_mlflow(platform: Platform) -> str:
             f"{platform.mlflow_url}/health answered HTTP {response.status_code} "
             f"{response.text.strip()[:80]!r}"
         )
+    search = f"{platform.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        anonymous = requests.get(search, timeout=HTTP_TIMEOUT_SECONDS)
+    except requests.RequestException as error:
+        raise CheckFailed(
+            f"no answer from {platform.mlflow_url}: {_describe_connection_error(error)}"
+        ) from None
+    if anonymous.status_code == 200:
+        raise CheckFailed(
+            f"{platform.mlflow_url} answers its tracking API without a login: anyone who finds "
+            "the address can read and delete every run and model. Run `pulumi up` (the "
+            "platform's MLflow runs its basic-auth app)",
+            retryable=False,
+        )
     client = _mlflow_client(platform)
     try:
         experiments = client.search_experiments(max_results=100)
     except Exception as error:  # the client raises MlflowException or requests' errors
         if "Host header" in str(error):
             raise CheckFailed(_host_refused(platform), retryable=False) from None
+        if "401" in str(error) or "Unauthorized" in str(error):
+            raise CheckFailed(
+                f"{platform.mlflow_url} refused the login of user {platform.mlflow_user!r}: "
+                "it is not MLflow's (MLFLOW_ADMIN_USER and MLFLOW_ADMIN_PASSWORD in "
+                "MOUNT_POINT/.chi-persist/credentials.env on the server)",
+                retryable=False,
+            ) from None
         raise CheckFailed(
             f"/health is OK but the tracking API failed: {_first_line(error)}"
         ) from None
     return (
-        f"{platform.mlflow_url} (/health OK, tracking API lists "
-        f"{_count(len(experiments), 'experiment')})"
+        f"{platform.mlflow_url} (/health OK; the tracking API refuses a request without a "
+        f"login ({anonymous.status_code}) and lists {_count(len(experiments), 'experiment')} "
+        "to the platform's user)"
     )
 
 
@@ -634,6 +721,15 @@ def _mlflow_client(platform: Platform):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    # MLflow 3 servers with an S3 store advertise presigned transfers (/server-info), and the
+    # client then fetches from MinIO at the server's own endpoint (http://minio:9000, a name
+    # only the stack's network knows): every artifact goes through MLflow instead.
+    os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "false")
+    # MLflow's client logs in with these (mlflow/utils/rest_utils.py); this process is the
+    # check's own, and nothing it starts is given them.
+    os.environ["MLFLOW_TRACKING_USERNAME"] = platform.mlflow_user
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = platform.mlflow_password
     try:
         from mlflow import MlflowClient
     except ImportError:
@@ -902,13 +998,14 @@ def run_parsed(
                 "Leases); at its end the server is deleted and the volume and its data stay",
                 file=stderr,
             )
-        results += run_checks(
-            platform,
-            wait_seconds=arguments.wait,
-            write=arguments.write_marker,
-            verify=arguments.verify_marker,
-            progress=stderr,
-        )
+        with through_tunnel(platform, arguments, environ, stderr) as reached:
+            results += run_checks(
+                reached,
+                wait_seconds=arguments.wait,
+                write=arguments.write_marker,
+                verify=arguments.verify_marker,
+                progress=stderr,
+            )
         if platform.stack is not None:
             # The newest backup's age, when the stack has backups on (backup.py).
             from chi_persist_tools.backup import check_rows

@@ -8,13 +8,16 @@ OS_CLIENT_CONFIG_FILE, clouds.yaml, OS_*):
 - the server is gone (404): a warning (the data was not stopped cleanly; PostgreSQL
   recovers from its journal), and success, so the update goes on;
 - it exists, or Nova cannot say: the remote command (release-volume.sh) runs over SSH
-  with the OpenSSH client, logging in as the provisioning commands do; if it cannot run
-  or fails, this fails, with the cause and the fix, and the volume is not detached.
+  with the OpenSSH client, logging in as the provisioning commands do and accepting only
+  the server's pinned host key (--host-key, which the stack read from the server's own
+  console; for a stack from before that, read from the console now); if it cannot run,
+  meets another key, or fails, this fails, with the cause and the fix, and the volume is
+  not detached.
 
 The private key comes in the environment (CHI_PERSIST_SSH_PRIVATE_KEY, a secret of the
 stack) and goes to ssh in a file only its owner can read, removed afterwards; its
 passphrase (CHI_PERSIST_SSH_KEY_PASSPHRASE) reaches ssh through SSH_ASKPASS, never a
-file or an argument. Neither is ever printed.
+file or an argument (chi_persist_tools/openssh.py). Neither is ever printed.
 """
 
 from __future__ import annotations
@@ -22,23 +25,21 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from chi_persist_tools import openssh
+from chi_persist_tools.openssh import AGENT, KEY, KEY_VARIABLE, PASSPHRASE_VARIABLE
 
 EXIT_OK = 0  # the platform was stopped and the volume released, or the server is gone
 EXIT_FAILED = 1  # the clean stop could not run or failed: do not detach the volume
 EXIT_USAGE = 2  # wrong arguments
 
-KEY_VARIABLE = "CHI_PERSIST_SSH_PRIVATE_KEY"
-PASSPHRASE_VARIABLE = "CHI_PERSIST_SSH_KEY_PASSPHRASE"  # noqa: S105 (a name)
-KEY, AGENT = "key", "agent"
+__all__ = ["KEY_VARIABLE", "PASSPHRASE_VARIABLE", "main"]
 
 NOVA_TIMEOUT_SECONDS = 30
 # Nova's answer for a server that is deleted but still listed to an administrator.
@@ -46,15 +47,14 @@ GONE_STATUSES = ("DELETED", "SOFT_DELETED")
 # A server shut off (a shutdown from inside, `openstack server stop`, recycle's
 # --stop-through-nova) runs nothing: its volume was unmounted when it shut down.
 SHUT_OFF = ("SHUTOFF",)
-SSH_CONNECT_TIMEOUT_SECONDS = 30
 SSH_ATTEMPTS = 3
 SSH_PAUSE_SECONDS = 10
 # ssh exits 255 for its own errors (connect, login); anything else is the remote command's.
 SSH_ERROR = 255
 # release-volume.sh: something still uses the volume.
 RELEASE_REFUSED = 4
-# SSH_ASKPASS_REQUIRE came with OpenSSH 8.4.
-ASKPASS_REQUIRE_VERSION = (8, 4)
+# A stack from before the pinned key: how long to wait for the key on the server's console.
+CONSOLE_KEY_SECONDS = 60
 
 DESCRIPTION = """\
 Stop a server's platform cleanly (docker compose down, sync, unmount) before its
@@ -67,6 +67,10 @@ login (--login):
   key    the private key in $CHI_PERSIST_SSH_PRIVATE_KEY, alone (no agent); with
          $CHI_PERSIST_SSH_KEY_PASSPHRASE when it has a passphrase (OpenSSH 8.4 or later)
   agent  the ssh agent at $SSH_AUTH_SOCK
+
+host key (--host-key): the server's key as `type base64` (the stack's output known_hosts
+  without the address); ssh accepts that key only. Without it, the key is read from the
+  server's console through Nova, as the stack does for a new server.
 
 exit status:
   0  the platform was stopped and the volume unmounted, or the server no longer exists
@@ -162,64 +166,14 @@ def request_server_stop(server_id: str) -> str | None:
 # --- ssh ------------------------------------------------------------------------------------
 
 
-def openssh_version(ssh: str) -> tuple[int, int] | None:
-    """(major, minor) of the OpenSSH client, None when it does not say."""
-    try:
-        result = subprocess.run(
-            [ssh, "-V"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    text = result.stderr + result.stdout
-    marker = text.find("OpenSSH_")
-    if marker < 0:
-        return None
-    digits = text[marker + len("OpenSSH_") :].split("p", 1)[0].split(",", 1)[0].split(" ", 1)[0]
-    try:
-        major, minor = digits.split(".")[:2]
-        return int(major), int(minor)
-    except ValueError:
-        return None
-
-
-def ssh_arguments(
-    ssh: str, host: str, port: int, user: str, login: str, key_file: Path | None, batch: bool
-) -> list[str]:
-    """The OpenSSH client's arguments: no config file, public key only, no prompt on a terminal."""
-    arguments = [
-        ssh,
-        # The user's ssh_config is not read, as pulumi-command reads none.
-        "-F", "none",
-        "-p", str(port),
-        "-l", user,
-        # A new server has a new host key every time, and the other provisioning steps
-        # (pulumi-command) do not check it either: do not let it fail or pile up here.
-        "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "LogLevel=ERROR",
-        "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT_SECONDS}",
-        # The stop may take minutes (PostgreSQL gets two); a dead server ends it in two.
-        "-o", "ServerAliveInterval=15",
-        "-o", "ServerAliveCountMax=8",
-        "-o", "PreferredAuthentications=publickey",
-        "-o", "PasswordAuthentication=no",
-        "-o", "KbdInteractiveAuthentication=no",
-        "-o", "NumberOfPasswordPrompts=1",
-        "-o", "ForwardAgent=no",
-        "-o", "ClearAllForwardings=yes",
-        "-o", f"BatchMode={'yes' if batch else 'no'}",
-    ]  # fmt: skip
-    if login == KEY:
-        assert key_file is not None
-        arguments += ["-i", str(key_file), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"]
-    return [*arguments, host]
-
-
 @dataclass(frozen=True)
 class SshResult:
     returncode: int
     error_lines: list[str]
+
+    @property
+    def host_key_refused(self) -> bool:
+        return self.returncode == SSH_ERROR and openssh.host_key_refused(self.error_lines)
 
 
 def run_over_ssh(
@@ -227,80 +181,43 @@ def run_over_ssh(
     port: int,
     user: str,
     login: str,
+    host_key: str,
     remote_command: str,
     environ: Mapping[str, str],
     attempts: int = SSH_ATTEMPTS,
     pause: float = SSH_PAUSE_SECONDS,
 ) -> SshResult:
     """Run `remote_command` on the server; its output passes through, stderr is kept too."""
-    ssh = shutil.which("ssh", path=environ.get("PATH"))
-    if ssh is None:
-        raise Failure(
-            "the OpenSSH client (`ssh`) is not on PATH; the clean stop logs in with it",
-            "fix: install it (Debian/Ubuntu: apt install openssh-client; macOS has it), then "
-            "run pulumi again",
-        )
-    child = {
-        name: value
-        for name, value in environ.items()
-        if name not in (KEY_VARIABLE, "SSH_ASKPASS", "SSH_ASKPASS_REQUIRE", "DISPLAY")
-    }
-    with tempfile.TemporaryDirectory(prefix="chi-persist-clean-stop-") as directory:
-        key_file = None
-        batch = True
-        if login == KEY:
-            key_text = environ.get(KEY_VARIABLE, "")
-            if not key_text.strip():
-                raise Failure(
-                    f"--login key, but {KEY_VARIABLE} is empty: there is no key to log in with",
-                    "fix: the stack's program passes the key; run `pulumi up` so the step holds "
-                    "it, then try again",
+    try:
+        with openssh.session(
+            port=port, user=user, login=login, host=host, host_key=host_key,
+            environ=environ, purpose="the clean stop",
+        ) as ssh:  # fmt: skip
+            # The stop may take minutes (PostgreSQL gets two); a dead server ends it in two.
+            ssh.options += [
+                "-o", "ServerAliveInterval=15",
+                "-o", "ServerAliveCountMax=8",
+                "-o", "ClearAllForwardings=yes",
+            ]  # fmt: skip
+            command = ssh.command(host, remote_command)
+            result = SshResult(SSH_ERROR, [])
+            for attempt in range(1, attempts + 1):
+                result = _ssh_once(command, ssh.environment)
+                # Another key at the address is not a network hiccup: never tried again.
+                if result.returncode != SSH_ERROR or result.host_key_refused:
+                    break
+                if attempt == attempts:
+                    break
+                print(
+                    f"clean-stop: ssh to {user}@{host}:{port} failed (try {attempt} of "
+                    f"{attempts}): {_last(result.error_lines)}; trying again in {pause:g} s",
+                    file=sys.stderr,
+                    flush=True,
                 )
-            key_file = Path(directory) / "key"
-            descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(key_text if key_text.endswith("\n") else key_text + "\n")
-            if environ.get(PASSPHRASE_VARIABLE):
-                version = openssh_version(ssh)
-                if version is not None and version < ASKPASS_REQUIRE_VERSION:
-                    raise Failure(
-                        f"the OpenSSH client here is {version[0]}.{version[1]}; a key with a "
-                        "passphrase needs 8.4 or later (SSH_ASKPASS_REQUIRE)",
-                        "fix: update OpenSSH, or load the key into an agent (eval "
-                        '"$(ssh-agent)" && ssh-add <your key>) and pulumi config set '
-                        "chi-persist:sshAuth agent, then run pulumi up and try again",
-                    )
-                batch = False
-                askpass = Path(directory) / "askpass"
-                # The passphrase stays in the environment; the helper only prints it to ssh.
-                askpass.write_text(f"#!/bin/sh\nprintf '%s\\n' \"${PASSPHRASE_VARIABLE}\"\n")
-                askpass.chmod(0o700)
-                child.update(SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force")
-            else:
-                child.pop(PASSPHRASE_VARIABLE, None)
-        else:
-            child.pop(PASSPHRASE_VARIABLE, None)
-            if not environ.get("SSH_AUTH_SOCK"):
-                raise Failure(
-                    "--login agent, but SSH_AUTH_SOCK is not set: there is no ssh agent to log "
-                    "in with",
-                    'fix: start one in the shell that runs pulumi: eval "$(ssh-agent)" && '
-                    "ssh-add <your key>, then run pulumi again",
-                )
-        command = [*ssh_arguments(ssh, host, port, user, login, key_file, batch), remote_command]
-        result = SshResult(SSH_ERROR, [])
-        for attempt in range(1, attempts + 1):
-            result = _ssh_once(command, child)
-            if result.returncode != SSH_ERROR or attempt == attempts:
-                break
-            print(
-                f"clean-stop: ssh to {user}@{host}:{port} failed (try {attempt} of {attempts}): "
-                f"{_last(result.error_lines)}; trying again in {pause:g} s",
-                file=sys.stderr,
-                flush=True,
-            )
-            time.sleep(pause)
-        return result
+                time.sleep(pause)
+            return result
+    except openssh.LoginUnavailable as unavailable:
+        raise Failure(*unavailable.lines) from None
 
 
 def _ssh_once(command: list[str], environment: dict[str, str]) -> SshResult:
@@ -328,6 +245,23 @@ def _last(lines: Sequence[str]) -> str:
     return shown[-1] if shown else "no message"
 
 
+def console_host_key(server_id: str) -> str:
+    """For a stack from before the pinned key: the server's ed25519 key from its console."""
+    from chi_persist_tools.host_key import HostKeyUnavailable, read_console_key
+
+    try:
+        return read_console_key(server_id, timeout=CONSOLE_KEY_SECONDS, interval=5).line
+    except HostKeyUnavailable as unavailable:
+        raise Failure(
+            f"the stack holds no pinned host key for server {server_id} (it was deployed "
+            f"before keys were pinned), and its console does not give one: {unavailable}. "
+            "The volume was not detached",
+            "fix: run `pulumi up` once (it reads and pins the key), then run this again; a "
+            "server that is beyond reach for good: `./chi-persist recycle --stack <netid> "
+            "--stop-through-nova` shuts it down through Nova first",
+        ) from None
+
+
 # --- the decision ---------------------------------------------------------------------------
 
 
@@ -337,6 +271,7 @@ def clean_stop(
     port: int,
     user: str,
     login: str,
+    host_key: str | None,
     remote_command: str,
     environ: Mapping[str, str],
     attempts: int = SSH_ATTEMPTS,
@@ -379,11 +314,15 @@ def clean_stop(
             file=sys.stderr,
             flush=True,
         )
-    result = run_over_ssh(host, port, user, login, remote_command, environ, attempts, pause)
+    if not host_key:
+        host_key = console_host_key(server_id)
+    result = run_over_ssh(
+        host, port, user, login, host_key, remote_command, environ, attempts, pause
+    )
     if result.returncode == 0:
         print(f"clean-stop: the platform on server {server_id} is stopped and the volume released")
         return EXIT_OK
-    raise Failure(*_failure_lines(server_id, host, port, user, login, lookup, result))
+    raise Failure(*_failure_lines(server_id, host, port, user, login, host_key, lookup, result))
 
 
 def _failure_lines(
@@ -392,10 +331,22 @@ def _failure_lines(
     port: int,
     user: str,
     login: str,
+    host_key: str,
     lookup: ServerLookup,
     result: SshResult,
 ) -> list[str]:
     where = f"{user}@{host}:{port}"
+    if result.host_key_refused:
+        return [
+            f"the clean stop refused {where}: it does not show server {server_id}'s host key "
+            f"({_fingerprint(host_key)}, read from that server's own console when it was "
+            "made), so whoever answers there is not that server. Nothing was sent to it, and "
+            "the volume was not detached",
+            f"fix: check that the floating IP {host} is still on this server's port (openstack "
+            f"floating ip show {host}: its port must be node-persist-<netid>'s; anyone in the "
+            f"project can move it) and that server {server_id} was not rebuilt (openstack "
+            "server show); put the address back, then run pulumi again",
+        ]
     if lookup.exists:
         known = f"server {server_id} exists (status {lookup.status})"
     else:
@@ -457,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--login", choices=(KEY, AGENT), required=True, help="how ssh logs in (see below)"
     )
     parser.add_argument(
+        "--host-key",
+        metavar="'TYPE BASE64'",
+        help="the server's pinned host key, the only one ssh accepts (see below)",
+    )
+    parser.add_argument(
         "--attempts",
         type=int,
         default=SSH_ATTEMPTS,
@@ -487,6 +443,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         parser.error("no remote command: give it after --, e.g. -- sudo bash release-volume.sh")
     if not 0 < arguments.port < 65536:
         parser.error(f"--port must be 1 to 65535, not {arguments.port}")
+    if arguments.host_key is not None and _key(arguments.host_key) is None:
+        parser.error(
+            f"--host-key {arguments.host_key!r} is not a public key `TYPE BASE64`, e.g. the "
+            "stack's output known_hosts without its address"
+        )
     if arguments.attempts < 1 or arguments.pause < 0:
         parser.error(
             f"--attempts must be 1 or more and --pause 0 or more (seen {arguments.attempts}, "
@@ -499,6 +460,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             arguments.port,
             arguments.user,
             arguments.login,
+            arguments.host_key,
             shlex.join(remote),
             os.environ if environ is None else environ,
             attempts=arguments.attempts,
@@ -512,3 +474,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except KeyboardInterrupt:
         print("error: interrupted: the volume was not detached", file=sys.stderr)
         return 130
+
+
+def _key(text: str):
+    from components.host_keys import parse_key
+
+    return parse_key(text)
+
+
+def _fingerprint(host_key: str) -> str:
+    key = _key(host_key)
+    return key.fingerprint if key is not None else host_key

@@ -57,6 +57,7 @@ COMMANDS = (
     Command("init", "create (or select) your stack and set its config", "new_stack", stack=False),
     Command("check", "check that the platform answers and the data is there", "check_options"),
     Command("recycle", "remove the server (the data stays); --end-lease ends the lease", "recycle"),
+    Command("open", "reach Jupyter, MLflow and MinIO through an SSH tunnel", "tunnel"),
     Command("repair", "repair the stack's state after an interrupted pulumi up", "repair"),
     Command("backup", "back the platform's data up to the object store", "backup_options:BACKUP"),
     Command("backups", "list the backups in the object store", "backup_options:BACKUPS"),

@@ -15,7 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,7 @@ def pulumi_executable() -> str:
 
 def run_pulumi(arguments: Sequence[str]) -> str:
     """Run `pulumi ARGUMENTS` in the project directory; its stdout, or PulumiFailed."""
+    check_passphrase(os.environ)
     completed = subprocess.run(
         [pulumi_executable(), *arguments],
         cwd=PROJECT_DIR,
@@ -184,6 +185,7 @@ def run_pulumi(arguments: Sequence[str]) -> str:
 def stream_pulumi(arguments: Sequence[str], stream=None) -> None:
     """Run a long Pulumi call, passing its output through as it comes; PulumiFailed on error."""
     stream = stream or sys.stdout
+    check_passphrase(os.environ)
     if VERBOSITY == "verbose" and arguments and arguments[0] in ("up", "destroy", "refresh"):
         arguments = [*arguments, "--diff"]
     process = subprocess.Popen(
@@ -219,10 +221,62 @@ def passphrase_is_set(environ: dict[str, str] | None = None) -> bool:
     return any(name in environ for name in PASSPHRASE_VARIABLES)
 
 
+UNLOCK_FILE_FIX = (
+    "fix: keep the passphrase in a file only you can read, and name it: umask 077 && "
+    "printf '%s\\n' '<passphrase>' > ~/.pulumi-passphrase && unset PULUMI_CONFIG_PASSPHRASE && "
+    "export PULUMI_CONFIG_PASSPHRASE_FILE=~/.pulumi-passphrase (a stack made with an empty "
+    "passphrase gets a real one with `pulumi stack change-secrets-provider passphrase --stack "
+    "<netid>`)"
+)
+
+
+def check_passphrase(environ: Mapping[str, str]) -> None:
+    """Refuse a passphrase that protects nothing, before any pulumi call uses it.
+
+    Pulumi takes PULUMI_CONFIG_PASSPHRASE whenever it is set, even empty, before
+    PULUMI_CONFIG_PASSPHRASE_FILE (pkg/secrets/passphrase/manager.go, readPassphrase): an
+    empty one encrypts (or reads) the stack's secrets with nothing. A passphrase file
+    others can read, or that holds only blanks, is no better.
+    """
+    phrase = environ.get("PULUMI_CONFIG_PASSPHRASE")
+    if phrase is not None:
+        if not phrase.strip():
+            raise CommandError(
+                "PULUMI_CONFIG_PASSPHRASE is set but empty: Pulumi would encrypt the stack's "
+                "secrets (the SSH key, the platform's credentials) with no passphrase at all",
+                UNLOCK_FILE_FIX,
+            )
+        return
+    name = environ.get("PULUMI_CONFIG_PASSPHRASE_FILE")
+    if not name:
+        return
+    path = Path(name)
+    try:
+        status = path.stat()
+        text = path.read_text()
+    except OSError as error:
+        raise CommandError(
+            f"PULUMI_CONFIG_PASSPHRASE_FILE={name}: the file cannot be read ({error.strerror})",
+            UNLOCK_FILE_FIX,
+        ) from None
+    if status.st_mode & 0o077:
+        raise CommandError(
+            f"PULUMI_CONFIG_PASSPHRASE_FILE={name} has mode {oct(status.st_mode & 0o777)[2:]}: "
+            "others on this machine can read the passphrase of the stack's secrets",
+            f"fix: chmod 600 {shlex.quote(name)}, then run this again",
+        )
+    if not text.strip():
+        raise CommandError(
+            f"PULUMI_CONFIG_PASSPHRASE_FILE={name} is empty: Pulumi would encrypt the stack's "
+            "secrets with no passphrase at all",
+            UNLOCK_FILE_FIX,
+        )
+
+
 HOW_TO_UNLOCK_SECRETS = (
-    "export PULUMI_CONFIG_PASSPHRASE='<passphrase>' (or PULUMI_CONFIG_PASSPHRASE_FILE=<file "
-    "holding it>): the local state backend encrypts the stack's secrets with it, and every "
-    "pulumi command on the stack needs the same one"
+    "export PULUMI_CONFIG_PASSPHRASE='<passphrase>' (or PULUMI_CONFIG_PASSPHRASE_FILE=<a file "
+    "of mode 0600 holding it>): the local state backend encrypts the stack's secrets with it, "
+    "and every pulumi command on the stack needs the same one"
 )
 
 

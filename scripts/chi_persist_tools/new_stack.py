@@ -68,8 +68,9 @@ the tutorial's volume:
 passphrase:
   The project keeps its state in ~/.pulumi on your machine, and that backend encrypts
   each stack's secrets with a passphrase. Pulumi runs here without a terminal, so it
-  cannot ask for it: set PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE)
-  before creating a stack, and keep the same value for every later pulumi command.
+  cannot ask for it: set PULUMI_CONFIG_PASSPHRASE (or PULUMI_CONFIG_PASSPHRASE_FILE,
+  a file of mode 0600 holding it) before creating a stack, and keep the same value for
+  every later pulumi command. An empty one is refused: it would protect nothing.
 
 examples:
   export PULUMI_CONFIG_PASSPHRASE='a passphrase you will remember'

@@ -1,4 +1,4 @@
-"""check-platform's markers against a real MLflow server: what counts as intact.
+"""`chi-persist check`'s markers against a real MLflow server: what counts as intact.
 
 The server keeps its runs in SQLite and its artifacts in a local directory, so a
 test can damage exactly one thing (the artifact's bytes, the artifact itself,
@@ -155,7 +155,13 @@ def test_refused_host_header_names_the_setting(tmp_path: Path):
         status = check_platform.main(
             ["--mlflow-url", server.url, "--minio-url", "http://127.0.0.1:9"]
             + ["--jupyter-url", jupyter_url],
-            {"MINIO_ROOT_USER": "u", "MINIO_ROOT_PASSWORD": "p", "JUPYTER_TOKEN": "token"},
+            {
+                "MINIO_ROOT_USER": "u",
+                "MINIO_ROOT_PASSWORD": "p",
+                "JUPYTER_TOKEN": "token",
+                "MLFLOW_TRACKING_USERNAME": "user",
+                "MLFLOW_TRACKING_PASSWORD": "password",
+            },
             stdout,
             stderr,
         )

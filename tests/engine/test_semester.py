@@ -21,7 +21,13 @@ run in order on one twin and one student, as the semester does:
     the delete;
  5. the quickstart's `pulumi up`: a new server, same address and volume, nothing
     formatted, the marker there;
-    then recycle refuses a running server that SSH does not reach from its side;
+    then recycle refuses a running server that SSH does not reach from its side; the host
+    key pinned from the server's console is the guest's own (and the ssh_command takes only
+    it); a console showing another key, and then another key at the address (the clean stop,
+    then pulumi-command's host_key check) stop the step with nothing detached;
+    platformAccess tunnel opens only SSH and `./chi-persist open` reaches the guest's
+    loopback; back to public changes only rules and the stack step, and an SSH session cut
+    right after start-stack.sh printed shows no credential in the error;
  6. a changed file under docker/: the engine's own steps stop the stack first, then copy,
     mount and start, and the stack runs afterwards; the engine's plan (`pulumi preview`, which
     changes nothing) for a changed file under scripts/remote/ (the same order), a new
@@ -283,11 +289,13 @@ def _ready_line(stdout: str) -> dict[str, str]:
 
 
 def _api_calls(twin: Twin, since: int) -> list[tuple[str, str]]:
-    """(method, path) of each OpenStack API call the twin answered since event `since`."""
+    """(method, path) of each OpenStack API call the twin answered since event `since`; a new
+    Keystone token (every client that asks Nova makes one) changes nothing in the cloud and is
+    left out."""
     return [
         (event.get("method", ""), event.get("path", ""))
         for event in twin.events(since)
-        if event.get("kind") == "api"
+        if event.get("kind") == "api" and event.get("path") != "/v3/auth/tokens"
     ]
 
 
@@ -528,6 +536,316 @@ def test_5b_recycle_never_detaches_a_running_server_it_cannot_reach(semester: Se
     assert up.returncode == 0, explain(up)
     running = semester.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt")
     assert running.returncode == 0 and running.stdout.strip() == MARKER, explain(running)
+
+
+def _host_key_step_urn(semester: Semester) -> str:
+    (urn,) = [
+        resource["urn"]
+        for resource in semester.resources()
+        if resource["urn"].endswith("::provisioning-host-key")
+    ]
+    return urn
+
+
+def _guest_host_key(semester: Semester) -> str:
+    """The guest's own ed25519 host key, `ssh-ed25519 BASE64`."""
+    shown = semester.ssh("cat /etc/ssh/ssh_host_ed25519_key.pub")
+    assert shown.returncode == 0, explain(shown)
+    return " ".join(shown.stdout.split()[:2])
+
+
+def _volume_stays_attached(semester: Semester, since: int) -> None:
+    """The volume is attached to the same server, mounted under the running platform, and no
+    detach was asked for since event `since`."""
+    (volume,) = semester.twin.state()["volumes"]
+    assert [a["server_id"] for a in volume["attachments"]] == [semester.learned["server_id"]]
+    detaches = [
+        call for call in _api_calls(semester.twin, since)
+        if call[0] == "DELETE" and "os-volume_attachments" in call[1]
+    ]  # fmt: skip
+    assert detaches == [], detaches
+    running = semester.ssh(f"{PLATFORM_RUNS} && cat /mnt/block/marker.txt")
+    assert running.returncode == 0 and running.stdout.strip() == MARKER, explain(running)
+
+
+def test_5c_the_pinned_host_key_is_the_guests_own_and_the_ssh_command_takes_only_it(
+    semester: Semester,
+):
+    """The key the stack read from the server's console (Nova) is the one the guest's sshd
+    has; the ssh_command output logs in with it, past an older key for the address in the
+    user's known_hosts (no `ssh-keygen -R`), and refuses another."""
+    outputs = semester.outputs()
+    address = outputs["floating_ip"]
+    own = _guest_host_key(semester)
+    assert outputs["known_hosts"] == f"{address} {own}"
+    words = shlex.split(outputs["ssh_command"])
+    assert words[-1] == f"cc@{address}"
+    assert words[1:3] == ["-i", "~/.ssh/id_rsa_chameleon"]
+    # OpenSSH expands ~ from the account's home, which is not this student machine's.
+    words[2] = str(semester.key)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(semester.student.root / "other")],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    other = " ".join((semester.student.root / "other.pub").read_text().split()[:2])
+    # The user's known_hosts holds another key for the address (a server before a recycle).
+    stale = semester.student.root / "known_hosts"
+    stale.write_text(f"{address} {other}\n")
+    options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-F", "none",
+               "-o", f"UserKnownHostsFile={stale}"]  # fmt: skip
+
+    def run(command: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command[:-1], *options, command[-1], "echo pinned"],
+            env=semester.student.env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    logged_in = run(words)
+    assert logged_in.returncode == 0 and logged_in.stdout.strip() == "pinned", explain(logged_in)
+    assert stale.read_text() == f"{address} {other}\n", "ssh wrote to known_hosts"
+    refused = run([word.replace(own, other) for word in words])
+    assert refused.returncode == 255 and "Host key verification failed" in refused.stderr
+
+
+def test_5d_a_console_showing_another_key_stops_the_step_and_the_volume_stays_attached(
+    semester: Semester,
+):
+    """The twin's Nova shows other host keys on the server's console than its guest has:
+    reading the key again (`--replace` of the step) stops `pulumi up` with the cause and what
+    to check; nothing is sent to the server, nothing is detached; with the console its own
+    again, the same key is pinned and nothing else changes."""
+    server = semester.learned["server_id"]
+    step = _host_key_step_urn(semester)
+    pinned = semester.outputs()["known_hosts"]
+    since = len(semester.twin.events())
+    forged = semester.twin.admin("POST", f"/servers/{server}/host-keys", json={"forged": True})
+    assert forged.status_code == 200, forged.text
+    refused = semester.up("--replace", step)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode != 0, said
+    assert "whoever answers at that address is not the server" in said, said
+    assert f"openstack floating ip show {semester.learned['address']}" in said, said
+    _volume_stays_attached(semester, since)
+    own = semester.twin.admin("POST", f"/servers/{server}/host-keys", json={"forged": False})
+    assert own.status_code == 200, own.text
+    again = semester.up("--replace", step)
+    assert again.returncode == 0, explain(again)
+    assert semester.outputs()["known_hosts"] == pinned
+    assert semester.outputs()["server_id"] == server
+    unchanged = semester.student.pulumi(
+        "preview", "--expect-no-changes", "--stack", NETID, "--non-interactive", timeout=900
+    )
+    assert unchanged.returncode == 0, explain(unchanged)
+
+
+# Another machine at the server's address, as far as SSH can tell: the guest's sshd gets a new
+# host key (the old one kept aside), and gets its own back after.
+SWAP_HOST_KEY = """
+sudo cp -a /etc/ssh/ssh_host_ed25519_key /root/own_host_key
+sudo cp -a /etc/ssh/ssh_host_ed25519_key.pub /root/own_host_key.pub
+sudo rm -f /etc/ssh/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key.pub
+sudo ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
+sudo systemctl restart ssh
+"""
+OWN_HOST_KEY_BACK = """
+sudo cp -a /root/own_host_key /etc/ssh/ssh_host_ed25519_key
+sudo cp -a /root/own_host_key.pub /etc/ssh/ssh_host_ed25519_key.pub
+sudo systemctl restart ssh
+"""
+
+
+def test_5e_another_key_at_the_address_stops_every_ssh_step_and_never_detaches(
+    semester: Semester,
+):
+    """The address shows another host key than the pinned one (a classmate's VM behind the
+    floating IP): a changed docker/ file makes the clean stop come first, and it refuses
+    before sending anything; a new platformAccess makes pulumi-command's start step dial it,
+    and the host_key check refuses. Neither run detaches the volume; with the server's own
+    key back, `pulumi up` converges on the same server (now in tunnel mode)."""
+    compose = semester.student.project / "docker" / "docker-compose.yaml"
+    original = compose.read_text()
+    since = len(semester.twin.events())
+    swapped = semester.ssh(SWAP_HOST_KEY)
+    assert swapped.returncode == 0, explain(swapped)
+    try:
+        _touch_compose_file(semester, "a line while another key answers")
+        stopped = semester.up()
+        said = stopped.stdout + stopped.stderr
+        assert stopped.returncode != 0, said
+        assert "the clean stop refused cc@" in said and "host key" in said, said
+        assert "Nothing was sent to it, and the volume was not detached" in said, said
+        _volume_stays_attached(semester, since)
+        compose.write_text(original)
+        changed = semester.student.pulumi(
+            "config", "set", "chi-persist:platformAccess", "tunnel", "--stack", NETID
+        )
+        assert changed.returncode == 0, explain(changed)
+        dialled = semester.up()
+        said = dialled.stdout + dialled.stderr
+        assert dialled.returncode != 0, said
+        assert "host key mismatch" in said, said
+        _volume_stays_attached(semester, since)
+    finally:
+        compose.write_text(original)
+        back = semester.ssh(OWN_HOST_KEY_BACK)
+        assert back.returncode == 0, explain(back)
+    up = semester.up()
+    assert up.returncode == 0, explain(up)
+    assert semester.outputs()["server_id"] == semester.learned["server_id"]
+    _volume_stays_attached(semester, since)
+
+
+def _command_stderr(semester: Semester, name: str) -> str:
+    """What a command step wrote on stderr, as the state keeps it (its stdout may be secret)."""
+    for resource in semester.resources():
+        if resource["urn"].endswith(f"::{name}"):
+            return (resource.get("outputs") or {}).get("stderr") or ""
+    raise AssertionError(f"no command {name} in the stack's state")
+
+
+def _rules_of(semester: Semester) -> set[tuple[int, str]]:
+    """(port, remote prefix) of the ingress rules of the student's group."""
+    (group,) = [
+        group for group in semester.twin.state()["security_groups"]
+        if group["name"] == f"persist-{NETID}"
+    ]  # fmt: skip
+    return {
+        (rule["port_range_min"], rule["remote_ip_prefix"])
+        for rule in group["rules"]
+        if rule["direction"] == "ingress"
+    }
+
+
+def _answers(address: str, port: int) -> bool:
+    """Whether something at address:port accepts a connection and says a first word."""
+    import socket
+
+    try:
+        with socket.create_connection((address, port), timeout=10) as connection:
+            connection.settimeout(10)
+            connection.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            return bool(connection.recv(64))
+    except OSError:
+        return False
+
+
+# A listener in the guest on its own 127.0.0.1:8000, where MLflow answers in tunnel mode (the
+# guest's Docker is a stand-in: no MLflow runs there).
+LISTENER = (
+    "mkdir -p /tmp/listener && echo 'the platform, through the tunnel' > /tmp/listener/index.html"
+    " && (cd /tmp/listener && nohup python3 -m http.server 8000 --bind 127.0.0.1"
+    " </dev/null >/tmp/listener.log 2>&1 &) && sleep 2"
+)
+
+
+def test_5f_tunnel_access_opens_only_ssh_and_open_reaches_the_guests_loopback(
+    semester: Semester,
+):
+    """platformAccess tunnel: the group opens port 22 alone; the floating IP answers 22 and not
+    8000; the stack step published on the server's 127.0.0.1; `./chi-persist open` tunnels to a
+    listener on the guest's loopback and `--stop` ends it. The server is the one from before."""
+    assert semester.outputs()["platform_access"] == "tunnel"
+    assert semester.outputs()["server_id"] == semester.learned["server_id"]
+    assert _rules_of(semester) == {(22, "0.0.0.0/0")}
+    address = semester.learned["address"]
+    assert _answers(address, 22)
+    started = semester.ssh(LISTENER)
+    assert started.returncode == 0, explain(started)
+    assert not _answers(address, 8000), "port 8000 answers on the floating IP in tunnel mode"
+    start_log = _command_stderr(semester, START)
+    assert "platform access tunnel: ports 8888, 8000, 9000 and 9001 published on 127.0.0.1" in (
+        start_log
+    ), start_log
+    opened = semester.student.command("open", "--stack", NETID, "--json", timeout=300)
+    assert opened.returncode == 0, explain(opened)
+    urls = json.loads(opened.stdout)
+    try:
+        page = subprocess.run(
+            ["python3", "-c", f"import urllib.request as u; print(u.urlopen({urls['mlflow']!r},"
+             " timeout=30).read().decode())"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert "the platform, through the tunnel" in page.stdout, explain(page)
+    finally:
+        stopped = semester.student.command("open", "--stack", NETID, "--stop", timeout=120)
+    assert stopped.returncode == 0 and "is stopped" in stopped.stdout, explain(stopped)
+    assert not _answers("127.0.0.1", int(urls["mlflow"].rsplit(":", 1)[1]))
+    semester.ssh("pkill -f '[h]ttp.server 8000' || true")
+
+
+# The start step's session is cut right after start-stack.sh printed the sealed credentials:
+# the script, as copied to the server, ends by killing the sshd above it.
+DROP_AFTER_PRINT = r"""
+script=/home/cc/chi-persist/scripts/remote/start-stack.sh
+sudo cp -a "$script" /root/start-stack.sh.kept
+cat <<'DROP' | sudo tee -a "$script" >/dev/null
+sleep 3  # sshd forwards what was printed before its session goes
+pid=$$
+while [ "$pid" -gt 1 ]; do
+    case $(cat /proc/$pid/comm) in
+        sshd | sshd-session) kill -KILL "$pid"; exit 0 ;;
+    esac
+    pid=$(awk '{print $4}' /proc/$pid/stat)
+done
+DROP
+"""
+KEEP_START_STACK = (
+    "sudo cp -a /root/start-stack.sh.kept /home/cc/chi-persist/scripts/remote/start-stack.sh"
+)
+
+
+def test_5g_back_to_public_changes_only_rules_and_bindings_and_a_dropped_session_shows_no_secret(
+    semester: Semester,
+):
+    """The real engine's plan from tunnel to public holds the four web rules and an update of
+    the stack step, nothing else. That step's SSH session is cut right after start-stack.sh
+    printed: the error shows its output, the sealed credentials, and none of the credentials.
+    The next `up` converges on the same server and volume, nothing detached."""
+    changed = semester.student.pulumi(
+        "config", "set", "chi-persist:platformAccess", "public", "--stack", NETID
+    )
+    assert changed.returncode == 0, explain(changed)
+    preview = semester.student.pulumi(
+        "preview", "--json", "--stack", NETID, "--non-interactive", timeout=900
+    )
+    assert preview.returncode == 0, explain(preview)
+    planned = sorted(
+        (step["op"], step["urn"].rsplit("::", 1)[1])
+        for step in json.loads(preview.stdout)["steps"]
+        if step["op"] != "same"
+    )
+    assert planned == sorted(
+        [("create", f"access-{service}-0.0.0.0-0")
+         for service in ("jupyter", "mlflow", "minio-api", "minio-console")]
+        + [("update", START)]
+    ), planned  # fmt: skip
+    since = len(semester.twin.events())
+    secrets = semester.ssh("sudo cat /mnt/block/.chi-persist/credentials.env")
+    assert secrets.returncode == 0, explain(secrets)
+    values = [line.split("=", 1)[1] for line in secrets.stdout.splitlines() if "=" in line]
+    values = [value for value in values if value != "mlflowdb"]
+    assert len(values) >= 10
+    patched = semester.ssh(DROP_AFTER_PRINT)
+    assert patched.returncode == 0, explain(patched)
+    try:
+        dropped = semester.up()
+    finally:
+        kept = semester.ssh(KEEP_START_STACK)
+        assert kept.returncode == 0, explain(kept)
+    said = dropped.stdout + dropped.stderr
+    assert dropped.returncode != 0, said
+    assert '{"sealed_credentials": "U2FsdGVkX1' in said, "the error did not show the output"
+    for value in values:
+        assert value not in said, "a credential of the platform is in the error"
+    _volume_stays_attached(semester, since)
+    up = semester.up()
+    assert up.returncode == 0, explain(up)
+    assert semester.outputs()["server_id"] == semester.learned["server_id"]
+    assert semester.outputs()["platform_access"] == "public"
+    assert {port for port, _ in _rules_of(semester)} == {22, 8000, 8888, 9000, 9001}
+    _volume_stays_attached(semester, since)
+    credentials = semester.student.outputs(NETID, show_secrets=True)["platform_credentials"]
+    assert credentials["mlflow_password"] in values and credentials["jupyter_token"] in values
 
 
 def test_6_a_changed_compose_file_leaves_the_volume_mounted_and_the_stack_running(

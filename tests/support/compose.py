@@ -22,8 +22,11 @@ from tests.support.paths import DOCKER_DIR, REPO_ROOT
 COMPOSE_FILE = DOCKER_DIR / "docker-compose.yaml"
 OBJECT_STORE_OVERRIDE = DOCKER_DIR / "docker-compose.object-store.yaml"
 MLFLOW_DOCKERFILE = DOCKER_DIR / "mlflow" / "Dockerfile"
+MLFLOW_AUTH_CONFIG = DOCKER_DIR / "mlflow" / "basic_auth.ini"
+MLFLOW_ARTIFACTS_POLICY = DOCKER_DIR / "minio" / "mlflow-artifacts-policy.json"
 PROJECT_NAME = "chi-persist"
-CREDENTIAL_KEYS = (
+# Every credentials file has these (start-stack.sh's CREDENTIAL_KEYS)...
+ORIGINAL_CREDENTIAL_KEYS = (
     "POSTGRES_USER",
     "POSTGRES_PASSWORD",
     "POSTGRES_DB",
@@ -31,8 +34,19 @@ CREDENTIAL_KEYS = (
     "MINIO_ROOT_PASSWORD",
     "JUPYTER_TOKEN",
 )
+# ... and these came later (ADDED_CREDENTIAL_KEYS): MLflow's login and its MinIO user.
+ADDED_CREDENTIAL_KEYS = (
+    "MLFLOW_ADMIN_USER",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SECRET_KEY",
+    "MLFLOW_S3_ACCESS_KEY",
+    "MLFLOW_S3_SECRET_KEY",
+)
+CREDENTIAL_KEYS = (*ORIGINAL_CREDENTIAL_KEYS, *ADDED_CREDENTIAL_KEYS)
 # Variables of the calling environment that would change how the file resolves.
-_STACK_VARIABLES = (*CREDENTIAL_KEYS, "MOUNT_POINT", "HOST_IP", "OBJECT_STORE_DIR")
+_STACK_VARIABLES = (
+    *CREDENTIAL_KEYS, "MOUNT_POINT", "HOST_IP", "OBJECT_STORE_DIR", "PUBLISH_ADDRESS",
+)  # fmt: skip
 
 
 def compose_binary() -> str | None:

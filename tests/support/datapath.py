@@ -1,9 +1,12 @@
 """The platform's data path run locally: PostgreSQL, an S3 server and MLflow.
 
 PostgreSQL 15 comes from Debian's binaries and runs as the `postgres` user;
-moto's S3 server stands in for MinIO; MLflow is started with the options the
-compose file gives its `mlflow` service, only hosts and ports changed. Every
-server is stopped by its context manager, whatever happened in between.
+moto's S3 server stands in for MinIO (with its IAM when asked: users, keys and
+their policies, as MinIO's own users are); MLflow is started with the options the
+compose file gives its `mlflow` service, only hosts, ports and the paths of its
+bind mounts changed (a container path in its environment or in a file it reads
+becomes the host path mounted there). Every server is stopped by its context
+manager, whatever happened in between.
 """
 
 from __future__ import annotations
@@ -366,24 +369,57 @@ class MlflowLaunch:
         return f"http://127.0.0.1:{self.port}"
 
 
+def _mounted_here(
+    environment: dict[str, str], volumes: list[dict], work_dir: Path
+) -> dict[str, str]:
+    """The environment with each container path of a bind mount made the host's: a variable
+    naming a mounted file or directory names its source, and a mounted file that names
+    mounted paths (MLflow's basic-auth settings and their database) is copied into
+    `work_dir` with those paths made the host's."""
+    mounts = {volume["target"]: volume["source"] for volume in volumes if volume["type"] == "bind"}
+
+    def host_path(text: str) -> str:
+        for target, source in mounts.items():
+            text = text.replace(target, source)
+        return text
+
+    moved = {}
+    for key, value in environment.items():
+        if value in mounts and Path(mounts[value]).is_file():
+            copy = work_dir / Path(mounts[value]).name
+            copy.write_text(host_path(Path(mounts[value]).read_text()))
+            moved[key] = str(copy)
+        else:
+            moved[key] = host_path(value) if value.startswith(tuple(mounts)) else value
+    return moved
+
+
 def mlflow_launch(
     env_file: Path,
     compose_environment: dict[str, str],
     postgres_port: int,
     s3_url: str,
+    work_dir: Path,
+    login: bool = True,
 ) -> MlflowLaunch:
-    """The compose file's mlflow service, with only hosts and ports made local.
+    """The compose file's mlflow service, with only hosts, ports and mounted paths made local.
 
     Options may sit on the command line or in the variables `mlflow server`
     reads (MLFLOW_BACKEND_STORE_URI, MLFLOW_SERVER_ALLOWED_HOSTS, ...); both
     are honoured. PostgreSQL's and S3's host:port become the local servers',
-    the listening address 127.0.0.1 and a free port; all else is kept.
+    the listening address 127.0.0.1 and a free port; all else is kept. With
+    `login` False, the server runs without its basic-auth app: MLflow as the
+    platform ran it before it had a login.
     """
     service = resolved_config(env_file=env_file, variables=compose_environment)["services"][
         "mlflow"
     ]
     options = _as_argv(service.get("command") or service.get("entrypoint"))
+    if not login:
+        index = options.index("--app-name")
+        options = options[:index] + options[index + 2 :]
     environment = {key: str(value) for key, value in (service.get("environment") or {}).items()}
+    environment = _mounted_here(environment, service.get("volumes") or [], work_dir)
     port = free_port()
     compose_port = _option(options, "--port") or "5000"
 
@@ -454,7 +490,7 @@ def mlflow_server(launch: MlflowLaunch, log_file: Path, work_dir: Path) -> Itera
         _stop_process_group(process)
 
 
-# --- Jupyter, as far as check-platform sees it ---------------------------------
+# --- Jupyter, as far as `chi-persist check` sees it ---------------------------------
 
 
 class _JupyterStatusHandler(BaseHTTPRequestHandler):

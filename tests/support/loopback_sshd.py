@@ -45,6 +45,8 @@ class LoopbackSshd:
     authorized_keys: Path
     log: Path
     process: subprocess.Popen
+    host_key: str
+    """Its ed25519 host key, `ssh-ed25519 BASE64`, as a client pins it."""
 
     def authorize(self, public_key_file: Path) -> None:
         with open(self.authorized_keys, "a") as handle:
@@ -57,18 +59,21 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _banner(port: int) -> bool:
+def _banner(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as connection:
+        with socket.create_connection((host, port), timeout=2) as connection:
             return connection.recv(64).startswith(b"SSH-")
     except OSError:
         return False
 
 
 @contextmanager
-def loopback_sshd(directory: Path, port: int | None = None) -> Iterator[LoopbackSshd]:
-    """sshd listening on 127.0.0.1 only (on `port`, else a free one), stopped afterwards; its
-    files live in `directory`."""
+def loopback_sshd(
+    directory: Path, host: str = "127.0.0.1", port: int | None = None
+) -> Iterator[LoopbackSshd]:
+    """sshd listening on one loopback address only (127.0.0.1 and a free port unless given: an
+    address of 127.0.0.0/8 and port 22 stand for a server's floating IP), stopped afterwards;
+    its files live in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     host_key = directory / "host_ed25519"
     subprocess.run(
@@ -84,7 +89,7 @@ def loopback_sshd(directory: Path, port: int | None = None) -> Iterator[Loopback
     config.write_text(
         "\n".join(
             [
-                f"ListenAddress 127.0.0.1:{port}",
+                f"ListenAddress {host}:{port}",
                 f"HostKey {host_key}",
                 f"AuthorizedKeysFile {authorized_keys}",
                 f"PidFile {directory / 'sshd.pid'}",
@@ -110,11 +115,15 @@ def loopback_sshd(directory: Path, port: int | None = None) -> Iterator[Loopback
         )
     try:
         deadline = time.monotonic() + READY_SECONDS
-        while not _banner(port):
+        while not _banner(port, host):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"sshd did not answer on 127.0.0.1:{port}:\n{log.read_text()}")
+                raise RuntimeError(f"sshd did not answer on {host}:{port}:\n{log.read_text()}")
             time.sleep(0.1)
-        yield LoopbackSshd("127.0.0.1", port, getpass.getuser(), authorized_keys, log, process)
+        public = Path(f"{host_key}.pub").read_text().split()
+        yield LoopbackSshd(
+            host, port, getpass.getuser(), authorized_keys, log, process,
+            host_key=" ".join(public[:2]),
+        )  # fmt: skip
     finally:
         if process.poll() is None:
             process.terminate()

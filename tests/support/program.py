@@ -34,6 +34,7 @@ from pulumi.runtime import rpc
 from pulumi.runtime.stack import wait_for_rpcs
 
 import components.survey as survey_module
+from components.sealed_credentials import SEALED_KEY, seal
 from components.stack_state import StackState
 from tests.support.engine_config import ConfigValue, apply_project_config, load_project
 from tests.support.paths import REPO_ROOT
@@ -51,7 +52,15 @@ MOCK_CREDENTIALS = {
     "minio_root_user": "minio-user-from-volume",
     "minio_root_password": "minio-password-from-volume",
     "jupyter_token": "jupyter-token-from-volume",
+    "mlflow_user": "mlflow-admin-from-volume",
+    "mlflow_password": "mlflow-password-from-volume",
 }
+# What the credentials-key step prints (the key start-stack.sh seals with) and what the
+# host-key step reads from the server's console.
+MOCK_SEAL_KEY = "5e" * 32
+# How the warning of a stack whose web ports are open to 0.0.0.0/0 begins.
+WHOLE_INTERNET_WARNING = "Jupyter, MLflow and MinIO are reachable from the whole internet"
+MOCK_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGhvc3Qta2V5LW9mLXRoZS1tb2NrZWQtc2VydmVyISEh"
 
 SERVER = "openstack:compute/instance:Instance"
 VOLUME = "openstack:blockstorage/volume:Volume"
@@ -117,6 +126,8 @@ class CommandStep:
     """None for the clean stop, which runs only when it is deleted."""
     delete: str | None
     """What runs on the server when the step is deleted."""
+    stdin: str | None = None
+    """What the command gets on its standard input (the start step's sealing key)."""
 
 
 def clean_stop_remote_command(delete: str) -> str:
@@ -139,6 +150,11 @@ class Evaluation:
     """What the program logged as information (pulumi.log.info), in order."""
     cloud_calls: list[tuple[str, str]] = field(default_factory=list)
     """(method, path) of each call the program's survey made to the pretend cloud."""
+
+    @property
+    def other_warnings(self) -> list[str]:
+        """The warnings but the one every stack open to 0.0.0.0/0 gets (Settings.access_notes)."""
+        return [w for w in self.warnings if not w.startswith(WHOLE_INTERNET_WARNING)]
 
     def of_type(self, resource_type: str) -> list[Registration]:
         return [r for r in self.registrations if r.type == resource_type]
@@ -193,6 +209,7 @@ class Evaluation:
                     name=registration.name,
                     create=registration.inputs["create"],
                     delete=registration.inputs.get("delete"),
+                    stdin=registration.inputs.get("stdin"),
                 )
             elif registration.type == LOCAL_COMMAND and registration.inputs.get("delete"):
                 # The clean stop: on a server that answers, it runs its remote part over SSH.
@@ -350,8 +367,13 @@ class ChiPersistMocks(pulumi.runtime.Mocks):
                 end_date=_after(MOCK_LEASE_START, 8 * 3600),
             )
         elif args.typ == REMOTE_COMMAND and args.name.endswith("start-stack"):
-            state["stdout"] = json.dumps(self.credentials)
+            sealed = seal(json.dumps(self.credentials), MOCK_SEAL_KEY)
+            state["stdout"] = json.dumps({SEALED_KEY: sealed})
             state["stderr"] = ""
+        elif args.typ == LOCAL_COMMAND and args.name.endswith("credentials-key"):
+            state.update(stdout=MOCK_SEAL_KEY, stderr="")
+        elif args.typ == LOCAL_COMMAND and args.name.endswith("host-key"):
+            state.update(stdout=MOCK_HOST_KEY, stderr="")
         elif args.typ in (REMOTE_COMMAND, LOCAL_COMMAND):
             state.setdefault("stdout", "")
             state.setdefault("stderr", "")

@@ -8,7 +8,7 @@ Paths (one port; the catalog points each service at its own prefix):
   /chi-tacc          CHI@TACC, a second site: its own Keystone (/chi-tacc/v3) and Swift
                      (/chi-tacc/swift), whose tokens are CHI@TACC's Keystone's
   /_twin             the admin API for tests (state, faults, pre-made volumes, key pairs,
-                     settings, ending a lease now)
+                     settings, ending a lease now, a server's console showing forged host keys)
 Every service call but the version documents needs a valid X-Auth-Token, as
 keystonemiddleware demands. A call the twin does not serve is answered 404 (or
 405) in the service's own error format, with the method and path named. Every
@@ -251,6 +251,29 @@ def admin_blueprint(cloud: Cloud, faults: Faults) -> Blueprint:
         if not gone:
             return _admin_error(500, f"server {server_id} could not be removed: see the event log")
         return json_response({"vanished": server_id})
+
+    @admin.post("/servers/<server_id>/host-keys")
+    def host_keys(server_id: str) -> Response:
+        """{"forged": true}: the server's console (os-getConsoleOutput) shows other host keys
+        than its guest has, freshly made; {"forged": ["ssh-ed25519 AAAA...", ...]}: those
+        public keys; {"forged": false}: its own again."""
+        spec = request.get_json(silent=True)
+        forged = spec.get("forged") if isinstance(spec, dict) and set(spec) == {"forged"} else None
+        keys_given = isinstance(forged, list) and all(
+            isinstance(key, str) and len(key.split()) >= 2 and "\n" not in key for key in forged
+        )
+        if not isinstance(forged, bool) and not keys_given:
+            return _admin_error(
+                400, 'send {"forged": true}, {"forged": false} or {"forged": [public keys]}'
+            )
+        with cloud.state.lock:
+            server = cloud.compute.servers.get(server_id)
+            if server is None:
+                return _admin_error(404, f"no server {server_id}")
+            keys = cloud.compute.forge_host_keys(server, forged)
+            cloud.record("admin", action="host_keys", server_id=server_id, forged=bool(forged))
+            cloud.save()
+            return json_response({"server_id": server_id, "forged_host_keys": keys})
 
     @admin.post("/leases/<lease_id>/end")
     def end_lease(lease_id: str) -> Response:

@@ -7,8 +7,10 @@ report, for the API's own tests (`serve --machines null`). `create_machines`
 picks one by name.
 
 Besides the interface below, a driver may offer `start(server_id)` (os-start of
-a stopped server, with its volumes and floating IPs) and `failure(server_id)`
-(why a server is in state "error"); the services use them when present.
+a stopped server, with its volumes and floating IPs), `failure(server_id)`
+(why a server is in state "error") and `console_output(server_id)` (the guest's
+serial console so far, for Nova's os-getConsoleOutput); the services use them
+when present.
 """
 
 from __future__ import annotations
@@ -34,6 +36,33 @@ NULL_MACHINES_ENV = "CHI_TWIN_NULL_MACHINES"
 KINDS = ("qemu", "null")
 # The Glance images a driver can boot, by name; the QEMU driver's own default is the same.
 BOOTABLE_IMAGES = ("CC-Ubuntu24.04",)
+# What cloud-init's keys-to-console helper (write-ssh-key-fingerprints) puts around the host
+# keys, each line through `logger --stderr -t ec2`.
+KEYS_BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
+KEYS_END = "-----END SSH HOST KEY KEYS-----"
+CONSOLE_PREFIX = "<14>Dec  4 16:23:52 ec2: "
+
+
+def generated_host_keys(hostname: str = "localhost") -> list[str]:
+    """Public host keys of a new machine, as /etc/ssh/ssh_host_*_key.pub hold them: a fresh
+    ed25519 and ecdsa-sha2-nistp256 pair each (the private halves are not kept)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    keys = [ec.generate_private_key(ec.SECP256R1()), ed25519.Ed25519PrivateKey.generate()]
+    return [
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+        + f" root@{hostname}"
+        for key in keys
+    ]
+
+
+def host_key_block(public_keys: list[str]) -> list[str]:
+    """The console lines of cloud-init's host key block for these keys."""
+    lines = [KEYS_BEGIN, *public_keys, KEYS_END]
+    return [CONSOLE_PREFIX + line for line in lines]
 
 
 class MachineDriver(Protocol):
@@ -177,6 +206,7 @@ class NullMachines:
                 "ready_at": time.monotonic() + self.boot_seconds,
                 "attachments": {},
                 "exposed": {},
+                "host_keys": generated_host_keys(hostname),
             }
             self._save()
         self._event(server_id, "boot", f"image {image}, {hostname}, {fixed_ip} ({mac})")
@@ -211,6 +241,24 @@ class NullMachines:
 
     def failure(self, server_id: str) -> str | None:
         return None
+
+    def console_output(self, server_id: str) -> str:
+        """A first boot's console as a cloud image writes it: once the machine runs, cloud-init's
+        host key block with the keys the machine was given at boot, then its final line."""
+        with self._lock:
+            machine = self._machine(server_id)
+            ready_at = machine["ready_at"]
+            if ready_at is not None and time.monotonic() < ready_at:
+                return "[    0.000000] Linux version 6.1.0-cloud-amd64\n"
+            lines = [
+                "[    0.000000] Linux version 6.1.0-cloud-amd64",
+                "[   12.100000] cloud-init[612]: Cloud-init v. 24.4 running 'modules:final'",
+                *host_key_block(machine.get("host_keys") or []),
+                "[   14.300000] cloud-init[612]: Cloud-init v. 24.4 finished at "
+                "Thu, 04 Dec 2026 16:23:52 +0000. Datasource DataSourceConfigDrive.",
+                f"{machine['hostname']} login: ",
+            ]
+        return "\n".join(lines) + "\n"
 
     def delete(self, server_id: str) -> None:
         self._act("delete", server_id)

@@ -393,6 +393,60 @@ def test_unknown_and_unserved_actions(api: Api, node: dict) -> None:
     assert "reboot" in nova_error(api.post(action, json={"reboot": {"type": "SOFT"}}), 501)
 
 
+def console(api: Api, server_id: str, length: object = None) -> str:
+    body = {"os-getConsoleOutput": {} if length is None else {"length": length}}
+    response = api.post(f"{api.compute}/servers/{server_id}/action", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["output"]
+
+
+def test_console_output_shows_the_host_keys_cloud_init_printed(twin: Twin, api: Api, node: dict):
+    """os-getConsoleOutput: the guest's console, with cloud-init's host key block holding the
+    keys its machine was given; `length` keeps the last lines as Nova does."""
+    from components.host_keys import keys_in_console
+
+    server_id = node["server"]["id"]
+    text = console(api, server_id)
+    machine = null_machine(twin, server_id)
+    found = keys_in_console(text)
+    assert found.cloud_init_finished and found.ed25519 is not None
+    assert [key.line for key in found.keys] == [
+        " ".join(line.split()[:2]) for line in machine["host_keys"]
+    ]
+    lines = text.split("\n")
+    assert console(api, server_id, 2) == "\n".join(lines[-2:])
+    assert console(api, server_id, "3") == "\n".join(lines[-3:])
+    assert console(api, server_id, 0) == ""
+    # -1 is "unlimited" in the API's schema; ComputeManager._tail_log drops the first line.
+    assert console(api, server_id, -1) == "\n".join(lines[1:])
+    refused = api.post(
+        f"{api.compute}/servers/{server_id}/action",
+        json={"os-getConsoleOutput": {"length": -2}},
+    )
+    assert refused.status_code == 400, refused.text
+
+
+def test_forged_host_keys_replace_the_guests_on_the_console(
+    twin: Twin, api: Api, node: dict
+) -> None:
+    """The admin switch: the console shows other, fresh keys; switched off, the guest's again."""
+    from components.host_keys import keys_in_console
+
+    server_id = node["server"]["id"]
+    own = keys_in_console(console(api, server_id)).ed25519
+    forged = twin.admin("POST", f"/servers/{server_id}/host-keys", json={"forged": True})
+    assert forged.status_code == 200, forged.text
+    shown = keys_in_console(console(api, server_id)).ed25519
+    assert shown is not None and own is not None and shown.blob != own.blob
+    assert shown.line in " ".join(forged.json()["forged_host_keys"])
+    back = twin.admin("POST", f"/servers/{server_id}/host-keys", json={"forged": False})
+    assert back.status_code == 200 and back.json()["forged_host_keys"] == []
+    assert keys_in_console(console(api, server_id)).ed25519 == own
+    bad = twin.admin("POST", f"/servers/{server_id}/host-keys", json={"forged": "yes"})
+    assert bad.status_code == 400
+    assert twin.admin("POST", "/servers/nope/host-keys", json={"forged": True}).status_code == 404
+
+
 def test_server_lists_and_name_update(api: Api, node: dict) -> None:
     server_id = node["server"]["id"]
     pattern = f"^node-persist-{node['netid']}$"

@@ -33,7 +33,9 @@ from pathlib import Path
 
 import pytest
 
+from components.sealed_credentials import SEALED_KEY, credentials_from_stdout
 from tests.support.program import (
+    MOCK_SEAL_KEY,
     CommandStep,
     CopyStep,
     evaluate_program,
@@ -73,6 +75,8 @@ CREDENTIAL_NAMES = {
     "postgres_password",
     "minio_root_user",
     "minio_root_password",
+    "mlflow_user",
+    "mlflow_password",
     "jupyter_token",
 }
 
@@ -88,7 +92,8 @@ def provision(
             if isinstance(step, CopyStep):
                 vm.copy_into(step.source, step.remote_path, phase)
             elif step.create is not None:
-                results[step.name] = vm.run(step.create, phase)
+                stdin = step.stdin.encode() if step.stdin is not None else None
+                results[step.name] = vm.run(step.create, phase, stdin=stdin)
     return results
 
 
@@ -152,10 +157,11 @@ def compose_calls(calls: list[list[str]], action: str) -> list[list[str]]:
 
 
 def printed_credentials(result: CommandResult) -> dict[str, str]:
-    """The one JSON line start-stack.sh prints on stdout."""
+    """The one JSON line start-stack.sh prints on stdout, opened with the program's key."""
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, f"stdout must be exactly one JSON line, got:\n{result.stdout}"
-    credentials = json.loads(lines[0])
+    assert list(json.loads(lines[0])) == [SEALED_KEY], lines[0]
+    credentials = credentials_from_stdout(lines[0], MOCK_SEAL_KEY)
     assert set(credentials) == CREDENTIAL_NAMES, credentials
     return credentials
 

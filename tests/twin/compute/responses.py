@@ -635,16 +635,29 @@ def server_action(server_id: str) -> Response:
         compute.start_server(server)
         return _respond(None, version, 202)
     if action == "os-getConsoleOutput":
-        reader = getattr(twin().driver, "console_output", None)
-        if not callable(reader):
-            raise ComputeError(501, "The twin's machine driver keeps no console output.")
-        try:
-            output = reader(server_id)
-        except Exception as error:
-            raise ComputeError(409, f"Unable to get console output: {error}") from None
+        # nova/api/openstack/compute/schemas/console_output.py: {"length": int, "-1"-style
+        # text or null}, nothing else.
+        schema = {
+            "type": "object",
+            "properties": {
+                action: {
+                    "type": "object",
+                    "properties": {
+                        "length": {
+                            "type": ["integer", "string", "null"],
+                            "pattern": "^-?[0-9]+$",
+                            "minimum": -1,
+                        }
+                    },
+                    "additionalProperties": False,
+                }
+            },
+            "required": [action],
+            "additionalProperties": False,
+        }
+        validate_body(body, schema, _bad_request)
         length = (body[action] or {}).get("length")
-        if length is not None:
-            output = "\n".join(output.splitlines()[-int(length) :])
+        output = compute.console_output(server, None if length is None else int(length))
         return _respond({"output": output}, version)
     if action in KNOWN_ACTIONS:
         raise ComputeError(501, f"The twin does not serve the server action {action}.")
