@@ -393,7 +393,7 @@ def test_every_step_reruns_on_a_new_server(student: Evaluation) -> None:
         *student.of_type(COPY_TO_REMOTE),
         *(s for s in student.of_type(LOCAL_COMMAND) if not s.name.endswith("credentials-key")),
     ]
-    assert len(steps) == 8
+    assert len(steps) == 9
     for registration in steps:
         assert server_id in registration.inputs["triggers"], registration.name
     for suffix in ("prepare-volume", "start-stack", "clean-stop"):
