@@ -7,15 +7,8 @@ from typing import Any
 from flask import Response, request
 
 from tests.twin.services.compute.models import bad_request
-from tests.twin.services.compute.responses.common import (
-    microversion,
-    resource_links,
-    respond,
-)
-from tests.twin.services.core import (
-    Version,
-    twin,
-)
+from tests.twin.services.compute.responses.common import microversion, resource_links, respond
+from tests.twin.services.core import Version, twin
 
 
 def render_flavor(flavor: dict[str, Any], version: Version, detail: bool = True) -> dict[str, Any]:

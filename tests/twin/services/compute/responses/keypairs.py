@@ -7,10 +7,7 @@ from typing import Any
 from flask import Response
 
 from tests.twin.services.compute.models import bad_request
-from tests.twin.services.compute.responses.common import (
-    microversion,
-    respond,
-)
+from tests.twin.services.compute.responses.common import microversion, respond
 from tests.twin.services.core import (
     FORMAT_CHECKER,
     ComputeError,

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from flask import Response, request
 
-from tests.twin.services.compute.responses.common import (
-    microversion,
-    respond,
-)
-from tests.twin.services.core import (
-    ComputeError,
-    Version,
-    twin,
-)
+from tests.twin.services.compute.responses.common import microversion, respond
+from tests.twin.services.core import ComputeError, Version, twin
 
 # nova/api/openstack/compute/views/limits.py ViewBuilder: the quotas' names in /limits, and the
 # used counts shown beside them.

@@ -5,16 +5,8 @@ from __future__ import annotations
 from flask import Response, request
 
 from tests.twin.services.compute.models import bad_request
-from tests.twin.services.compute.responses.common import (
-    microversion,
-    respond,
-)
-from tests.twin.services.core import (
-    ComputeError,
-    request_json,
-    twin,
-    validate_body,
-)
+from tests.twin.services.compute.responses.common import microversion, respond
+from tests.twin.services.core import ComputeError, request_json, twin, validate_body
 
 _METADATA_BODY = {
     "type": "object",

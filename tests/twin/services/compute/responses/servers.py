@@ -15,13 +15,7 @@ from tests.twin.services.compute.responses.common import (
     resource_links,
     respond,
 )
-from tests.twin.services.core import (
-    ComputeError,
-    Version,
-    request_json,
-    twin,
-    validate_body,
-)
+from tests.twin.services.core import ComputeError, Version, request_json, twin, validate_body
 from tests.twin.services.state import iso_micro, iso_seconds_z
 
 KNOWN_ACTIONS = (

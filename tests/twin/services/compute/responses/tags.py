@@ -7,18 +7,8 @@ from typing import Any
 from flask import Response
 
 from tests.twin.services.compute.models import bad_request
-from tests.twin.services.compute.responses.common import (
-    compute_root,
-    microversion,
-    respond,
-)
-from tests.twin.services.core import (
-    ComputeError,
-    Version,
-    request_json,
-    twin,
-    validate_body,
-)
+from tests.twin.services.compute.responses.common import compute_root, microversion, respond
+from tests.twin.services.core import ComputeError, Version, request_json, twin, validate_body
 
 
 def _tags_version(server_id: str) -> tuple[Version, dict[str, Any]]:

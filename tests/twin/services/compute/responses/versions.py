@@ -6,14 +6,8 @@ from typing import Any
 
 from flask import Response
 
-from tests.twin.services.compute.responses.common import (
-    MAXIMUM,
-    MINIMUM,
-    compute_root,
-)
-from tests.twin.services.core import (
-    json_response,
-)
+from tests.twin.services.compute.responses.common import MAXIMUM, MINIMUM, compute_root
+from tests.twin.services.core import json_response
 
 
 def _version_document(current: bool) -> dict[str, Any]:
