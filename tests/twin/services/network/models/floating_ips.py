@@ -5,11 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from tests.twin.services.network.models.common import (
-    bad_request,
-    conflict,
-    not_found,
-)
+from tests.twin.services.network.models.common import bad_request, conflict, not_found
 from tests.twin.services.state import new_uuid
 
 

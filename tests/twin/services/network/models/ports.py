@@ -5,11 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from tests.twin.services.network.models.common import (
-    bad_request,
-    conflict,
-    new_mac,
-)
+from tests.twin.services.network.models.common import bad_request, conflict, new_mac
 from tests.twin.services.state import new_uuid, stamp
 
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from tests.twin.services.network.models.common import (
-    CONFIGURED_QUOTAS,
-    FIXED_QUOTAS,
-    conflict,
-)
+from tests.twin.services.network.models.common import CONFIGURED_QUOTAS, FIXED_QUOTAS, conflict
 
 
 class QuotaBackend:

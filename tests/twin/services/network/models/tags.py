@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.twin.services.network.models.common import (
-    bad_request,
-    invalid_input,
-)
+from tests.twin.services.network.models.common import bad_request, invalid_input
 
 
 class TagBackend:
