@@ -1,9 +1,9 @@
 """Every behaviour the twin models beyond request and response shapes names the upstream code it
-follows, and that code exists (tests/twin/<service>/behaviour.toml).
+follows, and that code exists (tests/twin/services/<service>/behaviour.toml).
 
 Each `[[behaviour]]` names a PyPI distribution and version (`upstream = "cinder==29.0.0"`),
 a file inside its source, a function or `Class.method` defined in that file, and where the
-twin does it (`twin = "tests/twin/volume/models.py:VolumeBackend.extend"`). The source
+twin does it (`twin = "tests/twin/services/volume/models.py:VolumeBackend.extend"`). The source
 distributions are fetched from PyPI once into the cache ($CHI_PERSIST_CACHE, by default
 ~/.cache/chi-persist, under upstream-sources/<name>-<version>), checked against PyPI's sha256,
 and read with `ast`. The `[[route.upstream]]` entries of source_map.toml (the calls the
@@ -35,7 +35,8 @@ tomllib = pytest.importorskip("tomllib", reason="reading the behaviour maps need
 
 TWIN = Path(__file__).resolve().parent
 REPO = TWIN.parents[1]
-MAP_FILES = sorted(TWIN.glob("*/behaviour.toml"))
+SERVICE_CODE = TWIN / "services"
+MAP_FILES = sorted(SERVICE_CODE.glob("*/behaviour.toml"))
 SOURCE_MAP = TWIN / "source_map.toml"
 # The services whose maps this project keeps beside their models.
 SERVICES = ("compute", "network", "volume", "image", "object_store")

@@ -36,7 +36,7 @@ MARKER = "written before the volume grew"
 
 
 def _skip_reason() -> str | None:
-    from tests.twin.qemu_machines import machines_skip_reason
+    from tests.twin.services.qemu_machines import machines_skip_reason
 
     return machines_skip_reason()
 

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from tests.twin.qemu_machines import (
+from tests.twin.services.qemu_machines import (
     HOST_FORWARD,
     config_drive_files,
     host_route_address,

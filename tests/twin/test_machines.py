@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.twin.machines import MachineError, NullMachines, create_machines
+from tests.twin.services.machines import MachineError, NullMachines, create_machines
 
 BOOT = {
     "image": "CC-Ubuntu24.04",

@@ -30,7 +30,7 @@ import pytest
 
 from components.access import PLATFORM_PORTS
 from components.project_files import FIRST_BOOT_DIR, PROJECT_ROOT, first_boot_user_data
-from tests.twin.qemu_machines import (
+from tests.twin.services.qemu_machines import (
     SOCKETS_PARENT,
     SOCKETS_PREFIX,
     MachineError,
@@ -678,7 +678,7 @@ DRIVER_PROCESS = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from tests.twin.qemu_machines import QemuMachines
+    from tests.twin.services.qemu_machines import QemuMachines
     machines = QemuMachines(Path(sys.argv[1]))
     machines.boot("orphan", image="CC-Ubuntu24.04", user_data=None, public_keys=[],
                   metadata={}, hostname="h", mac="fa:16:3e:00:00:0a", fixed_ip="10.56.1.10")

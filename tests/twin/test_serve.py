@@ -214,7 +214,7 @@ def test_a_state_of_another_format_is_refused(tmp_path: Path) -> None:
 
 def test_serve_uses_the_qemu_driver_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
     """The default is real VMs; without the QEMU driver the reason names `--machines null`."""
-    from tests.twin import machines
+    from tests.twin.services import machines
 
     monkeypatch.setattr(machines.importlib.util, "find_spec", lambda name: None)
     reason = machines.machines_unavailable("qemu")

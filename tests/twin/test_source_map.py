@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.twin import app as twin_app
+from tests.twin.services import app as twin_app
 
 tomllib = pytest.importorskip("tomllib", reason="reading source_map.toml needs Python 3.11")
 
