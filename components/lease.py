@@ -1,27 +1,6 @@
 """The stack's own KVM@TACC lease: one Blazar lease of one reserved flavor, as a Pulumi resource.
-
-KVM@TACC boots servers only from a reserved flavor. `Lease` makes a Blazar lease named
-after the stack's owner (settings.Settings.lease_name) with one `flavor:instance`
-reservation of the configured flavor, starting now and lasting the configured duration,
-and waits until it is ACTIVE: the reservation's id is then the id of a private flavor the
-server boots.
-
-Blazar cannot change such a lease: every update is refused and the refusal puts the lease
-into ERROR (blazar/manager/service.py update_lease inside blazar/status.py's lease_status).
-So nothing here ever sends one. A new name or duration is recorded and applies to the next
-lease. The next lease comes in one of two ways:
-- renewal: a `pulumi up` within the renewal window before the end makes the next lease
-  first (its capacity is held before anything stops), then the server, which boots the
-  reservation's id, is replaced by its clean path, then the old lease is deleted;
-- after the end (Blazar has deleted the server and the flavor): the ended lease is
-  deleted first, then the next one is made, and a new server with it.
-A lease in ERROR whose start_lease event is DONE and whose end_lease event is not still
-serves its flavor: it is kept.
-
-It is a dynamic resource: its provider (`LeaseProvider`, which existing states hold a
-pickle of, by reference to this module and name) is serialised with the program and runs
-in the engine's Python provider process. Blazar is reached through components/blazar.py.
-"""
+Over 500 lines: the provider is one class, which existing states hold a pickle of by this
+module and name, so its create, read, diff, update and delete cannot move apart."""
 
 from __future__ import annotations
 
@@ -144,6 +123,9 @@ def _duration_of(props: dict[str, Any]) -> str:
 # --- the provider ----------------------------------------------------------------------------
 
 
+# A dynamic resource: this provider (which existing states hold a pickle of, by reference to
+# this module and name) is serialised with the program and runs in the engine's Python
+# provider process. Blazar is reached through components/blazar.py.
 class LeaseProvider(pulumi.dynamic.ResourceProvider):
     """Create, read, diff, update (record) and delete a Blazar lease of one reserved flavor."""
 
@@ -512,6 +494,17 @@ class LeaseProvider(pulumi.dynamic.ResourceProvider):
 
     # --- update ----------------------------------------------------------------------------
 
+    # Blazar cannot change a flavor:instance lease: every update is refused and the refusal puts
+    # the lease into ERROR (blazar/manager/service.py update_lease inside blazar/status.py's
+    # lease_status). So nothing here ever sends one. A new name or duration is recorded and
+    # applies to the next lease. The next lease comes in one of two ways:
+    # - renewal: a `pulumi up` within the renewal window before the end makes the next lease
+    #   first (its capacity is held before anything stops), then the server, which boots the
+    #   reservation's id, is replaced by its clean path, then the old lease is deleted;
+    # - after the end (Blazar has deleted the server and the flavor): the ended lease is
+    #   deleted first, then the next one is made, and a new server with it.
+    # A lease in ERROR whose start_lease event is DONE and whose end_lease event is not still
+    # serves its flavor: it is kept.
     @_user_errors
     def update(
         self, id_: str, olds: dict[str, Any], news: dict[str, Any]
@@ -624,6 +617,11 @@ class LeaseArgs:
     Used only when the state holds no lease; a change of it changes nothing."""
 
 
+# KVM@TACC boots servers only from a reserved flavor. `Lease` makes a Blazar lease named
+# after the stack's owner (settings.Settings.lease_name) with one `flavor:instance`
+# reservation of the configured flavor, starting now and lasting the configured duration,
+# and waits until it is ACTIVE: the reservation's id is then the id of a private flavor the
+# server boots.
 class Lease(pulumi.dynamic.Resource):
     """A Blazar lease of one `flavor:instance` reservation; `reservation_id` is the flavor id
     the server boots."""

@@ -1,18 +1,5 @@
-"""The project's quotas, checked before anything is made.
-
-A class shares one Chameleon project, and so its quotas: OpenStack's defaults allow 10
-security groups (the project's default group counts), 100 rules, 10 instances, 20 cores,
-50 GiB of RAM, 10 volumes and 1000 GiB. A `pulumi up` that would go over one fails in the
-middle, with the provider's words; checked first, it fails before anything is made, with
-the cause and the way out.
-
-Three parts, kept apart: what a stack would add to the project (`demand_of`, from what
-the cloud already holds of it: what exists creates nothing), what the project has and may
-have (`read_limits`: Nova's /limits, Neutron's quota details, Cinder's quota set with
-usage, all readable by a project member), and the decision (`shortfalls`, pure). The
-program calls `check_quotas(settings, stack_demand(settings, volume_args))`; the
-instructor's `chi-persist class write` checks a whole roster with the same parts.
-"""
+"""The project's quotas, checked before anything is made: a `pulumi up` that would go over one
+fails before anything exists, with the cause and the way out, not midway with the provider's."""
 
 from __future__ import annotations
 
@@ -27,6 +14,15 @@ from components.settings import NAMESPACE, Settings
 
 # The egress rules Neutron gives every new group (its default security group rule
 # templates, used_in_non_default_sg: IPv4 and IPv6), which count against the rule quota.
+# A class shares one Chameleon project, and so its quotas: OpenStack's defaults allow 10
+# security groups (the project's default group counts), 100 rules, 10 instances, 20 cores,
+# 50 GiB of RAM, 10 volumes and 1000 GiB.
+# Three parts, kept apart: what a stack would add to the project (`demand_of`, from what
+# the cloud already holds of it: what exists creates nothing), what the project has and may
+# have (`read_limits`: Nova's /limits, Neutron's quota details, Cinder's quota set with
+# usage, all readable by a project member), and the decision (`shortfalls`, pure). The
+# program calls `check_quotas(settings, stack_demand(settings, volume_args))`; the
+# instructor's `chi-persist class write` checks a whole roster with the same parts.
 TEMPLATE_RULES = 2
 # Quotas that hold for as long as a stack exists (kept across recycles), and those that
 # hold only while a server exists (a server lives as long as its lease).

@@ -1,20 +1,6 @@
 """The platform's credentials as they leave the server: sealed with a key only the program holds.
-
-pulumi-command puts a failed command's stdout into its error text (remote/commandOutputs.go,
-`CommandOutputs.run`: "...: running <command>:\\n<stdout and stderr>"), whatever its logging
-setting: an SSH session that drops after start-stack.sh has printed would show whatever it
-printed. So start-stack.sh prints the credentials only sealed (`--print-sealed-credentials`),
-encrypted with a key the program generates once per stack, keeps as a secret and hands over
-on the command's stdin (which no error repeats). The format is OpenSSL's own, so the server
-needs nothing but `openssl`:
-
-    openssl enc -aes-256-cbc -pbkdf2 -iter 10000 -md sha256 -salt -base64 -A -pass fd:3
-
-that is base64 of b"Salted__", an 8-byte salt and the AES-256-CBC ciphertext (PKCS#7
-padding), whose key and IV are PBKDF2-HMAC-SHA256(key text, salt, 10000 iterations, 48
-bytes) (apps/enc.c). No MAC: the SSH channel, whose host key is pinned, is what
-authenticates the server; the seal only keeps the text unreadable in an error.
-"""
+start-stack.sh prints them only sealed (`--print-sealed-credentials`), with a key the program
+makes once per stack, keeps as a secret and hands over on the command's stdin."""
 
 from __future__ import annotations
 
@@ -25,6 +11,10 @@ import json
 import os
 import re
 
+# pulumi-command puts a failed command's stdout into its error text (remote/commandOutputs.go,
+# `CommandOutputs.run`: "...: running <command>:\n<stdout and stderr>"), whatever its logging
+# setting: an SSH session that drops after start-stack.sh has printed would show whatever it
+# printed; the command's stdin, which carries the key, no error repeats.
 SEALED_KEY = "sealed_credentials"
 ITERATIONS = 10000
 MAGIC = b"Salted__"
@@ -48,6 +38,14 @@ def _cipher(key: bytes, iv: bytes):
     return Cipher(algorithms.AES(key), modes.CBC(iv))
 
 
+# The format is OpenSSL's own, so the server needs nothing but `openssl`:
+#
+#     openssl enc -aes-256-cbc -pbkdf2 -iter 10000 -md sha256 -salt -base64 -A -pass fd:3
+#
+# that is base64 of b"Salted__", an 8-byte salt and the AES-256-CBC ciphertext (PKCS#7
+# padding), whose key and IV are PBKDF2-HMAC-SHA256(key text, salt, 10000 iterations, 48
+# bytes) (apps/enc.c). No MAC: the SSH channel, whose host key is pinned, is what
+# authenticates the server; the seal only keeps the text unreadable in an error.
 def seal(plaintext: str, key: str, salt: bytes | None = None) -> str:
     """What `openssl enc` prints for `plaintext` (the tests' stand-in of start-stack.sh)."""
     from cryptography.hazmat.primitives import padding

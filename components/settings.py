@@ -1,9 +1,6 @@
 """The stack's settings: every config key, its rule, and the check run before any resource exists.
-
-One implementation serves the program (`load`), and the student and instructor
-commands in `scripts/` (`check_value`, `CONFIG_KEYS`), so a value accepted by
-one is accepted by all.
-"""
+Over 500 lines: every config key's table in one place, serving the program (`load`) and the
+commands in `scripts/` (`check_value`, `CONFIG_KEYS`), so a value one accepts all accept."""
 
 from __future__ import annotations
 

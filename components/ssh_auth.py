@@ -1,26 +1,6 @@
 """How the provisioning commands log in over SSH: chosen on purpose, checked before any resource.
-
-What pulumi-command 1.2.1 does with a connection (provider/pkg/provider/remote/
-connection.go, `connectionBase.SSHConfig`, and connection_unix.go):
-- `private_key`, when given, is parsed first: with `private_key_password` if that is
-  given, else without. An encrypted key without the password fails ("this private key
-  is passphrase protected"); a password with a key that has none fails too ("ssh: key
-  is not password protected", "ssh: not an encrypted key"). Readable are OpenSSH keys
-  (encrypted with aes256-ctr or aes256-cbc), and PEM keys (RSA, EC, DSA, PKCS#8), the
-  legacy ones also with their PEM encryption; an "ENCRYPTED PRIVATE KEY" (encrypted
-  PKCS#8) is not.
-- Then, whenever `agent_socket_path` is given or SSH_AUTH_SOCK is set and not empty, it
-  dials that socket, and a failed dial fails the command before any login is tried,
-  even when a key is given. No connection argument prevents it: an empty
-  `agent_socket_path` is dialled too, and fails.
-- The key and the agent are both "publickey" logins, and golang.org/x/crypto/ssh tries
-  each method name once: when a key is given, the agent's keys are never offered.
-
-So a key is used alone whenever SSH_AUTH_SOCK is unset or answers, and a set but dead
-SSH_AUTH_SOCK would fail every remote command whatever the method: `choose_login`
-refuses it here, with the fix, before any resource exists. The text of a key and its
-passphrase are never part of a message.
-"""
+Over 500 lines: reading a key (OpenSSH and PEM formats), probing the agent and the decision
+are one contract with pulumi-command's connection code, kept together."""
 
 from __future__ import annotations
 
@@ -74,6 +54,15 @@ class KeyText:
     fix: str | None = None
 
 
+# What pulumi-command 1.2.1 does with a connection (provider/pkg/provider/remote/
+# connection.go, `connectionBase.SSHConfig`, and connection_unix.go):
+# - `private_key`, when given, is parsed first: with `private_key_password` if that is
+#   given, else without. An encrypted key without the password fails ("this private key
+#   is passphrase protected"); a password with a key that has none fails too ("ssh: key
+#   is not password protected", "ssh: not an encrypted key"). Readable are OpenSSH keys
+#   (encrypted with aes256-ctr or aes256-cbc), and PEM keys (RSA, EC, DSA, PKCS#8), the
+#   legacy ones also with their PEM encryption; an "ENCRYPTED PRIVATE KEY" (encrypted
+#   PKCS#8) is not.
 def inspect_private_key(text: str) -> KeyText:
     """Read the format of a private key the way pulumi-command's parser will meet it."""
     block = PEM_BLOCK.search(text)
@@ -232,6 +221,10 @@ class AgentState:
         return self.answers and bool(self.identities)
 
 
+# pulumi-command dials the agent whenever `agent_socket_path` is given or SSH_AUTH_SOCK is
+# set and not empty, and a failed dial fails the command before any login is tried, even
+# when a key is given. No connection argument prevents it: an empty `agent_socket_path` is
+# dialled too, and fails.
 def probe_agent(socket_path: str | None, timeout: float = AGENT_TIMEOUT_SECONDS) -> AgentState:
     """Connect to the agent at `socket_path` and ask for its keys."""
     if not socket_path:
@@ -357,6 +350,11 @@ def read_key_file(path: Path, location: str) -> PrivateKey | None:
     return PrivateKey("file", location, text, public_key=public_key)
 
 
+# The key and the agent are both "publickey" logins, and golang.org/x/crypto/ssh tries
+# each method name once: when a key is given, the agent's keys are never offered. So a key
+# is used alone whenever SSH_AUTH_SOCK is unset or answers, and a set but dead SSH_AUTH_SOCK
+# would fail every remote command whatever the method: this refuses it, with the fix, before
+# any resource exists. The text of a key and its passphrase are never part of a message.
 def choose_login(
     method: str,
     key: PrivateKey | None,

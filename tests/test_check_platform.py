@@ -31,7 +31,9 @@ from tests.support.pulumi_state import outputs_deployment
 from tests.support.tools import command_argv, command_env, import_tool
 from tests.twin import steps
 
+check_location = import_tool("check_location")
 check_platform = import_tool("check_platform")
+check_services = import_tool("check_services")
 command_line = import_tool("command_line")
 
 MINIO_USER = "uminiotestuser"
@@ -129,9 +131,9 @@ def run_main(*arguments: str, environ: dict[str, str] | None = None) -> tuple[in
     return status, stdout.getvalue(), stderr.getvalue()
 
 
-def resolve(*arguments: str, environ: dict[str, str] | None = None) -> check_platform.Platform:
+def resolve(*arguments: str, environ: dict[str, str] | None = None) -> check_location.Platform:
     parsed = check_platform.build_parser().parse_args(list(arguments))
-    return check_platform.resolve_platform(parsed, {"PATH": os.environ["PATH"], **(environ or {})})
+    return check_location.resolve_platform(parsed, {"PATH": os.environ["PATH"], **(environ or {})})
 
 
 def rows(stdout: str) -> dict[str, str]:
@@ -478,7 +480,7 @@ def make_bucket(s3_url: str, name: str = "mlflow-artifacts") -> None:
 
 
 def platform_at(mlflow: str, minio: str, jupyter: str, token: str = JUPYTER_TOKEN):
-    return check_platform.Platform(
+    return check_location.Platform(
         source="test",
         mlflow_url=mlflow,
         minio_url=minio,
@@ -493,10 +495,10 @@ def test_minio_with_the_bucket_passes_both_rows(s3_stand_in: str):
     """An S3 server that answers with the credentials and holds mlflow-artifacts: two ✓ rows."""
     make_bucket(s3_stand_in)
     platform = platform_at(closed_port_url(), s3_stand_in, closed_port_url())
-    assert "S3 ListBuckets with the root credentials: 1 bucket" in check_platform.check_minio_live(
+    assert "S3 ListBuckets with the root credentials: 1 bucket" in check_services.check_minio_live(
         platform
     )
-    assert check_platform.check_minio_bucket(platform) == "s3://mlflow-artifacts exists"
+    assert check_services.check_minio_bucket(platform) == "s3://mlflow-artifacts exists"
 
 
 def test_minio_without_the_bucket_fails_the_bucket_row(s3_stand_in: str):
@@ -563,8 +565,8 @@ def test_minio_rows_pass_with_the_right_key(s3_checking_credentials):
         minio_user=user,
         minio_password=password,
     )
-    assert check_platform.check_minio_live(platform).startswith(url)
-    assert check_platform.check_minio_bucket(platform) == "s3://mlflow-artifacts exists"
+    assert check_services.check_minio_live(platform).startswith(url)
+    assert check_services.check_minio_bucket(platform) == "s3://mlflow-artifacts exists"
 
 
 def test_wrong_minio_credentials_are_named_and_not_retried(s3_checking_credentials):
@@ -593,9 +595,9 @@ def test_wrong_minio_credentials_are_named_and_not_retried(s3_checking_credentia
         platform_at(closed_port_url(), url, closed_port_url()), minio_user=user
     )
     started = time.monotonic()
-    result = check_platform.run_with_retries(
+    result = check_services.run_with_retries(
         "MinIO is live",
-        lambda: check_platform.check_minio_live(platform),
+        lambda: check_services.check_minio_live(platform),
         time.monotonic() + 60,
         io.StringIO(),
     )
@@ -673,9 +675,9 @@ def test_wait_retries_until_the_service_answers():
     thread = threading.Thread(target=start_late, daemon=True)
     thread.start()
     platform = platform_at(closed_port_url(), closed_port_url(), url)
-    result = check_platform.run_with_retries(
+    result = check_services.run_with_retries(
         "Jupyter answers with its token",
-        lambda: check_platform.check_jupyter(platform),
+        lambda: check_services.check_jupyter(platform),
         time.monotonic() + 30,
         progress,
     )
@@ -715,9 +717,9 @@ def test_wrong_token_is_not_retried():
     with jupyter_stand_in("TheServersOtherToken") as url:
         platform = platform_at(closed_port_url(), closed_port_url(), url)
         started = time.monotonic()
-        result = check_platform.run_with_retries(
+        result = check_services.run_with_retries(
             "Jupyter answers with its token",
-            lambda: check_platform.check_jupyter(platform),
+            lambda: check_services.check_jupyter(platform),
             time.monotonic() + 60,
             io.StringIO(),
         )
@@ -979,7 +981,7 @@ def test_a_stack_in_tunnel_mode_is_checked_through_the_tunnel(monkeypatch: pytes
             "minio_console": "http://127.0.0.1:41004",
         },
     )
-    platform = check_platform.platform_from_outputs(
+    platform = check_location.platform_from_outputs(
         stack_outputs(platform_access="tunnel"), "ab1234"
     )
     arguments = check_platform.build_parser().parse_args(["--stack", "ab1234"])
@@ -990,7 +992,7 @@ def test_a_stack_in_tunnel_mode_is_checked_through_the_tunnel(monkeypatch: pytes
             lambda stack, environ, s=started: (calls.append(("start", stack)), (opened, s))[1],
         )
         monkeypatch.setattr(tunnel, "stop", lambda stack: calls.append(("stop", stack)))
-        with check_platform.through_tunnel(platform, arguments, {}, io.StringIO()) as reached:
+        with check_location.through_tunnel(platform, arguments, {}, io.StringIO()) as reached:
             assert (reached.mlflow_url, reached.minio_url, reached.jupyter_url) == (
                 "http://127.0.0.1:41002",
                 "http://127.0.0.1:41003",
@@ -998,6 +1000,6 @@ def test_a_stack_in_tunnel_mode_is_checked_through_the_tunnel(monkeypatch: pytes
             )
             assert reached.mlflow_password == MLFLOW_PASSWORD
     assert calls == [("start", "ab1234"), ("stop", "ab1234"), ("start", "ab1234")]
-    public = check_platform.platform_from_outputs(stack_outputs(), "ab1234")
-    with check_platform.through_tunnel(public, arguments, {}, io.StringIO()) as reached:
+    public = check_location.platform_from_outputs(stack_outputs(), "ab1234")
+    with check_location.through_tunnel(public, arguments, {}, io.StringIO()) as reached:
         assert reached is public

@@ -748,9 +748,10 @@ def test_the_stand_in_fakes_no_failure_but_the_one_it_names(tmp_path):
 def test_kept_resource_missing_afterwards_fails_loudly():
     """If the volume is gone after the destroy, recycle says so and warns against `pulumi up`."""
     recycle_module = import_tool("recycle")
+    recycle_plan = import_tool("recycle_plan")
     command_line = import_tool("command_line")
     before = state_fixture()
-    plan = recycle_module.plan_recycle("ab1234", before)
+    plan = recycle_plan.plan_recycle("ab1234", before)
     after = copy.deepcopy(before)
     after["deployment"]["resources"] = [
         r for r in resources(before) if r["type"] != VOLUME and name_of(r) not in RECYCLED
@@ -794,20 +795,20 @@ def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
     """On the resources the program really registers, the plan removes the server and the stop
     step, and keeps the volume, the port and the floating IP; --end-lease ends the lease the
     program made, and nothing else besides."""
-    recycle_module = import_tool("recycle")
+    recycle_plan = import_tool("recycle_plan")
     export = program_export({"keyPair": "ab1234-key"})
 
-    plan = recycle_module.plan_recycle("ab1234", export)
+    plan = recycle_plan.plan_recycle("ab1234", export)
 
     assert plan.server.cloud_name == "node-persist-ab1234"
     assert sorted(resource.type for resource in plan.kept) == sorted([VOLUME, PORT, FLOATING_IP])
     assert [step.name for step in plan.stop_steps] == ["provisioning-clean-stop"]
     assert all(resource.type != VOLUME for resource in plan.removed)
-    assert recycle_module.steps_to_forget(plan) == plan.stop_steps
+    assert recycle_plan.steps_to_forget(plan) == plan.stop_steps
     assert plan.lease is None
     assert plan.lease_kept.cloud_name == "lease-persist-ab1234"
 
-    ending = recycle_module.plan_recycle("ab1234", export, end_lease=True)
+    ending = recycle_plan.plan_recycle("ab1234", export, end_lease=True)
     assert (ending.lease.type, ending.lease.name) == (LEASE, "lease")
     assert ending.removed == plan.removed
     assert ending.kept == plan.kept
@@ -815,11 +816,11 @@ def test_plan_for_the_programs_own_resources_keeps_volume_port_and_address():
 
 def test_end_lease_of_the_programs_stack_with_a_reservation_is_refused():
     """With `reservation` set the program makes no lease, and --end-lease says so."""
-    recycle_module = import_tool("recycle")
+    recycle_plan = import_tool("recycle_plan")
     command_line = import_tool("command_line")
     export = program_export({"keyPair": "ab1234-key", "reservation": RESERVATION_ID})
     with pytest.raises(command_line.CommandError) as raised:
-        recycle_module.plan_recycle("ab1234", export, end_lease=True)
+        recycle_plan.plan_recycle("ab1234", export, end_lease=True)
     assert raised.value.exit_code == 2
     assert f"its server boots from the reserved flavor {RESERVATION_ID}" in raised.value.lines[0]
 
@@ -1061,9 +1062,9 @@ def test_the_question_says_whether_the_lease_ends(gone, arguments, question):
 def test_which_steps_stop_and_which_dial_the_agent(resource_type, delete, stops, dials):
     """A stop step is a command with a delete; only a remote one or one with --login agent
     (before the remote part) dials SSH_AUTH_SOCK."""
-    recycle_module = import_tool("recycle")
+    recycle_plan = import_tool("recycle_plan")
     inputs = {"delete": delete} if delete else {}
-    resource = recycle_module.Resource.from_state(
+    resource = recycle_plan.Resource.from_state(
         {"urn": "urn:x::step", "type": resource_type, "inputs": inputs, "outputs": inputs}
     )
     assert (resource.stops_on_delete, resource.dials_the_agent) == (stops, dials)

@@ -1,16 +1,4 @@
-"""chi-persist backup, backups and restore: the platform's data to an object store and back.
-
-The data goes from the server to the object store directly: this machine asks the object
-store's Keystone (the clouds.yaml entry chi-persist:backupCloud, e.g. CHI@TACC's) for a token
-of its own, sends it with scripts/remote/platform-backup over SSH's standard input (never an
-argument, never a file on the server), and revokes it when the server is done. The server
-uploads each part as a static large object; this machine writes the manifest last, only
-after the object store lists every part at its size, so a backup that failed half-way never
-looks complete. Retention then deletes the oldest complete backups beyond backupKeep.
-
-A restore downloads and checks every part on the server before anything is replaced;
-without --force only onto a platform that holds nothing.
-"""
+"""chi-persist backup, backups and restore: the platform's data to an object store and back."""
 
 from __future__ import annotations
 
@@ -73,6 +61,13 @@ class Outcome:
     deleted: list[str]
 
 
+# The data goes from the server to the object store directly: this machine asks the object
+# store's Keystone (the clouds.yaml entry chi-persist:backupCloud, e.g. CHI@TACC's) for a token
+# of its own, sends it with scripts/remote/platform-backup over SSH's standard input (never an
+# argument, never a file on the server), and revokes it when the server is done. The server
+# uploads each part as a static large object; this machine writes the manifest last, only
+# after the object store lists every part at its size, so a backup that failed half-way never
+# looks complete. Retention then deletes the oldest complete backups beyond backupKeep.
 def take_backup(
     settings: BackupSettings,
     store: ObjectStore,
@@ -151,6 +146,8 @@ def take_backup(
     return Outcome(backup, deleted)
 
 
+# A restore downloads and checks every part on the server before anything is replaced;
+# without --force only onto a platform that holds nothing.
 def restore_backup(
     settings: BackupSettings,
     store: ObjectStore,

@@ -1,11 +1,6 @@
 """chi-persist class: an instructor's roster into one Pulumi.<netid>.yaml per student, and leaks.
-
-Every row is checked with the program's own rules (components.settings); all
-problems are reported, each with its line and row, and then nothing is written.
-An existing stack file keeps every key the roster does not set, secrets included.
-With the class's OpenStack credentials in the shell, the roster is also checked against
-the project's quotas (components.quotas), before anything is written.
-"""
+Over 500 lines: the roster's reading (with its line numbers), its checks, the leak report and
+the files written are the steps of this one command, and nothing else uses them."""
 
 from __future__ import annotations
 
@@ -316,6 +311,8 @@ class Roster:
         return values
 
 
+# Every row is checked with the program's own rules (components.settings); all problems
+# are reported, each with its line and row, and then nothing is written.
 def check_roster(text: str, name: str) -> tuple[list[Student], list[str]]:
     """The roster's students, checked; or the list of every problem found."""
     yaml = yaml_module()
@@ -443,6 +440,8 @@ def student_settings(student: Student) -> Settings:
     return validate(dict(student.values), student.netid, check_private_key=False)
 
 
+# With the class's OpenStack credentials in the shell, the roster is also checked against
+# the project's quotas (components.quotas), before anything is written.
 def check_project_quotas(students: Sequence[Student]) -> tuple[list[str], list[str]]:
     """(problems, notes): the roster against the project's quotas, through the shell's
     OpenStack credentials; without credentials, a note that nothing was checked."""
@@ -565,6 +564,7 @@ class Outcome:
     text: str
 
 
+# An existing stack file keeps every key the roster does not set, secrets included.
 def plan_files(students: Sequence[Student], directory: Path) -> tuple[list[Outcome], list[str]]:
     """Each student's file merged with what exists; problems with existing files."""
     outcomes, problems = [], []

@@ -1,24 +1,6 @@
 """clean-stop: stop a server's platform cleanly before its volume is detached, unless it is gone.
-
-`pulumi up` and `pulumi destroy` run this as the delete of the provisioning's clean-stop
-step, on this machine. A remote command's delete would dial SSH before anything else, and
-wait in vain for a server that no longer exists (a lease that ended, a server deleted by
-hand); this one first asks Nova, with the OpenStack provider's own credentials (OS_CLOUD,
-OS_CLIENT_CONFIG_FILE, clouds.yaml, OS_*):
-- the server is gone (404): a warning (the data was not stopped cleanly; PostgreSQL
-  recovers from its journal), and success, so the update goes on;
-- it exists, or Nova cannot say: the remote command (release-volume.sh) runs over SSH
-  with the OpenSSH client, logging in as the provisioning commands do and accepting only
-  the server's pinned host key (--host-key, which the stack read from the server's own
-  console; for a stack from before that, read from the console now); if it cannot run,
-  meets another key, or fails, this fails, with the cause and the fix, and the volume is
-  not detached.
-
-The private key comes in the environment (CHI_PERSIST_SSH_PRIVATE_KEY, a secret of the
-stack) and goes to ssh in a file only its owner can read, removed afterwards; its
-passphrase (CHI_PERSIST_SSH_KEY_PASSPHRASE) reaches ssh through SSH_ASKPASS, never a
-file or an argument (chi_persist_tools/openssh.py). Neither is ever printed.
-"""
+`pulumi up` and `pulumi destroy` run this on this machine as the delete of the provisioning's
+clean-stop step."""
 
 from __future__ import annotations
 
@@ -119,6 +101,18 @@ def _compute() -> tuple[Any, str | None]:
         return None, f"no usable OpenStack credentials: {error}"
 
 
+# A remote command's delete would dial SSH before anything else, and wait in vain for a
+# server that no longer exists (a lease that ended, a server deleted by hand); this one
+# first asks Nova, with the OpenStack provider's own credentials (OS_CLOUD,
+# OS_CLIENT_CONFIG_FILE, clouds.yaml, OS_*):
+# - the server is gone (404): a warning (the data was not stopped cleanly; PostgreSQL
+#   recovers from its journal), and success, so the update goes on;
+# - it exists, or Nova cannot say: the remote command (release-volume.sh) runs over SSH
+#   with the OpenSSH client, logging in as the provisioning commands do and accepting only
+#   the server's pinned host key (--host-key, which the stack read from the server's own
+#   console; for a stack from before that, read from the console now); if it cannot run,
+#   meets another key, or fails, this fails, with the cause and the fix, and the volume is
+#   not detached.
 def look_up_server(server_id: str) -> ServerLookup:
     """Ask Nova for the server, with the credentials the OpenStack provider reads."""
     from components.openstack_api import CloudUnavailable
@@ -176,6 +170,10 @@ class SshResult:
         return self.returncode == SSH_ERROR and openssh.host_key_refused(self.error_lines)
 
 
+# The private key comes in the environment (CHI_PERSIST_SSH_PRIVATE_KEY, a secret of the
+# stack) and goes to ssh in a file only its owner can read, removed afterwards; its
+# passphrase (CHI_PERSIST_SSH_KEY_PASSPHRASE) reaches ssh through SSH_ASKPASS, never a
+# file or an argument (chi_persist_tools/openssh.py). Neither is ever printed.
 def run_over_ssh(
     host: str,
     port: int,

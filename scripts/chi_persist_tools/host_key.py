@@ -1,16 +1,5 @@
 """host-key: a new server's SSH host key, read from its own console through Nova, then checked.
-
-`pulumi up` runs this on this machine once per server, before the first SSH step; what it
-prints becomes the `host_key` of every remote command and the clean stop's only accepted
-key, and the stack's output `known_hosts`. The console is the server's own (cloud-init
-writes the keys there at the end of the first boot; components/host_keys.py reads them)
-and only the project can read it (Nova's `os-getConsoleOutput`, with the OpenStack
-provider's credentials), so the key is the server's even when something else answers at
-its address. The key is then compared with what the address shows on port 22
-(`ssh-keyscan`, when it is installed): another key stops here, with the cause.
-
-stdout: the ed25519 key, `ssh-ed25519 BASE64`, and nothing else; progress goes to stderr.
-"""
+stdout: the ed25519 key, `ssh-ed25519 BASE64`, and nothing else; progress goes to stderr."""
 
 from __future__ import annotations
 
@@ -62,6 +51,13 @@ class HostKeyMismatch(Exception):
     """The address shows another key than the server's console."""
 
 
+# `pulumi up` runs this on this machine once per server, before the first SSH step; what it
+# prints becomes the `host_key` of every remote command and the clean stop's only accepted
+# key, and the stack's output `known_hosts`. The console is the server's own (cloud-init
+# writes the keys there at the end of the first boot; components/host_keys.py reads them)
+# and only the project can read it (Nova's `os-getConsoleOutput`, with the OpenStack
+# provider's credentials), so the key is the server's even when something else answers at
+# its address.
 class NovaConsole:
     """Nova's console output of a server, through the stack's OpenStack session."""
 
@@ -205,6 +201,8 @@ def keyscan(host: str, port: int) -> HostKey | None | str:
     return None
 
 
+# The key is then compared with what the address shows on port 22 (`ssh-keyscan`, when it
+# is installed): another key stops here, with the cause.
 def check_address(key: HostKey, host: str, port: int, server_id: str) -> str:
     """What the address showed, as a line for stderr; HostKeyMismatch when it is another key."""
     shown = keyscan(host, port)

@@ -27,7 +27,9 @@ from tests.support.datapath import (
 )
 from tests.support.tools import import_tool
 
+check_location = import_tool("check_location")
 check_platform = import_tool("check_platform")
+check_services = import_tool("check_services")
 
 pytestmark = [
     pytest.mark.datapath,
@@ -44,8 +46,8 @@ class LocalMlflow:
     database: Path
     artifacts: Path
 
-    def platform(self) -> check_platform.Platform:
-        return check_platform.Platform(
+    def platform(self) -> check_location.Platform:
+        return check_location.Platform(
             source="test",
             mlflow_url=self.url,
             minio_url="http://127.0.0.1:9",
@@ -96,8 +98,8 @@ def written_run_id(detail: str) -> str:
 
 def test_written_marker_is_verified(mlflow: LocalMlflow):
     """--write-marker then --verify-marker on the same server: the same run, intact."""
-    run_id = written_run_id(check_platform.write_marker(mlflow.platform()))
-    detail = check_platform.verify_marker(mlflow.platform())
+    run_id = written_run_id(check_services.write_marker(mlflow.platform()))
+    detail = check_services.verify_marker(mlflow.platform())
     assert detail.startswith(f"run {run_id} written ")
     assert detail.endswith(" intact")
     content = mlflow.artifact(run_id).read_text()
@@ -137,10 +139,10 @@ def test_damaged_marker_fails_verification(
     mlflow: LocalMlflow, damage: Callable[[LocalMlflow, str], None], expected: str
 ):
     """Any difference from what was written (bytes, artifact, metric) fails --verify-marker."""
-    run_id = written_run_id(check_platform.write_marker(mlflow.platform()))
+    run_id = written_run_id(check_services.write_marker(mlflow.platform()))
     damage(mlflow, run_id)
-    with pytest.raises(check_platform.CheckFailed) as failure:
-        check_platform.verify_marker(mlflow.platform())
+    with pytest.raises(check_services.CheckFailed) as failure:
+        check_services.verify_marker(mlflow.platform())
     assert failure.value.detail.startswith(f"run {run_id}: ")
     assert re.search(expected, failure.value.detail), failure.value.detail
 
