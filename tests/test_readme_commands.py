@@ -37,6 +37,7 @@ OTHER_PROGRAMS = {
     "register-python-argcomplete": "argcomplete's hook, in ./venv",
     "sudo": "on the server, as the README says",
     "ssh": "OpenSSH",
+    "python": "the student's own training script, which MLflow's client logs from",
 }
 PLACES = [readme.README, readme.TESTS_README]
 
