@@ -1,11 +1,4 @@
-"""Decide, for each cloud resource of the stack, from what the state and the cloud hold.
-
-For each resource: keep the one the state holds; adopt (import) the one the cloud holds with
-this stack's owner key when the state holds none; make again the one the state holds and the
-cloud lost (its replacement trigger changes); or refuse, before anything is created, naming
-the resource, its id and the command that resolves it. Nothing here calls the cloud: the
-survey (components/cloud_inventory.py) has already asked, so one table test drives it all.
-"""
+"""Decide, for each cloud resource of the stack, from what the state and the cloud hold."""
 
 from __future__ import annotations
 
@@ -117,6 +110,11 @@ class Adoption:
         return {"import_": self.import_id, "replacement_trigger": self.trigger}
 
 
+# For each resource: keep the one the state holds; adopt (import) the one the cloud holds with
+# this stack's owner key when the state holds none; make again the one the state holds and the
+# cloud lost (its replacement trigger changes); or refuse, before anything is created, naming
+# the resource, its id and the command that resolves it. Nothing here calls the cloud: the
+# survey (components/cloud_inventory.py) has already asked, so one table test drives it all.
 def decide(managed: Managed, observed: Observed, stack: str) -> Adoption:
     """The one decision, for any kind of resource."""
     state = observed.state

@@ -1,13 +1,4 @@
-"""KVM@TACC's reservation service (Blazar), as the stack's lease and tools ask it.
-
-One client (`Blazar`) over one session of `components/openstack_api.OpenStack`: Nova's flavor
-lookup, every lease of the project, one lease with its events, a lease made or deleted, and
-Keystone's answer about trusts. `BlazarLease` is a lease as Blazar renders it, with the one
-rule this project depends on: whether it still serves its flavor, read from its events, not
-from its status alone. Request and response shapes are Blazar's (openstack/blazar 17.0.0:
-blazar/api/v1/leases/v1_0.py, blazar/manager/service.py, blazar/plugins/flavor/flavor_plugin.py,
-blazar/status.py, blazar/db/sqlalchemy/models.py).
-"""
+"""KVM@TACC's reservation service (Blazar), as the stack's lease and tools ask it."""
 
 from __future__ import annotations
 
@@ -204,6 +195,13 @@ class BlazarLease:
 # --- the client ------------------------------------------------------------------------------
 
 
+# One client (`Blazar`) over one session of `components/openstack_api.OpenStack`: Nova's flavor
+# lookup, every lease of the project, one lease with its events, a lease made or deleted, and
+# Keystone's answer about trusts. `BlazarLease` is a lease as Blazar renders it, with the one
+# rule this project depends on: whether it still serves its flavor, read from its events, not
+# from its status alone. Request and response shapes are Blazar's (openstack/blazar 17.0.0:
+# blazar/api/v1/leases/v1_0.py, blazar/manager/service.py, blazar/plugins/flavor/flavor_plugin.py,
+# blazar/status.py, blazar/db/sqlalchemy/models.py).
 class Blazar:
     """Blazar, Nova's flavors and Keystone's trusts through one session: the stack's
     credentials, or the clouds.yaml entry `cloud` (the leaseCloud setting)."""

@@ -1,11 +1,4 @@
-"""What the cloud holds of this stack, asked before any resource is registered.
-
-Every resource the stack makes carries its owner key (`chi-persist-stack=<netid>/<stack>`:
-Nova and Cinder metadata, Neutron tags and descriptions, the lease's name), so a `pulumi up`
-killed mid-run, or run from a second machine, finds what the first one made. A resource in
-the middle of a change (a server building, a volume attaching, a lease starting) is waited
-for, with a bound, so that what is adopted can be used at once.
-"""
+"""What the cloud holds of this stack, asked before any resource is registered."""
 
 from __future__ import annotations
 
@@ -77,6 +70,11 @@ def owner_of(settings: Settings, tags: Iterable[str], description: str | None) -
     return None
 
 
+# Every resource the stack makes carries its owner key (`chi-persist-stack=<netid>/<stack>`:
+# Nova and Cinder metadata, Neutron tags and descriptions, the lease's name), so a `pulumi up`
+# killed mid-run, or run from a second machine, finds what the first one made. A resource in
+# the middle of a change (a server building, a volume attaching, a lease starting) is waited
+# for, with a bound, so that what is adopted can be used at once.
 class CloudInventory:
     """The lookups, through one OpenStack session; `log` shows what is waited for."""
 

@@ -1,14 +1,4 @@
-"""A server's SSH host keys as its own console tells them, and the lines that pin them.
-
-At the end of a server's first boot cloud-init's keys-to-console module runs its helper
-`write-ssh-key-fingerprints`, which writes the public host keys between
-`-----BEGIN SSH HOST KEY KEYS-----` and `-----END SSH HOST KEY KEYS-----` through
-`logger --stderr -t ec2` to the console, so each line may carry a syslog prefix
-(`<14>Dec  4 16:23:52 ec2: ssh-ed25519 AAAA... root@node`). Nova hands the console out
-to the server's project (`os-getConsoleOutput`), and only the server writes to it: a key
-read there is the server's own, whoever answers at its address. This module only reads
-text; fetching it is scripts/chi_persist_tools/host_key.py's work.
-"""
+"""A server's SSH host keys as its own console tells them, and the lines that pin them."""
 
 from __future__ import annotations
 
@@ -93,6 +83,14 @@ class ConsoleKeys:
         return next((key for key in self.keys if key.type == ED25519), None)
 
 
+# At the end of a server's first boot cloud-init's keys-to-console module runs its helper
+# `write-ssh-key-fingerprints`, which writes the public host keys between
+# `-----BEGIN SSH HOST KEY KEYS-----` and `-----END SSH HOST KEY KEYS-----` through
+# `logger --stderr -t ec2` to the console, so each line may carry a syslog prefix
+# (`<14>Dec  4 16:23:52 ec2: ssh-ed25519 AAAA... root@node`). Nova hands the console out
+# to the server's project (`os-getConsoleOutput`), and only the server writes to it: a key
+# read there is the server's own, whoever answers at its address. This module only reads
+# text; fetching it is scripts/chi_persist_tools/host_key.py's work.
 def keys_in_console(console: str) -> ConsoleKeys:
     """The host keys of the last complete `BEGIN SSH HOST KEY KEYS` block in a console log."""
     lines = console.replace("\r", "").splitlines()

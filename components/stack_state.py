@@ -1,13 +1,4 @@
-"""What this stack's Pulumi state holds, read before any resource is registered.
-
-The program compares it with what the cloud holds (components/cloud_inventory.py): a resource
-the cloud has and the state lacks is adopted, one the state has and the cloud lost is made
-again, and nothing is ever imported over a resource the state already holds (that would be an
-import-replacement, which deletes the old one: pulumi/pulumi pkg/resource/deploy/
-step_generator.go, `isImport`). The engine gives a program no view of its state, so the state
-is read the way a student would, with `pulumi stack export`, which takes no lock
-(pkg/backend/diy/backend.go, ExportDeployment) and needs no passphrase.
-"""
+"""What this stack's Pulumi state holds, read before any resource is registered."""
 
 from __future__ import annotations
 
@@ -107,6 +98,13 @@ def pulumi_command(environ: Mapping[str, str] | None = None) -> str | None:
     return shutil.which("pulumi", path=environ.get("PATH"))
 
 
+# The program compares it with what the cloud holds (components/cloud_inventory.py): a resource
+# the cloud has and the state lacks is adopted, one the state has and the cloud lost is made
+# again, and nothing is ever imported over a resource the state already holds (that would be an
+# import-replacement, which deletes the old one: pulumi/pulumi pkg/resource/deploy/
+# step_generator.go, `isImport`). The engine gives a program no view of its state, so the state
+# is read the way a student would, with `pulumi stack export`, which takes no lock
+# (pkg/backend/diy/backend.go, ExportDeployment) and needs no passphrase.
 def read_state(
     stack: str,
     *,

@@ -1,11 +1,4 @@
-"""chi-persist dev: for the project's developers; `dev docs` writes the generated documentation.
-
-Each config key is described once, in components/settings.py (CONFIG_KEYS). Pulumi.yaml's
-`config:` block (and its comment on the secret keys) and the README's configuration table
-are generated from it, between markers, and the README's table of commands from the
-command's parsers; tests/test_generated_docs.py fails when any is out of date, naming this
-command.
-"""
+"""chi-persist dev: for the project's developers; `dev docs` writes the generated documentation."""
 
 from __future__ import annotations
 
@@ -126,6 +119,11 @@ def replace_between(text: str, begin: str, end: str, block: str, where: str) -> 
     return text[:start] + block + text[stop:]
 
 
+# Each config key is described once, in components/settings.py (CONFIG_KEYS). Pulumi.yaml's
+# `config:` block (and its comment on the secret keys) and the README's configuration table
+# are generated from it, between markers, and the README's table of commands from the
+# command's parsers; tests/test_generated_docs.py fails when any is out of date, naming this
+# command.
 def generated(project: Path | None = None) -> dict[Path, str]:
     """Each generated file's text as it should be."""
     project = project or PROJECT_DIR

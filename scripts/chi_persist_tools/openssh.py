@@ -1,12 +1,4 @@
-"""What the tools that run OpenSSH's `ssh` share: the pinned host key, the login, the options.
-
-The clean stop and `chi-persist open` log in as the provisioning commands do (the stack's key
-alone, or the ssh agent), and accept only the host key the stack pinned from the server's
-own console: a known_hosts file of one line, `StrictHostKeyChecking=yes`, and nothing of the
-user's own ssh configuration or known hosts. The private key comes in the environment and
-goes to ssh in a file only its owner can read, in a private temporary directory removed
-afterwards; its passphrase reaches ssh through SSH_ASKPASS, never a file or an argument.
-"""
+"""What the tools that run OpenSSH's `ssh` share: the pinned host key, the login, the options."""
 
 from __future__ import annotations
 
@@ -87,6 +79,12 @@ class Session:
         return [self.ssh, *self.options, *batch, host, *remote]
 
 
+# The clean stop and `chi-persist open` log in as the provisioning commands do (the stack's key
+# alone, or the ssh agent), and accept only the host key the stack pinned from the server's
+# own console: a known_hosts file of one line, `StrictHostKeyChecking=yes`, and nothing of the
+# user's own ssh configuration or known hosts. The private key comes in the environment and
+# goes to ssh in a file only its owner can read, in a private temporary directory removed
+# afterwards; its passphrase reaches ssh through SSH_ASKPASS, never a file or an argument.
 @contextlib.contextmanager
 def session(
     *,

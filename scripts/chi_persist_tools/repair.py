@@ -1,14 +1,4 @@
-"""repair: make a stack's state agree with the cloud after an interrupted run, asking nothing.
-
-`pulumi up` adopts what an interrupted run made (components/adoption.py), but Pulumi keeps its
-record of the interrupted create until it is told what became of it (pkg/backend/snapshot.go,
-Snap), and its own way out is an interactive `pulumi refresh`. repair clears that record with
-a non-interactive `pulumi refresh --clear-pending-creates`. It does not import through
-`--import-pending-creates`: the CLI (v3.274.1) marks such an operation "importing", and no
-part of the engine turns it into a resource; the snapshot drops it. It also removes the empty
-metadata files a killed `pulumi` can leave in a local state directory, and names a stale
-lock's one fix.
-"""
+"""repair: make a stack's state agree with the cloud after an interrupted run, asking nothing."""
 
 from __future__ import annotations
 
@@ -99,6 +89,14 @@ def held_urns(export: Mapping[str, Any]) -> set[str]:
     return {resource["urn"] for resource in deployment.get("resources") or [] if resource.get("id")}
 
 
+# `pulumi up` adopts what an interrupted run made (components/adoption.py), but Pulumi keeps its
+# record of the interrupted create until it is told what became of it (pkg/backend/snapshot.go,
+# Snap), and its own way out is an interactive `pulumi refresh`. repair clears that record with
+# a non-interactive `pulumi refresh --clear-pending-creates`. It does not import through
+# `--import-pending-creates`: the CLI (v3.274.1) marks such an operation "importing", and no
+# part of the engine turns it into a resource; the snapshot drops it. It also removes the empty
+# metadata files a killed `pulumi` can leave in a local state directory, and names a stale
+# lock's one fix.
 def run(stack: str | None, environ: Mapping[str, str]) -> int:
     if stack is None:
         stack = selected_stack("repair")

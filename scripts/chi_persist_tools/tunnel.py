@@ -1,13 +1,4 @@
-"""chi-persist open: reach a stack's platform through an SSH tunnel, with only SSH open to it.
-
-With `platformAccess: tunnel` the server publishes Jupyter (8888), MLflow (8000) and MinIO
-(9000, 9001) on its own 127.0.0.1 only, and the security group opens port 22 alone. This
-command starts one background OpenSSH process (a ControlMaster, so `--stop` can end it) that
-forwards a free port of this machine's 127.0.0.1 to each of them, and prints the local URLs.
-It logs in as the provisioning does (the stack's key alone, or the ssh agent, chosen by the
-same rules: components/settings.py) and accepts only the host key the stack pinned from the
-server's own console (the output `known_hosts`). It works in platformAccess public too.
-"""
+"""chi-persist open: reach a stack's platform through an SSH tunnel, with only SSH open to it."""
 
 from __future__ import annotations
 
@@ -230,6 +221,13 @@ def running(stack: str) -> Tunnel | None:
     return Tunnel(stack, saved["address"], dict(saved["urls"]))
 
 
+# With `platformAccess: tunnel` the server publishes Jupyter (8888), MLflow (8000) and MinIO
+# (9000, 9001) on its own 127.0.0.1 only, and the security group opens port 22 alone. This
+# command starts one background OpenSSH process (a ControlMaster, so `--stop` can end it) that
+# forwards a free port of this machine's 127.0.0.1 to each of them, and prints the local URLs.
+# It logs in as the provisioning does (the stack's key alone, or the ssh agent, chosen by the
+# same rules: components/settings.py) and accepts only the host key the stack pinned from the
+# server's own console (the output `known_hosts`). It works in platformAccess public too.
 def start(stack: str, environ: Mapping[str, str]) -> tuple[Tunnel, bool]:
     """The stack's tunnel, started unless it runs: (tunnel, whether this call started it)."""
     found = running(stack)
