@@ -16,7 +16,6 @@ from chi_persist_tools.backup_catalog import (
     build_manifest,
     choose,
     emptiness,
-    format_age,
     format_size,
     group_listing,
     judge,
@@ -46,6 +45,7 @@ from chi_persist_tools.command_line import (
     EXIT_USAGE,
     CommandError,
     selected_stack,
+    span_text,
 )
 from components.settings import NAMESPACE
 
@@ -248,14 +248,14 @@ def newest_backup_check(
         return False, f"no complete backup in {where}: take one with {take}", []
     newest = max(complete, key=lambda backup: backup.name)
     age = now - newest.taken
-    detail = f"{newest.name}, {format_age(age)} old, {format_size(newest.size)}"
+    detail = f"{newest.name}, {span_text(age)} old, {format_size(newest.size)}"
     if age <= STALE_AFTER:
         return True, detail, []
     return (
         True,
         f"{detail}: old",
         [
-            f"the newest backup ({newest.name}) is {format_age(age)} old, more than a week: take "
+            f"the newest backup ({newest.name}) is {span_text(age)} old, more than a week: take "
             f"one with {take}, or let every recycle take one (`pulumi config set "
             f"{NAMESPACE}:backupOnRecycle true --stack {settings.stack}`)"
         ],

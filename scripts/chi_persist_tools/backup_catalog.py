@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from chi_persist_tools.backup_settings import BackupSettings
-from chi_persist_tools.command_line import EXIT_FAILED, EXIT_USAGE, CommandError
+from chi_persist_tools.command_line import EXIT_FAILED, EXIT_USAGE, CommandError, span_text
 
 PARTS = ("database", "artifacts", "notebooks", "files")
 MANIFEST = "manifest.json"
@@ -135,17 +135,6 @@ def choose(backups: Sequence[Backup], wanted: str | None, where: str) -> Backup:
     return max(complete, key=lambda backup: backup.name)
 
 
-def format_age(age: timedelta) -> str:
-    minutes = max(0, int(age.total_seconds()) // 60)
-    days, minutes = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(minutes, 60)
-    if days:
-        return f"{days} d {hours} h"
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min"
-
-
 def format_size(count: int) -> str:
     for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if count >= size:
@@ -169,7 +158,7 @@ def listing_table(backups: Sequence[Backup], now: datetime) -> str:
             (
                 backup.name,
                 f"{backup.taken:%Y-%m-%d %H:%M}",
-                format_age(now - backup.taken),
+                span_text(now - backup.taken),
                 format_size(backup.size),
                 f"{present} of {len(PARTS)}",
                 state,

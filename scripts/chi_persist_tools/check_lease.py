@@ -4,10 +4,11 @@ from Blazar when the OpenStack credentials are in the environment, and a warning
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from chi_persist_tools.check_location import Platform
 from chi_persist_tools.check_services import CheckResult
+from chi_persist_tools.command_line import span_text
 from components.blazar import ENDED_STATUSES, ERROR, Blazar, LeaseError, parse_blazar_date
 
 # A lease that ends within this is near its end: time enough to save work and choose
@@ -91,17 +92,6 @@ def format_moment(moment: datetime) -> str:
     return f"{moment.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC"
 
 
-def format_time_left(left: timedelta) -> str:
-    minutes = max(0, int(left.total_seconds()) // 60)
-    days, minutes = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(minutes, 60)
-    if days:
-        return f"{days} d {hours} h"
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min"
-
-
 def lease_check(
     platform: Platform, lease: LeaseView, now: datetime
 ) -> tuple[CheckResult, list[str]]:
@@ -144,7 +134,7 @@ def lease_check(
         return CheckResult(name, False, detail), []
     left = lease.end - now
     status = f" {lease.status}" if lease.status else ""
-    detail = f"{label}{status}, ends {ends}, in {format_time_left(left)}{where}"
+    detail = f"{label}{status}, ends {ends}, in {span_text(left)}{where}"
     warnings = []
     if lease.status == ERROR:
         warnings.append(
@@ -156,7 +146,7 @@ def lease_check(
     if left.total_seconds() <= LEASE_WARNING_SECONDS:
         detail += ": soon"
         warnings.append(
-            f"the lease ends in {format_time_left(left)}, at {ends}. {after_the_end}. To keep "
+            f"the lease ends in {span_text(left)}, at {ends}. {after_the_end}. To keep "
             f"working past it, renew it: `{up}` within the renewal window before the end "
             "(chi-persist:leaseRenewWindow, the last hour unless set) makes the next lease first, "
             "then moves the server onto it the clean way (the same volume and address, nothing "

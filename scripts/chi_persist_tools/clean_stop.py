@@ -392,15 +392,7 @@ def _failure_lines(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="clean-stop",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--server-id", required=True, help="the server's id in Nova")
-    parser.add_argument("--host", required=True, help="the server's address (floating IP)")
-    parser.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
+    parser = openssh.server_parser("clean-stop", DESCRIPTION, EPILOG)
     parser.add_argument("--user", default="cc", help="SSH user (default cc)")
     parser.add_argument(
         "--login", choices=(KEY, AGENT), required=True, help="how ssh logs in (see below)"

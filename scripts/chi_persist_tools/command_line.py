@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -329,3 +330,15 @@ def selected_stack(command: str) -> str:
         f"fix: give it: ./chi-persist {command} --stack NETID (`pulumi stack ls` lists the stacks)",
         exit_code=EXIT_USAGE,
     )
+
+
+def span_text(left: timedelta) -> str:
+    """A duration as a student reads it: `2 d 3 h`, `3 h 5 min` or `42 min` (never negative)."""
+    minutes = max(0, int(left.total_seconds()) // 60)
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min"

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from chi_persist_tools import openssh
 from components.host_keys import ED25519, HostKey, keys_in_console, parse_key
 
 EXIT_OK = 0
@@ -220,15 +221,7 @@ def check_address(key: HostKey, host: str, port: int, server_id: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="host-key",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--server-id", required=True, help="the server's id in Nova")
-    parser.add_argument("--host", required=True, help="the server's address (floating IP)")
-    parser.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
+    parser = openssh.server_parser("host-key", DESCRIPTION, EPILOG)
     parser.add_argument(
         "--timeout",
         type=float,

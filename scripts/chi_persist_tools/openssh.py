@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -176,3 +177,18 @@ def session(
                     "then run it again",
                 )
         yield Session(ssh=ssh, options=options, environment=child, batch=batch)
+
+
+def server_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """The command line of a step that `pulumi up` runs on this machine against one server:
+    its id in Nova, its address and SSH port."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--server-id", required=True, help="the server's id in Nova")
+    parser.add_argument("--host", required=True, help="the server's address (floating IP)")
+    parser.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
+    return parser
