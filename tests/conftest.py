@@ -1,6 +1,8 @@
 """Shared pytest setup: no silent skips in CI, and the groups tests/run's workers keep apart."""
 
+import functools
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -17,32 +19,50 @@ TESTS = Path(__file__).resolve().parent
 PORT_22 = {"test_recycle.py", "test_clean_stop.py", "test_clean_stop_engine.py"}
 
 
-def worker_groups(items: list[pytest.Item]) -> dict[Path, str]:
-    """The group of each test file, which one worker runs in order: files with qemu guests
-    (CPU-bound; their floating IPs are loopback addresses a host hands out), files with
-    loop devices (fixed volume ids lock the same files), 127.0.0.1:22, else the file's own,
-    so a module's fixtures and steps stay on one worker."""
-    groups: dict[Path, str] = {}
-    for item in items:
-        if item.get_closest_marker("vm"):
-            groups[item.path] = "guests"
-        elif groups.get(item.path) != "guests" and (
-            item.get_closest_marker("disk") or item.get_closest_marker("root")
-        ):
-            groups[item.path] = "disks"
-        elif item.path.name in PORT_22:
-            groups.setdefault(item.path, "port-22")
-        else:
-            groups.setdefault(item.path, str(item.path.relative_to(TESTS)))
-    return groups
+# A file's group, read from its text (the controller that schedules never imports a test):
+# files with qemu guests (CPU-bound; their floating IPs are loopback addresses a host hands
+# out), files with loop devices (fixed volume ids lock the same files), 127.0.0.1:22, else
+# the file's own, so a module's fixtures and steps stay on one worker.
+GUEST_MARK = re.compile(r"\bmark\.vm\b")
+DISK_MARK = re.compile(r"\bmark\.(disk|root)\b")
+
+
+@functools.cache
+def file_group(relative: str) -> str:
+    """The worker group of a test file, by its path relative to the repository."""
+    path = TESTS.parent / relative
+    text = path.read_text() if path.is_file() else ""
+    if GUEST_MARK.search(text):
+        return "guests"
+    if DISK_MARK.search(text):
+        return "disks"
+    if path.name in PORT_22:
+        return "port-22"
+    return relative
+
+
+def group_of(nodeid: str) -> str:
+    return file_group(nodeid.split("::", 1)[0])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Each test's xdist group; the guests first, so the longest group starts at once."""
-    groups = worker_groups(items)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(groups[item.path]))
-    items.sort(key=lambda item: groups[item.path] != "guests")
+    """The guests first, so the longest group starts at once."""
+    items.sort(key=lambda item: group_of(item.nodeid) != "guests")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """pytest-xdist's scheduling by scope, the scope a test's group: one worker runs a group's
+    tests in order. (`--dist loadgroup` would read xdist_group markers through a test id that
+    pytest 9 no longer lets a plugin rewrite: xdist 3.8.0 sets item._nodeid, which pytest 9's
+    Node.nodeid does not read, so every test would go anywhere.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return GroupScheduling(config, log)
 
 
 @pytest.hookimpl(hookwrapper=True)
