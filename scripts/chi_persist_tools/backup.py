@@ -28,6 +28,7 @@ from chi_persist_tools.backup_server import (
     SshServer,
     run_streaming,
     stack_address,
+    stack_host_key,
     stack_login,
 )
 from chi_persist_tools.backup_settings import (
@@ -277,7 +278,10 @@ def ask(question: str) -> bool:
 
 def _server_for(settings: BackupSettings, values: Mapping[str, Any]) -> SshServer:
     return SshServer(
-        stack_address(settings.stack), stack_login(settings.stack, values), settings.mount_point
+        stack_address(settings.stack),
+        stack_login(settings.stack, values),
+        settings.mount_point,
+        stack_host_key(settings.stack),
     )
 
 
@@ -348,7 +352,9 @@ def backup_before_recycle(stack: str, address: str | None) -> None:
     if not address:
         print("warning: backupOnRecycle: the server has no address: no backup", file=sys.stderr)
         return
-    server = SshServer(address, stack_login(stack, values), settings.mount_point)
+    server = SshServer(
+        address, stack_login(stack, values), settings.mount_point, stack_host_key(stack)
+    )
     store = ObjectStore(settings)
     print("recycle: backupOnRecycle: stopping MLflow and Jupyter, then a backup", flush=True)
     server.run("writers", ["stop"], None)

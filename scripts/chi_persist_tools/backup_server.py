@@ -7,14 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from chi_persist_tools.command_line import (
@@ -88,71 +85,48 @@ class SshLogin:
 class SshServer:
     """The stack's server, reached over SSH as cc with the stack's own login."""
 
-    def __init__(self, address: str, login: SshLogin, mount_point: str, port: int = 22) -> None:
+    def __init__(
+        self, address: str, login: SshLogin, mount_point: str, host_key: str, port: int = 22
+    ) -> None:
         self.address = address
         self.login = login
         self.mount_point = mount_point
+        self.host_key = host_key
         self.port = port
 
     def run(self, verb: str, arguments: Sequence[str], secrets: Mapping[str, Any] | None) -> Any:
-        from chi_persist_tools.clean_stop import (
-            ASKPASS_REQUIRE_VERSION,
-            openssh_version,
-            ssh_arguments,
-        )
+        from chi_persist_tools import openssh
 
-        ssh = shutil.which("ssh")
-        if ssh is None:
-            raise CommandError(
-                "the OpenSSH client (`ssh`) is not on PATH",
-                "fix: install it (Debian/Ubuntu: apt install openssh-client)",
-                exit_code=EXIT_FAILED,
-            )
         if verb in ("survey", "backup", "restore"):
             arguments = ["--mount-point", self.mount_point, *arguments]
-        environment = {
-            name: value
-            for name, value in os.environ.items()
-            if name not in ("SSH_ASKPASS", "SSH_ASKPASS_REQUIRE", "DISPLAY")
-        }
-        with tempfile.TemporaryDirectory(prefix="chi-persist-backup-") as directory:
-            key_file = None
-            batch = True
-            login = "agent"
-            if self.login.key_text is not None:
-                login = "key"
-                key_file = Path(directory) / "key"
-                descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(descriptor, "w") as handle:
-                    text = self.login.key_text
-                    handle.write(text if text.endswith("\n") else text + "\n")
-                if self.login.passphrase:
-                    version = openssh_version(ssh)
-                    if version is not None and version < ASKPASS_REQUIRE_VERSION:
-                        raise CommandError(
-                            "a key with a passphrase needs OpenSSH 8.4 or later here",
-                            'fix: load the key into an agent (eval "$(ssh-agent)" && ssh-add '
-                            "<key>) and `pulumi config set chi-persist:sshAuth agent`",
-                            exit_code=EXIT_FAILED,
-                        )
-                    batch = False
-                    askpass = Path(directory) / "askpass"
-                    askpass.write_text(
-                        "#!/bin/sh\nprintf '%s\\n' \"$CHI_PERSIST_KEY_PASSPHRASE\"\n"
-                    )
-                    askpass.chmod(0o700)
-                    environment.update(
-                        SSH_ASKPASS=str(askpass),
-                        SSH_ASKPASS_REQUIRE="force",
-                        CHI_PERSIST_KEY_PASSPHRASE=self.login.passphrase,
-                    )
-            command = [
-                *ssh_arguments(ssh, self.address, self.port, SSH_USER, login, key_file, batch),
-                remote_command(verb, arguments),
-            ]
-            return run_streaming(
-                command, script_input(REMOTE_SCRIPT.read_bytes(), secrets), environment, verb
-            )
+        # The same login and the same pinned host key as the clean stop (openssh.session):
+        # whoever answers at the address without the server's own key gets nothing.
+        environ = dict(os.environ)
+        login = openssh.AGENT
+        if self.login.key_text is not None:
+            login = openssh.KEY
+            environ[openssh.KEY_VARIABLE] = self.login.key_text
+            if self.login.passphrase:
+                environ[openssh.PASSPHRASE_VARIABLE] = self.login.passphrase
+        try:
+            with openssh.session(
+                port=self.port,
+                user=SSH_USER,
+                login=login,
+                host=self.address,
+                host_key=self.host_key,
+                environ=environ,
+                purpose=f"`chi-persist {verb}`",
+            ) as ssh:
+                command = ssh.command(self.address, remote_command(verb, arguments))
+                return run_streaming(
+                    command,
+                    script_input(REMOTE_SCRIPT.read_bytes(), secrets),
+                    ssh.environment,
+                    verb,
+                )
+        except openssh.LoginUnavailable as unavailable:
+            raise CommandError(*unavailable.lines, exit_code=EXIT_FAILED) from None
 
 
 def run_streaming(
@@ -197,6 +171,25 @@ def run_streaming(
             exit_code=EXIT_FAILED,
         )
     return parse_result(output, verb, returncode, "".join(errors))
+
+
+def stack_host_key(stack: str) -> str:
+    """The server's host key the stack pinned from its console (`TYPE BASE64`)."""
+    printed = run_pulumi(["stack", "output", "--json", "--stack", stack])
+    try:
+        outputs = json.loads(printed or "{}")
+    except json.JSONDecodeError:
+        outputs = {}
+    line = outputs.get("known_hosts") if isinstance(outputs, dict) else None
+    words = str(line or "").split()
+    if len(words) < 3:
+        raise CommandError(
+            f"stack {stack} has no output known_hosts: its server's host key was never pinned",
+            f"fix: `pulumi up --stack {stack}` (it reads the key from the server's console), "
+            "then run this again",
+            exit_code=EXIT_USAGE,
+        )
+    return " ".join(words[1:3])
 
 
 def stack_address(stack: str) -> str:

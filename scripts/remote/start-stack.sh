@@ -430,8 +430,9 @@ print_sealed_credentials() {
 
 main() {
     parse_arguments "$@"
-    read_seal_key
+    # A server without its volume is refused first, whatever else is missing (exit 3).
     check_volume
+    read_seal_key
     check_compose_files
     check_data_directories
     if check_existing_credentials; then

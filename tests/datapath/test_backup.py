@@ -109,11 +109,14 @@ class LocalPlatform:
         if not notebooks.exists():
             notebooks.mkdir()
             os.chown(notebooks, 1000, 100)
+        # start-stack.sh makes it for MLflow's image (uid 10001); here MLflow runs as root.
+        (self.mount_point / "mlflow_auth").mkdir(mode=0o700, exist_ok=True)
         self.launch = mlflow_launch(
             env_file=self.mount_point / ".chi-persist" / "credentials.env",
             compose_environment={"MOUNT_POINT": str(self.mount_point), "HOST_IP": "127.0.0.1"},
             postgres_port=self.postgres.port,
             s3_url=self.s3.url,
+            work_dir=Path(tempfile.mkdtemp(prefix="mlflow-settings-", dir=self.mount_point.parent)),
         )
         self.start_mlflow()
         return self
