@@ -97,7 +97,7 @@ class SshServer:
     def run(self, verb: str, arguments: Sequence[str], secrets: Mapping[str, Any] | None) -> Any:
         from chi_persist_tools import openssh
 
-        if verb in ("survey", "backup", "restore"):
+        if verb in ("survey", "backup", "restore", "verify"):
             arguments = ["--mount-point", self.mount_point, *arguments]
         # The same login and the same pinned host key as the clean stop (openssh.session):
         # whoever answers at the address without the server's own key gets nothing.
