@@ -146,13 +146,14 @@ def _skip_reason() -> str | None:
     return vm_skip_reason()
 
 
-def _quickstart() -> tuple[list[str], dict[str, list[str]]]:
-    """The README quickstart's lines for this student: the variables it exports, and each
-    command's argv by what it runs (`init`, `pulumi up`, ...); a command shown twice is
+@functools.cache
+def _quickstart(netid: str = NETID) -> tuple[list[str], dict[str, list[str]]]:
+    """The README quickstart's lines for the student `netid`: the variables it exports, and
+    each command's argv by what it runs (`init`, `pulumi up`, ...); a command shown twice is
     the same both times."""
     exported, commands = [], {}
     for line in readme.quickstart():
-        (argv,) = readme.simple_commands(readme.fill(line, NETID, key_pair_name=KEY_PAIR))
+        (argv,) = readme.simple_commands(readme.fill(line, netid, key_pair_name=KEY_PAIR))
         if argv[0] == "export":
             exported.append(argv[1].split("=", 1)[0])
             continue
@@ -185,7 +186,8 @@ class Semester:
         """The quickstart's `pulumi up` (with --yes and --non-interactive: no terminal here);
         with `measure`, timed, and its steps read from the engine's event log; with `steps`,
         the steps it took kept in `self.steps`, in the engine's order."""
-        arguments = [*QUICKSTART["pulumi up"][1:], "--yes", "--non-interactive", *extra]
+        quickstart = _quickstart(self.netid)[1]
+        arguments = [*quickstart["pulumi up"][1:], "--yes", "--non-interactive", *extra]
         if not (measure or steps):
             return self.student.pulumi(*arguments, timeout=UP_TIMEOUT)
         self.event_logs += 1
@@ -730,11 +732,13 @@ def _answers(address: str, port: int) -> bool:
 
 
 # A listener in the guest on its own 127.0.0.1:8000, where MLflow answers in tunnel mode (the
-# guest's Docker is a stand-in: no MLflow runs there).
+# guest's Docker is a stand-in: no MLflow runs there). Only the simple command goes to the
+# background: bash runs a backgrounded `cd && nohup …` list in a child shell that keeps the
+# session's stdout open for as long as the server runs, so ssh would never return.
 LISTENER = (
     "mkdir -p /tmp/listener && echo 'the platform, through the tunnel' > /tmp/listener/index.html"
-    " && (cd /tmp/listener && nohup python3 -m http.server 8000 --bind 127.0.0.1"
-    " </dev/null >/tmp/listener.log 2>&1 &) && sleep 2"
+    " && cd /tmp/listener && { nohup python3 -m http.server 8000 --bind 127.0.0.1"
+    " </dev/null >/tmp/listener.log 2>&1 & } && sleep 2"
 )
 
 
@@ -1401,7 +1405,10 @@ def test_9a_a_backup_goes_from_the_server_to_the_object_store(semester: Semester
     ]
     segments = [e for e in calls if e["method"] == "PUT" and "/notebooks.tar/" in e["path"]]
     assert segments and all(f"({NETID_SERVER})" in e.get("agent", "") for e in segments), segments
-    (manifest,) = [e for e in calls if e["path"].endswith("/manifest.json")]
+    # Retention reads every manifest back after the new one is written: only one PUT of it.
+    (manifest,) = [
+        e for e in calls if e["method"] == "PUT" and e["path"].endswith("/manifest.json")
+    ]
     assert "openstacksdk" in manifest.get("agent", ""), manifest
     listed = semester.student.command("backups", "--stack", NETID)
     assert listed.returncode == 0, explain(listed)
