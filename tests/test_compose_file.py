@@ -330,6 +330,25 @@ def test_a_digest_is_written_whole_and_beside_its_tag() -> None:
         assert not DIGEST.match(wrong), wrong
 
 
+# The images whose digest is written, and those still pinned by tag alone (no digest of
+# theirs could be confirmed: see the compose file's header).
+PINNED_BY_DIGEST = {"credentials-check", "postgres", "minio", "minio-setup"}
+TAG_ONLY = {"jupyter": "no digest confirmed", "mlflow": "built on the server, from a tag"}
+
+
+def test_the_images_with_a_known_digest_are_pinned_by_it(services: dict) -> None:
+    """Docker pulls PostgreSQL and MinIO by digest, so a re-pushed tag changes nothing on a
+    server; the rest are named, so adding a digest is a change this test sees."""
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    pinned = {name for name, service in raw.items() if "@" in service.get("image", "")}
+    assert pinned == PINNED_BY_DIGEST, sorted(pinned)
+    assert set(raw) == PINNED_BY_DIGEST | set(TAG_ONLY), sorted(raw)
+    for name in PINNED_BY_DIGEST:
+        assert DIGEST.match(raw[name]["image"]), raw[name]["image"]
+    # The two postgres services pull one image.
+    assert raw["credentials-check"]["image"] == raw["postgres"]["image"]
+
+
 def test_postgres_data_mount_matches_the_pinned_major_version(services: dict) -> None:
     """PostgreSQL 17 keeps PGDATA at /var/lib/postgresql/data, where the volume is mounted."""
     assert services["postgres"]["image"].startswith("postgres:17.")
