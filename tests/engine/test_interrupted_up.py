@@ -49,6 +49,10 @@ class KillPoint:
     """What the converging `pulumi up` says it does about what the killed one made."""
     during: str = "up"
     """"up": a first `pulumi up` is killed; "recycle": ./chi-persist recycle, after one `up`."""
+    unanswered: bool = False
+    """Killed before the cloud's answer is written: for a call whose answer the provider
+    finishes with at once (a server's delete is done in 0.05 s), so that the engine cannot
+    record it first."""
 
 
 KILL_POINTS = [
@@ -78,6 +82,7 @@ KILL_POINTS = [
         r"/compute/v2\.1/servers/[^/]+",
         "no longer in the cloud",
         "recycle",
+        unanswered=True,
     ),
 ]
 
@@ -142,7 +147,7 @@ def killed_up(student: Student, point: KillPoint) -> str:
         process = student.machine.start_pulumi(
             "up", "--yes", "--non-interactive", "--stack", student.netid, *WITHOUT_GUEST, log=log
         )
-    student.twin.kill_after(point.method, point.path, process.pid)
+    student.twin.kill_after(point.method, point.path, process.pid, unanswered=point.unanswered)
     try:
         status = process.wait(timeout=UP_SECONDS)
     finally:

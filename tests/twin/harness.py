@@ -196,10 +196,15 @@ class Twin:
             raise TwinError(f"settings {settings}: {response.status_code} {response.text}")
         return response.json()["config"]
 
-    def kill_after(self, method: str, path: str, session: int, count: int = 1) -> None:
+    def kill_after(
+        self, method: str, path: str, session: int, count: int = 1, unanswered: bool = False
+    ) -> None:
         """SIGKILL every process of `session` right after the next successful call matching
-        method and path (a regular expression over the whole path) has been answered."""
+        method and path (a regular expression over the whole path) has been answered; with
+        `unanswered`, once the cloud has done it but before its answer is written."""
         fault = {"method": method, "path": path, "kill": session, "count": count}
+        if unanswered:
+            fault["unanswered"] = True
         response = self.admin("POST", "/faults", json=fault)
         if response.status_code != 201:
             raise TwinError(f"kill fault {fault}: {response.status_code} {response.text}")

@@ -185,6 +185,43 @@ def test_kill_fault_ends_a_session_after_a_call_succeeded(
                 os.kill(int(plugin.read_text()), signal.SIGKILL)
 
 
+def test_an_unanswered_kill_ends_the_caller_before_the_answer_is_written(
+    twin: Twin, api: Api, tmp_path: Path
+) -> None:
+    """With `unanswered`, the cloud does the call and the caller's session is gone before any
+    byte of the answer reaches it: the port exists, and the caller never learned its id."""
+    go, learned = tmp_path / "go", tmp_path / "learned"
+    body = {"port": {"name": "unanswered", "network_id": steps.network_id(api, "sharednet1")}}
+    caller = f"""
+import json, os, time, urllib.request
+while not os.path.exists({str(go)!r}):
+    time.sleep(0.05)
+request = urllib.request.Request(
+    {f"{api.network}/ports"!r}, data=json.dumps({body!r}).encode(),
+    headers={{"X-Auth-Token": {api.token!r}, "Content-Type": "application/json"}},
+)
+answer = urllib.request.urlopen(request, timeout=60).read()
+open({str(learned)!r}, "wb").write(answer)
+"""
+    victim = subprocess.Popen([sys.executable, "-c", caller], start_new_session=True)
+    try:
+        fault = {
+            "method": "POST", "path": r"/network/v2\.0/ports", "kill": victim.pid,
+            "unanswered": True,
+        }  # fmt: skip
+        made = twin.admin("POST", "/faults", json=fault)
+        assert made.status_code == 201 and made.json()["fault"]["unanswered"] is True, made.text
+        go.touch()
+        assert victim.wait(timeout=60) == -signal.SIGKILL
+        assert not learned.exists(), learned.read_bytes()
+        ports = api.get(f"{api.network}/ports", params={"name": "unanswered"}).json()["ports"]
+        assert len(ports) == 1, ports
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+
+
 @pytest.mark.parametrize(
     "fault",
     [
@@ -197,6 +234,8 @@ def test_kill_fault_ends_a_session_after_a_call_succeeded(
         {"path": "/x"},
         {"path": "/x", "status": 500, "count": 0},
         {"path": "/x", "status": 500, "colour": "blue"},
+        {"path": "/x", "status": 500, "unanswered": True},
+        {"path": "/x", "kill": 12345, "unanswered": "yes"},
     ],
     ids=[
         "kill-init",
@@ -208,6 +247,8 @@ def test_kill_fault_ends_a_session_after_a_call_succeeded(
         "nothing-to-do",
         "count",
         "unknown-field",
+        "unanswered-without-kill",
+        "unanswered-not-a-bool",
     ],  # fmt: skip
 )
 def test_bad_faults_are_refused(shared_twin: Twin, fault: dict) -> None:

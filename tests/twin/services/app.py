@@ -91,7 +91,10 @@ class Faults:
     def add(self, spec: Any) -> dict[str, Any]:
         if not isinstance(spec, dict):
             raise ValueError("a fault is a JSON object")
-        known = {"method", "path", "count", "status", "body", "headers", "delay", "kill", "signal"}
+        known = {
+            "method", "path", "count", "status", "body", "headers", "delay", "kill", "signal",
+            "unanswered",
+        }  # fmt: skip
         unknown = set(spec) - known
         if unknown:
             raise ValueError(f"unknown fault fields {sorted(unknown)}")
@@ -112,6 +115,11 @@ class Faults:
         delay = spec.get("delay", 0)
         kill = spec.get("kill")
         signum = spec.get("signal", signal.SIGKILL)
+        unanswered = spec.get("unanswered", False)
+        if not isinstance(unanswered, bool):
+            raise ValueError(f"unanswered must be true or false, not {unanswered!r}")
+        if unanswered and kill is None:
+            raise ValueError("`unanswered` goes with `kill`: whom the answer never reaches")
         if kill is not None:
             if status is not None or delay:
                 raise ValueError("a kill answers the call as usual: no `status` or `delay`")
@@ -143,6 +151,7 @@ class Faults:
                 "delay": delay,
                 "kill": kill,
                 "signal": int(signum) if kill is not None else None,
+                "unanswered": unanswered,
             }
             self._faults.append(fault)
             return dict(fault)
@@ -467,8 +476,13 @@ def create_app(cloud: Cloud) -> Flask:
                 kill = faults.take(request.method, request.path, kills=True)
             if kill is not None:
                 cloud.record("fault", method=request.method, path=request.path, kill=kill["kill"])
-                # After the whole answer has gone out: the caller saw the cloud accept.
-                response.call_on_close(functools.partial(_kill, kill["kill"], kill["signal"]))
+                if kill["unanswered"]:
+                    # The cloud did the call, and the caller is gone before a byte of the
+                    # answer is written: it never learns (a lid closed with the call in flight).
+                    _kill(kill["kill"], kill["signal"])
+                else:
+                    # After the whole answer has gone out: the caller saw the cloud accept.
+                    response.call_on_close(functools.partial(_kill, kill["kill"], kill["signal"]))
         return response
 
     @app.teardown_request
