@@ -173,14 +173,20 @@ def run_streaming(
     return parse_result(output, verb, returncode, "".join(errors))
 
 
-def stack_host_key(stack: str) -> str:
-    """The server's host key the stack pinned from its console (`TYPE BASE64`)."""
+def _stack_outputs(stack: str) -> dict:
+    """The stack's outputs (secrets not shown); empty when there are none or they are not
+    JSON."""
     printed = run_pulumi(["stack", "output", "--json", "--stack", stack])
     try:
         outputs = json.loads(printed or "{}")
     except json.JSONDecodeError:
-        outputs = {}
-    line = outputs.get("known_hosts") if isinstance(outputs, dict) else None
+        return {}
+    return outputs if isinstance(outputs, dict) else {}
+
+
+def stack_host_key(stack: str) -> str:
+    """The server's host key the stack pinned from its console (`TYPE BASE64`)."""
+    line = _stack_outputs(stack).get("known_hosts")
     words = str(line or "").split()
     if len(words) < 3:
         raise CommandError(
@@ -193,12 +199,7 @@ def stack_host_key(stack: str) -> str:
 
 
 def stack_address(stack: str) -> str:
-    printed = run_pulumi(["stack", "output", "--json", "--stack", stack])
-    try:
-        outputs = json.loads(printed or "{}")
-    except json.JSONDecodeError:
-        outputs = {}
-    address = outputs.get("floating_ip") if isinstance(outputs, dict) else None
+    address = _stack_outputs(stack).get("floating_ip")
     if not address:
         raise CommandError(
             f"stack {stack} has no output floating_ip: the platform is not deployed",

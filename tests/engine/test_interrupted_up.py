@@ -51,7 +51,7 @@ class KillPoint:
     """"up": a first `pulumi up` is killed; "recycle": ./chi-persist recycle, after one `up`."""
     unanswered: bool = False
     """Killed before the cloud's answer is written: for a call whose answer the provider
-    finishes with at once (a server's delete is done in 0.05 s), so that the engine cannot
+    finishes with at once (on the twin, a server's delete is done in 0.05 s), so the engine cannot
     record it first."""
 
 
